@@ -1,0 +1,47 @@
+"""Hydra callbacks (train-level, like train.py): what a user sees when a sweep ends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from reslab.train import STATUS_FILE
+
+ERRORS = ("train/error", "val/error", "test/error")
+
+
+def sweep_table(sweep_dir: Path) -> Table:
+    """One row per run folder of the sweep: network, status, iterations, final errors, time."""
+    table = Table(title=f"reslab sweep: {sweep_dir}")
+    for column in ("run", "status", "iterations", *ERRORS, "seconds"):
+        table.add_column(column, justify="left" if column in ("run", "status") else "right")
+    for status_file in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=_job_number):
+        status = json.loads(status_file.read_text())
+        table.add_row(
+            status_file.parent.name,
+            status.get("status", "?"),
+            str(status.get("iterations", "")),
+            *(f"{status[k]:.2f}" if k in status else "" for k in ERRORS),
+            str(status.get("seconds", "")),
+        )
+    return table
+
+
+def _job_number(path: Path) -> tuple[int, str]:
+    head = path.parent.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else 1 << 30, path.parent.name)
+
+
+class SweepSummary(Callback):
+    """Prints the table of :func:`sweep_table` when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            Console().print(sweep_table(sweep_dir))

@@ -1,0 +1,141 @@
+"""The Hydra entry point: compose the config, instantiate everything, fit, test, return the metric.
+
+reslab-train model.depth=56 shortcut=none          # plain-56 on CIFAR-10
+reslab-train -m model.depth=20,56 shortcut=none,A  # a sweep, one run folder per job
+reslab-train experiment=demo                       # plain vs residual on Fashion-MNIST
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as _instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from reslab.networks import network_name
+
+OmegaConf.register_new_resolver("network_name", network_name, replace=True)
+# The run folder always holds .hydra/ when the CSV logger starts: nothing to warn about.
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+_REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+CONFIG_DIR = str(_REPO_CONF if _REPO_CONF.is_dir() else Path(__file__).with_name("conf"))
+STATUS_FILE = "status.json"
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising our own bad-input errors (ValueError,
+    FileNotFoundError) as they are instead of wrapped, so a user reads one clear message."""
+    try:
+        return _instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
+            raise err.__cause__ from None
+        raise
+
+
+def write_status(output_dir: Path, status: str, **fields: Any) -> None:
+    """``status.json`` in the run folder: running, finished or failed, and the final metrics.
+    Written to a temporary file and renamed, so a reader never sees half of it."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"status": status, **fields}, indent=2) + "\n")
+    tmp.replace(output_dir / STATUS_FILE)
+
+
+def run_summary(cfg: DictConfig) -> dict[str, Any]:
+    """Top-level keys a dashboard groups and filters by."""
+    return {
+        "network": cfg.name,
+        "family": cfg.model.family,
+        "depth": cfg.model.depth,
+        "shortcut": cfg.model.shortcut,
+        "residual": cfg.model.shortcut != "none",
+        "dataset": cfg.data._target_.rsplit(".", 1)[-1].removesuffix("DataModule").lower(),
+        "seed": cfg.seed,
+    }
+
+
+def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    keep = ("train/loss", "train/error", "val/error", "test/error")
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k in keep}
+
+
+def train(cfg: DictConfig) -> float:
+    """Train and test one network as ``cfg`` describes; returns the final ``val/error`` (or
+    ``test/error`` when there is no validation split) for Hydra's sweepers."""
+    output_dir = Path(cfg.paths.output_dir)
+    started = time.time()
+    write_status(output_dir, "running", name=cfg.name)
+    try:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data)
+        net = instantiate(
+            cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
+        )
+        module = instantiate(cfg.module, net=net)
+        loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config.pop("hydra", None)  # present only when composed by hand (tests)
+        hparams = {**run_summary(cfg), **config}
+        hparams["parameters"] = sum(p.numel() for p in net.parameters())
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams)
+
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        metrics = _final_metrics(trainer)  # test() replaces the trainer's metrics: keep these
+        if not trainer.interrupted:
+            trainer.test(module, datamodule=datamodule, verbose=False)
+            metrics.update(_final_metrics(trainer))
+        status = "interrupted" if trainer.interrupted else "finished"
+        if any(not math.isfinite(v) for v in metrics.values()):
+            status = "diverged"
+        write_status(
+            output_dir, status, name=cfg.name, iterations=trainer.global_step,
+            seconds=round(time.time() - started, 1), **metrics,
+        )  # fmt: skip
+        for logger in trainer.loggers:
+            logger.save()
+        _print_result(cfg.name, trainer.global_step, metrics, time.time() - started)
+        return metrics.get("val/error", metrics.get("test/error", float("nan")))
+    except BaseException as err:
+        write_status(output_dir, "failed", name=cfg.name, error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        _finish_wandb()
+
+
+def _print_result(name: str, iterations: int, metrics: dict[str, float], seconds: float) -> None:
+    parts = [f"{k} {v:.2f}%" for k, v in metrics.items() if k.endswith("error")]
+    print(f"[reslab] {name}: {iterations} iterations, {', '.join(parts)} ({seconds:.0f} s)")
+
+
+def _finish_wandb() -> None:
+    """Close the wandb run so that each job of a multirun gets a run of its own."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

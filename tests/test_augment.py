@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from reslab.data.augment import random_crop_flip, subtract_mean
+
+H = W = 8
+PAD = 4
+
+
+def _pattern(n: int) -> torch.Tensor:
+    """n copies of an image whose pixel (r, c) holds 1 + r*W + c: every value names its pixel."""
+    return (1 + torch.arange(H * W, dtype=torch.int64).reshape(1, 1, H, W)).repeat(n, 2, 1, 1)
+
+
+def _expected(top: int, left: int, flip: bool) -> torch.Tensor:
+    padded = torch.nn.functional.pad(_pattern(1)[0, 0], (PAD, PAD, PAD, PAD))
+    crop = padded[top : top + H, left : left + W]
+    return crop.flip(1) if flip else crop
+
+
+OFFSETS = range(2 * PAD + 1)
+CANDIDATES = {
+    (t, left, f): _expected(t, left, f) for t in OFFSETS for left in OFFSETS for f in (0, 1)
+}
+
+
+def _recover(out: torch.Tensor) -> list[tuple[int, int, int]]:
+    """For each augmented image, the (top, left, flip) that produced it; exactly one must match."""
+    found = []
+    for img in out:
+        assert torch.equal(img[0], img[1]), "both channels get the same crop"
+        matches = [key for key, ref in CANDIDATES.items() if torch.equal(img[0], ref)]
+        assert len(matches) == 1, f"augmented image matches {len(matches)} crops"
+        found.append(matches[0])
+    return found
+
+
+def test_shape_and_dtype_are_kept() -> None:
+    for dtype in (torch.uint8, torch.float32):
+        x = torch.zeros(5, 3, 32, 32, dtype=dtype)
+        y = random_crop_flip(x, 4)
+        assert y.shape == x.shape and y.dtype == dtype
+
+
+def test_every_output_is_a_padded_crop_possibly_mirrored() -> None:
+    torch.manual_seed(0)
+    found = _recover(random_crop_flip(_pattern(64), PAD))
+    assert len(found) == 64
+
+
+def test_offsets_and_flips_vary_per_image_and_cover_the_range() -> None:
+    torch.manual_seed(1)
+    found = _recover(random_crop_flip(_pattern(1500), PAD))
+    tops = {t for t, _, _ in found}
+    lefts = {left for _, left, _ in found}
+    assert tops == set(range(2 * PAD + 1)) and lefts == set(range(2 * PAD + 1))
+    flip_rate = sum(f for _, _, f in found) / len(found)
+    assert 0.45 < flip_rate < 0.55
+    # independent per image: each of the 162 crops is about equally likely
+    counts = torch.bincount(
+        torch.tensor([t * 18 + left * 2 + f for t, left, f in found]), minlength=162
+    )
+    assert counts.min() > 0 and counts.max() < 30
+
+
+def test_padding_is_zeros() -> None:
+    torch.manual_seed(2)
+    out = random_crop_flip(_pattern(300), PAD)
+    for img, (top, left, _) in zip(out, _recover(out), strict=True):
+        inside_rows = min(top + H, PAD + H) - max(top, PAD)
+        inside_cols = min(left + W, PAD + W) - max(left, PAD)
+        assert torch.count_nonzero(img[0]) == inside_rows * inside_cols
+    assert (out == 0).any()
+
+
+def test_no_flip_and_no_padding() -> None:
+    x = _pattern(20)
+    assert torch.equal(random_crop_flip(x, padding=0, flip=False), x)
+    torch.manual_seed(3)
+    assert all(f == 0 for _, _, f in _recover(random_crop_flip(x, PAD, flip=False)))
+
+
+def test_generator_makes_it_repeatable() -> None:
+    x = _pattern(50)
+    a = random_crop_flip(x, PAD, generator=torch.Generator().manual_seed(7))
+    b = random_crop_flip(x, PAD, generator=torch.Generator().manual_seed(7))
+    c = random_crop_flip(x, PAD, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_bad_shapes_and_padding_are_refused() -> None:
+    with pytest.raises(ValueError, match="expected a batch of shape"):
+        random_crop_flip(torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        random_crop_flip(torch.zeros(1, 3, 32, 32), padding=-1)
+
+
+def test_subtract_mean() -> None:
+    x = torch.full((2, 1, 2, 2), 200, dtype=torch.uint8)
+    mean = torch.full((1, 2, 2), 100.0)
+    assert torch.allclose(subtract_mean(x, mean), torch.full((2, 1, 2, 2), 100 / 255))

@@ -1,0 +1,159 @@
+"""Smoke training through train.py, in-process on composed configs and as real multiruns."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+from reslab.train import train
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_cifar10_smoke_writes_metrics_checkpoint_and_offline_wandb_run(
+    tmp_path: Path, hydra_cfg, tiny_cifar10: Path
+) -> None:
+    """The issue's acceptance command, in-process: reslab-train model.depth=20 shortcut=A
+    data=cifar10 debug=smoke data.data_dir=<tiny CIFAR files>"""
+    cfg = hydra_cfg(
+        tmp_path / "run",
+        ["model.depth=20", "shortcut=A", "data=cifar10", "debug=smoke",
+         f"data.data_dir={tiny_cifar10}", "data.download=false"],
+    )  # fmt: skip
+    assert cfg.name == "resnet-20A"
+    val_error = train(cfg)
+    run = tmp_path / "run"
+    rows = read_metrics(run)
+    train_error = column(rows, "train/error")
+    assert [s for s, _ in train_error] == [2, 4]  # every log_every_n_steps iterations
+    assert all(0 <= e <= 100 for _, e in train_error)
+    assert [s for s, _ in column(rows, "val/error")] == [2, 4]
+    assert column(rows, "val/error")[-1][1] == pytest.approx(val_error)
+    assert [s for s, _ in column(rows, "test/error")] == [4]
+    assert [v for _, v in column(rows, "lr")] == pytest.approx([0.1, 0.1])
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["iterations"] == 4
+    (wandb_run,) = offline_runs(run)
+    (records,) = wandb_run.glob("run-*.wandb")  # what `wandb sync` uploads: config and history
+    data = records.read_bytes()
+    for expected in (b"resnet-20A", b"residual", b"train/error", b"val/error", b"test/error"):
+        assert expected in data
+
+
+def test_real_fashion_mnist_smoke(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(
+        tmp_path,
+        ["data=fashion_mnist", "model.depth=8", "shortcut=none", "debug=smoke", "logger=csv",
+         f"paths.data_dir={tmp_path / 'nothing_here'}"],
+    )  # fmt: skip
+    assert cfg.name == "plain-8"
+    train(cfg)
+    rows = read_metrics(tmp_path)
+    assert column(rows, "train/error") and column(rows, "test/error")
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_lr_schedule_is_stepped_in_iterations(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(
+        tmp_path,
+        ["data=synthetic", "model.depth=8", "debug=smoke", "logger=csv", "optim.max_steps=8",
+         "optim.milestones=[3,6]", "trainer.log_every_n_steps=1", "optim.lr=0.2"],
+    )  # fmt: skip
+    train(cfg)
+    lrs = [v for _, v in column(read_metrics(tmp_path), "lr")]
+    # lr used by iterations 1..8: divided by 10 after 3 and after 6 iterations
+    assert lrs == pytest.approx([0.2, 0.2, 0.2, 0.02, 0.02, 0.02, 0.002, 0.002])
+
+
+@pytest.mark.parametrize("shortcut", ["none", "A", "B", "C"])
+@pytest.mark.parametrize("data", ["cifar10", "fashion_mnist", "synthetic"])
+def test_every_shortcut_and_dataset_composes_and_instantiates(
+    tmp_path: Path, hydra_cfg, shortcut: str, data: str
+) -> None:
+    cfg = hydra_cfg(tmp_path, [f"shortcut={shortcut}", f"data={data}", "model.depth=56"])
+    dm = instantiate(cfg.data)
+    net = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
+    module = instantiate(cfg.module, net=net)
+    optim = module.configure_optimizers()
+    sgd = optim["optimizer"]
+    assert isinstance(sgd, torch.optim.SGD)
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (
+        0.1,
+        0.9,
+        1e-4,
+    )
+    assert optim["lr_scheduler"]["interval"] == "step"
+    assert optim["lr_scheduler"]["scheduler"].milestones == {32000: 1, 48000: 1}
+    assert cfg.name == ("plain-56" if shortcut == "none" else f"resnet-56{shortcut}")
+    assert cfg.trainer.max_steps == 64000 and cfg.optim.milestones == [32000, 48000]
+    assert cfg.data.batch_size == 128 and cfg.optim.lr == 0.1
+    assert net(torch.zeros(2, dm.in_channels, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_trainer_presets_compose(tmp_path: Path, hydra_cfg, trainer: str) -> None:
+    cfg = hydra_cfg(tmp_path, [f"trainer={trainer}"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if trainer == "cpu":
+        assert instantiate(cfg.trainer, logger=False).max_steps == 64000
+
+
+def test_unknown_choices_name_the_valid_ones(tmp_path: Path, hydra_cfg) -> None:
+    with pytest.raises(
+        MissingConfigException, match=r"(?s)shortcut/D.*Available options.*\bA\b.*\bnone\b"
+    ):
+        hydra_cfg(tmp_path, ["shortcut=D"])
+    with pytest.raises(
+        MissingConfigException, match=r"(?s)data/imagenet22k.*Available options.*cifar10"
+    ):
+        hydra_cfg(tmp_path, ["data=imagenet22k"])
+
+
+def test_bad_depth_fails_clearly_and_marks_the_run_failed(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(tmp_path, ["data=synthetic", "model.depth=21", "debug=smoke", "logger=csv"])
+    with pytest.raises(ValueError, match="CIFAR depth 21 is not of the form 6n\\+2"):
+        train(cfg)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "depth 21" in status["error"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_multirun_makes_one_folder_and_one_wandb_run_per_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.train", "-m", "model.depth=8,14", "shortcut=A",
+         "data=synthetic", "debug=smoke", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in runs] == ["0_resnet-8A", "1_resnet-14A"]
+    ids = set()
+    for run in runs:
+        assert column(read_metrics(run), "train/error")
+        assert json.loads((run / "status.json").read_text())["status"] == "finished"
+        (wandb_run,) = offline_runs(run)
+        ids.add(wandb_run.name.rsplit("-", 1)[-1])
+    assert len(ids) == 2
+    assert "reslab sweep" in result.stdout and "resnet-14A" in result.stdout
