@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
@@ -70,6 +71,13 @@ def test_real_fashion_mnist_smoke(tmp_path: Path, hydra_cfg) -> None:
     rows = read_metrics(tmp_path)
     assert column(rows, "train/error") and column(rows, "test/error")
     assert not (tmp_path / "wandb").exists()
+    hparams = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
+    assert hparams["network"] == "plain-8" and hparams["residual"] is False
+    assert (hparams["dataset"], hparams["depth"], hparams["parameters"]) == (
+        "fashion_mnist",
+        8,
+        75_002,
+    )
 
 
 def test_lr_schedule_is_stepped_in_iterations(tmp_path: Path, hydra_cfg) -> None:
@@ -89,7 +97,7 @@ def test_lr_schedule_is_stepped_in_iterations(tmp_path: Path, hydra_cfg) -> None
 def test_every_shortcut_and_dataset_composes_and_instantiates(
     tmp_path: Path, hydra_cfg, shortcut: str, data: str
 ) -> None:
-    cfg = hydra_cfg(tmp_path, [f"shortcut={shortcut}", f"data={data}", "model.depth=56"])
+    cfg = hydra_cfg(tmp_path, [f"shortcut={shortcut}", f"data={data}", "model.depth=32"])
     dm = instantiate(cfg.data)
     net = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.in_channels)
     module = instantiate(cfg.module, net=net)
@@ -103,7 +111,7 @@ def test_every_shortcut_and_dataset_composes_and_instantiates(
     )
     assert optim["lr_scheduler"]["interval"] == "step"
     assert optim["lr_scheduler"]["scheduler"].milestones == {32000: 1, 48000: 1}
-    assert cfg.name == ("plain-56" if shortcut == "none" else f"resnet-56{shortcut}")
+    assert cfg.name == ("plain-32" if shortcut == "none" else f"resnet-32{shortcut}")
     assert cfg.trainer.max_steps == 64000 and cfg.optim.milestones == [32000, 48000]
     assert cfg.data.batch_size == 128 and cfg.optim.lr == 0.1
     assert net(torch.zeros(2, dm.in_channels, 28, 28)).shape == (2, 10)
@@ -157,3 +165,12 @@ def test_multirun_makes_one_folder_and_one_wandb_run_per_job(tmp_path: Path) -> 
         ids.add(wandb_run.name.rsplit("-", 1)[-1])
     assert len(ids) == 2
     assert "reslab sweep" in result.stdout and "resnet-14A" in result.stdout
+
+
+def test_missing_dataset_fails_before_any_run_is_opened(tmp_path: Path, hydra_cfg) -> None:
+    run = tmp_path / "run"
+    cfg = hydra_cfg(run, ["data=cifar10", f"data.data_dir={tmp_path}", "data.download=false"])
+    with pytest.raises(FileNotFoundError, match=r"cifar10 not found in .*missing data_batch_1"):
+        train(cfg)
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    assert not (run / "wandb").exists() and not (run / "checkpoints").exists()

@@ -57,6 +57,4 @@ def wandb_logger(mode: str = "auto", **kwargs: Any) -> WandbLogger:
     """A Lightning ``WandbLogger`` whose ``mode`` is resolved by :func:`resolve_wandb_mode`;
     offline runs are real run folders that ``wandb sync`` uploads later."""
     resolved = resolve_wandb_mode(mode)
-    if resolved == "disabled":
-        kwargs["mode"] = "disabled"
-    return WandbLogger(offline=resolved == "offline", **kwargs)
+    return WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)

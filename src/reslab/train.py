@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,13 +19,12 @@ import hydra
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as _instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from reslab.networks import network_name
 
 OmegaConf.register_new_resolver("network_name", network_name, replace=True)
-# The run folder always holds .hydra/ when the CSV logger starts: nothing to warn about.
-warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 _REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 CONFIG_DIR = str(_REPO_CONF if _REPO_CONF.is_dir() else Path(__file__).with_name("conf"))
@@ -42,6 +42,7 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
         raise
 
 
+@rank_zero_only
 def write_status(output_dir: Path, status: str, **fields: Any) -> None:
     """``status.json`` in the run folder: running, finished or failed, and the final metrics.
     Written to a temporary file and renamed, so a reader never sees half of it."""
@@ -51,7 +52,7 @@ def write_status(output_dir: Path, status: str, **fields: Any) -> None:
     tmp.replace(output_dir / STATUS_FILE)
 
 
-def run_summary(cfg: DictConfig) -> dict[str, Any]:
+def run_summary(cfg: DictConfig, dataset: str) -> dict[str, Any]:
     """Top-level keys a dashboard groups and filters by."""
     return {
         "network": cfg.name,
@@ -59,7 +60,7 @@ def run_summary(cfg: DictConfig) -> dict[str, Any]:
         "depth": cfg.model.depth,
         "shortcut": cfg.model.shortcut,
         "residual": cfg.model.shortcut != "none",
-        "dataset": cfg.data._target_.rsplit(".", 1)[-1].removesuffix("DataModule").lower(),
+        "dataset": dataset,
         "seed": cfg.seed,
     }
 
@@ -74,10 +75,15 @@ def train(cfg: DictConfig) -> float:
     ``test/error`` when there is no validation split) for Hydra's sweepers."""
     output_dir = Path(cfg.paths.output_dir)
     started = time.time()
+    # The run folder always holds .hydra/ when the CSV logger starts: nothing to warn about.
+    warnings.filterwarnings(
+        "ignore", message=r"Experiment logs directory .* exists and is not empty"
+    )
     write_status(output_dir, "running", name=cfg.name)
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")  # bad data fails here, before any logger opens a run
         net = instantiate(
             cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
         )
@@ -88,7 +94,7 @@ def train(cfg: DictConfig) -> float:
 
         config = OmegaConf.to_container(cfg, resolve=True)
         config.pop("hydra", None)  # present only when composed by hand (tests)
-        hparams = {**run_summary(cfg), **config}
+        hparams = {**run_summary(cfg, datamodule.name), **config}
         hparams["parameters"] = sum(p.numel() for p in net.parameters())
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
@@ -108,28 +114,28 @@ def train(cfg: DictConfig) -> float:
         for logger in trainer.loggers:
             logger.save()
         _print_result(cfg.name, trainer.global_step, metrics, time.time() - started)
-        return metrics.get("val/error", metrics.get("test/error", float("nan")))
     except BaseException as err:
         write_status(output_dir, "failed", name=cfg.name, error=f"{type(err).__name__}: {err}")
+        _finish_wandb(exit_code=1)
         raise
-    finally:
-        _finish_wandb()
+    _finish_wandb(exit_code=0)
+    return metrics.get("val/error", metrics.get("test/error", float("nan")))
 
 
+@rank_zero_only
 def _print_result(name: str, iterations: int, metrics: dict[str, float], seconds: float) -> None:
     parts = [f"{k} {v:.2f}%" for k, v in metrics.items() if k.endswith("error")]
     print(f"[reslab] {name}: {iterations} iterations, {', '.join(parts)} ({seconds:.0f} s)")
 
 
-def _finish_wandb() -> None:
-    """Close the wandb run so that each job of a multirun gets a run of its own."""
-    import sys
-
+def _finish_wandb(exit_code: int) -> None:
+    """Close the wandb run (marked failed on a non-zero exit code) so that each job of a
+    multirun gets a run of its own."""
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.finish(exit_code=exit_code)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
