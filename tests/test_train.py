@@ -174,3 +174,24 @@ def test_missing_dataset_fails_before_any_run_is_opened(tmp_path: Path, hydra_cf
         train(cfg)
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
     assert not (run / "wandb").exists() and not (run / "checkpoints").exists()
+
+
+def test_final_network_is_validated_even_off_the_interval(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(
+        tmp_path,
+        ["data=synthetic", "model.depth=8", "debug=smoke", "logger=csv", "optim.max_steps=5",
+         "trainer.val_check_interval=3"],
+    )  # fmt: skip
+    val_error = train(cfg)
+    val = column(read_metrics(tmp_path), "val/error")
+    assert [s for s, _ in val] == [3, 5]
+    assert val[-1][1] == pytest.approx(val_error)
+
+
+def test_demo_experiment_composes_as_a_four_job_sweep(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(tmp_path, ["experiment=demo"])
+    assert cfg.group == "demo" and cfg.hydra.mode.name == "MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {"model.depth": "8,32", "shortcut": "none,A"}
+    assert cfg.data._target_ == "reslab.data.FashionMNISTDataModule"
+    assert (cfg.data.train_subset, cfg.data.augment, cfg.data.batch_size) == (6400, False, 128)
+    assert (cfg.trainer.max_steps, list(cfg.optim.milestones)) == (800, [400, 600])

@@ -44,4 +44,6 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            Console().print(sweep_table(sweep_dir))
+            console = Console()
+            console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise
+            console.print(sweep_table(sweep_dir))

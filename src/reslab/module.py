@@ -49,6 +49,7 @@ class Classifier(L.LightningModule):
         self.train_error = MeanMetric()
         self.val_error = MeanMetric()
         self.test_error = MeanMetric()
+        self.validated_at: int | None = None  # the iteration of the last validation
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -64,7 +65,7 @@ class Classifier(L.LightningModule):
         self.train_loss.update(loss.detach(), weight=labels.numel())
         self.train_error.update(_wrong_percent(logits.detach(), labels))
         iteration = self.global_step + 1  # this step's number once the optimizer has stepped
-        if iteration % self.trainer.log_every_n_steps == 0:
+        if iteration % self.trainer.log_every_n_steps == 0 or iteration == self.trainer.max_steps:
             self.log("step", float(iteration))  # the x-axis: iterations done, not Lightning's count
             self.log("train/loss", self.train_loss.compute(), prog_bar=False)
             self.log("train/error", self.train_error.compute(), prog_bar=True)
@@ -80,6 +81,7 @@ class Classifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log("step", float(self.global_step))
+        self.validated_at = self.global_step
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch

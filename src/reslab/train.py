@@ -100,8 +100,11 @@ def train(cfg: DictConfig) -> float:
             logger.log_hyperparams(hparams)
 
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        metrics = _final_metrics(trainer)  # test() replaces the trainer's metrics: keep these
+        metrics = _final_metrics(trainer)  # validate() and test() replace the trainer's metrics
         if not trainer.interrupted:
+            if datamodule.has_val and module.validated_at != trainer.global_step:
+                trainer.validate(module, datamodule=datamodule, verbose=False)  # the final net
+                metrics.update(_final_metrics(trainer))
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update(_final_metrics(trainer))
         status = "interrupted" if trainer.interrupted else "finished"
