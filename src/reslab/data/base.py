@@ -1,0 +1,214 @@
+"""In-memory datasets: every image of a split in one uint8 tensor, batches sliced from it.
+
+No per-image Python, no PIL, no worker processes: a batch is one index into a tensor, and the
+augmentation runs on the whole batch on the training device (``on_after_batch_transfer``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from reslab.data.augment import random_crop_flip, subtract_mean
+
+
+@dataclass
+class Splits:
+    """uint8 images (N, C, H, W) and int64 labels (N,) of each split; val may be empty."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+class BatchLoader:
+    """Batches of (images, labels) sliced from in-memory tensors.
+
+    With ``shuffle`` every epoch draws a new permutation from ``seed`` and the epoch number, the
+    same on every rank; rank r of ``world_size`` takes every world_size-th image of each global
+    batch, so the ranks together see exactly the batch a single process would.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        self.epoch += 1
+        for i in range(len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            index = index[self.rank :: self.world_size]
+            yield self.images[index], self.labels[index]
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base of every CIFAR-size dataset: subclasses implement ``load`` and set the class facts.
+
+    Args:
+        data_dir: folder that holds (or will hold) the dataset's files.
+        batch_size: global training batch (split over DDP ranks), 128 in the paper.
+        val_size: images held out of the training set for validation (5k of CIFAR-10's 50k in
+            the paper); 0 trains on all of them and leaves ``test/error`` as the only error.
+        split_seed: seed of the train/val split, fixed so every run holds out the same images.
+        train_subset: keep only the first N training images (after the split); None keeps all.
+        augment: pad, random crop and flip during training (the paper's CIFAR augmentation).
+        padding: pixels of zero padding for the random crop.
+        eval_batch_size: batch size for validation and test.
+        download: fetch the files when they are missing (needs network).
+        seed: seed of the training order.
+    """
+
+    name: str = "dataset"
+    num_classes: int = 10
+    in_channels: int = 3
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        batch_size: int = 128,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        train_subset: int | None = None,
+        augment: bool = True,
+        padding: int = 4,
+        eval_batch_size: int = 1000,
+        download: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for key, value, low in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("val_size", val_size, 0),
+            ("padding", padding, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}")
+        if train_subset is not None and (not isinstance(train_subset, int) or train_subset < 1):
+            raise ValueError(f"data.train_subset must be a positive integer or null, got {train_subset!r}")
+        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
+        self.augment, self.padding = augment, padding
+        self.download, self.seed = download, seed
+        self.splits: Splits | None = None
+        self.mean: torch.Tensor | None = None
+
+    # --- what a dataset provides -----------------------------------------------------------
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train images, train labels, test images, test labels): uint8 (N, C, H, W), int64."""
+        raise NotImplementedError
+
+    # --- Lightning hooks ---------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        train_x, train_y, test_x, test_y = self.load()
+        if self.val_size >= len(train_y):
+            raise ValueError(
+                f"data.val_size={self.val_size} leaves no training images "
+                f"({self.name} has {len(train_y)}); use a value below {len(train_y)}"
+            )
+        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        if self.train_subset is not None:
+            train_idx = train_idx[: self.train_subset]
+        self.splits = Splits(
+            train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx], test_x, test_y
+        )
+        # The paper's only normalisation: the per-pixel mean of the training images.
+        self.mean = self.splits.train_images.float().mean(0)
+
+    @property
+    def has_val(self) -> bool:
+        """Whether there is a validation split (known once ``setup`` has run)."""
+        return self.splits is not None and len(self.splits.val_labels) > 0
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> BatchLoader:
+        assert self.splits is not None, "call setup() first"
+        rank, world = self._world()
+        if self.batch_size % world:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} (the global batch) is not divisible by the "
+                f"{world} devices; choose a multiple of {world}"
+            )
+        return BatchLoader(
+            self.splits.train_images, self.splits.train_labels, self.batch_size,
+            shuffle=True, drop_last=True, seed=self.seed, rank=rank, world_size=world,
+        )  # fmt: skip
+
+    def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> BatchLoader:
+        rank, world = self._world()
+        return BatchLoader(
+            images, labels, self.eval_batch_size * world,
+            shuffle=False, drop_last=False, rank=rank, world_size=world,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> BatchLoader | list:
+        assert self.splits is not None, "call setup() first"
+        if not len(self.splits.val_labels):
+            return []
+        return self._eval_loader(self.splits.val_images, self.splits.val_labels)
+
+    def test_dataloader(self) -> BatchLoader:
+        assert self.splits is not None, "call setup() first"
+        return self._eval_loader(self.splits.test_images, self.splits.test_labels)
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        images, labels = batch
+        assert self.mean is not None, "call setup() first"
+        if self.mean.device != images.device:
+            self.mean = self.mean.to(images.device)  # once, not every batch
+        images = subtract_mean(images, self.mean)
+        if self.augment and self.trainer is not None and self.trainer.training:
+            images = random_crop_flip(images, self.padding)
+        return images, labels
+
+    # --- helpers for subclasses ----------------------------------------------------------------
+    def require_dir(self) -> Path:
+        """The data folder; created when downloading is allowed, else a clear error."""
+        if not self.data_dir.is_dir():
+            if not self.download:
+                raise FileNotFoundError(
+                    f"data.data_dir '{self.data_dir}' does not exist (and data.download=false); "
+                    f"create it and put the {self.name} files there, or set data.data_dir"
+                )
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir

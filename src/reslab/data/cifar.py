@@ -1,0 +1,126 @@
+"""CIFAR-10 from the standard ``cifar-10-batches-py`` pickle batches.
+
+Each batch is a pickled dict with ``data`` (N×3072 uint8, the red, green and blue planes of a
+32×32 image in turn) and ``labels`` (N ints). They are read with a restricted unpickler that
+accepts only the few types the format needs, so a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reslab.data.base import InMemoryDataModule
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST = ("test_batch",)
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for a global that the CIFAR format never needs."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UnsafePickleError(
+                f"refusing to load {module}.{name}: a CIFAR batch holds only numpy arrays, "
+                "lists, numbers and strings"
+            )
+        if name == "_reconstruct":  # numpy 2 renamed numpy.core to numpy._core
+            return np.empty(0).__reduce__()[0]
+        return super().find_class(module, name)
+
+
+def load_pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of one CIFAR pickle batch."""
+    try:
+        raw = path.read_bytes()
+        batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except UnsafePickleError as err:
+        raise ValueError(f"CIFAR batch '{path}' is not safe to load: {err}") from err
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"CIFAR batch '{path}' is truncated or not a CIFAR pickle: {err}") from err
+    if not isinstance(batch, dict):
+        raise ValueError(f"CIFAR batch '{path}' holds a {type(batch).__name__}, not a dict")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    label_key = "labels" if "labels" in batch else "fine_labels"
+    if "data" not in batch or label_key not in batch:
+        raise ValueError(
+            f"CIFAR batch '{path}' has keys {sorted(batch)}; expected 'data' and 'labels'"
+        )
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(
+            f"CIFAR batch '{path}': data is {data.dtype} {data.shape}, expected uint8 (N, 3072)"
+        )
+    if len(labels) != len(data):
+        raise ValueError(f"CIFAR batch '{path}': {len(data)} images but {len(labels)} labels")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+class CIFAR10DataModule(InMemoryDataModule):
+    """CIFAR-10: 50k training and 10k test 32×32 colour images of 10 classes."""
+
+    name = "cifar10"
+    num_classes = 10
+    in_channels = 3
+    url, md5, folder = CIFAR10_URL, CIFAR10_MD5, CIFAR10_FOLDER
+    train_files, test_files = CIFAR10_TRAIN, CIFAR10_TEST
+
+    def _missing(self) -> list[str]:
+        folder = self.data_dir / self.folder
+        return [f for f in (*self.train_files, *self.test_files) if not (folder / f).is_file()]
+
+    def _ensure_files(self) -> Path:
+        root = self.require_dir()
+        if self._missing() and self.download:
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            try:
+                download_and_extract_archive(self.url, str(root), md5=self.md5)
+            except Exception as err:  # no network, a proxy, a bad archive: say what to do
+                raise FileNotFoundError(self._where_message(f"downloading it failed ({err})")) from err
+        if missing := self._missing():
+            raise FileNotFoundError(self._where_message(f"missing {', '.join(missing)}"))
+        return root / self.folder
+
+    def _where_message(self, why: str) -> str:
+        return (
+            f"{self.name} not found in '{self.data_dir / self.folder}': {why}. Download "
+            f"{self.url}, extract it into '{self.data_dir}' (it makes the folder "
+            f"'{self.folder}'), or set data.data_dir to a folder that has it."
+        )
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        folder = self._ensure_files()
+
+        def read(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            parts = [load_pickle_batch(folder / f) for f in files]
+            images = np.concatenate([p[0] for p in parts])
+            labels = np.concatenate([p[1] for p in parts])
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise ValueError(
+                    f"{self.name} labels in '{folder}' range over [{labels.min()}, {labels.max()}],"
+                    f" expected [0, {self.num_classes - 1}]"
+                )
+            return torch.from_numpy(images), torch.from_numpy(labels)
+
+        return (*read(self.train_files), *read(self.test_files))

@@ -1,0 +1,112 @@
+"""Fashion-MNIST from its four standard idx files (plain or gzipped).
+
+They are looked for in ``data_dir``, in torchvision's layout under it, and where Debian's
+``dataset-fashion-mnist`` package installs them; downloaded only when none of those has them.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reslab.data.base import InMemoryDataModule
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}  # fmt: skip
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """The array stored in an idx file (``.gz`` or not), checked against its own header."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:  # gzip raises these for truncated or non-gzip files
+        raise ValueError(f"idx file '{path}' cannot be read: {err}") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(
+            f"idx file '{path}' has magic number {raw[:4].hex() or 'none'}; expected 0000 then a "
+            "type code (08 for uint8) and the number of dimensions, e.g. 00000803 for images"
+        )
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(
+            f"idx file '{path}' is {len(raw)} bytes but its header {shape} needs {expected}: "
+            "the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+class FashionMNISTDataModule(InMemoryDataModule):
+    """Fashion-MNIST: 60k training and 10k test 28×28 grayscale images of 10 classes."""
+
+    name = "fashion_mnist"
+    num_classes = 10
+    in_channels = 1
+
+    def candidate_dirs(self) -> list[Path]:
+        return [self.data_dir, self.data_dir / "FashionMNIST" / "raw", DEBIAN_DIR]
+
+    def find_files(self) -> dict[str, Path] | None:
+        """The four files, from the first folder that has all of them."""
+        for folder in self.candidate_dirs():
+            found = {}
+            for key, stem in FILES.items():
+                for name in (stem, stem + ".gz"):
+                    if (folder / name).is_file():
+                        found[key] = folder / name
+                        break
+            if len(found) == len(FILES):
+                return found
+        return None
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        files = self.find_files()
+        if files is None:
+            root = self.require_dir()
+            if self.download:
+                from torchvision.datasets import FashionMNIST
+
+                try:
+                    FashionMNIST(str(root), train=True, download=True)
+                    FashionMNIST(str(root), train=False, download=True)
+                except Exception as err:
+                    raise FileNotFoundError(self._where_message(f"downloading failed ({err})")) from err
+            files = self.find_files()
+            if files is None:
+                raise FileNotFoundError(self._where_message("the four idx files are missing"))
+        arrays = {key: read_idx(path) for key, path in files.items()}
+        for split in ("train", "test"):
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise ValueError(
+                    f"Fashion-MNIST {split} files hold images {images.shape} and labels "
+                    f"{labels.shape}; expected (N, 28, 28) and (N,)"
+                )
+        return (
+            torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
+            torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+            torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
+            torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        )
+
+    def _where_message(self, why: str) -> str:
+        searched = ", ".join(f"'{d}'" for d in self.candidate_dirs())
+        return (
+            f"Fashion-MNIST not found ({why}); searched {searched} for "
+            f"{', '.join(FILES.values())} (optionally .gz). Install Debian's package "
+            "(apt-get install dataset-fashion-mnist) or put the files in data.data_dir."
+        )

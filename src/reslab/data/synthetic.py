@@ -1,0 +1,48 @@
+"""Random images and labels of a chosen shape: for benchmarks and the smallest tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from reslab.data.base import InMemoryDataModule
+
+
+class SyntheticDataModule(InMemoryDataModule):
+    """``num_train`` + ``num_test`` uniformly random uint8 images with random labels.
+
+    Nothing is learnable here; it measures speed and exercises the whole pipeline offline.
+    """
+
+    name = "synthetic"
+
+    def __init__(
+        self,
+        num_train: int = 1024,
+        num_test: int = 256,
+        image_size: int = 32,
+        channels: int = 3,
+        classes: int = 10,
+        data_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("data_dir", ".")
+        kwargs.setdefault("download", False)
+        super().__init__(**kwargs)
+        for key, value in (("num_train", num_train), ("num_test", num_test),
+                           ("image_size", image_size), ("channels", channels), ("classes", classes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
+        self.num_train, self.num_test, self.image_size = num_train, num_test, image_size
+        self.in_channels, self.num_classes, self.data_seed = channels, classes, data_seed
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.data_seed)
+        shape = (self.in_channels, self.image_size, self.image_size)
+
+        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+            return images, torch.randint(0, self.num_classes, (n,), generator=g)
+
+        return (*draw(self.num_train), *draw(self.num_test))
