@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 
 def subtract_mean(images: torch.Tensor, mean: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
-    """Float images with the per-pixel mean (a C×H×W image) subtracted, divided by ``scale``."""
-    return (images.float() - mean.to(images.device)) / scale
+    """Float images with the per-pixel mean (a C×H×W image on the images' device) subtracted,
+    divided by ``scale``. The caller keeps ``mean`` on the device once, not per batch."""
+    return (images.float() - mean) / scale
 
 
 def random_crop_flip(
