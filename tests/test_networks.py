@@ -3,12 +3,15 @@ import pickle
 
 import pytest
 import torch
+import torchvision
 
 from reslab.networks import (
     BasicBlock,
+    Bottleneck,
     ZeroPadShortcut,
     build_network,
     cifar_blocks_per_stage,
+    load_torchvision_state_dict,
     network_name,
 )
 
@@ -139,3 +142,227 @@ def test_network_names() -> None:
     assert network_name(56, "none") == "plain-56"
     assert network_name(56, "A") == "resnet-56A"
     assert network_name(110, "B") == "resnet-110B"
+
+
+# --- block_layers (CIFAR family; not in the paper) -------------------------------------------
+
+
+@pytest.mark.parametrize("block_layers", [1, 3])
+@pytest.mark.parametrize("shortcut", ["none", "A"])
+def test_block_layers_keep_the_layers_and_parameters(block_layers: int, shortcut: str) -> None:
+    """Each stage keeps its 2n conv layers, only grouped differently: same parameter count."""
+    net = build_network("cifar", 20, shortcut, block_layers=block_layers)
+    assert n_params(net) == PAPER_PARAMS[20]
+    blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 3 * 6 // block_layers
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 19  # stem + 18
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_block_layers_2_is_the_default_network() -> None:
+    torch.manual_seed(0)
+    default = build_network("cifar", 20, "A")
+    torch.manual_seed(0)
+    two = build_network("cifar", 20, "A", block_layers=2)
+    assert default.state_dict().keys() == two.state_dict().keys()
+    pairs = zip(default.state_dict().values(), two.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert "stages.2.2.conv2.weight" in default.state_dict()
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_basic_block_adds_its_input_after_its_last_bn(layers: int) -> None:
+    """relu(bnK(convK(...relu(bn1(conv1(x)))...)) + x): the shortcut spans exactly `layers`."""
+    block = BasicBlock(8, 8, 1, torch.nn.Identity(), layers=layers).eval()
+    names = [name for name, _ in block.named_children()]
+    assert names == [f"{p}{k}" for k in range(1, layers + 1) for p in ("conv", "bn")] + ["shortcut"]
+    for m in block.modules():  # BN that is not the identity, so a misplaced ReLU shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(m.weight)
+            torch.nn.init.normal_(m.bias)
+    x = torch.randn(3, 8, 6, 6)
+    expected = x
+    for k in range(1, layers + 1):
+        expected = getattr(block, f"bn{k}")(getattr(block, f"conv{k}")(expected))
+        if k < layers:
+            expected = torch.relu(expected)
+    with torch.no_grad():
+        assert torch.allclose(block(x), torch.relu(expected + x), atol=1e-6)
+
+
+def test_block_layers_stride_on_the_first_conv() -> None:
+    net = build_network("cifar", 20, "A", block_layers=3)
+    first = net.stages[1][0]
+    assert [getattr(first, f"conv{k}").stride for k in (1, 2, 3)] == [(2, 2), (1, 1), (1, 1)]
+
+
+def test_bad_block_layers_combinations_name_what_works() -> None:
+    with pytest.raises(ValueError, match=r"block_layers=3 .*20, 38, 56, 74"):
+        build_network("cifar", 32, "A", block_layers=3)  # 2n = 10
+    with pytest.raises(ValueError, match=r"block_layers 4 is not valid; valid choices are 1, 2, 3"):
+        build_network("cifar", 20, "A", block_layers=4)
+    with pytest.raises(ValueError, match=r"block_layers=1 is a CIFAR-family option"):
+        build_network("imagenet", 18, "B", block_layers=1)
+
+
+def test_zero_init_residual_zeroes_every_last_bn() -> None:
+    net = build_network("cifar", 20, "A", block_layers=3, zero_init_residual=True)
+    for block in (m for m in net.modules() if isinstance(m, BasicBlock)):
+        assert torch.all(block.bn3.weight == 0)
+        assert torch.all(block.bn1.weight == 1) and torch.all(block.bn2.weight == 1)
+    net = build_network("imagenet", 50, "B", zero_init_residual=True)
+    for block in (m for m in net.modules() if isinstance(m, Bottleneck)):
+        assert torch.all(block.bn3.weight == 0) and torch.all(block.bn2.weight == 1)
+
+
+# --- ImageNet family ---------------------------------------------------------------------------
+
+# PAPER.md: option B, 1000 classes; equal to torchvision's models.
+IMAGENET_PARAMS_B = {
+    18: 11_689_512,
+    34: 21_797_672,
+    50: 25_557_032,
+    101: 44_549_160,
+    152: 60_192_808,
+}
+
+
+@pytest.mark.parametrize("depth", sorted(IMAGENET_PARAMS_B))
+def test_imagenet_option_b_parameters_match_the_paper_and_torchvision(depth: int) -> None:
+    with torch.device("meta"):  # counting only: no weights to initialise
+        ours = build_network("imagenet", depth, "B", num_classes=1000)
+        theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    assert n_params(ours) == n_params(theirs) == IMAGENET_PARAMS_B[depth]
+
+
+@pytest.mark.parametrize(
+    ("depth", "shortcut", "params"),
+    [(18, "none", 11_515_688), (18, "A", 11_515_688), (34, "none", 21_623_848),
+     (34, "A", 21_623_848), (34, "C", 22_716_840)],
+)  # fmt: skip
+def test_imagenet_plain_a_and_c_parameters(depth: int, shortcut: str, params: int) -> None:
+    with torch.device("meta"):
+        assert n_params(build_network("imagenet", depth, shortcut, num_classes=1000)) == params
+
+
+def _randomise_batchnorm(net: torch.nn.Module, seed: int) -> None:
+    """Non-trivial BN affine parameters and running statistics, so a mismatch cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=g) + 0.5
+            m.bias.data = 0.2 * torch.randn(c, generator=g)
+            m.running_mean = 0.2 * torch.randn(c, generator=g)
+            m.running_var = torch.rand(c, generator=g) + 0.5
+
+
+def _torchvision_pair(depth: int, stride: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(depth)
+    theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    _randomise_batchnorm(theirs, depth)
+    ours = build_network("imagenet", depth, "B", num_classes=1000, bottleneck_stride=stride)
+    load_torchvision_state_dict(ours, theirs.state_dict())
+    return ours.eval(), theirs.eval()
+
+
+@pytest.mark.parametrize(
+    ("depth", "stride"), [(18, "1x1"), (34, "1x1"), (50, "3x3"), (101, "3x3"), (152, "3x3")]
+)
+def test_torchvision_weights_give_torchvision_outputs(depth: int, stride: str) -> None:
+    ours, theirs = _torchvision_pair(depth, stride)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs(x)
+        assert expected.std() > 1e-3  # a signal, not a constant
+        torch.testing.assert_close(ours(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+
+def test_paper_bottleneck_stride_differs_from_torchvision_v15() -> None:
+    """Same weights, stride on the 1×1 (the paper) instead of the 3×3: same parameters,
+    a different function."""
+    ours, theirs = _torchvision_pair(50, "1x1")
+    assert n_params(ours) == n_params(theirs)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert not torch.allclose(ours(x), theirs(x), rtol=1e-2, atol=1e-3)
+    down = ours.stages[1][0]
+    assert (down.conv1.stride, down.conv2.stride) == ((2, 2), (1, 1))
+    v15 = build_network("imagenet", 50, "B", bottleneck_stride="3x3").stages[1][0]
+    assert (v15.conv1.stride, v15.conv2.stride) == ((1, 1), (2, 2))
+
+
+def test_bottleneck_registers_each_conv_before_its_bn() -> None:
+    block = build_network("imagenet", 50, "B").stages[0][0]
+    assert isinstance(block, Bottleneck)
+    names = [name for name, _ in block.named_children()]
+    assert names == ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "shortcut"]
+    assert (block.conv1.kernel_size, block.conv2.kernel_size, block.conv3.kernel_size) == (
+        (1, 1), (3, 3), (1, 1),
+    )  # fmt: skip
+    assert block.conv3.out_channels == 4 * block.conv2.out_channels == 256
+
+
+def test_imagenet_stem_and_stage_shapes() -> None:
+    net = build_network("imagenet", 18, "A", num_classes=7, in_channels=1)
+    conv, pool = net.stem[0], net.stem[3]
+    assert (conv.kernel_size, conv.stride, conv.padding, conv.bias) == (
+        (7, 7),
+        (2, 2),
+        (3, 3),
+        None,
+    )
+    assert (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    x = net.stem(torch.randn(2, 1, 224, 224))
+    assert x.shape == (2, 64, 56, 56)
+    sizes = []
+    for stage in net.stages:
+        x = stage(x)
+        sizes.append(tuple(x.shape[1:]))
+    assert sizes == [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]
+    assert net(torch.randn(2, 1, 64, 64)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("shortcut", ["none", "A", "C"])
+def test_bottleneck_nets_take_every_shortcut(shortcut: str) -> None:
+    net = build_network("imagenet", 50, shortcut, num_classes=5)
+    first = net.stages[0][0].shortcut
+    if shortcut == "A":  # 64 -> 256 channels at stride 1: zero padding, no parameters
+        assert isinstance(first, ZeroPadShortcut) and first.extra_channels == 192
+    out = net(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+
+
+def test_imagenet_bad_depth_stride_and_widths_name_the_choices() -> None:
+    with pytest.raises(
+        ValueError, match=r"ImageNet depth 20 .*valid depths are 18, 34, 50, 101, 152"
+    ):
+        build_network("imagenet", 20, "B")
+    with pytest.raises(ValueError, match=r"bottleneck_stride '2x2'; valid choices are 1x1, 3x3"):
+        build_network("imagenet", 50, "B", bottleneck_stride="2x2")
+    with pytest.raises(ValueError, match=r"widths \[16, 32, 64\] must give 4 stages"):
+        build_network("imagenet", 18, "B", widths=[16, 32, 64])
+    # bottleneck_stride means nothing to basic blocks: accepted, no change
+    assert n_params(build_network("cifar", 20, "A", bottleneck_stride="3x3")) == PAPER_PARAMS[20]
+
+
+def test_torchvision_state_dict_into_a_wrong_network_says_why() -> None:
+    theirs = torchvision.models.resnet18(weights=None).state_dict()
+    with pytest.raises(
+        ValueError,
+        match=r"0 keys missing.*unexpected, e\.g\. \['stages\.1\.0\.shortcut\.0\.weight'",
+    ):
+        load_torchvision_state_dict(build_network("imagenet", 18, "A", num_classes=1000), theirs)
+    with pytest.raises(
+        ValueError, match=r"wrong shape.*fc\.weight: \(1000, 512\) vs ours \(10, 512\)"
+    ):
+        load_torchvision_state_dict(build_network("imagenet", 18, "B", num_classes=10), theirs)
+
+
+def test_extended_network_names() -> None:
+    assert network_name(56, "A", 1) == "resnet-56A-1layer"
+    assert network_name(56, "none", "3") == "plain-56-3layer"
+    assert network_name(56, "A", 2) == "resnet-56A"
+    assert network_name(50, "B", 2, "3x3") == "resnet-50B-v1.5"
+    assert network_name(50, "B", bottleneck_stride="1x1") == "resnet-50B"

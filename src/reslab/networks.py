@@ -2,21 +2,51 @@
 
 A plain net is the residual net with its shortcuts removed (``shortcut="none"``): same layers,
 same parameters under option A, so the two are exactly comparable (section 3.3 of the paper).
+
+Two families: ``cifar`` (section 4.2: depth 6n+2, three stages of basic blocks) and ``imagenet``
+(Table 1: depth 18/34 with basic blocks, 50/101/152 with bottleneck blocks).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FAMILIES = ("cifar",)
+FAMILIES = ("cifar", "imagenet")
 SHORTCUTS = ("none", "A", "B", "C")
+DEFAULT_WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
+# Table 1: blocks per stage (conv2_x .. conv5_x) and whether the blocks are bottlenecks.
+IMAGENET_STAGES: dict[int, tuple[tuple[int, ...], bool]] = {
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+}
+BLOCK_LAYERS = (1, 2, 3)
+# Where a downsampling bottleneck puts its stride: "1x1" is the paper's (the first 1×1 conv),
+# "3x3" is torchvision's "v1.5" (same parameters, more multiply-adds).
+BOTTLENECK_STRIDES = ("1x1", "3x3")
 
 
-def network_name(depth: int, shortcut: str) -> str:
-    """The name users see in wandb, run folders and reports: ``plain-56``, ``resnet-56A``."""
-    return f"plain-{depth}" if shortcut == "none" else f"resnet-{depth}{shortcut}"
+def network_name(
+    depth: int | str,
+    shortcut: str,
+    block_layers: int | str = 2,
+    bottleneck_stride: str = "1x1",
+) -> str:
+    """The name users see in wandb, run folders and reports: ``plain-56``, ``resnet-56A``,
+    ``resnet-56A-1layer`` (blocks of one layer), ``resnet-50B-v1.5`` (stride on the 3×3)."""
+    name = f"plain-{depth}" if shortcut == "none" else f"resnet-{depth}{shortcut}"
+    if int(block_layers) != 2:
+        name += f"-{int(block_layers)}layer"
+    if bottleneck_stride == "3x3":
+        name += "-v1.5"
+    return name
 
 
 def cifar_blocks_per_stage(depth: int) -> int:
@@ -76,25 +106,96 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -
 
 
 class BasicBlock(nn.Module):
-    """Two 3×3 conv layers, BN after each; the second ReLU comes after the addition."""
+    """``layers`` 3×3 conv layers (two in the paper), BN after each and ReLU between them; the
+    last ReLU comes after the addition. The stride sits on the first conv.
+
+    Submodules are registered conv1, bn1, conv2, bn2, ..., shortcut: each conv's BN right after it.
+    """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, shortcut: nn.Module | None
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        shortcut: nn.Module | None,
+        layers: int = 2,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        if layers not in BLOCK_LAYERS:
+            raise ValueError(f"block layers {layers!r} is not one of {BLOCK_LAYERS}")
+        self.layers = layers
+        for k in range(1, layers + 1):
+            channels, k_stride = (in_channels, stride) if k == 1 else (out_channels, 1)
+            conv = nn.Conv2d(channels, out_channels, 3, stride=k_stride, padding=1, bias=False)
+            self.add_module(f"conv{k}", conv)
+            self.add_module(f"bn{k}", nn.BatchNorm2d(out_channels))
         self.shortcut = shortcut
 
     @property
     def residual(self) -> bool:
         return self.shortcut is not None
 
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return getattr(self, f"bn{self.layers}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for k in range(1, self.layers + 1):
+            out = getattr(self, f"bn{k}")(getattr(self, f"conv{k}")(out))
+            if k < self.layers:
+                out = F.relu(out)
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1×1 (reduce), 3×3, 1×1 (restore, ×``expansion``) conv layers, BN after each; the last
+    ReLU comes after the addition. The stride sits on the first 1×1 (the paper's placement,
+    ``stride_on="1x1"``) or on the 3×3 (torchvision's "v1.5", ``stride_on="3x3"``).
+
+    Submodules are registered conv1, bn1, conv2, bn2, conv3, bn3, shortcut.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int,
+        shortcut: nn.Module | None,
+        stride_on: str = "1x1",
+    ) -> None:
+        super().__init__()
+        if stride_on not in BOTTLENECK_STRIDES:
+            raise ValueError(
+                f"unknown bottleneck_stride {stride_on!r}; valid choices are "
+                f"{', '.join(BOTTLENECK_STRIDES)}"
+            )
+        stride1, stride3 = (stride, 1) if stride_on == "1x1" else (1, stride)
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, stride=stride1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.shortcut = shortcut
+
+    @property
+    def residual(self) -> bool:
+        return self.shortcut is not None
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
         if self.shortcut is not None:
             out = out + self.shortcut(x)
         return F.relu(out)
@@ -116,9 +217,21 @@ class ResNet(nn.Module):
 
 
 def _cifar_network(
-    depth: int, shortcut: str, num_classes: int, in_channels: int, widths: tuple[int, ...]
+    depth: int,
+    shortcut: str,
+    num_classes: int,
+    in_channels: int,
+    widths: tuple[int, ...],
+    block_layers: int,
 ) -> ResNet:
     n = cifar_blocks_per_stage(depth)
+    if (2 * n) % block_layers:
+        works = ", ".join(str(6 * m + 2) for m in range(3, 19, 3))
+        raise ValueError(
+            f"CIFAR depth {depth} has 2n = {2 * n} conv layers per stage, which blocks of "
+            f"block_layers={block_layers} do not divide; with block_layers=3 valid depths are "
+            f"{works}, ... (6n+2 with n a multiple of 3); block_layers 1 and 2 take any 6n+2"
+        )
     stem = nn.Sequential(
         nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
         nn.BatchNorm2d(widths[0]),
@@ -127,14 +240,52 @@ def _cifar_network(
     stages, channels = [], widths[0]
     for i, width in enumerate(widths):
         blocks = []
-        for j in range(n):
+        for j in range(2 * n // block_layers):
             stride = 2 if i > 0 and j == 0 else 1
-            blocks.append(
-                BasicBlock(
-                    channels, width, stride, make_shortcut(shortcut, channels, width, stride)
-                )
-            )
+            sc = make_shortcut(shortcut, channels, width, stride)
+            blocks.append(BasicBlock(channels, width, stride, sc, layers=block_layers))
             channels = width
+        stages.append(nn.Sequential(*blocks))
+    return ResNet(stem, nn.Sequential(*stages), channels, num_classes)
+
+
+def _imagenet_network(
+    depth: int,
+    shortcut: str,
+    num_classes: int,
+    in_channels: int,
+    widths: tuple[int, ...],
+    bottleneck_stride: str,
+) -> ResNet:
+    if isinstance(depth, bool) or depth not in IMAGENET_STAGES:
+        raise ValueError(
+            f"ImageNet depth {depth!r} is not one of the paper's; valid depths are "
+            f"{', '.join(map(str, IMAGENET_STAGES))}"
+        )
+    blocks_per_stage, bottleneck = IMAGENET_STAGES[depth]
+    if len(widths) != len(blocks_per_stage):
+        raise ValueError(
+            f"ImageNet widths {list(widths)} must give {len(blocks_per_stage)} stages, "
+            f"e.g. {list(DEFAULT_WIDTHS['imagenet'])}"
+        )
+    stem = nn.Sequential(
+        nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    )
+    stages, channels = [], widths[0]
+    for i, (width, count) in enumerate(zip(widths, blocks_per_stage, strict=True)):
+        blocks: list[nn.Module] = []
+        for j in range(count):
+            stride = 2 if i > 0 and j == 0 else 1
+            out = width * Bottleneck.expansion if bottleneck else width
+            sc = make_shortcut(shortcut, channels, out, stride)
+            if bottleneck:
+                blocks.append(Bottleneck(channels, width, stride, sc, bottleneck_stride))
+            else:
+                blocks.append(BasicBlock(channels, out, stride, sc))
+            channels = out
         stages.append(nn.Sequential(*blocks))
     return ResNet(stem, nn.Sequential(*stages), channels, num_classes)
 
@@ -149,8 +300,8 @@ def _init_weights(net: nn.Module, zero_init_residual: bool) -> None:
             nn.init.zeros_(m.bias)
     if zero_init_residual:  # not in the paper: an option only, never a default
         for m in net.modules():
-            if isinstance(m, BasicBlock):
-                nn.init.zeros_(m.bn2.weight)
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(m.last_bn.weight)
 
 
 def build_network(
@@ -160,28 +311,101 @@ def build_network(
     num_classes: int = 10,
     in_channels: int = 3,
     *,
-    widths: tuple[int, ...] | list[int] = (16, 32, 64),
+    widths: Sequence[int] | None = None,
     zero_init_residual: bool = False,
+    block_layers: int = 2,
+    bottleneck_stride: str = "1x1",
 ) -> nn.Module:
     """A network of the paper as a plain ``nn.Module`` returning logits.
 
     Args:
-        family: ``"cifar"``: depth 6n+2, three stages of 2n 3×3 layers (section 4.2).
+        family: ``"cifar"``: depth 6n+2, three stages of 2n 3×3 layers (section 4.2);
+            ``"imagenet"``: depth 18, 34 (basic blocks), 50, 101, 152 (bottlenecks), Table 1.
         depth: number of weighted layers (convolutions and the fully connected layer).
         shortcut: ``"none"`` (plain net), ``"A"`` (zero-padding identity), ``"B"`` (projection
             where dimensions grow), ``"C"`` (projection on every shortcut).
         num_classes: size of the output layer.
         in_channels: channels of the input images (3 for CIFAR, 1 for Fashion-MNIST).
-        widths: filters per stage; the paper's 16/32/64 by default.
+        widths: filters per stage; None is the family's: 16/32/64 (cifar), 64/128/256/512
+            (imagenet; a bottleneck stage outputs 4× its width).
         zero_init_residual: start every block's last BN at zero (not in the paper).
+        block_layers: conv layers per basic block, CIFAR family only (not in the paper, which
+            uses 2 and reports no gain for 1); each stage keeps its 2n layers, so 2n must be
+            divisible by it.
+        bottleneck_stride: where a downsampling bottleneck puts its stride: ``"1x1"`` (the
+            paper's) or ``"3x3"`` (torchvision's "v1.5"); ignored by basic-block nets.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown network family {family!r}; valid choices are {FAMILIES}")
     if shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut {shortcut!r}; valid choices are {', '.join(SHORTCUTS)}")
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    net = _cifar_network(depth, shortcut, num_classes, in_channels, tuple(widths))
+    if isinstance(block_layers, bool) or block_layers not in BLOCK_LAYERS:
+        raise ValueError(
+            f"block_layers {block_layers!r} is not valid; valid choices are "
+            f"{', '.join(map(str, BLOCK_LAYERS))}"
+        )
+    if bottleneck_stride not in BOTTLENECK_STRIDES:
+        raise ValueError(
+            f"unknown bottleneck_stride {bottleneck_stride!r}; valid choices are "
+            f"{', '.join(BOTTLENECK_STRIDES)}"
+        )
+    widths = DEFAULT_WIDTHS[family] if widths is None else tuple(widths)
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"widths must be positive integers, one per stage, got {list(widths)}")
+    if family == "cifar":
+        net = _cifar_network(depth, shortcut, num_classes, in_channels, widths, block_layers)
+    else:
+        if block_layers != 2:
+            raise ValueError(
+                f"block_layers={block_layers} is a CIFAR-family option; the imagenet family "
+                "uses the paper's blocks (block_layers=2)"
+            )
+        net = _imagenet_network(
+            depth, shortcut, num_classes, in_channels, widths, bottleneck_stride
+        )
     _init_weights(net, zero_init_residual)
     return net
+
+
+_TORCHVISION_RENAMES = (
+    (re.compile(r"^conv1\."), "stem.0."),
+    (re.compile(r"^bn1\."), "stem.1."),
+    (re.compile(r"^layer(\d+)\."), lambda m: f"stages.{int(m.group(1)) - 1}."),
+    (re.compile(r"\.downsample\."), ".shortcut."),
+)
+
+
+def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``, our ImageNet
+    network of the same depth with option B (``bottleneck_stride="3x3"`` reproduces
+    torchvision's outputs for 50/101/152). Strict: every key and shape must match."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        new = key
+        for pattern, repl in _TORCHVISION_RENAMES:
+            new = pattern.sub(repl, new)
+        renamed[new] = value
+    ours = net.state_dict()
+    missing = sorted(set(ours) - set(renamed))
+    unexpected = sorted(set(renamed) - set(ours))
+    if missing or unexpected:
+        raise ValueError(
+            "the torchvision state dict does not fit this network (it needs an ImageNet net of "
+            "the same depth with shortcut B): "
+            f"{len(missing)} keys missing, e.g. {missing[:3]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}"
+        )
+    wrong = [
+        f"{k}: {tuple(renamed[k].shape)} vs ours {tuple(v.shape)}"
+        for k, v in ours.items()
+        if renamed[k].shape != v.shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"the torchvision state dict has {len(wrong)} tensors of the wrong shape (widths, "
+            f"num_classes or in_channels differ), e.g. {'; '.join(wrong[:3])}"
+        )
+    net.load_state_dict(renamed, strict=True)

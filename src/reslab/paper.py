@@ -1,0 +1,154 @@
+"""The paper's published numbers, in one place, keyed by network name as
+:func:`reslab.networks.network_name` spells it (``"resnet-20A"``, ``"plain-34"``, ``"resnet-50B"``).
+
+Source: He et al., CVPR 2016, as restated in PAPER.md. Exact, unless said otherwise:
+
+- Parameter counts (``PARAMS``): exact integers. CIFAR: option A or plain, 10 classes, 3×32×32
+  input (97,216·n − 21,926); option B adds 2,752. ImageNet: 1000 classes; option B equals
+  torchvision's models; plain = option A.
+- Multiply-adds of one forward pass of one image (``MULTIPLY_ADDS``): convolutions and the fully
+  connected layer only. ImageNet (224×224): the paper prints 1.8, 3.6, 3.8, 7.6, 11.3 ×10⁹; we
+  keep the more precise 1.814, 3.664, 3.858, 7.57, 11.28 ×10⁹ of PAPER.md (rounded, with the
+  stride on the bottleneck's first 1×1). CIFAR (32×32): PAPER.md's counts, to the digits shown.
+  A plain net and its option-A ResNet share the number (additions are not counted).
+- CIFAR-10 test errors of Table 6 (``TABLE6_TEST_ERROR``): exact, in percent. ResNet-110 is the
+  best of 5 runs; the mean and standard deviation are ``RESNET110_MEAN_STD``.
+- Plain-net CIFAR-10 test errors of Figure 6 (``FIGURE6_PLAIN_TEST_ERROR_APPROX``): APPROXIMATE,
+  read off the plot by others, not published as numbers.
+- ImageNet validation errors of Tables 2, 3 (10-crop) and 4 (single model, multi-scale): exact,
+  top-1 and top-5 in percent; Table 2 gives top-1 only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class TopErrors(NamedTuple):
+    """ImageNet validation error in percent; ``top5`` is None where the table gives none."""
+
+    top1: float
+    top5: float | None = None
+
+
+CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)  # the depths the paper reports on CIFAR-10
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)  # Table 1
+_CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962,
+                 1202: 19_421_274}  # fmt: skip
+_CIFAR_MULTIPLY_ADDS = {20: 40.55e6, 32: 68.86e6, 44: 97.17e6, 56: 125.49e6, 110: 252.89e6,
+                        1202: 2.83e9}  # fmt: skip
+CIFAR_OPTION_B_EXTRA_PARAMS = 2_752
+
+PARAMS: dict[str, int] = {
+    **{f"plain-{d}": p for d, p in _CIFAR_PARAMS.items()},
+    **{f"resnet-{d}A": p for d, p in _CIFAR_PARAMS.items()},
+    **{f"resnet-{d}B": p + CIFAR_OPTION_B_EXTRA_PARAMS for d, p in _CIFAR_PARAMS.items()},
+    # ImageNet, 1000 classes
+    "plain-18": 11_515_688,
+    "resnet-18A": 11_515_688,
+    "resnet-18B": 11_689_512,
+    "plain-34": 21_623_848,
+    "resnet-34A": 21_623_848,
+    "resnet-34B": 21_797_672,
+    "resnet-34C": 22_716_840,
+    "resnet-50B": 25_557_032,
+    "resnet-101B": 44_549_160,
+    "resnet-152B": 60_192_808,
+}
+
+_IMAGENET_MULTIPLY_ADDS = {18: 1.814e9, 34: 3.664e9, 50: 3.858e9, 101: 7.57e9, 152: 11.28e9}
+MULTIPLY_ADDS: dict[str, float] = {
+    **{f"plain-{d}": m for d, m in _CIFAR_MULTIPLY_ADDS.items()},
+    **{f"resnet-{d}A": m for d, m in _CIFAR_MULTIPLY_ADDS.items()},
+    # ImageNet (Table 1): the paper gives one number per depth; plain and A have those FLOPs.
+    "plain-18": _IMAGENET_MULTIPLY_ADDS[18],
+    "resnet-18A": _IMAGENET_MULTIPLY_ADDS[18],
+    "plain-34": _IMAGENET_MULTIPLY_ADDS[34],
+    "resnet-34A": _IMAGENET_MULTIPLY_ADDS[34],
+    **{f"resnet-{d}B": m for d, m in _IMAGENET_MULTIPLY_ADDS.items()},
+}
+
+# Table 6: CIFAR-10 test error (%), option A.
+TABLE6_TEST_ERROR: dict[str, float] = {
+    "resnet-20A": 8.75,
+    "resnet-32A": 7.51,
+    "resnet-44A": 7.17,
+    "resnet-56A": 6.97,
+    "resnet-110A": 6.43,  # best of 5 runs
+    "resnet-1202A": 7.93,
+}
+RESNET110_MEAN_STD: tuple[float, float] = (6.61, 0.16)  # Table 6: mean ± std of 5 runs
+
+# Figure 6 (left), APPROXIMATE: read off the plot. Plain-110 stays above 60% training error.
+FIGURE6_PLAIN_TEST_ERROR_APPROX: dict[str, float] = {
+    "plain-20": 9.5,
+    "plain-32": 10.0,
+    "plain-44": 11.5,
+    "plain-56": 13.0,
+}
+PLAIN110_TRAIN_ERROR_ABOVE_APPROX = 60.0
+
+# Table 2: top-1 error (%), 10-crop, ImageNet validation; ResNets use option A.
+TABLE2_TOP1: dict[str, float] = {
+    "plain-18": 27.94,
+    "plain-34": 28.54,
+    "resnet-18A": 27.88,
+    "resnet-34A": 25.03,
+}
+
+# Table 3: top-1/top-5 error (%), 10-crop, ImageNet validation.
+TABLE3_10CROP: dict[str, TopErrors] = {
+    "plain-34": TopErrors(28.54, 10.02),
+    "resnet-34A": TopErrors(25.03, 7.76),
+    "resnet-34B": TopErrors(24.52, 7.46),
+    "resnet-34C": TopErrors(24.19, 7.40),
+    "resnet-50B": TopErrors(22.85, 6.71),
+    "resnet-101B": TopErrors(21.75, 6.05),
+    "resnet-152B": TopErrors(21.43, 5.71),
+}
+
+# Table 4: top-1/top-5 error (%), single model, multi-scale, ImageNet validation.
+TABLE4_MULTISCALE: dict[str, TopErrors] = {
+    "resnet-34B": TopErrors(21.84, 5.71),
+    "resnet-34C": TopErrors(21.53, 5.60),
+    "resnet-50B": TopErrors(20.74, 5.25),
+    "resnet-101B": TopErrors(19.87, 4.60),
+    "resnet-152B": TopErrors(19.38, 4.49),
+}
+
+
+@dataclass(frozen=True)
+class Published:
+    """Everything the paper gives for one network; None where it gives nothing."""
+
+    name: str
+    family: str | None  # "cifar" or "imagenet": the setting the numbers belong to
+    params: int | None
+    multiply_adds: float | None
+    cifar10_test_error: float | None  # Table 6
+    cifar10_test_error_approx: float | None  # Figure 6, read off the plot
+    imagenet_10crop: TopErrors | None  # Table 3, else Table 2 (top-1 only)
+    imagenet_multiscale: TopErrors | None  # Table 4
+
+
+def published(name: str) -> Published:
+    """The paper's numbers for ``name`` (e.g. ``"resnet-56A"``); all None for an unknown name.
+    Depths 50 and 152 are also valid CIFAR depths: check ``family`` before comparing."""
+    match = re.fullmatch(r"(?:plain|resnet)-(\d+)[ABC]?", name)
+    depth = int(match.group(1)) if match else None
+    family = "cifar" if depth in CIFAR_DEPTHS else "imagenet" if depth in IMAGENET_DEPTHS else None
+    ten_crop = TABLE3_10CROP.get(name)
+    if ten_crop is None and name in TABLE2_TOP1:
+        ten_crop = TopErrors(TABLE2_TOP1[name])
+    return Published(
+        name=name,
+        family=family,
+        params=PARAMS.get(name),
+        multiply_adds=MULTIPLY_ADDS.get(name),
+        cifar10_test_error=TABLE6_TEST_ERROR.get(name),
+        cifar10_test_error_approx=FIGURE6_PLAIN_TEST_ERROR_APPROX.get(name),
+        imagenet_10crop=ten_crop,
+        imagenet_multiscale=TABLE4_MULTISCALE.get(name),
+    )

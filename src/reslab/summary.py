@@ -1,0 +1,313 @@
+"""reslab-summary: parameters and multiply-adds of the networks a config describes, beside the
+paper's numbers.
+
+  reslab-summary                                    # the default: ResNet-20 (A) on CIFAR-10
+  reslab-summary model.depth=56 shortcut=none       # plain-56
+  reslab-summary experiment=demo                    # one row per network of the experiment's sweep
+  reslab-summary model.depth=20,56 shortcut=none,A  # a sweep on the command line: four rows
+  reslab-summary --layers model.depth=110           # plus stem / stage / head breakdown
+
+Overrides are reslab-train's: the config is composed as reslab-train composes it, and a sweep
+(an experiment's ``hydra.sweeper.params``, or comma lists on the command line, which take
+precedence) gives one row per network. Nothing is trained, no data is loaded, no folder is
+made. The input is ``data.crop_size`` (or the dataset's image size, else 32) square, with the
+dataset's channels and classes. ``-m``/``--multirun`` is accepted and changes nothing.
+
+Options:
+  --layers   also print, per network, the breakdown into stem, each stage and the head.
+
+Counting follows the paper: multiply-adds of the convolutions and fully connected layer for one
+image; BN, ReLU, pooling and shortcut additions count nothing. The paper's numbers are shown
+only where the setting is the paper's (CIFAR: 3×32×32 input, 10 classes; ImageNet: 3×224×224,
+1000 classes; default widths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.utils import get_class
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from reslab.networks import DEFAULT_WIDTHS, network_name
+from reslab.paper import published
+from reslab.train import CONFIG_DIR, instantiate
+
+# The setting the paper's counts belong to: (in_channels, image size, classes) per family.
+PAPER_SETTING = {"cifar": (3, 32, 10), "imagenet": (3, 224, 1000)}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a network: ``stem``, ``stage 1`` ... or ``head`` (pooling + classifier)."""
+
+    name: str
+    output_shape: tuple[int, ...]  # per image: (C, H, W) or (classes,)
+    params: int
+    multiply_adds: int
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of parameters (weights and biases; BN's running statistics are buffers)."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def _trace(
+    net: nn.Module, input_shape: Sequence[int], watch: dict[str, nn.Module]
+) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """One forward pass of one zero image in eval mode (no running statistics change):
+    multiply-adds per conv/linear module name, and the output shape of each module in
+    ``watch``."""
+    if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
+        raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
+    names = {m: name for name, m in net.named_modules()}
+    macs: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        per_image = output.numel() // output.shape[0]
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            n = per_image * (module.in_channels // module.groups) * kh * kw
+        else:  # nn.Linear
+            n = per_image * module.in_features
+        macs[names[module]] = macs.get(names[module], 0) + n
+
+    def shape(key: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            shapes[key] = tuple(output.shape[1:])
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(count)
+        for m in net.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    handles += [m.register_forward_hook(shape(key)) for key, m in watch.items()]
+    modes = {m: m.training for m in net.modules()}
+    param = next(net.parameters(), None)
+    x = torch.zeros(
+        1,
+        *(int(s) for s in input_shape),
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None else None,
+    )
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    return macs, shapes
+
+
+def count_multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass of one image of ``input_shape`` (C, H, W): for each
+    ``nn.Conv2d`` output elements × in_channels/groups × kh × kw, for each ``nn.Linear``
+    in × out; nothing for BN, ReLU, pooling and additions (the paper's convention). A network
+    on the ``meta`` device is counted from shapes alone, without any arithmetic."""
+    macs, _ = _trace(net, input_shape, {})
+    return sum(macs.values())
+
+
+def parts(net: nn.Module, input_shape: Sequence[int]) -> list[Part]:
+    """Parameters and multiply-adds per part: each top-level child of ``net``, with the
+    children of ``stages`` as ``stage 1``, ``stage 2``, ... and ``pool`` + ``fc`` as ``head``."""
+    groups: dict[str, list[tuple[str, nn.Module]]] = {}
+    for name, child in net.named_children():
+        if name == "stages":
+            for i, (sub, stage) in enumerate(child.named_children()):
+                groups[f"stage {i + 1}"] = [(f"stages.{sub}", stage)]
+        else:
+            groups.setdefault("head" if name in ("pool", "fc") else name, []).append((name, child))
+    watch = {prefix: m for members in groups.values() for prefix, m in members}
+    macs, shapes = _trace(net, input_shape, watch)
+    result = []
+    for label, members in groups.items():
+        prefixes = [p for p, _ in members]
+        inside = [n for n in macs if any(n == p or n.startswith(p + ".") for p in prefixes)]
+        result.append(
+            Part(
+                name=label,
+                output_shape=shapes.get(prefixes[-1], ()),
+                params=sum(count_parameters(m) for _, m in members),
+                multiply_adds=sum(macs[n] for n in inside),
+            )
+        )
+    return result
+
+
+def human(n: float) -> str:
+    """40.55M, 3.66G: two decimals in the unit the paper uses."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one row of the table shows about one network of a config."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    params: int
+    multiply_adds: int
+    paper_params: int | None
+    paper_multiply_adds: float | None
+    parts: list[Part]
+
+
+def summarize(cfg: DictConfig) -> Summary:
+    """Build the network ``cfg`` describes (no data loaded) and count it."""
+    data_class = get_class(cfg.data._target_)
+    num_classes, in_channels = data_class.num_classes, data_class.in_channels
+    size = cfg.data.get("crop_size") or cfg.data.get("image_size")
+    size = size or getattr(data_class, "image_size", None) or 32
+    input_shape = (in_channels, int(size), int(size))
+    with torch.device("meta"):  # shapes only: no memory for weights, no arithmetic
+        net = instantiate(cfg.model, num_classes=num_classes, in_channels=in_channels)
+    breakdown = parts(net, input_shape)
+
+    model = cfg.model
+    paper = published(
+        network_name(
+            model.depth,
+            model.shortcut,
+            model.get("block_layers", 2),
+            model.get("bottleneck_stride", "1x1"),
+        )
+    )
+    family = model.get("family")
+    widths = model.get("widths")
+    paper_setting = (
+        paper.family is not None
+        and paper.family == family
+        and PAPER_SETTING[family] == (in_channels, input_shape[1], num_classes)
+        and (widths is None or tuple(widths) == DEFAULT_WIDTHS[family])
+    )
+    return Summary(
+        name=str(cfg.name),
+        input_shape=input_shape,
+        num_classes=num_classes,
+        params=count_parameters(net),
+        multiply_adds=sum(p.multiply_adds for p in breakdown),
+        paper_params=paper.params if paper_setting else None,
+        paper_multiply_adds=paper.multiply_adds if paper_setting else None,
+        parts=breakdown,
+    )
+
+
+def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
+    """The overrides of each job, as Hydra's basic sweeper makes them: the composed config's
+    ``hydra.sweeper.params`` first, then ``overrides`` (which win on the same key), comma
+    lists expanded into their product. Call inside an initialised Hydra context."""
+    loader = GlobalHydra.instance().config_loader()
+    parser = OverridesParser.create(config_loader=loader)
+    fixed = [
+        o.input_line for o in parser.parse_overrides(list(overrides)) if not o.is_sweep_override()
+    ]
+    cfg = compose("train", overrides=fixed, return_hydra_config=True)
+    params = cfg.hydra.get("sweeper", {}).get("params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(lines), max_batch_size=None)
+    return jobs
+
+
+def network_configs(overrides: Sequence[str]) -> list[DictConfig]:
+    """One composed config (``return_hydra_config=True``) per network of the sweep."""
+    configs = []
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="reslab"):
+        for job in job_overrides(overrides):
+            cfg = compose("train", overrides=job, return_hydra_config=True)
+            HydraConfig().set_config(cfg)  # so that ${hydra:...} interpolations resolve
+            configs.append(cfg)
+    return configs
+
+
+def _diff(measured: float, paper: float | None) -> str:
+    return "" if paper is None else f"{(measured - paper) / paper:+.2%}"
+
+
+def summary_table(rows: Sequence[Summary]) -> Table:
+    table = Table(
+        title="reslab networks",
+        caption="multiply-adds of one image (convs + FC); paper numbers only for its setting",
+    )
+    for column in ("network", "input → classes", "params", "paper", "Δ", "mult-adds", "paper", "Δ"):
+        table.add_column(column, justify="left" if column == "network" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            r.name,
+            f"{'×'.join(map(str, r.input_shape))} → {r.num_classes}",
+            f"{r.params:,}",
+            "" if r.paper_params is None else f"{r.paper_params:,}",
+            _diff(r.params, r.paper_params),
+            human(r.multiply_adds),
+            "" if r.paper_multiply_adds is None else human(r.paper_multiply_adds),
+            _diff(r.multiply_adds, r.paper_multiply_adds),
+        )
+    return table
+
+
+def parts_table(row: Summary) -> Table:
+    table = Table(title=f"{row.name}: parts")
+    for column in ("part", "output", "params", "mult-adds", "share"):
+        table.add_column(column, justify="left" if column == "part" else "right", no_wrap=True)
+    for p in row.parts:
+        table.add_row(
+            p.name,
+            "×".join(map(str, p.output_shape)),
+            f"{p.params:,}",
+            human(p.multiply_adds),
+            f"{p.multiply_adds / max(row.multiply_adds, 1):.1%}",
+        )
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="reslab-summary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for reslab-train")
+    parser.add_argument("--layers", action="store_true", help="per-part breakdown per network")
+    parser.add_argument("-m", "--multirun", action="store_true", help="accepted; no effect")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        rows = [summarize(cfg) for cfg in network_configs(args.overrides)]
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        cause = f"\n{err.__cause__}" if isinstance(err, HydraException) and err.__cause__ else ""
+        print(f"reslab-summary: error: {err}{cause}", file=sys.stderr)
+        return 1
+    console = Console()
+    console.width = max(console.width, 120)  # pipes and logs get 80 columns otherwise
+    console.print(summary_table(rows))
+    if args.layers:
+        for row in rows:
+            console.print(parts_table(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
