@@ -94,6 +94,7 @@ class InMemoryDataModule(L.LightningDataModule):
     name: str = "dataset"
     num_classes: int = 10
     in_channels: int = 3
+    image_size: int = 32  # side of the (square) images the network sees
 
     def __init__(
         self,
@@ -118,7 +119,9 @@ class InMemoryDataModule(L.LightningDataModule):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}")
         if train_subset is not None and (not isinstance(train_subset, int) or train_subset < 1):
-            raise ValueError(f"data.train_subset must be a positive integer or null, got {train_subset!r}")
+            raise ValueError(
+                f"data.train_subset must be a positive integer or null, got {train_subset!r}"
+            )
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
@@ -142,12 +145,22 @@ class InMemoryDataModule(L.LightningDataModule):
                 f"data.val_size={self.val_size} leaves no training images "
                 f"({self.name} has {len(train_y)}); use a value below {len(train_y)}"
             )
-        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.split_seed))
-        val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        order = torch.randperm(
+            len(train_y), generator=torch.Generator().manual_seed(self.split_seed)
+        )
+        val_idx, train_idx = (
+            order[: self.val_size].sort().values,
+            order[self.val_size :].sort().values,
+        )
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
         self.splits = Splits(
-            train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx], test_x, test_y
+            train_x[train_idx],
+            train_y[train_idx],
+            train_x[val_idx],
+            train_y[val_idx],
+            test_x,
+            test_y,
         )
         # The paper's only normalisation: the per-pixel mean of the training images.
         self.mean = self.splits.train_images.float().mean(0)

@@ -1,7 +1,9 @@
-"""CIFAR-10 from the standard ``cifar-10-batches-py`` pickle batches.
+"""CIFAR-10 and CIFAR-100 from the standard python pickles (``cifar-10-batches-py``,
+``cifar-100-python``).
 
-Each batch is a pickled dict with ``data`` (N×3072 uint8, the red, green and blue planes of a
-32×32 image in turn) and ``labels`` (N ints). They are read with a restricted unpickler that
+Each file is a pickled dict with ``data`` (N×3072 uint8, the red, green and blue planes of a
+32×32 image in turn) and ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100's 100 classes; its
+20 ``coarse_labels`` are not used). They are read with a restricted unpickler that
 accepts only the few types the format needs, so a crafted file cannot run code.
 """
 
@@ -22,6 +24,9 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = ("test_batch",)
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_FOLDER = "cifar-100-python"
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -49,7 +54,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of one CIFAR pickle batch."""
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of one CIFAR pickle batch; CIFAR-100's
+    labels are its fine labels."""
     try:
         raw = path.read_bytes()
         batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
@@ -63,7 +69,8 @@ def load_pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     label_key = "labels" if "labels" in batch else "fine_labels"
     if "data" not in batch or label_key not in batch:
         raise ValueError(
-            f"CIFAR batch '{path}' has keys {sorted(batch)}; expected 'data' and 'labels'"
+            f"CIFAR batch '{path}' has keys {sorted(batch)}; expected 'data' and 'labels' "
+            "(CIFAR-10) or 'fine_labels' (CIFAR-100)"
         )
     data = np.asarray(batch["data"])
     labels = np.asarray(batch[label_key], dtype=np.int64)
@@ -97,7 +104,9 @@ class CIFAR10DataModule(InMemoryDataModule):
             try:
                 download_and_extract_archive(self.url, str(root), md5=self.md5)
             except Exception as err:  # no network, a proxy, a bad archive: say what to do
-                raise FileNotFoundError(self._where_message(f"downloading it failed ({err})")) from err
+                raise FileNotFoundError(
+                    self._where_message(f"downloading it failed ({err})")
+                ) from err
         if missing := self._missing():
             raise FileNotFoundError(self._where_message(f"missing {', '.join(missing)}"))
         return root / self.folder
@@ -124,3 +133,13 @@ class CIFAR10DataModule(InMemoryDataModule):
             return torch.from_numpy(images), torch.from_numpy(labels)
 
         return (*read(self.train_files), *read(self.test_files))
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100: 50k training and 10k test 32×32 colour images of 100 classes (the fine labels),
+    from the files ``train`` and ``test`` of ``cifar-100-python``."""
+
+    name = "cifar100"
+    num_classes = 100
+    url, md5, folder = CIFAR100_URL, CIFAR100_MD5, CIFAR100_FOLDER
+    train_files, test_files = ("train",), ("test",)

@@ -47,7 +47,11 @@ def read_idx(path: Path) -> np.ndarray:
             f"idx file '{path}' is {len(raw)} bytes but its header {shape} needs {expected}: "
             "the file is truncated or corrupt"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 class FashionMNISTDataModule(InMemoryDataModule):
@@ -56,6 +60,7 @@ class FashionMNISTDataModule(InMemoryDataModule):
     name = "fashion_mnist"
     num_classes = 10
     in_channels = 1
+    image_size = 28
 
     def candidate_dirs(self) -> list[Path]:
         return [self.data_dir, self.data_dir / "FashionMNIST" / "raw", DEBIAN_DIR]
@@ -84,7 +89,9 @@ class FashionMNISTDataModule(InMemoryDataModule):
                     FashionMNIST(str(root), train=True, download=True)
                     FashionMNIST(str(root), train=False, download=True)
                 except Exception as err:
-                    raise FileNotFoundError(self._where_message(f"downloading failed ({err})")) from err
+                    raise FileNotFoundError(
+                        self._where_message(f"downloading failed ({err})")
+                    ) from err
             files = self.find_files()
             if files is None:
                 raise FileNotFoundError(self._where_message("the four idx files are missing"))

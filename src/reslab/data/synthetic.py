@@ -16,6 +16,7 @@ class SyntheticDataModule(InMemoryDataModule):
     """
 
     name = "synthetic"
+    image_size = 32  # the instance's is the configured size
 
     def __init__(
         self,
@@ -30,8 +31,13 @@ class SyntheticDataModule(InMemoryDataModule):
         kwargs.setdefault("data_dir", ".")
         kwargs.setdefault("download", False)
         super().__init__(**kwargs)
-        for key, value in (("num_train", num_train), ("num_test", num_test),
-                           ("image_size", image_size), ("channels", channels), ("classes", classes)):
+        for key, value in (
+            ("num_train", num_train),
+            ("num_test", num_test),
+            ("image_size", image_size),
+            ("channels", channels),
+            ("classes", classes),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
         self.num_train, self.num_test, self.image_size = num_train, num_test, image_size

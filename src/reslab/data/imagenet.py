@@ -1,0 +1,527 @@
+"""ImageNet (ILSVRC 2012) from the standard folder layout, with the paper's recipe (section 3.4).
+
+    data_dir/train/<class>/*.JPEG    1.28M images in 1000 class folders such as n01440764
+    data_dir/val/<class>/*.JPEG      50k images, sorted into the same class folders
+
+Classes are the sorted folder names; a label is a class's index. Worker processes decode each
+image and do the geometric work (scale, crop, flip) in uint8; on the training device
+``on_after_batch_transfer`` subtracts the mean, divides by 255 and adds the colour augmentation
+to whole batches.
+
+Training: shorter side resized to a random size in ``scale`` ([256, 480]), a random
+``crop_size`` (224) square, a random horizontal flip, the per-pixel mean subtracted, and the
+PCA lighting noise of Krizhevsky et al. 2012 (alpha ~ N(0, 0.1)).
+Evaluation: shorter side resized to ``eval_resize`` (256), then the centre crop (1 crop) or the
+10 crops in the order of ``TEN_CROP_ORDER``. The paper's ImageNet errors are on the val set, so
+``test/error`` is the val folder again, with ``test_crops`` (10) crops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+# torchvision's ImageFolder extensions, all decoded by Pillow
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+NORMALIZE = ("pixel_mean", "channel")
+CROPS = (1, 10)
+# The order of the 10 evaluation crops (torchvision's ten_crop order): crop k + 5 is the mirror
+# image of crop k, and crop 4 is the single centre crop.
+_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
+TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
+# The usual per-channel statistics of ImageNet (torchvision, fb.resnet.torch), pixels in [0, 1].
+CHANNEL_MEAN = (0.485, 0.456, 0.406)
+CHANNEL_STD = (0.229, 0.224, 0.225)
+# Principal components of ImageNet's RGB pixel values (pixels in [0, 1]), as fb.resnet.torch
+# uses them for Krizhevsky et al.'s colour augmentation: eigenvalues and eigenvectors (columns).
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+LIGHTING_STD = 0.1  # alpha ~ N(0, 0.1), Krizhevsky et al. 2012
+
+
+# --- the folders -----------------------------------------------------------------------------
+@dataclass
+class ImageList:
+    """The image files of a split: paths relative to ``root`` and int64 labels, both numpy
+    arrays, so that forked worker processes share them without copying (no Python objects)."""
+
+    root: Path
+    files: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, i: int) -> Path:
+        return self.root / os.fsdecode(self.files[i])
+
+    def subset(self, n: int | None, seed: int) -> ImageList:
+        """A fixed random subset of ``n`` images (all of them when ``n`` is None or larger),
+        chosen with ``seed`` and kept in folder order."""
+        if n is None or n >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        index = order[:n].sort().values.numpy()
+        return ImageList(self.root, self.files[index], self.labels[index])
+
+
+def scan_class_folders(folder: Path) -> tuple[list[str], ImageList]:
+    """Sorted class folder names of ``folder`` and its images (``IMAGE_EXTENSIONS``, any case).
+
+    Other files are skipped with a warning that names them; a class folder left without images,
+    or a folder without class folders, is an error. Hidden entries (``.name``) are ignored.
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"ImageNet folder '{folder}' is missing: expected '{folder}/<class>/*.JPEG' with one "
+            "folder per class (such as n01440764)"
+        )
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    if not classes:
+        loose = [e.name for e in entries if e.is_file() and _is_image(e.name)]
+        hint = (
+            f"; it holds {len(loose)} images directly (such as '{loose[0]}'): ImageNet's val "
+            "images come in one flat folder, sort them into class folders with the devkit's "
+            "ground truth (for example with the widely used valprep.sh)"
+            if loose
+            else ""
+        )
+        raise ValueError(
+            f"no class folders in '{folder}': expected '{folder}/<class>/*.JPEG', e.g. "
+            f"'{folder}/n01440764/n01440764_10026.JPEG'{hint}"
+        )
+    files: list[str] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    empty: list[str] = []
+    for label, name in enumerate(classes):
+        found = 0
+        for entry in sorted(os.scandir(folder / name), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file() and _is_image(entry.name):
+                files.append(f"{name}/{entry.name}")
+                labels.append(label)
+                found += 1
+            else:
+                skipped.append(f"{name}/{entry.name}")
+        if not found:
+            empty.append(name)
+    if skipped:
+        shown = ", ".join(f"'{folder / s}'" for s in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.warn(
+            f"skipping {len(skipped)} non-image entries in '{folder}': {shown}{more} (images "
+            f"end in {', '.join(IMAGE_EXTENSIONS)}, in any case)",
+            stacklevel=2,
+        )
+    if empty:
+        shown = ", ".join(f"'{folder / e}'" for e in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise ValueError(
+            f"{len(empty)} class folder(s) without images: {shown}{more}; every class folder "
+            f"needs at least one image ({', '.join(IMAGE_EXTENSIONS)}, in any case)"
+        )
+    paths = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
+    return classes, ImageList(folder, paths, np.array(labels, dtype=np.int64))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as a uint8 RGB tensor (3, H, W), whatever its format says (ImageNet has a
+    PNG named .JPEG); grey and CMYK images become RGB. Pillow decodes it (torchvision.io's
+    decoders are deprecated). The tensor keeps Pillow's H, W, C memory order, which resizes
+    fastest."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.array(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:  # unknown format, truncated, corrupt
+        raise ValueError(f"cannot decode image '{path}': {err}") from err
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+# --- per-image geometry (in the worker processes) --------------------------------------------
+def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``image`` (C, H, W) resized (bilinear, antialiased) so that its shorter side is ``size``."""
+    if min(image.shape[-2:]) == size:
+        return image
+    return TF.resize(image, [size], antialias=True)
+
+
+def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The ``size``×``size`` centre of ``image`` (offsets rounded down)."""
+    h, w = image.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[..., top : top + size, left : left + size]
+
+
+def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The 4 corner crops, the centre crop, then their horizontal flips: (10, C, size, size),
+    in the order of ``TEN_CROP_ORDER``."""
+    h, w = image.shape[-2:]
+    corners = [
+        image[..., :size, :size],
+        image[..., :size, w - size :],
+        image[..., h - size :, :size],
+        image[..., h - size :, w - size :],
+    ]
+    five = torch.stack([*corners, center_crop(image, size)])
+    return torch.cat([five, five.flip(-1)])
+
+
+class TrainCrop:
+    """The paper's scale augmentation: shorter side resized to a size drawn uniformly from the
+    integers in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2.
+
+    Draws from torch's default generator, which DataLoader seeds per worker and per epoch.
+    """
+
+    def __init__(self, crop_size: int, scale: tuple[int, int], flip: bool = True) -> None:
+        self.crop_size, self.scale, self.flip = crop_size, scale, flip
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        c = self.crop_size
+        image = resize_shorter(image, int(torch.randint(self.scale[0], self.scale[1] + 1, ())))
+        h, w = image.shape[-2:]
+        top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
+        crop = image[:, top : top + c, left : left + c]
+        return crop.flip(-1) if self.flip and torch.rand(()) < 0.5 else crop
+
+
+class EvalCrops:
+    """Shorter side resized to ``resize``, then the centre crop (3, c, c) or ten crops
+    (10, 3, c, c)."""
+
+    def __init__(self, crop_size: int, resize: int, crops: int) -> None:
+        self.crop_size, self.resize, self.crops = crop_size, resize, crops
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = resize_shorter(image, self.resize)
+        if self.crops == 1:
+            return center_crop(image, self.crop_size)
+        return ten_crop(image, self.crop_size)
+
+
+class ImageFolderDataset(Dataset):
+    """(uint8 crops, label) of each image of an ``ImageList``."""
+
+    def __init__(
+        self, images: ImageList, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(read_image(self.images.path(i))), int(self.images.labels[i])
+
+
+# --- batched colour augmentation (on the training device) ------------------------------------
+def pca_lighting_basis(device: torch.device | str = "cpu") -> torch.Tensor:
+    """(3, 3) matrix B with B[i, j] = eigvec[i, j] * eigval[j] * 255: noise = alpha @ B.T in
+    pixel units (0..255)."""
+    return torch.tensor(PCA_EIGVEC, device=device) * torch.tensor(PCA_EIGVAL, device=device) * 255
+
+
+def pca_lighting_noise(
+    n: int, basis: torch.Tensor, std: float = LIGHTING_STD, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(n, 3) RGB offsets, one per image: sum_j alpha_j * eigval_j * eigvec_j with alpha_j ~
+    N(0, std), drawn on ``basis``'s device."""
+    alpha = torch.randn((n, 3), device=basis.device, generator=generator) * std
+    return alpha @ basis.T
+
+
+# --- the DataModule --------------------------------------------------------------------------
+class ImageNetDataModule(L.LightningDataModule):
+    """ImageNet from ``data_dir/train`` and ``data_dir/val`` class folders.
+
+    Args:
+        data_dir: the folder with ``train/`` and ``val/``; the mean cache is written here.
+        batch_size: global training batch (256 in the paper); each of the trainer's
+            ``world_size`` processes loads ``batch_size // world_size``.
+        val_size: None: the whole val folder; N: a fixed random subset of N val images (seeded
+            by ``split_seed``; all of them when N is larger), for quick runs; 0: no validation.
+        split_seed: seed of the val, training and mean subsets.
+        train_subset: None: every training image; N: a fixed random subset of N (all when N is
+            larger).
+        augment: scale augmentation, random crop, flip and colour augmentation in training;
+            false trains on the evaluation's centre crop.
+        crop_size: side of the square crops (224).
+        scale: inclusive range of the random shorter side in training ([256, 480]).
+        eval_resize: shorter side before the evaluation crops (256).
+        normalize: "pixel_mean" subtracts the per-pixel mean of the training images (the
+            paper's); "channel" uses the usual ImageNet per-channel mean and std.
+        mean_images: training images (a fixed random subset) whose centre crops give the
+            per-pixel mean; it is cached as a .pt file in ``data_dir`` when that is writable.
+        color_augment: Krizhevsky et al.'s PCA lighting noise in training.
+        val_crops: crops per validation image: 1 (centre) or 10.
+        test_crops: crops per test image: 10 (the paper's comparisons) or 1.
+        eval_batch_size: images per validation or test batch, per process (×10 crops).
+        num_workers: decoding processes per loader (persistent when > 0); 0 decodes in-process.
+        download: accepted for symmetry with the other datasets; ImageNet cannot be downloaded.
+        seed: seed of the training order.
+        padding: ignored; the CIFAR crop padding does not apply to ImageNet (accepted so that
+            presets that set it on every dataset work).
+    """
+
+    name: str = "imagenet"
+    in_channels: int = 3
+    num_classes: int = 1000
+    image_size: int = 224
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        batch_size: int = 256,
+        val_size: int | None = None,
+        split_seed: int = 0,
+        train_subset: int | None = None,
+        augment: bool = True,
+        crop_size: int = 224,
+        scale: Sequence[int] = (256, 480),
+        eval_resize: int = 256,
+        normalize: str = "pixel_mean",
+        mean_images: int = 10_000,
+        color_augment: bool = True,
+        val_crops: int = 1,
+        test_crops: int = 10,
+        eval_batch_size: int = 50,
+        num_workers: int = 4,
+        download: bool = False,
+        seed: int = 0,
+        padding: int | None = None,
+    ) -> None:
+        super().__init__()
+        for key, value, low in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("crop_size", crop_size, 1),
+            ("mean_images", mean_images, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            _check_int(key, value, low)
+        for key, value, low in (("val_size", val_size, 0), ("train_subset", train_subset, 1)):
+            if value is not None:
+                _check_int(key, value, low, "or null")
+        pair = tuple(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else ()
+        if len(pair) != 2 or not all(map(_is_int, pair)) or not crop_size <= pair[0] <= pair[1]:
+            raise ValueError(
+                f"data.scale must be two integers [min, max] with data.crop_size={crop_size} <= "
+                f"min <= max (the paper: [256, 480]), got {scale!r}"
+            )
+        _check_int("eval_resize", eval_resize, crop_size, f"(data.crop_size={crop_size})")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
+        for key, value in (("val_crops", val_crops), ("test_crops", test_crops)):
+            if value not in CROPS or isinstance(value, bool):
+                raise ValueError(f"data.{key}={value!r} is not one of {CROPS}")
+        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
+        self.augment, self.color_augment = augment, color_augment
+        self.crop_size, self.image_size = crop_size, crop_size
+        self.scale, self.eval_resize = (pair[0], pair[1]), eval_resize
+        self.normalize, self.mean_images = normalize, mean_images
+        self.val_crops, self.test_crops = val_crops, test_crops
+        self.num_workers, self.download, self.seed = num_workers, download, seed
+        self.classes: list[str] = []
+        self.train_images: ImageList | None = None
+        self.val_images: ImageList | None = None
+        self.test_images: ImageList | None = None
+        # Subtracted from / divided into float pixels (0..255) on the training device.
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        self.lighting = pca_lighting_basis()
+
+    # --- Lightning hooks -------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_images is not None:
+            return
+        if not self.data_dir.is_dir():
+            cannot = (
+                " ImageNet cannot be downloaded automatically (data.download=true changes "
+                "nothing): get ILSVRC2012 from https://image-net.org after accepting its terms."
+                if self.download
+                else ""
+            )
+            raise FileNotFoundError(
+                f"ImageNet not found: data.data_dir '{self.data_dir}' does not exist. Put the "
+                f"images in '{self.data_dir}/train/<class>/*.JPEG' and "
+                f"'{self.data_dir}/val/<class>/*.JPEG' (class folders such as n01440764; the val "
+                f"images sorted into the same class folders), or set data.data_dir.{cannot}"
+            )
+        classes, train = scan_class_folders(self.data_dir / "train")
+        val_classes, val = scan_class_folders(self.data_dir / "val")
+        if val_classes != classes:
+            missing = sorted(set(classes) - set(val_classes))
+            extra = sorted(set(val_classes) - set(classes))
+            raise ValueError(
+                f"the class folders of '{self.data_dir / 'val'}' differ from those of "
+                f"'{self.data_dir / 'train'}': missing in val: {missing[:10]}"
+                f"{' ...' if len(missing) > 10 else ''}; only in val: {extra[:10]}"
+                f"{' ...' if len(extra) > 10 else ''}"
+            )
+        train = train.subset(self.train_subset, self.split_seed)
+        # val_size 0: no validation, but the test still needs the whole val folder
+        test = val.subset(self.val_size or None, self.split_seed)
+        if self.normalize == "channel":
+            mean = torch.tensor(CHANNEL_MEAN).view(3, 1, 1) * 255
+            std = torch.tensor(CHANNEL_STD).view(3, 1, 1) * 255
+        else:
+            mean, std = self.pixel_mean(train), torch.full((3, 1, 1), 255.0)
+        # set last, so that a setup() that failed half-way runs again in full
+        self.classes, self.num_classes = classes, len(classes)
+        self.mean, self.std = mean, std
+        self.val_images = test.subset(0, self.split_seed) if self.val_size == 0 else test
+        self.test_images = test  # ImageNet's errors are reported on the val set
+        self.train_images = train
+
+    @property
+    def has_val(self) -> bool:
+        """Whether there are validation images (known once ``setup`` has run)."""
+        return self.val_images is not None and len(self.val_images) > 0
+
+    def train_dataloader(self) -> DataLoader:
+        images = self._ready(self.train_images)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} (the global batch) is not divisible by the "
+                f"{world} processes; choose a multiple of {world}"
+            )
+        if self.augment:
+            transform = TrainCrop(self.crop_size, self.scale)
+        else:
+            transform = EvalCrops(self.crop_size, self.eval_resize, 1)
+        return self._loader(images, transform, self.batch_size // world, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        images = self._ready(self.val_images)
+        if not len(images):
+            return []
+        crops = EvalCrops(self.crop_size, self.eval_resize, self.val_crops)
+        return self._loader(images, crops, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The val images (the same subset as validation; the whole val folder when
+        ``val_size`` is 0) with ``test_crops`` crops."""
+        crops = EvalCrops(self.crop_size, self.eval_resize, self.test_crops)
+        return self._loader(self._ready(self.test_images), crops, self.eval_batch_size, train=False)
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 with the mean subtracted and
+        divided by 255 (or the channel std); in training also the PCA lighting noise."""
+        images, labels = batch
+        if self.mean is None or self.std is None:
+            raise RuntimeError("ImageNetDataModule: call setup() before using its batches")
+        if self.mean.device != images.device:  # once, not every batch
+            self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
+            self.lighting = self.lighting.to(images.device)
+        x = images.float() - self.mean
+        training = self.trainer is not None and self.trainer.training
+        if training and self.augment and self.color_augment:
+            x = x + pca_lighting_noise(len(x), self.lighting)[:, :, None, None]
+        return x / self.std, labels
+
+    # --- helpers ---------------------------------------------------------------------------
+    def pixel_mean(self, train: ImageList) -> torch.Tensor:
+        """Per-pixel mean (3, c, c) of the centre crops of up to ``mean_images`` of ``train``,
+        read from or written to a cache file in ``data_dir`` keyed by the images and sizes."""
+        images = train.subset(self.mean_images, self.split_seed)
+        key = hashlib.sha1(f"{self.crop_size} {self.eval_resize}\n".encode())
+        for f in images.files:
+            key.update(f + b"\n")
+        digest = key.hexdigest()[:12]
+        path = self.mean_cache_path(len(images), digest)
+        if path.is_file():
+            try:
+                cached = torch.load(path, map_location="cpu", weights_only=True)
+                mean = cached["mean"]
+                if cached["key"] == digest and mean.shape == (3, self.crop_size, self.crop_size):
+                    return mean.float()
+                warnings.warn(
+                    f"mean cache '{path}' does not match these images; recomputing", stacklevel=2
+                )
+            except Exception as err:  # a truncated or foreign file: recompute and replace it
+                why = str(err).splitlines()[0] if str(err) else type(err).__name__
+                warnings.warn(f"cannot read mean cache '{path}' ({why}); recomputing", stacklevel=2)
+        log.info("computing the per-pixel mean of %d training images", len(images))
+        crops = EvalCrops(self.crop_size, self.eval_resize, 1)
+        loader = self._loader(images, crops, 64, train=False, persistent=False)
+        total = torch.zeros(3, self.crop_size, self.crop_size, dtype=torch.float64)
+        for batch, _ in loader:
+            total += batch.double().sum(0)
+        mean = (total / len(images)).float()
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:  # atomic, so that DDP ranks computing it at once never read a half-written file
+            torch.save({"mean": mean, "key": digest, "images": len(images)}, tmp)
+            os.replace(tmp, path)
+        except OSError as err:
+            log.info("mean not cached (%s): '%s' is not writable; it stays in memory", err, path)
+            tmp.unlink(missing_ok=True)
+        return mean
+
+    def mean_cache_path(self, n: int, digest: str) -> Path:
+        """Where the per-pixel mean of ``n`` images with this key is cached."""
+        name = f"pixel_mean_{self.crop_size}px_resize{self.eval_resize}_{n}images_{digest}.pt"
+        return self.data_dir / name
+
+    def _ready(self, images: ImageList | None) -> ImageList:
+        if images is None:
+            raise RuntimeError("ImageNetDataModule: call setup() before asking for its loaders")
+        return images
+
+    def _loader(
+        self,
+        images: ImageList,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        batch_size: int,
+        *,
+        train: bool,
+        persistent: bool = True,
+    ) -> DataLoader:
+        return DataLoader(
+            ImageFolderDataset(images, transform),
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            num_workers=self.num_workers,
+            persistent_workers=persistent and self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(key: str, value: object, low: int, note: str = "") -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        raise ValueError(
+            f"data.{key} must be an integer >= {low}{' ' + note if note else ''}, got {value!r}"
+        )
