@@ -54,6 +54,27 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
     path.write_bytes(gzip.compress(raw) if compress else raw)
 
 
+def make_imagenet(root: Path, n_train: int = 6, n_val: int = 2, seed: int = 0) -> Path:
+    """``root/{train,val}/<class>/*.JPEG`` for 3 classes, random colour images of mixed
+    sizes and aspect ratios, as ILSVRC-2012 is laid out."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = ((80, 100), (96, 72), (72, 72))
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c in ("n01440764", "n01443537", "n01484850"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (*sizes[i % 3], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{c}_{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_imagenet(tmp_path_factory.mktemp("imagenet"))
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_cifar10(tmp_path_factory.mktemp("cifar10"))

@@ -1,19 +1,25 @@
 """The Classifier LightningModule: cross-entropy, error rates in percent, SGD on an iteration
-schedule. Every number comes from the config; nothing here knows which network it trains."""
+schedule with the paper's warm-up rule. Every number comes from the config; nothing here knows
+which network it trains."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+TOP5_MIN_CLASSES = 100  # top-5 error is logged for 100 classes or more (CIFAR-100, ImageNet)
 
 
 class Classifier(L.LightningModule):
@@ -21,15 +27,26 @@ class Classifier(L.LightningModule):
 
     Logs, stepped by the global iteration: ``train/loss`` and ``train/error`` averaged over the
     last ``log_every_n_steps`` iterations (the smoothed curves of the paper's figures), ``lr``,
-    and ``val/error`` / ``test/error`` over the whole evaluation set. Errors are in percent.
+    and ``val/error`` / ``test/error`` over the whole evaluation set (plus ``val/error_top5``
+    and ``test/error_top5`` with 100 classes or more). Errors are in percent. An evaluation
+    batch of shape (B, crops, C, H, W) is classified by the mean softmax over its crops (the
+    10-crop testing of ImageNet).
 
     Args:
         net: the network.
         optimizer: builds the optimizer from the parameters (a ``_partial_`` config).
         scheduler: builds the learning-rate schedule from the optimizer; it is stepped every
-            iteration, so its milestones are iterations, as in the paper.
+            iteration, so its milestones are iterations, as in the paper. A
+            ``ReduceLROnPlateau`` is stepped once after each validation, on ``val/error``.
         channels_last: keep weights and activations in NHWC memory order (faster on recent CPUs
             and GPUs); the same model and arithmetic up to float rounding.
+        warmup_lr: the paper's warm-up for its 110- and 1202-layer nets (section 4.2): train at
+            this lr until the training error falls below ``warmup_until_error``, then return to
+            the scheduled lr (0.1) and the normal schedule. None: no warm-up.
+        warmup_until_error: the training error (percent) that ends the warm-up.
+        warmup_window: iterations whose mean training error is compared with the threshold;
+            the check reads one number from the device every ``warmup_window`` iterations, and
+            only while warming up.
     """
 
     def __init__(
@@ -38,33 +55,70 @@ class Classifier(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         channels_last: bool = False,
+        warmup_lr: float | None = None,
+        warmup_until_error: float = 80.0,
+        warmup_window: int = 10,
     ) -> None:
         super().__init__()
+        if warmup_lr is not None and not warmup_lr > 0:
+            raise ValueError(
+                f"optim.warmup.lr must be a positive number or null, got {warmup_lr!r}"
+            )
+        if not 0 < warmup_until_error <= 100:
+            raise ValueError(
+                f"optim.warmup.until_train_error must be a percentage in (0, 100], "
+                f"got {warmup_until_error!r}"
+            )
+        if (
+            isinstance(warmup_window, bool)
+            or not isinstance(warmup_window, int)
+            or warmup_window < 1
+        ):
+            raise ValueError(
+                f"optim.warmup.window must be a positive integer, got {warmup_window!r}"
+            )
         self.channels_last = channels_last
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.warmup_lr, self.warmup_until_error = warmup_lr, warmup_until_error
+        self.warmup_window = warmup_window
         # Accumulated on the device between logging steps: no host sync inside a step.
         self.train_loss = MeanMetric()
         self.train_error = MeanMetric()
         self.val_error = MeanMetric()
+        self.val_error_top5 = MeanMetric()
         self.test_error = MeanMetric()
+        self.test_error_top5 = MeanMetric()
+        # Progress that a checkpoint must carry (see on_save_checkpoint).
         self.validated_at: int | None = None  # the iteration of the last validation
+        self.plateau_stepped_at: int | None = None  # the validation a plateau schedule last saw
+        self.warming_up = warmup_lr is not None
+        self.warmup_ended_at: int | None = None
+        self._warmup_wrong = torch.zeros(2)  # (wrong images, images) of the current window
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() == 5:  # (B, crops, C, H, W): the mean softmax over the crops
+            b, crops = images.shape[:2]
+            probs = self.forward(images.flatten(0, 1)).softmax(dim=1)
+            return probs.view(b, crops, -1).mean(dim=1).log()
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
+    # --- training -------------------------------------------------------------------------------
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
+        wrong = _wrong_percent(logits.detach(), labels)
         self.train_loss.update(loss.detach(), weight=labels.numel())
-        self.train_error.update(_wrong_percent(logits.detach(), labels))
+        self.train_error.update(wrong)
         iteration = self.global_step + 1  # this step's number once the optimizer has stepped
+        if self.warming_up:
+            self._check_warmup(wrong, iteration)
         if iteration % self.trainer.log_every_n_steps == 0 or iteration == self.trainer.max_steps:
             self.log("step", float(iteration))  # the x-axis: iterations done, not Lightning's count
             self.log("train/loss", self.train_loss.compute(), prog_bar=False)
@@ -74,32 +128,124 @@ class Classifier(L.LightningModule):
             self.train_error.reset()
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def _check_warmup(self, wrong: torch.Tensor, iteration: int) -> None:
+        """Count this batch into the warm-up window; at the window's end, end the warm-up if
+        the window's training error (over all ranks) is below the threshold."""
+        counts = torch.stack([wrong.sum() / 100.0, wrong.new_tensor(float(wrong.numel()))])
+        self._warmup_wrong = self._warmup_wrong.to(wrong.device) + counts
+        if iteration % self.warmup_window:
+            return
+        total = self.trainer.strategy.reduce(self._warmup_wrong.clone(), reduce_op="sum")
+        error = 100.0 * float(total[0]) / max(float(total[1]), 1.0)
+        self._warmup_wrong = torch.zeros_like(self._warmup_wrong)
+        if error < self.warmup_until_error:
+            self.warming_up = False
+            self.warmup_ended_at = iteration
+            self.log("warmup_ended_at", float(iteration))
+            rank_zero_info(
+                f"[reslab] warm-up ended at iteration {iteration}: training error {error:.1f}% "
+                f"< {self.warmup_until_error:g}%; lr back to the schedule"
+            )
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        if not self.warming_up:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        # During the warm-up the step uses warmup_lr; the scheduled lr is put back afterwards,
+        # so the schedule itself never sees the warm-up and resumes exactly where it stands.
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = self.warmup_lr
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:
+            for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+                group["lr"] = lr
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
         images, labels = batch
-        self.val_error.update(_wrong_percent(self(images), labels))
-        self.log("val/error", self.val_error, on_step=False, on_epoch=True, prog_bar=True)
+        logits = self(images)
+        error, error_top5 = getattr(self, f"{split}_error"), getattr(self, f"{split}_error_top5")
+        error.update(_wrong_percent(logits, labels))
+        self.log(f"{split}/error", error, on_step=False, on_epoch=True, prog_bar=split == "val")
+        if logits.shape[1] >= TOP5_MIN_CLASSES:
+            top5 = logits.topk(5, dim=1).indices
+            error_top5.update((top5 != labels[:, None]).all(dim=1).float() * 100.0)
+            self.log(f"{split}/error_top5", error_top5, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self.log("step", float(self.global_step))
         self.validated_at = self.global_step
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        images, labels = batch
-        self.test_error.update(_wrong_percent(self(images), labels))
-        self.log("test/error", self.test_error, on_step=False, on_epoch=True)
+        self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self.log("step", float(self.global_step))
 
+    # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "step"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            # Offered to lr_scheduler_step after every iteration; it steps after validations only.
+            config.update(monitor="val/error", strict=False)
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
+        if not isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step()
+        elif self.validated_at is not None and self.validated_at != self.plateau_stepped_at:
+            scheduler.step(metric)  # once per validation: patience counts validations
+            self.plateau_stepped_at = self.validated_at
+
+    def on_fit_start(self) -> None:
+        for config in self.trainer.lr_scheduler_configs:
+            if not isinstance(config.scheduler, ReduceLROnPlateau):
+                continue
+            # Expected before the first validation: lr_scheduler_step waits for one.
+            warnings.filterwarnings(
+                "ignore", message="ReduceLROnPlateau conditioned on metric val/error which is not"
+            )
+            if not self._has_val():
+                raise ValueError(
+                    "the learning rate decays on a plateau of val/error, but there is no "
+                    "validation set: set data.val_size > 0, or use a schedule with milestones "
+                    "(e.g. optim=paper_imagenet_steps)"
+                )
+
+    def _has_val(self) -> bool:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return bool(getattr(datamodule, "has_val", True)) and self.trainer.limit_val_batches != 0
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["reslab"] = {
+            "validated_at": self.validated_at,
+            "plateau_stepped_at": self.plateau_stepped_at,
+            "warming_up": self.warming_up,
+            "warmup_ended_at": self.warmup_ended_at,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("reslab", {})
+        self.validated_at = state.get("validated_at", self.validated_at)
+        self.plateau_stepped_at = state.get("plateau_stepped_at", self.plateau_stepped_at)
+        self.warming_up = state.get("warming_up", self.warming_up)
+        self.warmup_ended_at = state.get("warmup_ended_at", self.warmup_ended_at)
 
 
 def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 import warnings
@@ -24,7 +25,52 @@ from omegaconf import DictConfig, OmegaConf
 
 from reslab.networks import network_name
 
+
+def parse_network_name(spec: str) -> dict[str, Any]:
+    """The inverse of ``network_name``, for experiment sweeps over whole networks:
+    ``"plain-20"``, ``"resnet-56A"``, ``"resnet-56A-1layer"``, ``"resnet-50B-v1.5"``, with an
+    optional ``@seed`` (``"resnet-110A@3"``). Returns depth, shortcut, block_layers,
+    bottleneck_stride and seed (0 when not given)."""
+    match = _NETWORK_SPEC.fullmatch(str(spec).strip())
+    if match is None:
+        raise ValueError(
+            f"net={spec!r} is not a network name; write it as reslab names networks: plain-20, "
+            "resnet-56A, resnet-34B, resnet-56A-1layer, resnet-50B-v1.5, optionally @seed "
+            "(resnet-110A@3)"
+        )
+    kind, depth, shortcut, layers, v15, seed = match.groups()
+    if (kind == "plain") != (shortcut == ""):
+        raise ValueError(
+            f"net={spec!r}: a plain net has no shortcut letter and a resnet needs one of A, B, C "
+            "(plain-20, resnet-20A)"
+        )
+    return {
+        "depth": int(depth),
+        "shortcut": shortcut or "none",
+        "block_layers": int(layers) if layers else 2,
+        "bottleneck_stride": "3x3" if v15 else "1x1",
+        "seed": int(seed) if seed else 0,
+    }
+
+
+_NETWORK_SPEC = re.compile(r"(plain|resnet)-(\d+)([ABC]?)(?:-(\d)layer)?(-v1\.5)?(?:@(\d+))?")
+
+
+def _net_field(spec: str, field: str) -> Any:
+    return parse_network_name(spec)[field]
+
+
+def paper_warmup_lr(depth: int, min_depth: int | None, lr: float | None) -> float | None:
+    """The warm-up lr for a net of ``depth``: ``lr`` from ``min_depth`` layers on (the paper
+    warms up its 110- and 1202-layer nets), None otherwise."""
+    if lr is None or min_depth is None or depth < min_depth:
+        return None
+    return lr
+
+
 OmegaConf.register_new_resolver("network_name", network_name, replace=True)
+OmegaConf.register_new_resolver("net", _net_field, replace=True)
+OmegaConf.register_new_resolver("paper_warmup_lr", paper_warmup_lr, replace=True)
 
 _REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 CONFIG_DIR = str(_REPO_CONF if _REPO_CONF.is_dir() else Path(__file__).with_name("conf"))
@@ -66,7 +112,10 @@ def run_summary(cfg: DictConfig, dataset: str) -> dict[str, Any]:
 
 
 def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
-    keep = ("train/loss", "train/error", "val/error", "test/error")
+    keep = (
+        "train/loss", "train/error", "val/error", "test/error", "val/error_top5",
+        "test/error_top5", "warmup_ended_at",
+    )  # fmt: skip
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k in keep}
 
 
@@ -127,7 +176,7 @@ def train(cfg: DictConfig) -> float:
 
 @rank_zero_only
 def _print_result(name: str, iterations: int, metrics: dict[str, float], seconds: float) -> None:
-    parts = [f"{k} {v:.2f}%" for k, v in metrics.items() if k.endswith("error")]
+    parts = [f"{k} {v:.2f}%" for k, v in metrics.items() if "error" in k]
     print(f"[reslab] {name}: {iterations} iterations, {', '.join(parts)} ({seconds:.0f} s)")
 
 
