@@ -13,7 +13,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
-from reslab.train import CONFIG_DIR, parse_network_name
+from reslab.networks import parse_network_name
+from reslab.train import CONFIG_DIR
 
 EXPERIMENTS = {
     "fig1": ["plain-20", "plain-56"],

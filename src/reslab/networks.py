@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,36 @@ def network_name(
     if bottleneck_stride == "3x3":
         name += "-v1.5"
     return name
+
+
+def parse_network_name(spec: str) -> dict[str, Any]:
+    """The inverse of ``network_name``, for experiment sweeps over whole networks:
+    ``"plain-20"``, ``"resnet-56A"``, ``"resnet-56A-1layer"``, ``"resnet-50B-v1.5"``, with an
+    optional ``@seed`` (``"resnet-110A@3"``). Returns depth, shortcut, block_layers,
+    bottleneck_stride and seed (0 when not given)."""
+    match = _NETWORK_SPEC.fullmatch(str(spec).strip())
+    if match is None:
+        raise ValueError(
+            f"net={spec!r} is not a network name; write it as reslab names networks: plain-20, "
+            "resnet-56A, resnet-34B, resnet-56A-1layer, resnet-50B-v1.5, optionally @seed "
+            "(resnet-110A@3)"
+        )
+    kind, depth, shortcut, layers, v15, seed = match.groups()
+    if (kind == "plain") != (shortcut == ""):
+        raise ValueError(
+            f"net={spec!r}: a plain net has no shortcut letter and a resnet needs one of A, B, C "
+            "(plain-20, resnet-20A)"
+        )
+    return {
+        "depth": int(depth),
+        "shortcut": shortcut or "none",
+        "block_layers": int(layers) if layers else 2,
+        "bottleneck_stride": "3x3" if v15 else "1x1",
+        "seed": int(seed) if seed else 0,
+    }
+
+
+_NETWORK_SPEC = re.compile(r"(plain|resnet)-(\d+)([ABC]?)(?:-(\d)layer)?(-v1\.5)?(?:@(\d+))?")
 
 
 def cifar_blocks_per_stage(depth: int) -> int:
