@@ -54,7 +54,7 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
     path.write_bytes(gzip.compress(raw) if compress else raw)
 
 
-def make_imagenet(root: Path, n_train: int = 6, n_val: int = 2, seed: int = 0) -> Path:
+def make_imagenet(root: Path, n_train: int = 12, n_val: int = 2, seed: int = 0) -> Path:
     """``root/{train,val}/<class>/*.JPEG`` for 3 classes, random colour images of mixed
     sizes and aspect ratios, as ILSVRC-2012 is laid out."""
     from PIL import Image
