@@ -1,4 +1,5 @@
-"""Lightning callbacks of the project: the layer responses of the paper's Figure 7."""
+"""Lightning callbacks of the project: the layer responses of the paper's Figure 7, and a progress
+bar that counts iterations."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -218,3 +220,40 @@ class LayerResponses(L.Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+class IterationProgressBar(RichProgressBar):
+    """A rich progress bar over the run's iterations (``trainer.max_steps``), not its epochs:
+    reslab trains for a number of iterations, so one bar runs from 0 to max_steps across epoch
+    boundaries (Lightning's own bar restarts every epoch and shows ``Epoch 3/-2``)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{'Iterations':{len(self.validation_description)}}"
+
+    @property
+    def total_train_batches(self) -> int | float:
+        max_steps = self.trainer.max_steps
+        return max_steps if max_steps is not None and max_steps > 0 else super().total_train_batches
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.is_disabled:
+            return
+        if self.progress is not None and self.train_progress_bar_id is None:
+            self.train_progress_bar_id = self._add_task(
+                self.total_train_batches, self._get_train_description(trainer.current_epoch)
+            )
+        self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()  # resumed in the middle of an epoch
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()

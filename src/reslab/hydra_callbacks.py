@@ -38,12 +38,31 @@ def _job_number(path: Path) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 1 << 30, path.parent.name)
 
 
+class SweepFailed(SystemExit):
+    """Some jobs of a sweep failed; the others ran to their end. A SystemExit, because Hydra
+    turns a callback's ordinary exceptions into warnings: this one prints its message and
+    makes the command exit with status 1."""
+
+
 class SweepSummary(Callback):
-    """Prints the table of :func:`sweep_table` when a multirun ends."""
+    """Prints the table of :func:`sweep_table` when a multirun ends; then, if jobs failed
+    (train.py lets the other jobs run), raises :class:`SweepFailed` naming them, so the command
+    exits non-zero."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            console = Console()
-            console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise
-            console.print(sweep_table(sweep_dir))
+        if not sweep_dir.is_dir():
+            return
+        console = Console()
+        console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise
+        console.print(sweep_table(sweep_dir))
+        failed = [
+            f.parent.name
+            for f in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=_job_number)
+            if json.loads(f.read_text()).get("status") == "failed"
+        ]
+        if failed:
+            raise SweepFailed(
+                f"[reslab] {len(failed)} job(s) of the sweep failed: {', '.join(failed)} (their "
+                "status.json and error.txt say why); the other jobs ran to their end"
+            )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import netrc
 import os
 import socket
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -58,3 +59,15 @@ def wandb_logger(mode: str = "auto", **kwargs: Any) -> WandbLogger:
     offline runs are real run folders that ``wandb sync`` uploads later."""
     resolved = resolve_wandb_mode(mode)
     return WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
+
+
+def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: int) -> None:
+    """Puts the run's final numbers (status, iterations, final and best errors) in each wandb
+    run's summary, where the dashboard's tables and filters find them, and logs them as a
+    one-row wandb Table ``final`` at the last iteration. Other loggers are left alone: their
+    numbers are in metrics.csv and status.json."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+            logger.experiment.summary.update(final)
+            row = [list(final.values())]
+            logger.log_table(key="final", columns=list(final), data=row, step=step)

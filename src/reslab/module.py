@@ -95,6 +95,8 @@ class Classifier(L.LightningModule):
         self.plateau_stepped_at: int | None = None  # the validation a plateau schedule last saw
         self.warming_up = warmup_lr is not None
         self.warmup_ended_at: int | None = None
+        self.best_val_error: float | None = None  # the lowest val/error so far, and when
+        self.best_val_step: int | None = None
         self._warmup_wrong = torch.zeros(2)  # (wrong images, images) of the current window
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -187,6 +189,14 @@ class Classifier(L.LightningModule):
         self.log("step", float(self.global_step))
         self.validated_at = self.global_step
 
+    def on_validation_end(self) -> None:
+        # After Lightning has reduced the epoch's metrics: one host read per validation.
+        value = self.trainer.callback_metrics.get("val/error")
+        if value is None or self.trainer.sanity_checking:
+            return
+        if self.best_val_error is None or float(value) < self.best_val_error:
+            self.best_val_error, self.best_val_step = float(value), self.global_step
+
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
@@ -238,6 +248,8 @@ class Classifier(L.LightningModule):
             "plateau_stepped_at": self.plateau_stepped_at,
             "warming_up": self.warming_up,
             "warmup_ended_at": self.warmup_ended_at,
+            "best_val_error": self.best_val_error,
+            "best_val_step": self.best_val_step,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -246,6 +258,8 @@ class Classifier(L.LightningModule):
         self.plateau_stepped_at = state.get("plateau_stepped_at", self.plateau_stepped_at)
         self.warming_up = state.get("warming_up", self.warming_up)
         self.warmup_ended_at = state.get("warmup_ended_at", self.warmup_ended_at)
+        self.best_val_error = state.get("best_val_error", self.best_val_error)
+        self.best_val_step = state.get("best_val_step", self.best_val_step)
 
 
 def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

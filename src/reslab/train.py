@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate as _instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from reslab.loggers import log_final_summary
 from reslab.networks import network_name, parse_network_name
 
 
@@ -128,10 +133,18 @@ def train(cfg: DictConfig) -> float:
         status = "interrupted" if trainer.interrupted else "finished"
         if any(not math.isfinite(v) for v in metrics.values()):
             status = "diverged"
-        write_status(
-            output_dir, status, name=cfg.name, iterations=trainer.global_step,
-            seconds=round(time.time() - started, 1), **metrics,
-        )  # fmt: skip
+        best = {}
+        if module.best_val_error is not None:  # the final error is the paper's; best for reference
+            best = {
+                "val/error_best": module.best_val_error,
+                "val/error_best_at": module.best_val_step,
+            }
+        final = {
+            "status": status, "iterations": trainer.global_step,
+            "seconds": round(time.time() - started, 1), **metrics, **best,
+        }  # fmt: skip
+        write_status(output_dir, name=cfg.name, **final)
+        log_final_summary(trainer.loggers, {"network": cfg.name, **final}, trainer.global_step)
         for logger in trainer.loggers:
             logger.save()
         _print_result(cfg.name, trainer.global_step, metrics, time.time() - started)
@@ -161,7 +174,18 @@ def _finish_wandb(exit_code: int) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return train(cfg)
+    # In a sweep, one failed job must not stop the others (Hydra's sweeper would raise as soon
+    # as its batch is done): the run folder says failed, the traceback goes beside it, and the
+    # sweep's summary names the failures at the end and exits non-zero.
+    try:
+        return train(cfg)
+    except Exception as err:
+        trace = Path(cfg.paths.output_dir) / "error.txt"
+        trace.write_text(traceback.format_exc())
+        print(f"[reslab] {cfg.name}: failed: {type(err).__name__}: {err} (traceback: {trace})")
+        return float("nan")
 
 
 if __name__ == "__main__":
