@@ -1,0 +1,452 @@
+"""reslab-report: the figures and tables of the paper from run folders, beside its numbers.
+
+  reslab-report outputs/multiruns/2026-11-27_08-48-11_fig6
+  reslab-report SWEEP RUN_FOLDER ANOTHER_SWEEP --out results/
+
+Reads sweep folders and single run folders (any mix; every folder holding a ``status.json``
+under each PATH is a run) and writes into ``--out`` (default: ``<first PATH>/report``):
+
+  curves_<dataset>_<family>.png     Figures 1/4/6: error against iterations, dashed = training
+                                    error, solid = val error (● = final test error), one colour
+                                    per depth, plain nets left and residual nets right
+  responses_<dataset>_<family>.png  Figure 7, when runs hold responses.csv: std of each 3×3
+                                    layer's response in network order (top) and sorted (bottom)
+  report.md                         the figures and Table 2/3/6-style tables: measured error
+                                    (mean ± std over seeds) beside the paper's number
+
+and prints the tables. Runs that did not finish (running, failed, diverged, interrupted) are
+drawn as far as they got, listed with their status, and left out of the means. Nothing is
+trained; no network, no wandb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from reslab.networks import parse_network_name
+from reslab.paper import RESNET110_MEAN_STD, published
+from reslab.report_figures import curves_figure, network_order, responses_figure
+from reslab.train import STATUS_FILE
+
+STATUSES = ("finished", "running", "interrupted", "diverged", "failed")
+ERROR_KEYS = (
+    "train/error", "val/error", "test/error", "val/error_top5", "test/error_top5",
+)  # fmt: skip
+DATASET_NAMES = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "fashion_mnist": "Fashion-MNIST",
+    "imagenet": "ImageNet",
+    "synthetic": "synthetic data",
+}
+# The settings the paper's error numbers belong to: (dataset, network family).
+PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
+
+Series = list[tuple[int, float]]  # (iteration, value)
+
+
+@dataclass
+class Run:
+    """One run folder as reslab-train left it; None where the folder does not say."""
+
+    path: Path
+    name: str  # the network name: plain-56, resnet-56A
+    dataset: str | None
+    family: str | None
+    depth: int | None
+    shortcut: str | None
+    residual: bool
+    seed: int | None
+    params: int | None
+    status: str  # one of STATUSES; "diverged" also for a finished run with a non-finite error
+    iterations: int | None
+    metrics: dict[str, Series] = field(default_factory=dict)  # every metrics.csv column
+    final: dict[str, float] = field(default_factory=dict)  # final errors (status.json first)
+    responses: list[tuple[int, str, float]] = field(default_factory=list)  # (index, layer, std)
+    responses_split: str | None = None  # the split of that measurement: "test" or "val"
+    error: str | None = None  # the exception of a failed run
+
+    @property
+    def label(self) -> str:
+        """The legend text: the network name, with the status unless finished."""
+        return self.name if self.status == "finished" else f"{self.name} ({self.status})"
+
+
+def find_run_folders(path: Path) -> list[Path]:
+    """``path`` itself when it is a run folder, else every run folder under it, in job order."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a sweep folder or a run folder")
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder; give a sweep folder or a run folder")
+    if (path / STATUS_FILE).is_file():
+        return [path]
+    found = sorted((p.parent for p in path.rglob(STATUS_FILE)), key=_job_order)
+    if not found:
+        raise ValueError(f"no reslab run folders ({STATUS_FILE}) under {path}")
+    return found
+
+
+def _job_order(folder: Path) -> tuple[str, int, str]:
+    head = folder.name.split("_", 1)[0]
+    return (str(folder.parent), int(head) if head.isdigit() else 1 << 30, folder.name)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every run under ``paths`` (sweep folders or run folders), each folder once."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no paths given; give one or more sweep folders or run folders")
+    folders: dict[Path, None] = {}
+    for path in paths:
+        folders.update((f.resolve(), None) for f in find_run_folders(path))
+    return [load_run(folder) for folder in folders]
+
+
+def load_run(folder: Path) -> Run:
+    """One run folder: status.json, hparams.yaml (else .hydra/), metrics.csv, responses.csv."""
+    status = _read_json(folder / STATUS_FILE)
+    state = status.get("status") if isinstance(status, dict) else None
+    if state not in STATUSES:
+        raise ValueError(
+            f"{folder / STATUS_FILE}: status {state!r} is not one of {', '.join(STATUSES)}"
+        )
+    hparams = _read_yaml(folder / "hparams.yaml") or {}
+    choices, overrides = _hydra_choices(folder) if not hparams else ({}, {})
+    name = str(hparams.get("network") or status.get("name") or folder.name.split("_", 1)[-1])
+    try:
+        parsed = parse_network_name(name)
+    except ValueError:
+        parsed = {}
+    shortcut = hparams.get("shortcut", parsed.get("shortcut"))
+    seed = hparams.get("seed", overrides.get("seed"))
+    if seed is None and "net" in overrides:
+        try:
+            seed = parse_network_name(overrides["net"])["seed"]
+        except ValueError:
+            seed = None  # the bad net= that made the run fail
+    metrics = read_metrics(folder / "metrics.csv")
+    final = {k: metrics[k][-1][1] for k in ERROR_KEYS if metrics.get(k)}
+    final.update({k: float(status[k]) for k in ERROR_KEYS if status.get(k) is not None})
+    if state == "finished" and not all(math.isfinite(v) for v in final.values()):
+        state = "diverged"
+    steps = [s for series in metrics.values() for s, _ in series]
+    responses, split = read_responses(folder / "responses.csv")
+    return Run(
+        path=folder,
+        name=name,
+        dataset=hparams.get("dataset", choices.get("data")),
+        family=hparams.get("family", choices.get("model")),
+        depth=hparams.get("depth", parsed.get("depth")),
+        shortcut=shortcut,
+        residual=bool(hparams.get("residual", shortcut != "none" if shortcut else False)),
+        seed=None if seed is None else int(seed),
+        params=hparams.get("parameters"),
+        status=state,
+        iterations=status.get("iterations", max(steps, default=None)),
+        metrics=metrics,
+        final=final,
+        responses=responses,
+        responses_split=split,
+        error=status.get("error"),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+
+
+def _hydra_choices(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """For a run that failed before it wrote hparams.yaml: Hydra's config group choices (the
+    ``data`` choice is the dataset's name, ``model`` the family's) and the job's overrides."""
+    hydra = _read_yaml(folder / ".hydra" / "hydra.yaml") or {}
+    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    lines = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
+    overrides = dict(str(o).split("=", 1) for o in lines if "=" in str(o))
+    return {k: str(v) for k, v in choices.items()}, overrides
+
+
+def read_metrics(path: Path) -> dict[str, Series]:
+    """Lightning's CSVLogger file as one (iteration, value) series per column; {} when there is
+    none. Rows are sparse; a cut-off last row of a running run is skipped where it does not
+    parse; nan and inf are kept (a diverged run)."""
+    series: dict[str, Series] = {}
+    if not path.is_file():
+        return series
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                step = int(float(row.get("step") or ""))
+            except ValueError:
+                continue
+            for key, text in row.items():
+                if key in (None, "step", "epoch") or not text:
+                    continue
+                try:
+                    series.setdefault(key, []).append((step, float(text)))
+                except ValueError:
+                    continue
+    return series
+
+
+def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None]:
+    """The last measurement of responses.csv (on the test split when there is one): its
+    (index, layer, std) rows in network order, and its split; ([], None) without the file."""
+    if not path.is_file():
+        return [], None
+    measurements: dict[tuple[str, int], list[tuple[int, str, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                key = (row["split"], int(row["step"]))
+                measurements.setdefault(key, []).append(
+                    (int(row["index"]), row["layer"], float(row["std"]))
+                )
+            except (KeyError, TypeError, ValueError):
+                continue  # a cut-off last row
+    if not measurements:
+        return [], None
+    split, step = max(measurements, key=lambda k: (k[0] == "test", k[1]))
+    return sorted(measurements[split, step]), split
+
+
+# --- tables --------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    """One Table 2/3/6-style table: a header, rows of text cells, and notes under it."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str]
+
+
+def format_params(n: int | None) -> str:
+    """Parameters as the paper writes them: 0.27M, 1.7M, 21.8M."""
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.2f}M" if n < 1e6 else f"{n / 1e6:.1f}M"
+
+
+def setting_title(dataset: str | None, family: str | None) -> str:
+    """``CIFAR-10, cifar family``: the heading of one figure and table."""
+    name = DATASET_NAMES.get(dataset or "", dataset or "unknown dataset")
+    return f"{name}, {family or 'unknown'} family"
+
+
+def group_runs(runs: Sequence[Run]) -> dict[tuple[str | None, str | None], list[Run]]:
+    """Runs by (dataset, family), in the order they first appear."""
+    groups: dict[tuple[str | None, str | None], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.family), []).append(run)
+    return groups
+
+
+def _paper(name: str, family: str | None, top5: bool, runs: int) -> tuple[str, float | None]:
+    """The paper's number for ``name`` as shown, and as compared; ("", None) when none."""
+    pub = published(name)
+    if pub.family != family:
+        return "", None
+    if family == "imagenet":
+        crop = pub.imagenet_10crop
+        value = None if crop is None else crop.top5 if top5 else crop.top1
+        return (f"{value:.2f}", value) if value is not None else ("", None)
+    if name == "resnet-110A" and runs > 1:  # Table 6: best of 5, and mean ± std of 5
+        mean, std = RESNET110_MEAN_STD
+        return f"{mean:.2f} ± {std:.2f} (best {pub.cifar10_test_error:.2f})", mean
+    if pub.cifar10_test_error is not None:
+        return f"{pub.cifar10_test_error:.2f}", pub.cifar10_test_error
+    if pub.cifar10_test_error_approx is not None:
+        return f"≈{pub.cifar10_test_error_approx:g}", pub.cifar10_test_error_approx
+    return "", None
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _status_cell(runs: list[Run]) -> str:
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    if max(counts.values()) == len(runs):
+        return runs[0].status
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+
+
+def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) -> Table:
+    """Measured test errors per network (mean ± sample std over its finished runs) with the
+    paper's where the setting is the paper's: CIFAR-10 with the cifar family (Table 6, and
+    Figure 6's approximate plain-net numbers), ImageNet with the imagenet family (Tables 2
+    and 3, 10-crop top-1 and top-5)."""
+    paper = (dataset, family) in PAPER_SETTINGS
+    keys = ["test/error"]
+    if any("test/error_top5" in r.final for r in runs):
+        keys.append("test/error_top5")
+    top1 = len(keys) == 2 or dataset == "imagenet"  # ImageNet's test/error: 10-crop top-1
+    names = {"test/error": "top-1 error (%)" if top1 else "test error (%)",
+             "test/error_top5": "top-5 error (%)"}  # fmt: skip
+    columns = ["network", "params", "runs"]
+    for key in keys:
+        columns += [names[key], "paper (%)", "Δ"] if paper else [names[key]]
+    columns.append("status")
+    by_name: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=network_order):
+        by_name.setdefault(run.name, []).append(run)
+    rows, notes, approx = [], [], False
+    for name, members in by_name.items():
+        params = next((r.params for r in members if r.params is not None), None)
+        row = [name, format_params(params), str(len(members))]
+        for key in keys:
+            values = [
+                r.final[key]
+                for r in members
+                if r.status == "finished" and math.isfinite(r.final.get(key, math.nan))
+            ]
+            row.append(_mean_std(values))
+            if paper:
+                shown, number = _paper(name, family, key.endswith("top5"), len(values))
+                sign = "≈" if shown.startswith("≈") else ""
+                approx = approx or bool(sign)
+                delta = "—"
+                if number is not None and values:
+                    delta = f"{sign}{statistics.mean(values) - number:+.2f}"
+                row += [shown or "—", delta]
+        row.append(_status_cell(members))
+        rows.append(row)
+        for r in members:
+            if r.status != "finished":
+                where = f" at iteration {r.iterations}" if r.iterations is not None else ""
+                why = f": {r.error}" if r.error else ""
+                notes.append(f"{r.path.name}: {r.status}{where}{why}; not in the mean.")
+    notes.append("Measured: mean ± sample std over the finished runs of a network.")
+    if paper and family == "cifar":
+        notes.append("Paper: Table 6, CIFAR-10 test error; ResNet-110 is the best of 5 runs.")
+        if approx:
+            notes.append("≈: plain nets, read off Figure 6 by others, not published numbers.")
+    elif paper:
+        notes.append("Paper: Tables 2 and 3, 10-crop error on the ImageNet val set.")
+    else:
+        notes.append("The paper reports no errors for this setting.")
+    return Table(setting_title(dataset, family), columns, rows, notes)
+
+
+def report_tables(runs: Sequence[Run]) -> list[Table]:
+    """One table per (dataset, family) of ``runs``."""
+    return [build_table(d, f, members) for (d, f), members in group_runs(runs).items()]
+
+
+def markdown_table(table: Table) -> str:
+    """The table in Markdown, its notes as a list under it."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---" if c in ("network", "status") else "---:" for c in table.columns]
+    lines = [line(table.columns), line(align), *(line(r) for r in table.rows), ""]
+    return "\n".join(lines + [f"- {n}" for n in table.notes]) + "\n"
+
+
+def rich_table(table: Table) -> RichTable:
+    """The table for the terminal (its notes are printed under it separately)."""
+    out = RichTable(title=table.title)
+    for c in table.columns:
+        out.add_column(c, justify="left" if c in ("network", "status") else "right")
+    for row in table.rows:
+        out.add_row(*row)
+    return out
+
+
+# --- the report ----------------------------------------------------------------------------------
+def write_report(
+    runs: Sequence[Run], out_dir: str | Path, sources: Sequence[str | Path] | None = None
+) -> Path:
+    """Figures (PNG) and report.md for ``runs`` into ``out_dir``; returns report.md's path.
+    ``sources``: the folders named in the report as read (default: the runs' parents)."""
+    if not runs:
+        raise ValueError("no runs to report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if sources is None:
+        sources = list(dict.fromkeys(r.path.parent for r in runs))
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    read = ", ".join(f"`{s}`" for s in sources)
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    now = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    text = [
+        "# reslab report",
+        "",
+        f"Read {read} on {now}: {len(runs)} runs ({summary}).",
+        "",
+    ]
+    for (dataset, family), members in group_runs(runs).items():
+        title = setting_title(dataset, family)
+        slug = f"{dataset or 'unknown'}_{family or 'unknown'}"
+        text += [f"## {title}", ""]
+        curves = out / f"curves_{slug}.png"
+        curves_figure(members, title).savefig(curves, dpi=120)
+        text += [f"![{title}: error against iterations]({curves.name})", ""]
+        if any(r.responses for r in members):
+            responses = out / f"responses_{slug}.png"
+            responses_figure(members, title).savefig(responses, dpi=120)
+            text += [f"![{title}: layer responses]({responses.name})", ""]
+        text += [markdown_table(build_table(dataset, family, members))]
+    path = out / "report.md"
+    path.write_text("\n".join(text))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="reslab-report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep folders or run folders")
+    parser.add_argument("--out", type=Path, help="output folder (default: <first PATH>/report)")
+    args = parser.parse_args(argv)
+    out = args.out if args.out is not None else args.paths[0] / "report"
+    try:
+        runs = load_runs(args.paths)
+        path = write_report(runs, out, sources=args.paths)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"reslab-report: error: {err}", file=sys.stderr)
+        return 1
+    console = Console()
+    console.width = max(console.width, 120)  # pipes and logs get 80 columns otherwise
+    for table in report_tables(runs):
+        console.print(rich_table(table))
+        console.print("\n".join(table.notes), markup=False, highlight=False)
+    console.print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The figures of reslab-report: Figures 1/4/6 (error against iterations) and Figure 7 (layer
+responses), as matplotlib Figures made without pyplot (Agg canvas: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from reslab.report import Run, Series
+
+PER_TEN_THOUSAND_ABOVE = 20_000  # iterations; longer runs get the paper's x axis in 10^4
+CURVE_KEYS = ("train/error", "val/error", "test/error")
+
+
+def network_order(run: Run) -> tuple[bool, int, str]:
+    """Plain nets first, then by depth, then by name."""
+    return (run.residual, run.depth if run.depth is not None else 1 << 30, run.name)
+
+
+def _palette(n: int) -> list[Any]:
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
+
+
+def _colours(runs: Sequence[Run]) -> dict[str, Any]:
+    """Network name → colour: one colour per depth, as in the paper's figures, unless a panel
+    holds two networks of one depth (options A, B and C): then one colour per network."""
+    names_at: dict[tuple[bool, int | None], set[str]] = {}
+    for run in runs:
+        names_at.setdefault((run.residual, run.depth), set()).add(run.name)
+    by_depth = all(len(names) == 1 for names in names_at.values())
+    ordered = sorted(runs, key=network_order)
+    keys = list(dict.fromkeys(r.depth if by_depth else r.name for r in ordered))
+    colour = dict(zip(keys, _palette(len(keys)), strict=True))
+    return {r.name: colour[r.depth if by_depth else r.name] for r in ordered}
+
+
+def _xy(series: Series, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Iterations (divided by ``scale``) and values, with inf as nan (a gap in the line)."""
+    steps = np.array([s for s, _ in series], dtype=float) / scale
+    values = np.array([v for _, v in series], dtype=float)
+    return steps, np.where(np.isfinite(values), values, np.nan)
+
+
+def _y_top(runs: Sequence[Run], last: int) -> float:
+    """The top of the error axis: the largest error after the first 5% of the iterations (the
+    first few, near chance, would squash the rest), plus a margin; at most 100."""
+    values = [
+        v
+        for r in runs
+        for key in CURVE_KEYS
+        for s, v in r.metrics.get(key, [])
+        if s >= 0.05 * last and np.isfinite(v)
+    ]
+    return min(100.0, 1.08 * max(values)) if values and max(values) > 0 else 100.0
+
+
+def curves_figure(runs: Sequence[Run], title: str) -> Figure:
+    """Figures 1/4/6: error (%) against iterations, plain nets (left) and residual nets (right)
+    on one y scale. Dashed: train/error; solid, bold: val/error; a dot: the final test/error
+    (the only solid mark when there is no validation split). One colour per depth; the legend
+    names each network, with its status unless finished; an unfinished run is drawn as far as
+    it got."""
+    if not runs:
+        raise ValueError("no runs to draw")
+    panels = [
+        (text, sorted((r for r in runs if r.residual == residual), key=network_order))
+        for residual, text in ((False, "plain networks"), (True, "residual networks"))
+    ]
+    panels = [(text, members) for text, members in panels if members]
+    last = max((s for r in runs for k in CURVE_KEYS for s, _ in r.metrics.get(k, [])), default=0)
+    scale = 1e4 if last > PER_TEN_THOUSAND_ABOVE else 1.0
+    colour = _colours(runs)
+    fig = Figure(figsize=(6.4 * len(panels), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (text, members) in zip(axes, panels, strict=True):
+        labels: list[str] = []
+        for run in members:
+            c = colour[run.name]
+            if run.metrics.get("train/error"):
+                ax.plot(*_xy(run.metrics["train/error"], scale), "--", color=c, lw=1)
+            if run.metrics.get("val/error"):
+                ax.plot(*_xy(run.metrics["val/error"], scale), "-", color=c, lw=2)
+            if run.metrics.get("test/error"):
+                ax.plot(*_xy(run.metrics["test/error"][-1:], scale), "o", color=c, ms=6)
+            if run.label not in labels:  # repeated seeds: one legend entry
+                labels.append(run.label)
+                ax.plot([], [], "-", color=c, lw=2, label=run.label)
+        ax.set_title(text)
+        ax.set_xlabel("iterations (×10⁴)" if scale > 1 else "iterations")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=scale == 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("error (%)")
+    axes[0].set_ylim(0, _y_top(runs, last))
+    has_val = any(r.metrics.get("val/error") for r in runs)
+    solid = "solid: validation error, dot: final test error" if has_val else "dot: test error"
+    fig.suptitle(f"{title} — dashed: training error, {solid}")
+    return fig
+
+
+def responses_figure(runs: Sequence[Run], title: str) -> Figure:
+    """Figure 7: the std of each 3×3 layer's response, by layer index in network order (top)
+    and sorted in descending order (bottom); one line per network (the mean over its runs);
+    plain nets dashed. Runs without responses are skipped."""
+    by_name: dict[str, list[Run]] = {}
+    for run in sorted((r for r in runs if r.responses), key=network_order):
+        by_name.setdefault(run.name, []).append(run)
+    if not by_name:
+        raise ValueError("no run holds responses.csv: nothing to draw for Figure 7")
+    fig = Figure(figsize=(7.2, 7.2), layout="constrained")
+    top, bottom = fig.subplots(2, 1)
+    for (name, members), c in zip(by_name.items(), _palette(len(by_name)), strict=True):
+        n = min(len(r.responses) for r in members)
+        std = np.mean([[s for _, _, s in r.responses[:n]] for r in members], axis=0)
+        index = np.arange(1, n + 1)
+        label = name if len(members) == 1 else f"{name} (mean of {len(members)} runs)"
+        unfinished = sorted({r.status for r in members} - {"finished"})
+        if unfinished:
+            label += f" ({', '.join(unfinished)})"
+        style = "-" if members[0].residual else "--"
+        top.plot(index, std, style, color=c, lw=1.3, label=label)
+        bottom.plot(index, np.sort(std)[::-1], style, color=c, lw=1.3, label=label)
+    top.set_xlabel("layer index (original)")
+    bottom.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (top, bottom):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+    top.legend(fontsize="small")
+    splits = "/".join(sorted({r.responses_split or "?" for m in by_name.values() for r in m}))
+    fig.suptitle(f"{title}\nstd of each 3×3 layer's response ({splits} set); plain nets dashed")
+    return fig
