@@ -26,6 +26,7 @@ from hydra.utils import instantiate as _instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from reslab.launch import requeued_ckpt_path, run_ddp_job_alone
 from reslab.loggers import log_final_summary
 from reslab.networks import network_name, parse_network_name
 
@@ -96,6 +97,8 @@ def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
 def train(cfg: DictConfig) -> float:
     """Train and test one network as ``cfg`` describes; returns the final ``val/error`` (or
     ``test/error`` when there is no validation split) for Hydra's sweepers."""
+    if (metric := run_ddp_job_alone(cfg)) is not None:  # multirun + DDP: see reslab.launch
+        return metric
     output_dir = Path(cfg.paths.output_dir)
     started = time.time()
     # The run folder always holds .hydra/ when the CSV logger starts: nothing to warn about.
@@ -122,7 +125,7 @@ def train(cfg: DictConfig) -> float:
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
 
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=requeued_ckpt_path(cfg))
         metrics = _final_metrics(trainer)  # validate() and test() replace the trainer's metrics
         if not trainer.interrupted:
             if datamodule.has_val and module.validated_at != trainer.global_step:

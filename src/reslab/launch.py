@@ -1,0 +1,106 @@
+"""How a job starts, beside train.py: a multirun job whose DDP ranks Lightning would start by
+running the command line again runs as its own ``reslab-train`` process, and a SLURM job that
+was requeued resumes from its last checkpoint.
+
+Lightning's ``ddp`` strategy starts ranks 1..N-1 by running ``sys.argv`` again, adding
+``hydra.run.dir`` (Lightning's ``_hydra_subprocess_cmd``). That is right for one run. In a
+multirun, ``sys.argv`` is the whole sweep (``-m`` and every value), so each new rank runs the
+sweep again, in step with rank 0 only while no job fails and every job has the same ranks;
+the new ranks also keep their environment, and the process group stays up for the next job.
+So a multirun job that would do that runs, instead, as a one-job ``reslab-train`` in RUN mode
+(the job's own overrides, ``hydra.run.dir`` set to the job's folder) in a process of its own;
+that process starts its ranks the way Lightning does for one run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from omegaconf import DictConfig
+
+# Hydra overrides the job's own process sets itself (the last of a key wins).
+_SET_HERE = ("hydra.mode", "hydra.run.dir", "hydra.output_subdir")
+
+
+def reruns_command_line(trainer_cfg: DictConfig) -> bool:
+    """True when the Trainer of ``trainer_cfg`` would start its other DDP ranks by running the
+    command line again (Lightning's ``ddp`` launched here, not by SLURM or torchrun)."""
+    from reslab.train import instantiate  # train.py imports this module
+
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # the real trainer prints the device lines
+    try:
+        trainer = instantiate(
+            trainer_cfg, logger=False, callbacks=[], enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+    finally:
+        lightning_log.setLevel(level)
+    launcher = trainer.strategy.launcher
+    return (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and not launcher.cluster_environment.creates_processes_externally
+    )
+
+
+def job_command(output_dir: str | Path) -> list[str]:
+    """The command that runs the current Hydra job alone, in RUN mode, in ``output_dir``: the
+    job's overrides (the sweep's values included) and Hydra overrides, the same config source."""
+    from reslab.train import CONFIG_DIR
+
+    hydra = HydraConfig.get()
+    command = [sys.executable, "-m", "reslab.train", f"--config-name={hydra.job.config_name}"]
+    for source in hydra.runtime.config_sources:
+        if source.provider == "command-line":
+            command.append(f"--config-dir={source.path}")
+        elif source.provider == "main" and Path(source.path) != Path(CONFIG_DIR):
+            command.append(f"--config-path={source.path}")
+    command += list(hydra.overrides.task)
+    command += [o for o in hydra.overrides.hydra if o.split("=", 1)[0] not in _SET_HERE]
+    return [*command, "hydra.mode=RUN", f'hydra.run.dir="{output_dir}"', "hydra.output_subdir=null"]
+
+
+def run_ddp_job_alone(cfg: DictConfig) -> float | None:
+    """In a multirun whose trainer would re-run the command line for its DDP ranks, run this job
+    as its own ``reslab-train`` process (see the module's docstring) and return its metric as
+    ``train`` does; None otherwise, and the job trains in this process."""
+    from reslab.train import STATUS_FILE, write_status
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    if not reruns_command_line(cfg.trainer):
+        return None
+    output_dir = Path(cfg.paths.output_dir)
+    command = job_command(output_dir)
+    with subprocess.Popen(command, cwd=HydraConfig.get().runtime.cwd) as process:
+        try:
+            code = process.wait()
+        except BaseException:
+            process.terminate()  # Ctrl-C reaches both; a launcher's cancel reaches only us
+            raise
+    status_file = output_dir / STATUS_FILE
+    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    if code != 0 or status.get("status") in (None, "running", "failed"):
+        error = f"its DDP run exited with code {code}: {' '.join(command)}"
+        if status.get("status") != "failed":  # killed, or failed before train() began
+            write_status(output_dir, "failed", name=cfg.name, error=error)
+        raise RuntimeError(f"{cfg.name}: {error}; see {output_dir}")
+    return status.get("val/error", status.get("test/error", math.nan))
+
+
+def requeued_ckpt_path(cfg: DictConfig) -> str | None:
+    """``cfg.ckpt_path``, or ``"last"`` (Lightning: the job's own last checkpoint, if any) when
+    SLURM has requeued this job (preempted or timed out) and no checkpoint was named."""
+    if cfg.ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        return "last"
+    return cfg.ckpt_path
