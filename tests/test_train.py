@@ -165,6 +165,7 @@ def test_multirun_makes_one_folder_and_one_wandb_run_per_job(tmp_path: Path) -> 
         ids.add(wandb_run.name.rsplit("-", 1)[-1])
     assert len(ids) == 2
     assert "reslab sweep" in result.stdout and "resnet-14A" in result.stdout
+    assert f"wandb sync {sweep}/*/wandb/offline-run-*" in result.stdout  # one command for all
 
 
 def test_missing_dataset_fails_before_any_run_is_opened(tmp_path: Path, hydra_cfg) -> None:

@@ -56,6 +56,11 @@ class SweepSummary(Callback):
         console = Console()
         console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise
         console.print(sweep_table(sweep_dir))
+        if any(sweep_dir.glob("*/wandb/offline-run-*")):
+            print(
+                "[reslab] to upload the offline wandb runs: "
+                f"wandb sync {sweep_dir}/*/wandb/offline-run-*"
+            )
         failed = [
             f.parent.name
             for f in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=_job_number)
