@@ -117,12 +117,19 @@ def test_every_shortcut_and_dataset_composes_and_instantiates(
     assert net(torch.zeros(2, dm.in_channels, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "multinode"])
 def test_trainer_presets_compose(tmp_path: Path, hydra_cfg, trainer: str) -> None:
     cfg = hydra_cfg(tmp_path, [f"trainer={trainer}"])
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     if trainer == "cpu":
         assert instantiate(cfg.trainer, logger=False).max_steps == 64000
+
+
+def test_multinode_trainer_sizes_the_slurm_launcher(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(tmp_path, ["trainer=multinode", "hydra/launcher=slurm"])
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
 
 
 def test_unknown_choices_name_the_valid_ones(tmp_path: Path, hydra_cfg) -> None:
