@@ -1,0 +1,41 @@
+"""The benchmark scripts run end to end in a tiny mode and print their tables; no timings."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_throughput_tiny() -> None:
+    out = run_script(
+        "throughput.py", "--depths", "8", "--steps", "2", "--rounds", "1", "--warmup", "1"
+    )
+    assert "Training throughput" in out
+    assert "ResNet-8" in out
+    assert "reslab/plain" in out
+
+
+def test_data_tiny() -> None:
+    out = run_script("data.py", "--batches", "3", "--rounds", "1", "--train-steps", "1")
+    assert "Augmented images per second" in out
+    assert "torchvision" in out
+    assert "ResNet-20 training (measured" in out
+
+
+def test_data_given_training_rate() -> None:
+    out = run_script(
+        "data.py", "--batches", "2", "--rounds", "1", "--workers", "0", "--train-img-s", "500"
+    )
+    assert "ResNet-20 training (given" in out
