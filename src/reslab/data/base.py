@@ -17,6 +17,19 @@ import torch
 from reslab.data.augment import random_crop_flip, subtract_mean
 
 
+def is_int(value: object) -> bool:
+    """An int that is not a bool (YAML's true/false must not pass for 1/0)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(key: str, value: object, low: int, note: str = "") -> None:
+    """A ValueError naming ``data.<key>`` unless ``value`` is an integer >= ``low``."""
+    if not (is_int(value) and value >= low):
+        raise ValueError(
+            f"data.{key} must be an integer >= {low}{' ' + note if note else ''}, got {value!r}"
+        )
+
+
 @dataclass
 class Splits:
     """uint8 images (N, C, H, W) and int64 labels (N,) of each split; val may be empty."""
@@ -116,8 +129,7 @@ class InMemoryDataModule(L.LightningDataModule):
             ("val_size", val_size, 0),
             ("padding", padding, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}")
+            check_int(key, value, low)
         if train_subset is not None and (not isinstance(train_subset, int) or train_subset < 1):
             raise ValueError(
                 f"data.train_subset must be a positive integer or null, got {train_subset!r}"

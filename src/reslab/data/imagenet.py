@@ -33,6 +33,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from reslab.data.base import check_int, is_int
+
 log = logging.getLogger(__name__)
 
 # torchvision's ImageFolder extensions, all decoded by Pillow
@@ -323,17 +325,17 @@ class ImageNetDataModule(L.LightningDataModule):
             ("mean_images", mean_images, 1),
             ("num_workers", num_workers, 0),
         ):
-            _check_int(key, value, low)
+            check_int(key, value, low)
         for key, value, low in (("val_size", val_size, 0), ("train_subset", train_subset, 1)):
             if value is not None:
-                _check_int(key, value, low, "or null")
+                check_int(key, value, low, "or null")
         pair = tuple(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else ()
-        if len(pair) != 2 or not all(map(_is_int, pair)) or not crop_size <= pair[0] <= pair[1]:
+        if len(pair) != 2 or not all(map(is_int, pair)) or not crop_size <= pair[0] <= pair[1]:
             raise ValueError(
                 f"data.scale must be two integers [min, max] with data.crop_size={crop_size} <= "
                 f"min <= max (the paper: [256, 480]), got {scale!r}"
             )
-        _check_int("eval_resize", eval_resize, crop_size, f"(data.crop_size={crop_size})")
+        check_int("eval_resize", eval_resize, crop_size, f"(data.crop_size={crop_size})")
         if normalize not in NORMALIZE:
             raise ValueError(f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
         for key, value in (("val_crops", val_crops), ("test_crops", test_crops)):
@@ -515,13 +517,3 @@ class ImageNetDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(key: str, value: object, low: int, note: str = "") -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        raise ValueError(
-            f"data.{key} must be an integer >= {low}{' ' + note if note else ''}, got {value!r}"
-        )
