@@ -11,10 +11,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
+
+from reslab.fast import batchnorm_in_fp32, cuda_graph_network
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -40,6 +42,13 @@ class Classifier(L.LightningModule):
             ``ReduceLROnPlateau`` is stepped once after each validation, on ``val/error``.
         channels_last: keep weights and activations in NHWC memory order (faster on recent CPUs
             and GPUs); the same model and arithmetic up to float rounding.
+        compile: ``torch.compile`` the network (fused kernels; the first iterations compile).
+        cuda_graphs: on a CUDA device, replay each training iteration's forward and backward
+            from CUDA graphs instead of launching every kernel from Python (with ``compile``,
+            the compiler's own CUDA graphs: mode ``reduce-overhead``). Elsewhere it does
+            nothing, and says so.
+        batchnorm_fp32: under mixed precision (``trainer.precision=bf16-mixed``), batch norm
+            computes in fp32 (see :class:`reslab.fast.FP32BatchNorm2d`); no effect in fp32.
         warmup_lr: the paper's warm-up for its 110- and 1202-layer nets (section 4.2): train at
             this lr until the training error falls below ``warmup_until_error``, then return to
             the scheduled lr (0.1) and the normal schedule. None: no warm-up.
@@ -55,6 +64,9 @@ class Classifier(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         channels_last: bool = False,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        batchnorm_fp32: bool = True,
         warmup_lr: float | None = None,
         warmup_until_error: float = 80.0,
         warmup_window: int = 10,
@@ -79,17 +91,22 @@ class Classifier(L.LightningModule):
             )
         self.channels_last = channels_last
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.compile_net, self.cuda_graphs = compile, cuda_graphs  # (nn.Module has .compile)
+        self.batchnorm_fp32 = batchnorm_fp32
+        self._prepared = False  # setup() applies the options once
+        self._graph_pending = False  # the CUDA graphs are captured at the first training batch
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.warmup_lr, self.warmup_until_error = warmup_lr, warmup_until_error
         self.warmup_window = warmup_window
-        # Accumulated on the device between logging steps: no host sync inside a step.
-        self.train_loss = MeanMetric()
-        self.train_error = MeanMetric()
-        self.val_error = MeanMetric()
-        self.val_error_top5 = MeanMetric()
-        self.test_error = MeanMetric()
-        self.test_error_top5 = MeanMetric()
+        # Accumulated on the device between logging steps: no host sync inside a step (the
+        # default nan check reads every update back; a nan must show, not be dropped).
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_error = MeanMetric(nan_strategy="disable")
+        self.val_error = MeanMetric(nan_strategy="disable")
+        self.val_error_top5 = MeanMetric(nan_strategy="disable")
+        self.test_error = MeanMetric(nan_strategy="disable")
+        self.test_error_top5 = MeanMetric(nan_strategy="disable")
         # Progress that a checkpoint must carry (see on_save_checkpoint).
         self.validated_at: int | None = None  # the iteration of the last validation
         self.plateau_stepped_at: int | None = None  # the validation a plateau schedule last saw
@@ -98,6 +115,24 @@ class Classifier(L.LightningModule):
         self.best_val_error: float | None = None  # the lowest val/error so far, and when
         self.best_val_step: int | None = None
         self._warmup_wrong = torch.zeros(2)  # (wrong images, images) of the current window
+
+    def setup(self, stage: str) -> None:
+        """Applies the speed options once the device and precision are known."""
+        if self._prepared:
+            return
+        self._prepared = True
+        cuda = self.trainer.strategy.root_device.type == "cuda"
+        if self.batchnorm_fp32 and "mixed" in str(self.trainer.precision):
+            batchnorm_in_fp32(self.net)
+        if self.cuda_graphs and not cuda:
+            rank_zero_warn(
+                "module.cuda_graphs needs a CUDA device; training on "
+                f"{self.trainer.strategy.root_device.type} without CUDA graphs"
+            )
+        if self.compile_net:
+            self.net.compile(mode="reduce-overhead" if self.cuda_graphs and cuda else None)
+        else:
+            self._graph_pending = self.cuda_graphs and cuda
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() == 5:  # (B, crops, C, H, W): the mean softmax over the crops
@@ -113,10 +148,15 @@ class Classifier(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         images, labels = batch
+        if self._graph_pending:
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            self.net = cuda_graph_network(self.net, images)
+            self._graph_pending = False
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         wrong = _wrong_percent(logits.detach(), labels)
-        self.train_loss.update(loss.detach(), weight=labels.numel())
+        self.train_loss.update(loss.detach())  # the batches are of one size: a plain mean
         self.train_error.update(wrong)
         iteration = self.global_step + 1  # this step's number once the optimizer has stepped
         if self.warming_up:

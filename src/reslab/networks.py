@@ -10,12 +10,14 @@ Two families: ``cifar`` (section 4.2: depth 6n+2, three stages of basic blocks) 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 FAMILIES = ("cifar", "imagenet")
 SHORTCUTS = ("none", "A", "B", "C")
@@ -232,8 +234,35 @@ class Bottleneck(nn.Module):
         return F.relu(out)
 
 
+@contextmanager
+def _running_stats_frozen(block: nn.Module) -> Iterator[None]:
+    """BN layers of ``block`` normalise with the batch statistics as in training, but their
+    running statistics (and ``num_batches_tracked``) come out unchanged: the recomputation of
+    an activation-checkpointed block must not count the batch twice. The updates go to
+    scratch copies, so the recomputation runs the very same operations as the forward."""
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    kept = []
+    for bn in block.modules():
+        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+            kept.append((bn, [getattr(bn, name) for name in names]))
+            for name in names:
+                setattr(bn, name, getattr(bn, name).clone())
+    try:
+        yield
+    finally:
+        for bn, buffers in kept:
+            for name, buffer in zip(names, buffers, strict=True):
+                setattr(bn, name, buffer)
+
+
 class ResNet(nn.Module):
-    """stem → stages → global average pooling → fully connected layer (logits)."""
+    """stem → stages → global average pooling → fully connected layer (logits).
+
+    With ``activation_checkpointing`` a training forward keeps only each block's input and
+    recomputes the block's inside during the backward pass: activation memory falls from
+    every layer's outputs to one tensor per block, for one more forward pass of compute. The
+    result is the same to the bit (the recomputation freezes BN's running statistics).
+    """
 
     def __init__(self, stem: nn.Module, stages: nn.Sequential, features: int, num_classes: int):
         super().__init__()
@@ -241,9 +270,19 @@ class ResNet(nn.Module):
         self.stages = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(features, num_classes)
+        self.activation_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
+        x = self.stem(x)
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            for stage in self.stages:
+                for block in stage:
+                    x = checkpoint(
+                        block, x, use_reentrant=False,
+                        context_fn=lambda b=block: (nullcontext(), _running_stats_frozen(b)),
+                    )  # fmt: skip
+        else:
+            x = self.stages(x)
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
@@ -346,6 +385,7 @@ def build_network(
     zero_init_residual: bool = False,
     block_layers: int = 2,
     bottleneck_stride: str = "1x1",
+    activation_checkpointing: bool = False,
 ) -> nn.Module:
     """A network of the paper as a plain ``nn.Module`` returning logits.
 
@@ -365,6 +405,9 @@ def build_network(
             divisible by it.
         bottleneck_stride: where a downsampling bottleneck puts its stride: ``"1x1"`` (the
             paper's) or ``"3x3"`` (torchvision's "v1.5"); ignored by basic-block nets.
+        activation_checkpointing: recompute each block's activations in the backward pass
+            instead of keeping them (see :class:`ResNet`): the same training, much less memory
+            (ResNet-1202 at batch 128 fits a 16 GB GPU), about a third more compute.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown network family {family!r}; valid choices are {FAMILIES}")
@@ -398,6 +441,11 @@ def build_network(
             depth, shortcut, num_classes, in_channels, widths, bottleneck_stride
         )
     _init_weights(net, zero_init_residual)
+    if not isinstance(activation_checkpointing, bool):
+        raise ValueError(
+            f"activation_checkpointing must be true or false, got {activation_checkpointing!r}"
+        )
+    net.activation_checkpointing = activation_checkpointing
     return net
 
 

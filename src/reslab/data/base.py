@@ -80,6 +80,7 @@ class BatchLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
+        order = order.to(self.images.device)  # once per epoch; indexing stays on the device
         self.epoch += 1
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -102,6 +103,9 @@ class InMemoryDataModule(L.LightningDataModule):
         eval_batch_size: batch size for validation and test.
         download: fetch the files when they are missing (needs network).
         seed: seed of the training order.
+        on_device: keep the whole dataset (uint8) on the training GPU, so a batch is an index
+            on the device and no copy or host sync happens per step (CIFAR-10 takes 180 MB).
+            On a CPU it changes nothing.
     """
 
     name: str = "dataset"
@@ -121,6 +125,7 @@ class InMemoryDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         download: bool = True,
         seed: int = 0,
+        on_device: bool = True,
     ) -> None:
         super().__init__()
         for key, value, low in (
@@ -138,7 +143,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
         self.augment, self.padding = augment, padding
-        self.download, self.seed = download, seed
+        self.download, self.seed, self.on_device = download, seed, on_device
         self.splits: Splits | None = None
         self.mean: torch.Tensor | None = None
 
@@ -182,12 +187,23 @@ class InMemoryDataModule(L.LightningDataModule):
         """Whether there is a validation split (known once ``setup`` has run)."""
         return self.splits is not None and len(self.splits.val_labels) > 0
 
+    def _placed(self) -> Splits:
+        """The splits, moved once to the training device when it is a GPU and ``on_device``."""
+        assert self.splits is not None, "call setup() first"
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if self.on_device and device.type != "cpu" and self.splits.train_images.device != device:
+            self.splits = Splits(*(t.to(device) for t in vars(self.splits).values()))
+            assert self.mean is not None
+            self.mean = self.mean.to(device)
+        return self.splits
+
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> BatchLoader:
-        assert self.splits is not None, "call setup() first"
+        splits = self._placed()
         rank, world = self._world()
         if self.batch_size % world:
             raise ValueError(
@@ -195,7 +211,7 @@ class InMemoryDataModule(L.LightningDataModule):
                 f"{world} devices; choose a multiple of {world}"
             )
         return BatchLoader(
-            self.splits.train_images, self.splits.train_labels, self.batch_size,
+            splits.train_images, splits.train_labels, self.batch_size,
             shuffle=True, drop_last=True, seed=self.seed, rank=rank, world_size=world,
         )  # fmt: skip
 
@@ -207,14 +223,14 @@ class InMemoryDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def val_dataloader(self) -> BatchLoader | list:
-        assert self.splits is not None, "call setup() first"
-        if not len(self.splits.val_labels):
+        splits = self._placed()
+        if not len(splits.val_labels):
             return []
-        return self._eval_loader(self.splits.val_images, self.splits.val_labels)
+        return self._eval_loader(splits.val_images, splits.val_labels)
 
     def test_dataloader(self) -> BatchLoader:
-        assert self.splits is not None, "call setup() first"
-        return self._eval_loader(self.splits.test_images, self.splits.test_labels)
+        splits = self._placed()
+        return self._eval_loader(splits.test_images, splits.test_labels)
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         images, labels = batch
