@@ -54,3 +54,20 @@ def cuda_graph_network(net: nn.Module, sample: torch.Tensor) -> nn.Module:
         for buffer, saved in zip(net.buffers(), buffers, strict=True):
             buffer.copy_(saved)
     return graphed
+
+
+def bytes_kept_for_backward(net: nn.Module, images: torch.Tensor) -> int:
+    """Bytes of the tensors a training forward of ``net`` on ``images`` keeps for its backward
+    pass (every tensor autograd saves, counted as it is saved): the activation memory that
+    activation checkpointing trims. With ``net`` and ``images`` on the meta device it costs no
+    memory and needs no GPU."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        net(images)
+    return total
