@@ -1,7 +1,9 @@
 """Augmented images per second: reslab's batched in-memory pipeline against torchvision's.
 
-reslab: one uint8 tensor (N, 3, 32, 32) in memory; per batch one index of a random permutation,
-``subtract_mean`` and ``random_crop_flip`` on the whole batch, in the main process.
+reslab: one uint8 tensor (N, 3, 32, 32) in memory; per batch one index of a random permutation
+and ``subtract_mean_crop_flip`` on the whole batch (the per-pixel mean subtraction, zero padding,
+random crop and flip of every image, as the DataModule does them in training), in the main
+process.
 torchvision: a Dataset over uint8 HWC numpy images turned into PIL images one at a time (as
 torchvision's CIFAR10 does), ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` +
 ``ToTensor`` + ``Normalize``, through a shuffling ``DataLoader`` with 2 workers.
@@ -28,7 +30,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from reslab.data.augment import random_crop_flip, subtract_mean
+from reslab.data.augment import subtract_mean_crop_flip
 
 NUM_IMAGES = 50_000  # CIFAR-10's training set
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's, for Normalize
@@ -56,7 +58,7 @@ def reslab_round(images: torch.Tensor, mean: torch.Tensor, batch_size: int, batc
     for i in range(batches):
         start_at = (i * batch_size) % whole
         index = order[start_at : start_at + batch_size]
-        batch = random_crop_flip(subtract_mean(images[index], mean))
+        batch = subtract_mean_crop_flip(images[index], mean)
     assert batch.shape == (batch_size, 3, 32, 32)
     return time.perf_counter() - start
 

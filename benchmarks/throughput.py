@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
 from rich.table import Table
 
-from reslab.data.augment import random_crop_flip, subtract_mean
+from reslab.data.augment import subtract_mean_crop_flip
 from reslab.data.synthetic import SyntheticDataModule
 from reslab.module import Classifier
 from reslab.networks import build_network
@@ -96,7 +96,7 @@ class PlainLoop:
         images, labels = self.next_batch()
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        images = random_crop_flip(subtract_mean(images, self.mean))
+        images = subtract_mean_crop_flip(images, self.mean)  # as the DataModule does
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = self.net(images)

@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from reslab.data.augment import random_crop_flip, subtract_mean
+from reslab.data.augment import random_crop_flip, subtract_mean, subtract_mean_crop_flip
 
 H = W = 8
 PAD = 4
@@ -99,3 +100,94 @@ def test_subtract_mean() -> None:
     x = torch.full((2, 1, 2, 2), 200, dtype=torch.uint8)
     mean = torch.full((1, 2, 2), 100.0)
     assert torch.allclose(subtract_mean(x, mean), torch.full((2, 1, 2, 2), 100 / 255))
+
+
+def _per_image(images: torch.Tensor, padding: int, flip: bool, seed: int) -> torch.Tensor:
+    """The augmentation written out image by image: the same draws in the same order (top, then
+    left, each (N, 1) uniform in [0, 2p], then the flips, rand < 1/2), then for each image a
+    slice of its zero-padded self at (top, left), mirrored when drawn so."""
+    g = torch.Generator().manual_seed(seed)
+    n, _, h, w = images.shape
+    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=g)[:, 0].tolist()
+    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=g)[:, 0].tolist()
+    mirrored = (torch.rand((n, 1), generator=g) < 0.5)[:, 0].tolist() if flip else [False] * n
+    crops = []
+    for image, t, lft, m in zip(images, top, left, mirrored, strict=True):
+        crop = F.pad(image, (padding,) * 4)[:, t : t + h, lft : lft + w]
+        crops.append(crop.flip(2) if m else crop)
+    return torch.stack(crops)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 4])
+@pytest.mark.parametrize("flip", [True, False])
+def test_equals_the_per_image_reference_for_a_fixed_generator(padding: int, flip: bool) -> None:
+    """Bit for bit, with non-square images (rows and columns cannot be swapped unnoticed)."""
+    images = torch.randint(0, 256, (40, 3, 6, 9), dtype=torch.uint8)
+    mean = images.float().mean(0)
+    centred = subtract_mean(images, mean)
+    for seed in range(3):
+        expected = _per_image(images, padding, flip, seed)
+        got = random_crop_flip(images, padding, flip, torch.Generator().manual_seed(seed))
+        assert got.dtype == torch.uint8 and torch.equal(got, expected)
+        expected = _per_image(centred, padding, flip, seed)  # padded after the mean subtraction
+        got = random_crop_flip(centred, padding, flip, torch.Generator().manual_seed(seed))
+        assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+        fused = subtract_mean_crop_flip(
+            images, mean, padding, flip, torch.Generator().manual_seed(seed)
+        )
+        assert fused.dtype == torch.float32
+        assert torch.equal(fused.view(torch.int32), expected.view(torch.int32))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "mean_dtype"),
+    [(torch.uint8, torch.float32), (torch.uint8, torch.float64), (torch.float64, torch.float32),
+     (torch.int64, torch.float64)],
+)  # fmt: skip
+def test_fused_is_subtract_mean_then_random_crop_flip(
+    dtype: torch.dtype, mean_dtype: torch.dtype
+) -> None:
+    images = (torch.rand(64, 3, 32, 32, dtype=torch.float64) * 255).to(dtype)
+    mean = images.double().mean(0).to(mean_dtype)
+    for scale in (255.0, 1.0, 3.5):
+        a = random_crop_flip(
+            subtract_mean(images, mean, scale), generator=torch.Generator().manual_seed(5)
+        )
+        b = subtract_mean_crop_flip(
+            images, mean, scale=scale, generator=torch.Generator().manual_seed(5)
+        )
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert torch.equal(
+        subtract_mean_crop_flip(images, mean, padding=0, flip=False), subtract_mean(images, mean)
+    )
+
+
+def test_fused_refuses_bad_input() -> None:
+    mean = torch.zeros(3, 32, 32)
+    with pytest.raises(ValueError, match="expected a batch of shape"):
+        subtract_mean_crop_flip(torch.zeros(3, 32, 32), mean)
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        subtract_mean_crop_flip(torch.zeros(1, 3, 32, 32), mean, padding=-1)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        subtract_mean_crop_flip(torch.zeros(1, 3, 32, 32), mean, scale=0.0)
+
+
+def test_fused_returns_new_tensors_and_stays_exact_call_after_call() -> None:
+    """On the CPU the fused path keeps its padded buffer between calls: results must not alias
+    it, and its zero border must survive batches of other shapes and inference mode."""
+    mean = torch.rand(3, 32, 32) * 255
+    batches = [torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8) for n in (16, 16, 5, 16)]
+    results = []
+    for seed, images in enumerate(batches):
+        mode = torch.inference_mode() if seed == 2 else torch.enable_grad()
+        with mode:
+            got = subtract_mean_crop_flip(
+                images, mean, generator=torch.Generator().manual_seed(seed)
+            )
+        expected = random_crop_flip(
+            subtract_mean(images, mean), generator=torch.Generator().manual_seed(seed)
+        )
+        assert torch.equal(got, expected)
+        results.append((got, expected))
+    for got, expected in results:  # later calls did not overwrite earlier results
+        assert torch.equal(got, expected)

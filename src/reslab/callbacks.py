@@ -1,5 +1,5 @@
-"""Lightning callbacks of the project: the layer responses of the paper's Figure 7, and a progress
-bar that counts iterations."""
+"""Lightning callbacks of the project: the layer responses of the paper's Figure 7, a progress
+bar that counts iterations, and the divergence guard."""
 
 from __future__ import annotations
 
@@ -257,3 +257,34 @@ class IterationProgressBar(RichProgressBar):
         self._update(self.train_progress_bar_id, trainer.global_step)
         self._update_metrics(trainer, pl_module)
         self.refresh()
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a run whose training loss has become NaN or infinite.
+
+    At every logging iteration (``trainer.log_every_n_steps``, and the last) it reads
+    ``train/loss``, the mean over the interval, so a non-finite loss anywhere in the interval
+    shows; one host read per interval, none in between. On every DDP rank at once, it then
+    stops the training, records ``diverged_at`` (the iteration) and says so; train.py marks the
+    run ``diverged`` (status.json, the wandb summary) and skips the final evaluations.
+    """
+
+    def __init__(self, monitor: str = "train/loss") -> None:
+        self.monitor = monitor
+        self.diverged_at: int | None = None
+        self.value: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step % trainer.log_every_n_steps and step != trainer.max_steps:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        bad = value is not None and not math.isfinite(float(value))
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        self.diverged_at, self.value = step, float(value) if value is not None else math.nan
+        trainer.should_stop = True
+        rank_zero_warn(
+            f"[reslab] diverged: {self.monitor} is {self.value} at iteration {step}; stopping "
+            "this run (a lower optim.optimizer.lr, or the warm-up of optim.warmup, may help)"
+        )

@@ -23,9 +23,12 @@ def sweep_table(sweep_dir: Path) -> Table:
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for status_file in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=_job_number):
         status = json.loads(status_file.read_text())
+        state = status.get("status", "?")
+        if "diverged_at" in status:
+            state += f" at {status['diverged_at']}"
         table.add_row(
             status_file.parent.name,
-            status.get("status", "?"),
+            state,
             str(status.get("iterations", "")),
             *(f"{status[k]:.2f}" if k in status else "" for k in ERRORS),
             str(status.get("seconds", "")),

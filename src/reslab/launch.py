@@ -1,6 +1,6 @@
 """How a job starts, beside train.py: a multirun job whose DDP ranks Lightning would start by
-running the command line again runs as its own ``reslab-train`` process, and a SLURM job that
-was requeued resumes from its last checkpoint.
+running the command line again runs as its own ``reslab-train`` process, a SLURM job that was
+requeued resumes from its last checkpoint, and ``reslab-resume RUN_FOLDER`` resumes any run.
 
 Lightning's ``ddp`` strategy starts ranks 1..N-1 by running ``sys.argv`` again, adding
 ``hydra.run.dir`` (Lightning's ``_hydra_subprocess_cmd``). That is right for one run. In a
@@ -104,3 +104,47 @@ def requeued_ckpt_path(cfg: DictConfig) -> str | None:
     if cfg.ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
         return "last"
     return cfg.ckpt_path
+
+
+def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> list[str]:
+    """The ``reslab-train`` command that resumes the run in ``run_dir`` from its last
+    checkpoint: the run's own overrides (from ``.hydra/overrides.yaml``), then ``extra``, in
+    that folder, with ``ckpt_path=last``."""
+    import yaml
+
+    run_dir = Path(run_dir).expanduser().absolute()
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a reslab run folder: it has no .hydra/overrides.yaml (a run "
+            "folder is one that reslab-train made, under outputs/runs/ or outputs/multiruns/)"
+        )
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no checkpoints/last.ckpt to resume from (it stopped before its "
+            "first checkpoint: callbacks.checkpoint.every_n_train_steps); start it again instead"
+        )
+    overrides = [
+        o
+        for o in yaml.safe_load(overrides_file.read_text()) or []
+        if not o.startswith("ckpt_path=")
+    ]
+    return [
+        sys.executable, "-m", "reslab.train", *overrides, *(extra or []),
+        f'hydra.run.dir="{run_dir}"', "ckpt_path=last",
+    ]  # fmt: skip
+
+
+def resume_main(argv: list[str] | None = None) -> None:
+    """``reslab-resume RUN_FOLDER [overrides]``: continue a stopped run where its last
+    checkpoint stands (same folder, same metrics.csv and wandb run)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: reslab-resume RUN_FOLDER [overrides ...]\n\n" + (resume_main.__doc__ or ""))
+        raise SystemExit(0 if args else 2)
+    try:
+        command = resume_command(args[0], args[1:])
+    except FileNotFoundError as err:
+        print(f"reslab-resume: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(subprocess.call(command))

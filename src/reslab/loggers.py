@@ -1,15 +1,20 @@
-"""Loggers: wandb that goes offline by itself when it cannot reach its server."""
+"""Loggers: wandb that goes offline by itself when it cannot reach its server and continues its
+own run when the run folder resumes; a CSV logger that appends to the run folder's metrics.csv
+instead of deleting it."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -54,11 +59,55 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     return "online"
 
 
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def wandb_run_id(save_dir: str | Path) -> str:
+    """The wandb run id of the run folder ``save_dir``: read from its ``wandb_id.txt``, or made
+    and written there the first time, so a resumed run (same folder) continues the same wandb
+    run, online or offline (``wandb sync`` joins the pieces by id)."""
+    path = Path(save_dir) / WANDB_ID_FILE
+    if path.is_file() and (run_id := path.read_text().strip()):
+        return run_id
+    from wandb.sdk.lib.runid import generate_id
+
+    run_id = generate_id()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
 def wandb_logger(mode: str = "auto", **kwargs: Any) -> WandbLogger:
     """A Lightning ``WandbLogger`` whose ``mode`` is resolved by :func:`resolve_wandb_mode`;
-    offline runs are real run folders that ``wandb sync`` uploads later."""
+    offline runs are real run folders that ``wandb sync`` uploads later. With ``save_dir`` (the
+    run folder) and no ``id``, the run's id is the folder's (:func:`wandb_run_id`) and a
+    resumed run continues it."""
     resolved = resolve_wandb_mode(mode)
+    if kwargs.get("save_dir") and not kwargs.get("id") and resolved != "disabled":
+        kwargs.update(id=wandb_run_id(kwargs["save_dir"]), resume="allow")
     return WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, minus deleting an existing metrics.csv: it appends to it, with
+    the header it already has (train.py has cut it back to the checkpoint when resuming)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``CSVLogger`` whose metrics.csv survives a restart in the same folder: a resumed run
+    adds its rows after those of the run it continues."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: int) -> None:

@@ -4,11 +4,13 @@ which network it trains."""
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -115,6 +117,7 @@ class Classifier(L.LightningModule):
         self.best_val_error: float | None = None  # the lowest val/error so far, and when
         self.best_val_step: int | None = None
         self._warmup_wrong = torch.zeros(2)  # (wrong images, images) of the current window
+        self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for on_train_start
 
     def setup(self, stage: str) -> None:
         """Applies the speed options once the device and precision are known."""
@@ -284,6 +287,7 @@ class Classifier(L.LightningModule):
     # --- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["reslab"] = {
+            "rng": rng_states(),
             "validated_at": self.validated_at,
             "plateau_stepped_at": self.plateau_stepped_at,
             "warming_up": self.warming_up,
@@ -300,6 +304,40 @@ class Classifier(L.LightningModule):
         self.warmup_ended_at = state.get("warmup_ended_at", self.warmup_ended_at)
         self.best_val_error = state.get("best_val_error", self.best_val_error)
         self.best_val_step = state.get("best_val_step", self.best_val_step)
+        self._rng_to_restore = state.get("rng")
+
+    def on_train_start(self) -> None:
+        # As late as possible before the first batch of a resumed run: the augmentation's next
+        # random numbers are those the interrupted run would have drawn.
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+
+def rng_states() -> dict[str, Any]:
+    """The states of every random number generator training draws from (torch on the CPU and
+    each CUDA device, numpy, Python), as plain types and tensors: a checkpoint that holds them
+    still loads with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restores what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate as _instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from reslab.callbacks import DivergenceGuard
+from reslab.checkpoints import METRICS_FILE, checkpoint_step, cut_metrics
+from reslab.errors import check_run, explain, run_cli
 from reslab.launch import requeued_ckpt_path, run_ddp_job_alone
-from reslab.loggers import log_final_summary
+from reslab.loggers import WANDB_ID_FILE, log_final_summary
 from reslab.networks import network_name, parse_network_name
 
 
@@ -105,6 +109,11 @@ def train(cfg: DictConfig) -> float:
     warnings.filterwarnings(
         "ignore", message=r"Experiment logs directory .* exists and is not empty"
     )
+    try:
+        resume = resume_from(cfg, output_dir)
+    except BaseException as err:
+        write_status(output_dir, "failed", name=cfg.name, error=f"{type(err).__name__}: {err}")
+        raise
     write_status(output_dir, "running", name=cfg.name)
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -125,16 +134,20 @@ def train(cfg: DictConfig) -> float:
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
 
-        trainer.fit(module, datamodule=datamodule, ckpt_path=requeued_ckpt_path(cfg))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = _final_metrics(trainer)  # validate() and test() replace the trainer's metrics
-        if not trainer.interrupted:
+        diverged = next(
+            (c.diverged_at for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None
+        )
+        if not trainer.interrupted and diverged is None:
+            _checkpoint_the_end(trainer)
             if datamodule.has_val and module.validated_at != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)  # the final net
                 metrics.update(_final_metrics(trainer))
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update(_final_metrics(trainer))
         status = "interrupted" if trainer.interrupted else "finished"
-        if any(not math.isfinite(v) for v in metrics.values()):
+        if diverged is not None or any(not math.isfinite(v) for v in metrics.values()):
             status = "diverged"
         best = {}
         if module.best_val_error is not None:  # the final error is the paper's; best for reference
@@ -142,6 +155,8 @@ def train(cfg: DictConfig) -> float:
                 "val/error_best": module.best_val_error,
                 "val/error_best_at": module.best_val_step,
             }
+        if diverged is not None:
+            best["diverged_at"] = diverged
         final = {
             "status": status, "iterations": trainer.global_step,
             "seconds": round(time.time() - started, 1), **metrics, **best,
@@ -156,7 +171,63 @@ def train(cfg: DictConfig) -> float:
         _finish_wandb(exit_code=1)
         raise
     _finish_wandb(exit_code=0)
+    if status == "diverged":
+        return float("nan")  # no error rate to compare: the sweep's table says diverged
     return metrics.get("val/error", metrics.get("test/error", float("nan")))
+
+
+def _checkpoint_the_end(trainer: L.Trainer) -> None:
+    """Saves ``last.ckpt`` at the final iteration when the checkpoint interval did not end
+    there, so the run folder holds the final network and a resumed (extended) run starts
+    from the end, not from the last interval."""
+    callback = trainer.checkpoint_callback
+    if not isinstance(callback, ModelCheckpoint) or not callback.save_last or not callback.dirpath:
+        return
+    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    if trainer.global_step > 0 and callback._last_global_step_saved != trainer.global_step:
+        trainer.save_checkpoint(last)
+
+
+def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint this run continues from, or None for a fresh start.
+
+    ``ckpt_path=last`` (given, or set by a SLURM requeue) is the run folder's own
+    ``checkpoints/last.ckpt``; a requeued job that has none yet starts afresh. Resuming cuts
+    metrics.csv back to the checkpoint's iteration (the resumed run logs the rest again); a
+    fresh start in a folder that has one begins a new metrics.csv and a new wandb run.
+    """
+    ckpt = requeued_ckpt_path(cfg)
+    if ckpt == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            ckpt = str(last)
+        elif cfg.ckpt_path == "last":
+            raise FileNotFoundError(
+                f"ckpt_path=last: the run folder {output_dir} has no checkpoints/last.ckpt to "
+                "resume from; set hydra.run.dir to the folder of the run to resume (or use "
+                "reslab-resume RUN_FOLDER), or name a checkpoint file"
+            )
+        else:
+            ckpt = None  # requeued before its first checkpoint
+    if ckpt is None:
+        for stale in (METRICS_FILE, WANDB_ID_FILE):
+            (output_dir / stale).unlink(missing_ok=True)
+        return None
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt}: no such checkpoint file; give an existing .ckpt file, or "
+            "ckpt_path=last to resume the run folder's own last checkpoint"
+        )
+    step = checkpoint_step(ckpt)
+    dropped = cut_metrics(output_dir, step)
+    _say(f"[reslab] {cfg.name}: resuming from {ckpt} at iteration {step}"
+         + (f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""))  # fmt: skip
+    return str(ckpt)
+
+
+@rank_zero_only
+def _say(message: str) -> None:
+    print(message, flush=True)
 
 
 @rank_zero_only
@@ -175,20 +246,50 @@ def _finish_wandb(exit_code: int) -> None:
             wandb.finish(exit_code=exit_code)
 
 
+def run_job(cfg: DictConfig) -> float:
+    """``train(cfg)`` after the checks of :func:`reslab.errors.check_run`, so that bad input
+    fails before any data loads; a failed check marks the run folder failed as train() does."""
+    try:
+        check_run(cfg)
+    except BaseException as err:
+        write_status(
+            Path(cfg.paths.output_dir), "failed", name=_run_name(cfg),
+            error=f"{type(err).__name__}: {err}",
+        )  # fmt: skip
+        raise
+    return train(cfg)
+
+
+def _run_name(cfg: DictConfig) -> str | None:
+    try:
+        return str(cfg.name)
+    except Exception:  # a name that does not resolve (bad model values): the folder says
+        return None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
+    """The Hydra task: one job of ``reslab-train``."""
     if HydraConfig.get().mode != RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return train(cfg)
+        return run_job(cfg)
     # In a sweep, one failed job must not stop the others (Hydra's sweeper would raise as soon
     # as its batch is done): the run folder says failed, the traceback goes beside it, and the
     # sweep's summary names the failures at the end and exits non-zero.
     try:
-        return train(cfg)
+        return run_job(cfg)
     except Exception as err:
         trace = Path(cfg.paths.output_dir) / "error.txt"
         trace.write_text(traceback.format_exc())
-        print(f"[reslab] {cfg.name}: failed: {type(err).__name__}: {err} (traceback: {trace})")
+        why = f"{type(err).__name__}: {explain(err) or err}"
+        print(f"[reslab] {_run_name(cfg)}: failed: {why} (traceback: {trace})")
         return float("nan")
+
+
+def main() -> None:
+    """``reslab-train``: Hydra's command line around :func:`hydra_main`. Bad input prints
+    ``reslab-train: error: <what is wrong and the valid choices>`` and exits with status 1,
+    without a traceback (``HYDRA_FULL_ERROR=1`` shows it); see :mod:`reslab.errors`."""
+    run_cli(hydra_main)
 
 
 if __name__ == "__main__":

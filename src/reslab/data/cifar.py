@@ -62,7 +62,10 @@ def load_pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except UnsafePickleError as err:
         raise ValueError(f"CIFAR batch '{path}' is not safe to load: {err}") from err
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as err:
-        raise ValueError(f"CIFAR batch '{path}' is truncated or not a CIFAR pickle: {err}") from err
+        raise ValueError(
+            f"CIFAR batch '{path}' is truncated or not a CIFAR pickle: {err}; replace it with the "
+            "original file (download the dataset again)"
+        ) from err
     if not isinstance(batch, dict):
         raise ValueError(f"CIFAR batch '{path}' holds a {type(batch).__name__}, not a dict")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}

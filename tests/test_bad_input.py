@@ -1,0 +1,242 @@
+"""Bad input through ``reslab-train``: a short message that names the bad value and the valid
+choices, exit status 1, no traceback (unless HYDRA_FULL_ERROR=1), no run folder that looks
+finished.
+
+Every case runs in-process through the command's own entry point (``reslab.train.main`` with
+``sys.argv`` set: the same code path as the console script, without a ~6 s interpreter start);
+the cases marked ``cli`` run again as real ``reslab-train`` processes.
+
+A non-image file among ImageNet images: one without an image extension is skipped with a
+warning naming it (tests/test_imagenet_data.py); one with an image extension that does not
+decode is an error naming it (the case ``imagenet-undecodable-image`` below).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_cifar10, make_imagenet, write_idx
+from omegaconf import OmegaConf
+
+from reslab.errors import check_devices
+from reslab.train import main
+
+GPUS = torch.cuda.device_count()
+IMAGENET_SMALL = (
+    "model=imagenet", "model.depth=18", "data=imagenet", "data.crop_size=32",
+    "data.scale=[36,40]", "data.eval_resize=36", "data.batch_size=4", "data.eval_batch_size=2",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]  # overrides; {data} is the folder of broken datasets
+    expect: tuple[str, ...]  # in the message: the bad value and the valid choices
+    cli: bool = False  # also through a real reslab-train process
+
+
+CASES = {
+    "cifar-depth-21": Case(
+        ("model.depth=21", "data=synthetic"), ("depth 21", "20, 32, 44, 56, 110, 1202"), cli=True
+    ),
+    "cifar-depth-0": Case(("model.depth=0", "data=synthetic"), ("depth 0", "8, 14, 20, 26")),
+    "cifar-depth-minus-8": Case(
+        ("model.depth=-8", "data=synthetic"), ("depth -8", "8, 14, 20, 26")
+    ),
+    "imagenet-depth-20": Case(
+        ("model=imagenet", "model.depth=20", "data=synthetic"),
+        ("ImageNet depth 20", "18, 34, 50, 101, 152"),
+    ),
+    "shortcut-D": Case(("shortcut=D",), ("shortcut=D", "A, B, C, none"), cli=True),
+    "unknown-dataset": Case(
+        ("data=imagenet22k",),
+        ("data=imagenet22k", "cifar10, cifar100, fashion_mnist, imagenet, synthetic"),
+    ),
+    "data-dir-missing": Case(
+        ("data=cifar10", "data.data_dir={data}/nowhere", "data.download=false"),
+        ("nowhere' does not exist", "or set data.data_dir"),
+    ),
+    "cifar-truncated-batch": Case(
+        ("data=cifar10", "data.data_dir={data}/cifar_truncated", "data.download=false"),
+        ("data_batch_3' is truncated", "not a CIFAR pickle"),
+        cli=True,
+    ),
+    "idx-wrong-magic": Case(
+        ("data=fashion_mnist", "data.data_dir={data}/fashion_mnist_magic"),
+        ("train-labels-idx1-ubyte' has magic number 00000a01", "expected 0000 then a type code"),
+    ),
+    "imagenet-class-without-images": Case(
+        (*IMAGENET_SMALL, "data.data_dir={data}/imagenet_empty"),
+        ("train/n01443537'", "needs at least one image (.jpg, .jpeg"),
+    ),
+    "imagenet-no-class-folders": Case(
+        (*IMAGENET_SMALL, "data.data_dir={data}/imagenet_flat"),
+        ("no class folders in", "/<class>/*.JPEG"),
+    ),
+    "imagenet-undecodable-image": Case(
+        (*IMAGENET_SMALL, "data.data_dir={data}/imagenet_bad_file", "data.num_workers=1"),
+        ("cannot decode image", "n01443537/notes.JPEG'"),
+    ),
+    "batch-size-0": Case(
+        ("data.batch_size=0", "data=synthetic"), ("data.batch_size must be", ">= 1, got 0")
+    ),
+    "negative-lr": Case(("optim.lr=-0.1", "data=synthetic"), ("optim.lr=-0.1", "a number >= 0")),
+    "negative-lr-on-the-optimizer": Case(
+        ("optim.optimizer.lr=-0.1", "data=synthetic"), ("optim.optimizer.lr=-0.1", ">= 0")
+    ),
+    "negative-momentum": Case(
+        ("optim.momentum=-1", "data=synthetic"), ("optim.momentum=-1", "a number >= 0")
+    ),
+    "more-devices-than-exist": Case(
+        ("trainer=gpu", f"trainer.devices={GPUS + 1}", "data=synthetic"),
+        (f"trainer.devices={GPUS + 1}", "valid here: trainer=cpu" if GPUS == 0 else "from 1 to"),
+    ),
+    "ckpt-path-missing": Case(
+        ("ckpt_path={data}/nope/last.ckpt", "data=synthetic"),
+        ("nope/last.ckpt does not exist", "checkpoints/last.ckpt"),
+        cli=True,
+    ),
+    "ckpt-path-is-a-folder": Case(
+        ("ckpt_path={data}", "data=synthetic"), ("is a folder, not a checkpoint file", "valid:")
+    ),
+    "misspelt-top-level-key": Case(
+        ("modle.depth=20",), ("unknown config key 'modle'", "did you mean 'model'?"), cli=True
+    ),
+    "misspelt-nested-key": Case(
+        ("model.dpeth=20",), ("'model.dpeth'", "did you mean 'model.depth'?")
+    ),
+    "misspelt-group": Case(("shortcutt=A",), ("'shortcutt'", "did you mean 'shortcut'?")),
+    "misspelt-group-option": Case(
+        ("data=cifar11",), ("data=cifar11", "did you mean data=cifar10 or data=cifar100?")
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of broken datasets, made once for the whole table."""
+    root = tmp_path_factory.mktemp("bad_data")
+    cifar = make_cifar10(root / "cifar_truncated") / "cifar-10-batches-py" / "data_batch_3"
+    cifar.write_bytes(cifar.read_bytes()[:1000])
+
+    fashion = root / "fashion_mnist_magic"
+    fashion.mkdir()
+    for name, n in (("train", 8), ("t10k", 4)):
+        write_idx(fashion / f"{name}-images-idx3-ubyte", np.zeros((n, 28, 28)))
+        write_idx(fashion / f"{name}-labels-idx1-ubyte", np.zeros(n))
+    labels = fashion / "train-labels-idx1-ubyte"
+    labels.write_bytes(b"\x00\x00\x0a\x01" + labels.read_bytes()[4:])  # type code 0x0a: none
+
+    for name in ("imagenet_empty", "imagenet_flat", "imagenet_bad_file"):
+        make_imagenet(root / name, n_train=2, n_val=1)
+    for image in (root / "imagenet_empty" / "train" / "n01443537").iterdir():
+        image.unlink()
+    for folder in (root / "imagenet_flat" / "train").iterdir():
+        shutil.rmtree(folder)
+    (root / "imagenet_bad_file" / "train" / "n01443537" / "notes.JPEG").write_text("not an image")
+    return root
+
+
+def overrides(case: Case, data: Path, tmp_path: Path) -> list[str]:
+    return [
+        *(a.format(data=data) for a in case.args),
+        "debug=smoke", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]  # fmt: skip
+
+
+def check_output(output: str, case: Case, tmp_path: Path) -> None:
+    tail = "\n".join(output.strip().splitlines()[-3:])
+    assert "reslab-train: error: " in tail, output[-3000:]
+    for text in case.expect:
+        assert text in tail, f"{text!r} not in:\n{tail}"
+    assert "Traceback" not in output, output[-3000:]
+    for status in tmp_path.rglob("status.json"):
+        assert json.loads(status.read_text())["status"] != "finished", status
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_bad_input_says_what_and_what_is_valid(
+    case: Case, bad_data: Path, tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch
+) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(sys, "argv", ["reslab-train", *overrides(case, bad_data, tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    out, err = capfd.readouterr()
+    check_output(out + err, case, tmp_path)
+
+
+def cli_env() -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def reslab_train() -> list[str]:
+    script = Path(sys.executable).with_name("reslab-train")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "reslab.train"]
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.cli])
+def test_bad_input_through_the_real_command(name: str, bad_data: Path, tmp_path: Path) -> None:
+    case = CASES[name]
+    result = subprocess.run(
+        [*reslab_train(), *overrides(case, bad_data, tmp_path)],
+        capture_output=True, text=True, env=cli_env(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    check_output(result.stdout + result.stderr, case, tmp_path)
+    assert result.stderr.strip().splitlines()[-2].startswith("reslab-train: error: ")
+
+
+def test_hydra_full_error_gives_the_traceback(bad_data: Path, tmp_path: Path) -> None:
+    case = CASES["cifar-depth-21"]
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.train", *overrides(case, bad_data, tmp_path)],
+        capture_output=True, text=True, env={**cli_env(), "HYDRA_FULL_ERROR": "1"}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ValueError: CIFAR depth 21 is not of the form 6n+2" in result.stderr
+    assert "reslab-train: error:" not in result.stderr
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and "depth 21" in status["error"]
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        (4, r"trainer.devices=4 asks for 4 GPUs, but this machine has 2; valid: trainer.devices "
+            r"from 1 to 2, or auto"),
+        ("0,3", r"trainer.devices=0,3 names GPU 3, but this machine has 2 \(indices 0 to 1\)"),
+        ([1, 2], r"trainer.devices=\[1, 2\] names GPU 2, but this machine has 2"),
+        (2, None),
+        ("auto", None),
+        (-1, None),
+        ([0, 1], None),
+    ],
+)  # fmt: skip
+def test_gpu_count_is_checked_against_the_machine(
+    devices: object, message: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU branches of the devices check, on a pretend machine with 2 GPUs."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    trainer = OmegaConf.create({"accelerator": "gpu", "devices": devices})
+    if message is None:
+        check_devices(trainer)
+    else:
+        with pytest.raises(ValueError, match=message):
+            check_devices(trainer)
+    check_devices(OmegaConf.create({"accelerator": "cpu", "devices": 64}))  # CPU processes

@@ -1,0 +1,132 @@
+"""``trainer=ddp`` on 2 CPU processes (gloo), through ``reslab-train`` on the tiny CIFAR-10
+files: each rank trains on its own half of every global batch (``data.batch_size``), the two
+halves together are the batch one process would see, the ranks end with the same weights, and
+the logged metrics are synced over them.
+
+What each rank saw is recorded by ``ddp_worker.RankRecorder``, a callback that the command line
+adds on every rank (``+callbacks.record._target_=...``, with this folder on ``PYTHONPATH``)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from reslab.train import CONFIG_DIR, instantiate
+
+TESTS = Path(__file__).resolve().parent
+WORLD = 2
+
+
+def run_args(data_dir: Path) -> list[str]:
+    """A 4-iteration ResNet-8 run (debug=smoke: global batch 16) on the tiny CIFAR-10 files."""
+    return ["model.depth=8", "data=cifar10", f"data.data_dir={data_dir}", "data.download=false",
+            "debug=smoke", "logger=csv"]  # fmt: skip
+
+
+def image_keys(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[bytes, int]]:
+    """Each (uint8 image, label) as a hashable key: the raw bytes name the image."""
+    return [(img.numpy().tobytes(), int(y)) for img, y in zip(images, labels, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> list[dict]:
+    """The records of ranks 0 and 1 of one ``reslab-train trainer=ddp`` run on 2 CPUs."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    record = tmp / "record"
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": pythonpath}
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.train", *run_args(tiny_cifar10), "trainer=ddp",
+         "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
+         "+callbacks.record._target_=ddp_worker.RankRecorder",
+         f"+callbacks.record.out_dir={record}", f"hydra.run.dir={tmp / 'run'}"],
+        capture_output=True, text=True, env=env, cwd=tmp, timeout=180,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Starting with 2 processes" in output, output[-3000:]
+    found = sorted(p.name for p in record.iterdir())
+    assert found == [f"rank{r}.pt" for r in range(WORLD)], found
+    records = [torch.load(record / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r, rec in enumerate(records):
+        assert (rec["rank"], rec["world_size"]) == (r, WORLD)
+    return records
+
+
+@pytest.fixture(scope="module")
+def single_process_batches(tiny_cifar10: Path, ranks: list[dict]) -> list[list[tuple]]:
+    """The global batches that one process would train on with the same config and seed."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=run_args(tiny_cifar10))
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()  # no trainer: rank 0 of 1
+    assert loader.batch_size == cfg.data.batch_size == 16
+    steps = len(ranks[0]["batches"])
+    epochs = itertools.chain.from_iterable(iter(loader) for _ in range(steps))
+    return [image_keys(*batch) for batch in itertools.islice(epochs, steps)]
+
+
+def test_each_rank_trains_on_its_own_half_of_every_global_batch(
+    ranks: list[dict], single_process_batches: list[list[tuple]]
+) -> None:
+    steps = ranks[0]["global_step"]
+    assert steps == 4
+    for rec in ranks:
+        assert rec["global_step"] == steps and len(rec["batches"]) == steps
+    for step, expected in enumerate(single_process_batches):
+        assert len(set(expected)) == 16  # distinct images: "disjoint" means something
+        halves = []
+        for rec in ranks:
+            images, labels = rec["batches"][step]
+            assert images.dtype == torch.uint8 and images.shape == (16 // WORLD, 3, 32, 32)
+            assert labels.shape == (16 // WORLD,)
+            halves.append(image_keys(images, labels))
+        assert not set(halves[0]) & set(halves[1]), f"step {step}: the ranks share images"
+        assert sorted(halves[0] + halves[1]) == sorted(expected), (
+            f"step {step}: the ranks together did not see the single-process global batch"
+        )
+
+
+def test_the_ranks_end_with_the_same_trained_weights(ranks: list[dict]) -> None:
+    """Gradients are averaged, so the parameters stay equal step by step; batch-norm statistics
+    are each rank's own until DDP sends rank 0's to all at the start of the next forward pass
+    (the test's, at the latest), so the run ends with every tensor equal."""
+    first, second = ranks
+    keys = list(first["initial"])
+    buffers = [k for k in keys if k.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
+    assert buffers  # batch-norm buffers are compared too
+    parameters = [k for k in keys if k not in buffers and not k.endswith("num_batches_tracked")]
+    for stage, names in (("initial", keys), ("trained", parameters), ("tested", keys)):
+        assert list(second[stage]) == keys
+        differ = [k for k in names if not torch.equal(first[stage][k], second[stage][k])]
+        assert not differ, f"{stage}: the ranks differ in {differ}"
+    unchanged = [k for k in keys if torch.equal(first["initial"][k], first["tested"][k])]
+    assert not unchanged, f"training left {unchanged} as they were"
+
+
+def test_logged_metrics_are_synced_over_the_ranks(ranks: list[dict]) -> None:
+    first, second = ranks
+    # test/error: every rank reports the error over both ranks' test images, not its own.
+    wrong = sum(rec["test_wrong"] for rec in ranks)
+    seen = sum(rec["test_seen"] for rec in ranks)
+    assert first["test_seen"] > 0 and second["test_seen"] > 0
+    for rec in ranks:
+        assert rec["test_metrics"]["test/error"] == pytest.approx(100.0 * wrong / seen)
+    assert first["test_metrics"] == second["test_metrics"]
+    # train/loss: the mean of the last logging window (2 iterations under debug=smoke) over
+    # both ranks' own losses, which differ, so a rank that logged its own would fail here.
+    window = 2
+    own = [sum(rec["losses"][-window:]) / window for rec in ranks]
+    assert own[0] != pytest.approx(own[1])
+    for rec in ranks:
+        assert rec["fit_metrics"]["train/loss"] == pytest.approx(sum(own) / WORLD, rel=1e-5)
+    assert first["fit_metrics"] == second["fit_metrics"]
+    assert "val/error" in first["fit_metrics"]

@@ -1,0 +1,186 @@
+"""Nothing lost: identical metrics for the same seed, a SIGKILLed run resumed to the same
+numbers as an uninterrupted one, the same wandb run, atomic checkpoints, and the divergence
+guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab.checkpoints import AtomicCheckpointIO, cut_metrics
+from reslab.train import train
+
+TESTS = Path(__file__).resolve().parent
+# 64 training images in batches of 16: 4 iterations per epoch, so 12 iterations cross two
+# epoch boundaries; checkpoints every 3 iterations, so a resume lands mid-epoch.
+RUN = [
+    "model.depth=8", "data=synthetic", "debug=smoke", "data.num_train=96", "optim.max_steps=12",
+    "callbacks.checkpoint.every_n_train_steps=3", "trainer.val_check_interval=3",
+]  # fmt: skip
+
+
+def reslab_train(run_dir: Path, *overrides: str, env: dict | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "reslab.train", *RUN, f"hydra.run.dir={run_dir}", *overrides],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline", **(env or {})},
+    )  # fmt: skip
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path: Path, hydra_cfg) -> None:
+    texts = []
+    for name in ("first", "second"):
+        train(hydra_cfg(tmp_path / name, [*RUN, "logger=csv"]))
+        texts.append((tmp_path / name / "metrics.csv").read_text())
+    assert texts[0] == texts[1]
+    assert texts[0].count("\n") > 8  # train, val and test rows
+    other = tmp_path / "seed1"
+    train(hydra_cfg(other, [*RUN, "logger=csv", "seed=1"]))
+    assert (other / "metrics.csv").read_text() != texts[0]  # the seed matters
+
+
+@pytest.mark.slow  # three short runs in subprocesses
+def test_sigkilled_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path: Path) -> None:
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert reslab_train(whole, "logger=wandb").returncode == 0
+    # Killed at iteration 7 (its last checkpoint is at 6), in the middle of the second epoch.
+    result = reslab_train(
+        killed, "logger=wandb", "+callbacks.kill._target_=sigkill.SigkillAt",
+        "+callbacks.kill.step=7", env={"PYTHONPATH": str(TESTS)},
+    )  # fmt: skip
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert json.loads((killed / "status.json").read_text())["status"] == "running"
+    torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)  # whole and readable
+
+    result = reslab_train(killed, "logger=wandb", "ckpt_path=last")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming from" in result.stdout and "at iteration 6" in result.stdout
+    assert (killed / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
+    status = json.loads((killed / "status.json").read_text())
+    assert status["status"] == "finished" and status["iterations"] == 12
+    # One wandb run, continued: both offline pieces carry the run folder's id.
+    run_id = (killed / "wandb_id.txt").read_text().strip()
+    pieces = sorted((killed / "wandb").glob("offline-run-*"))
+    assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
+
+
+def test_ckpt_path_last_without_a_checkpoint_says_so(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(tmp_path / "run", [*RUN, "logger=csv", "ckpt_path=last"])
+    with pytest.raises(FileNotFoundError, match=r"has no checkpoints/last\.ckpt to resume from"):
+        train(cfg)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed"
+
+
+def test_a_fresh_run_in_a_used_folder_starts_a_new_metrics_file(tmp_path: Path, hydra_cfg) -> None:
+    run = tmp_path / "run"
+    train(hydra_cfg(run, [*RUN, "logger=csv", "optim.max_steps=4"]))
+    first = (run / "metrics.csv").read_text()
+    train(hydra_cfg(run, [*RUN, "logger=csv", "optim.max_steps=4"]))
+    assert (run / "metrics.csv").read_text() == first  # replaced, not appended to
+
+
+def test_cut_metrics_keeps_the_rows_up_to_the_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "metrics.csv").write_text(
+        "lr,step,train/loss,val/error\n0.1,2,2.3,\n,2,,90.0\n0.1,4,2.2,\n0.1,6,2.1,\n,6,,80.0\n"
+    )
+    assert cut_metrics(tmp_path, 4) == 2
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "lr,step,train/loss,val/error", "0.1,2,2.3,", ",2,,90.0", "0.1,4,2.2,",
+    ]  # fmt: skip
+
+
+def test_a_failed_checkpoint_write_leaves_the_last_good_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 6, "w": torch.ones(3)}, path)
+    with pytest.raises(Exception, match=r"pickle|lambda"):  # cannot be serialised at all
+        io.save_checkpoint({"global_step": 9, "w": lambda: None}, path)
+
+    def killed_before_rename(src: object, dst: object) -> None:
+        raise KeyboardInterrupt  # as if the process stopped between writing and renaming
+
+    monkeypatch.setattr(os, "replace", killed_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 9, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["global_step"] == 6 and torch.equal(loaded["w"], torch.ones(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no .tmp left
+
+
+def test_a_diverging_run_stops_within_one_log_interval_and_says_so(
+    tmp_path: Path, hydra_cfg
+) -> None:
+    cfg = hydra_cfg(
+        tmp_path / "run",
+        [*RUN, "logger=wandb", "optim.lr=1e6", "optim.max_steps=40", "trainer.log_every_n_steps=2"],
+    )
+    with pytest.warns(UserWarning, match=r"diverged: train/loss is nan at iteration \d+"):
+        error = train(cfg)
+    assert error != error  # nan: the sweeper sees no number
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "diverged"
+    at = status["diverged_at"]
+    assert at % 2 == 0 and status["iterations"] == at < 40  # stopped at that logging step
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    losses = [r.split(",") for r in rows[1:]]
+    header = rows[0].split(",")
+    finite = [
+        float(r[header.index("train/loss")])
+        for r in losses
+        if r[header.index("train/loss")] not in ("", "nan", "inf")
+    ]
+    assert len(finite) == at // 2 - 1  # every interval before the last one was finite
+    (piece,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"diverged" in piece.read_bytes()  # the wandb summary says so too
+
+
+def test_a_sweep_with_a_diverging_job_finishes_the_others_and_marks_it(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.train", "-m", "optim.lr=1e6,0.1", "model.depth=8",
+         "data=synthetic", "debug=smoke", "logger=csv", "optim.max_steps=12",
+         "trainer.log_every_n_steps=2", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "150"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]  # diverging is a result, not a failure
+    diverged, finished = (
+        json.loads((sweep / job / "status.json").read_text())
+        for job in ("0_resnet-8A", "1_resnet-8A")
+    )
+    assert diverged["status"] == "diverged" and diverged["iterations"] < 12
+    assert finished["status"] == "finished" and finished["iterations"] == 12
+    assert f"diverged at {diverged['diverged_at']}" in result.stdout  # the sweep's table
+
+
+def test_reslab_resume_continues_a_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert reslab_train(run, "logger=csv", "optim.max_steps=4").returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-c", "from reslab.launch import resume_main; resume_main()",
+         str(run), "optim.max_steps=8"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming from {run}/checkpoints/last.ckpt at iteration 4" in result.stdout
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["iterations"] == 8
+    steps = [line.split(",")[1] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps[0] == "2" and steps[-1] == "8"  # one file: the first run's rows, then these
+
+
+def test_reslab_resume_names_what_is_missing(tmp_path: Path) -> None:
+    from reslab.launch import resume_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        resume_main([str(tmp_path)])
+    assert exit_info.value.code == 1
