@@ -26,11 +26,20 @@ RUN = [
 ]  # fmt: skip
 
 
+def own_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a reslab-train of its own: without WANDB_SERVICE, which
+    an earlier in-process wandb run of the test session set. A child would otherwise share
+    this process's wandb service, which still holds the run of a child killed with SIGKILL
+    ("run ID ... is in use" when it resumes), as no real resume does: a requeued job or a
+    command typed again starts its own service."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "WANDB_MODE": "offline", **extra}
+
+
 def reslab_train(run_dir: Path, *overrides: str, env: dict | None = None):
     return subprocess.run(
         [sys.executable, "-m", "reslab.train", *RUN, f"hydra.run.dir={run_dir}", *overrides],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "WANDB_MODE": "offline", **(env or {})},
+        capture_output=True, text=True, timeout=300, env=own_env(**(env or {})),
     )  # fmt: skip
 
 
@@ -168,7 +177,7 @@ def test_reslab_resume_continues_a_run_folder(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", "from reslab.launch import resume_main; resume_main()",
          str(run), "optim.max_steps=8"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
+        capture_output=True, text=True, timeout=300, env=own_env(),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming from {run}/checkpoints/last.ckpt at iteration 4" in result.stdout
