@@ -20,7 +20,7 @@ import torch
 from conftest import make_cifar10
 
 from reslab.data.cifar import load_pickle_batch
-from reslab.errors import check_ckpt_path, unsafe_globals
+from reslab.errors import UnsafeCheckpointError, check_ckpt_path, unsafe_globals
 from reslab.train import main, train
 
 
@@ -185,14 +185,14 @@ def test_crafted_checkpoint_is_refused_by_the_command(
 def test_crafted_checkpoint_is_refused_past_the_commands_checks(
     evil_checkpoint: tuple[Path, Path], tmp_path: Path, hydra_cfg
 ) -> None:
-    """train() itself, without the command's checks: every load of the file on the way to
-    resuming (torch.load with weights_only) refuses it."""
+    """train() itself, without the command's checks, refuses it before loading it (the loads
+    on the way, torch.load with weights_only, would refuse it too: the test below)."""
     path, marker = evil_checkpoint
     run = tmp_path / "run"
     cfg = hydra_cfg(
         run, ["data=synthetic", "model.depth=8", "debug=smoke", "logger=csv", f"ckpt_path={path}"]
     )
-    with pytest.raises(pickle.UnpicklingError, match=rf"GLOBAL {os.system.__module__}\.system"):
+    with pytest.raises(UnsafeCheckpointError, match=rf"{os.system.__module__}\.system"):
         train(cfg)
     assert not marker.exists()
     assert json.loads((run / "status.json").read_text())["status"] == "failed"

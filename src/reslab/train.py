@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reslab.callbacks import DivergenceGuard
 from reslab.checkpoints import METRICS_FILE, checkpoint_step, cut_metrics
-from reslab.errors import check_run, explain, run_cli
+from reslab.errors import check_ckpt_path, check_run, explain, run_cli
 from reslab.launch import requeued_ckpt_path, run_ddp_job_alone
 from reslab.loggers import WANDB_ID_FILE, log_final_summary
 from reslab.networks import network_name, parse_network_name
@@ -109,13 +109,9 @@ def train(cfg: DictConfig) -> float:
     warnings.filterwarnings(
         "ignore", message=r"Experiment logs directory .* exists and is not empty"
     )
-    try:
-        resume = resume_from(cfg, output_dir)
-    except BaseException as err:
-        write_status(output_dir, "failed", name=cfg.name, error=f"{type(err).__name__}: {err}")
-        raise
     write_status(output_dir, "running", name=cfg.name)
     try:
+        resume = resume_from(cfg, output_dir)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")  # bad data fails here, before any logger opens a run
@@ -213,11 +209,7 @@ def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
         for stale in (METRICS_FILE, WANDB_ID_FILE):
             (output_dir / stale).unlink(missing_ok=True)
         return None
-    if not Path(ckpt).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={ckpt}: no such checkpoint file; give an existing .ckpt file, or "
-            "ckpt_path=last to resume the run folder's own last checkpoint"
-        )
+    check_ckpt_path(ckpt)  # an existing file that holds nothing unsafe
     step = checkpoint_step(ckpt)
     dropped = cut_metrics(output_dir, step)
     _say(f"[reslab] {cfg.name}: resuming from {ckpt} at iteration {step}"
