@@ -193,3 +193,27 @@ def test_reslab_resume_names_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         resume_main([str(tmp_path)])
     assert exit_info.value.code == 1
+
+
+def test_only_rank_zero_touches_the_run_folders_files(
+    tmp_path: Path, hydra_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DDP's other ranks run train() too, after rank 0 has opened its loggers: they must not
+    delete rank 0's metrics.csv or wandb_id.txt, nor write an id of their own."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from reslab.loggers import wandb_run_id
+    from reslab.train import resume_from
+
+    run = tmp_path / "run"
+    cfg = hydra_cfg(run, [*RUN, "logger=csv"])
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert wandb_run_id(run) is None and not (run / "wandb_id.txt").exists()
+    (run / "metrics.csv").write_text("step\n2\n")
+    (run / "wandb_id.txt").write_text("abc123\n")
+    assert wandb_run_id(run) == "abc123"
+    assert resume_from(cfg, run) is None  # a fresh start ...
+    assert (run / "metrics.csv").exists() and (run / "wandb_id.txt").exists()  # ... of rank 0's
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert resume_from(cfg, run) is None
+    assert not (run / "metrics.csv").exists() and not (run / "wandb_id.txt").exists()

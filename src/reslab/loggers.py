@@ -62,13 +62,16 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
 WANDB_ID_FILE = "wandb_id.txt"
 
 
-def wandb_run_id(save_dir: str | Path) -> str:
+def wandb_run_id(save_dir: str | Path) -> str | None:
     """The wandb run id of the run folder ``save_dir``: read from its ``wandb_id.txt``, or made
-    and written there the first time, so a resumed run (same folder) continues the same wandb
-    run, online or offline (``wandb sync`` joins the pieces by id)."""
+    and written there the first time (by rank 0; other DDP ranks log nothing to wandb), so a
+    resumed run (same folder) continues the same wandb run, online or offline (``wandb sync``
+    joins the pieces by id)."""
     path = Path(save_dir) / WANDB_ID_FILE
     if path.is_file() and (run_id := path.read_text().strip()):
         return run_id
+    if rank_zero_only.rank != 0:
+        return None
     from wandb.sdk.lib.runid import generate_id
 
     run_id = generate_id()
@@ -83,8 +86,9 @@ def wandb_logger(mode: str = "auto", **kwargs: Any) -> WandbLogger:
     run folder) and no ``id``, the run's id is the folder's (:func:`wandb_run_id`) and a
     resumed run continues it."""
     resolved = resolve_wandb_mode(mode)
-    if kwargs.get("save_dir") and not kwargs.get("id") and resolved != "disabled":
-        kwargs.update(id=wandb_run_id(kwargs["save_dir"]), resume="allow")
+    wanted = kwargs.get("save_dir") and not kwargs.get("id") and resolved != "disabled"
+    if wanted and (run_id := wandb_run_id(kwargs["save_dir"])):
+        kwargs.update(id=run_id, resume="allow")
     return WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
 
 

@@ -206,20 +206,30 @@ def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
         else:
             ckpt = None  # requeued before its first checkpoint
     if ckpt is None:
-        for stale in (METRICS_FILE, WANDB_ID_FILE):
-            (output_dir / stale).unlink(missing_ok=True)
+        _start_afresh(output_dir)
         return None
     check_ckpt_path(ckpt)  # an existing file that holds nothing unsafe
-    step = checkpoint_step(ckpt)
-    dropped = cut_metrics(output_dir, step)
-    _say(f"[reslab] {cfg.name}: resuming from {ckpt} at iteration {step}"
-         + (f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""))  # fmt: skip
+    _cut_back(cfg.name, output_dir, ckpt)
     return str(ckpt)
 
 
+# The run folder's files belong to rank 0: DDP's other ranks run train() too (Lightning starts
+# them with the same command line), after rank 0 has opened its loggers.
 @rank_zero_only
-def _say(message: str) -> None:
-    print(message, flush=True)
+def _start_afresh(output_dir: Path) -> None:
+    for stale in (METRICS_FILE, WANDB_ID_FILE):
+        (output_dir / stale).unlink(missing_ok=True)
+
+
+@rank_zero_only
+def _cut_back(name: str, output_dir: Path, ckpt: str) -> None:
+    step = checkpoint_step(ckpt)
+    dropped = cut_metrics(output_dir, step)
+    print(
+        f"[reslab] {name}: resuming from {ckpt} at iteration {step}"
+        + (f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""),
+        flush=True,
+    )
 
 
 @rank_zero_only
