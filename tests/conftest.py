@@ -9,6 +9,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning  # noqa: F401  (before any test captures stderr: its console handler binds to the real one)
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -16,7 +17,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from reslab.train import CONFIG_DIR
+from reslab.config import CONFIG_DIR, register_resolvers
+
+register_resolvers()  # as every entry point does
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -88,7 +88,8 @@ def test_val_size_too_large(tiny_cifar10: Path) -> None:
     ("key", "value"), [("batch_size", 0), ("val_size", -1), ("eval_batch_size", 0), ("padding", -4)]
 )
 def test_bad_numbers_are_refused(key: str, value: int, tiny_cifar10: Path) -> None:
-    with pytest.raises(ValueError, match=rf"data.{key} must be an integer >= \d, got {value}"):
+    message = rf"data.{key}={value} is not valid; valid: an integer >= \d"
+    with pytest.raises(ValueError, match=message):
         CIFAR10DataModule(tiny_cifar10, **{key: value})
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from reslab.train import CONFIG_DIR, instantiate
+from reslab.config import CONFIG_DIR, instantiate
 
 TESTS = Path(__file__).resolve().parent
 WORLD = 2
@@ -43,7 +43,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> list[
     pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": pythonpath}
     result = subprocess.run(
-        [sys.executable, "-m", "reslab.train", *run_args(tiny_cifar10), "trainer=ddp",
+        [sys.executable, "-m", "reslab.cli", *run_args(tiny_cifar10), "trainer=ddp",
          "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
          "+callbacks.record._target_=ddp_worker.RankRecorder",
          f"+callbacks.record.out_dir={record}", f"hydra.run.dir={tmp / 'run'}"],

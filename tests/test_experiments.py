@@ -13,8 +13,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
+from reslab.config import CONFIG_DIR
 from reslab.networks import parse_network_name
-from reslab.train import CONFIG_DIR
 
 EXPERIMENTS = {
     "fig1": ["plain-20", "plain-56"],
@@ -122,7 +122,7 @@ def test_fig1_smoke_multirun_runs_both_jobs(tmp_path: Path, tiny_cifar10: Path) 
     sweep = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "offline"}
     result = subprocess.run(
-        [sys.executable, "-m", "reslab.train", "-m", "experiment=fig1", "debug=smoke",
+        [sys.executable, "-m", "reslab.cli", "-m", "experiment=fig1", "debug=smoke",
          f"data.data_dir={tiny_cifar10}", "data.download=false", "logger=csv",
          f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, env=env, timeout=600,

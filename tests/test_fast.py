@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
+from reslab.config import instantiate
 from reslab.data.augment import random_crop_flip
 from reslab.fast import FP32BatchNorm2d, batchnorm_in_fp32, bytes_kept_for_backward
 from reslab.networks import build_network
-from reslab.train import instantiate, train
+from reslab.train import train
 
 SIDE, PAD = 32, 4
 OFFSETS = (2 * PAD + 1) ** 2  # 81 crop positions
@@ -255,7 +256,7 @@ def test_no_host_sync_in_a_training_step_between_logging_steps(
 
 def _adding(callback: object):
     """reslab.train.instantiate that also gives the Trainer ``callback``."""
-    from reslab.train import instantiate as real
+    from reslab.config import instantiate as real
 
     def make(node: object, **kwargs: object) -> object:
         if "callbacks" in kwargs:

@@ -380,18 +380,19 @@ def test_undecodable_image_is_named(tree) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("crop_size", 0, r"data.crop_size must be an integer >= 1, got 0"),
+        ("crop_size", 0, r"data.crop_size=0 is not valid; valid: an integer >= 1"),
         ("scale", (20, 48), r"data.scale must be two integers .*crop_size=32.*got \(20, 48\)"),
         ("scale", (48, 40), r"data.scale must be two integers .* got \(48, 40\)"),
         ("scale", 40, r"data.scale must be two integers .* got 40"),
-        ("eval_resize", 20, r"data.eval_resize must be an integer >= 32 \(data.crop_size=32\)"),
-        ("normalize", "mean", r"data.normalize='mean' is not one of pixel_mean, channel"),
-        ("val_crops", 5, r"data.val_crops=5 is not one of \(1, 10\)"),
-        ("test_crops", 3, r"data.test_crops=3 is not one of \(1, 10\)"),
-        ("val_size", -1, r"data.val_size must be an integer >= 0 or null, got -1"),
-        ("train_subset", 0, r"data.train_subset must be an integer >= 1 or null, got 0"),
-        ("num_workers", -1, r"data.num_workers must be an integer >= 0, got -1"),
-        ("batch_size", 0, r"data.batch_size must be an integer >= 1, got 0"),
+        ("eval_resize", 20,
+         r"data.eval_resize=20 is not valid; valid: an integer >= 32 \(data.crop_size=32\)"),
+        ("normalize", "mean", r"data.normalize='mean' is not valid; valid: pixel_mean, channel"),
+        ("val_crops", 5, r"data.val_crops=5 is not valid; valid: 1, 10"),
+        ("test_crops", 3, r"data.test_crops=3 is not valid; valid: 1, 10"),
+        ("val_size", -1, r"data.val_size=-1 is not valid; valid: an integer >= 0 or null"),
+        ("train_subset", 0, r"data.train_subset=0 is not valid; valid: an integer >= 1 or null"),
+        ("num_workers", -1, r"data.num_workers=-1 is not valid; valid: an integer >= 0"),
+        ("batch_size", 0, r"data.batch_size=0 is not valid; valid: an integer >= 1"),
     ],
 )
 def test_bad_options(key: str, value, message: str, tmp_path: Path) -> None:

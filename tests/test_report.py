@@ -335,7 +335,7 @@ def fig6_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> 
     """reslab-train -m experiment=fig6 debug=smoke on tiny CIFAR-10 files: 9 jobs."""
     sweep = tmp_path_factory.mktemp("fig6") / "sweep"
     result = run_cli(
-        sys.executable, "-m", "reslab.train", "-m", "experiment=fig6", "debug=smoke",
+        sys.executable, "-m", "reslab.cli", "-m", "experiment=fig6", "debug=smoke",
         f"data.data_dir={tiny_cifar10}", "data.download=false", "logger=csv",
         f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
@@ -371,7 +371,7 @@ def test_sweep_with_a_failed_job_reports_it_failed(tmp_path: Path) -> None:
     the failed one from status.json and .hydra/ alone (it failed before hparams.yaml)."""
     sweep = tmp_path / "sweep"
     result = run_cli(
-        sys.executable, "-m", "reslab.train", "-m", "model.depth=8,9", "data=synthetic",
+        sys.executable, "-m", "reslab.cli", "-m", "model.depth=8,9", "data=synthetic",
         "debug=smoke", "logger=csv", f"hydra.sweep.dir={sweep}",
         "+callbacks.responses._target_=reslab.callbacks.LayerResponses",
     )  # fmt: skip

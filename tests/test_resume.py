@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab.checkpoints import AtomicCheckpointIO, cut_metrics
+from reslab.checkpoints import AtomicCheckpointIO
+from reslab.run_folder import cut_metrics
 from reslab.train import train
 
 TESTS = Path(__file__).resolve().parent
@@ -38,7 +39,7 @@ def own_env(**extra: str) -> dict[str, str]:
 
 def reslab_train(run_dir: Path, *overrides: str, env: dict | None = None):
     return subprocess.run(
-        [sys.executable, "-m", "reslab.train", *RUN, f"hydra.run.dir={run_dir}", *overrides],
+        [sys.executable, "-m", "reslab.cli", *RUN, f"hydra.run.dir={run_dir}", *overrides],
         capture_output=True, text=True, timeout=300, env=own_env(**(env or {})),
     )  # fmt: skip
 
@@ -156,7 +157,7 @@ def test_a_diverging_run_stops_within_one_log_interval_and_says_so(
 def test_a_sweep_with_a_diverging_job_finishes_the_others_and_marks_it(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, "-m", "reslab.train", "-m", "optim.lr=1e6,0.1", "model.depth=8",
+        [sys.executable, "-m", "reslab.cli", "-m", "optim.lr=1e6,0.1", "model.depth=8",
          "data=synthetic", "debug=smoke", "logger=csv", "optim.max_steps=12",
          "trainer.log_every_n_steps=2", f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "150"},
@@ -175,7 +176,7 @@ def test_reslab_resume_continues_a_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert reslab_train(run, "logger=csv", "optim.max_steps=4").returncode == 0
     result = subprocess.run(
-        [sys.executable, "-c", "from reslab.launch import resume_main; resume_main()",
+        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()",
          str(run), "optim.max_steps=8"],
         capture_output=True, text=True, timeout=300, env=own_env(),
     )  # fmt: skip
@@ -188,7 +189,7 @@ def test_reslab_resume_continues_a_run_folder(tmp_path: Path) -> None:
 
 
 def test_reslab_resume_names_what_is_missing(tmp_path: Path) -> None:
-    from reslab.launch import resume_main
+    from reslab.cli import resume_main
 
     with pytest.raises(SystemExit) as exit_info:
         resume_main([str(tmp_path)])
@@ -203,7 +204,7 @@ def test_only_rank_zero_touches_the_run_folders_files(
     from lightning.pytorch.utilities import rank_zero_only
 
     from reslab.loggers import wandb_run_id
-    from reslab.train import resume_from
+    from reslab.train import prepare_folder
 
     run = tmp_path / "run"
     cfg = hydra_cfg(run, [*RUN, "logger=csv"])
@@ -212,8 +213,8 @@ def test_only_rank_zero_touches_the_run_folders_files(
     (run / "metrics.csv").write_text("step\n2\n")
     (run / "wandb_id.txt").write_text("abc123\n")
     assert wandb_run_id(run) == "abc123"
-    assert resume_from(cfg, run) is None  # a fresh start ...
+    prepare_folder(cfg.name, run, None)  # a fresh start ...
     assert (run / "metrics.csv").exists() and (run / "wandb_id.txt").exists()  # ... of rank 0's
     monkeypatch.setattr(rank_zero_only, "rank", 0)
-    assert resume_from(cfg, run) is None
+    prepare_folder(cfg.name, run, None)
     assert not (run / "metrics.csv").exists() and not (run / "wandb_id.txt").exists()

@@ -19,9 +19,10 @@ import pytest
 import torch
 from conftest import make_cifar10
 
+from reslab.checkpoints import UnsafeCheckpointError, check_ckpt_path, unsafe_globals
+from reslab.cli import train_main as main
 from reslab.data.cifar import load_pickle_batch
-from reslab.errors import UnsafeCheckpointError, check_ckpt_path, unsafe_globals
-from reslab.train import main, train
+from reslab.train import train
 
 
 class RunsShell:
@@ -224,7 +225,7 @@ def test_no_secret_lands_in_the_run_folder(tmp_path: Path) -> None:
     env.pop("WANDB_SILENT", None)
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "reslab.train", "data=synthetic", "model.depth=8", "debug=smoke",
+        [sys.executable, "-m", "reslab.cli", "data=synthetic", "model.depth=8", "debug=smoke",
          "logger=wandb", f"hydra.run.dir={run}", "tags=[safety]"],
         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
     )  # fmt: skip

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from reslab.config import paper_warmup_lr
 from reslab.module import Classifier
 from reslab.networks import build_network
-from reslab.train import paper_warmup_lr, train
+from reslab.train import train
 
 
 def metric_rows(run_dir: Path, key: str) -> list[tuple[int, float]]:
@@ -89,9 +90,10 @@ def test_warmup_state_travels_in_checkpoints() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"warmup_lr": -0.01}, "warmup.lr must be a positive"),
-     ({"warmup_lr": 0.01, "warmup_until_error": 180}, "until_train_error must be a percentage"),
-     ({"warmup_lr": 0.01, "warmup_window": 0}, "warmup.window must be a positive integer")],
+    [({"warmup_lr": -0.01}, r"warmup.lr=-0.01 is not valid; valid: a number > 0 or null"),
+     ({"warmup_lr": 0.01, "warmup_until_error": 180},
+      r"until_train_error=180 is not valid; valid: a number > 0 and <= 100"),
+     ({"warmup_lr": 0.01, "warmup_window": 0}, r"warmup.window=0 is not valid; valid: an integer")],
 )  # fmt: skip
 def test_bad_warmup_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

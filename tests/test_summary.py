@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reslab import paper
+from reslab.config import CONFIG_DIR
 from reslab.networks import build_network, network_name
 from reslab.summary import (
     count_multiply_adds,
@@ -22,7 +23,6 @@ from reslab.summary import (
     parts,
     summarize,
 )
-from reslab.train import CONFIG_DIR
 
 SCRIPT = Path(sys.executable).with_name("reslab-summary")
 

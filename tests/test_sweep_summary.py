@@ -3,7 +3,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from reslab.hydra_callbacks import sweep_table
+from reslab.sweep_summary import sweep_table
 
 
 def test_sweep_table_lists_every_job_in_order_with_its_status(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_a_failed_job_does_not_stop_the_sweep_and_the_command_fails_at_the_end(
 
     sweep = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, "-m", "reslab.train", "-m", "model.depth=9,8", "data=synthetic",
+        [sys.executable, "-m", "reslab.cli", "-m", "model.depth=9,8", "data=synthetic",
          "debug=smoke", "logger=csv", f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, timeout=600,
         env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -24,8 +25,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from reslab.launch import requeued_ckpt_path
-from reslab.train import CONFIG_DIR, train
+from reslab.checkpoints import resume_checkpoint
+from reslab.config import CONFIG_DIR
+from reslab.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
@@ -90,7 +92,7 @@ def compose_cfg():
 def run_reslab(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "RESLAB_LOG_DIR": str(cwd / "logs"), **env}
     return subprocess.run(
-        [sys.executable, "-m", "reslab.train", *args],
+        [sys.executable, "-m", "reslab.cli", *args],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
     )  # fmt: skip
 
@@ -213,16 +215,19 @@ def test_an_unknown_launcher_names_the_presets(compose_cfg) -> None:
         compose_cfg(["hydra/launcher=slurmm"])
 
 
-def test_requeued_ckpt_path_is_last_only_for_a_requeued_job_that_names_none(
-    compose_cfg, monkeypatch: pytest.MonkeyPatch
+def test_a_requeued_job_that_names_no_checkpoint_resumes_its_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = compose_cfg([])
+    run, chosen = tmp_path / "run", tmp_path / "chosen.ckpt"
+    torch.save({"global_step": 3}, chosen)
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
-    assert requeued_ckpt_path(cfg) is None
+    assert resume_checkpoint(None, run) is None
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
-    assert requeued_ckpt_path(cfg) == "last"
-    cfg.ckpt_path = "/some/chosen.ckpt"  # a checkpoint the user named wins
-    assert requeued_ckpt_path(cfg) == "/some/chosen.ckpt"
+    assert resume_checkpoint(None, run) is None  # requeued before its first checkpoint
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 2}, run / "checkpoints" / "last.ckpt")
+    assert resume_checkpoint(None, run) == str(run / "checkpoints" / "last.ckpt")
+    assert resume_checkpoint(str(chosen), run) == str(chosen)  # a checkpoint the user named wins
 
 
 @pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before")

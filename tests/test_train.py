@@ -157,7 +157,7 @@ def test_multirun_makes_one_folder_and_one_wandb_run_per_job(tmp_path: Path) -> 
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("WANDB_API_KEY", None)
     result = subprocess.run(
-        [sys.executable, "-m", "reslab.train", "-m", "model.depth=8,14", "shortcut=A",
+        [sys.executable, "-m", "reslab.cli", "-m", "model.depth=8,14", "shortcut=A",
          "data=synthetic", "debug=smoke", f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+from reslab.run_folder import RESPONSES_FILE, atomic_write
+from reslab.validation import require_int
 
 RESPONSE_COLUMNS = ("step", "split", "index", "layer", "std")
 
@@ -73,16 +75,8 @@ class LayerResponses(L.Callback):
         filename: the CSV file in the run folder.
     """
 
-    def __init__(self, every_n_steps: int | None = None, filename: str = "responses.csv") -> None:
-        if every_n_steps is not None and (
-            isinstance(every_n_steps, bool)
-            or not isinstance(every_n_steps, int)
-            or every_n_steps < 1
-        ):
-            raise ValueError(
-                f"every_n_steps must be a positive integer (iterations) or None (measure on the "
-                f"test set only), got {every_n_steps!r}"
-            )
+    def __init__(self, every_n_steps: int | None = None, filename: str = RESPONSES_FILE) -> None:
+        require_int("every_n_steps", every_n_steps, 1, optional=True, note="(iterations)")
         if (
             not isinstance(filename, str)
             or not filename.endswith(".csv")
@@ -204,7 +198,6 @@ class LayerResponses(L.Callback):
     def _append_csv(self, folder: Path, step: int, split: str) -> None:
         """Appends this measurement to the CSV, written whole to a temporary file and renamed,
         so a reader never sees half of it; the header only when the file is new."""
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.filename
         old = path.read_text() if path.is_file() else ""
         buffer = io.StringIO()
@@ -212,9 +205,7 @@ class LayerResponses(L.Callback):
         if not old:
             writer.writerow(RESPONSE_COLUMNS)
         writer.writerows((step, split, index, name, repr(s)) for index, name, s in self.last)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(old + buffer.getvalue())
-        os.replace(tmp, path)
+        atomic_write(path, old + buffer.getvalue())
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:

@@ -1,6 +1,6 @@
-"""How a job starts, beside train.py: a multirun job whose DDP ranks Lightning would start by
-running the command line again runs as its own ``reslab-train`` process, a SLURM job that was
-requeued resumes from its last checkpoint, and ``reslab-resume RUN_FOLDER`` resumes any run.
+"""How a job starts: a multirun job whose DDP ranks Lightning would start by running the
+command line again runs as its own ``reslab-train`` process, and ``reslab-resume RUN_FOLDER``
+reruns a run folder's own command there.
 
 Lightning's ``ddp`` strategy starts ranks 1..N-1 by running ``sys.argv`` again, adding
 ``hydra.run.dir`` (Lightning's ``_hydra_subprocess_cmd``). That is right for one run. In a
@@ -14,38 +14,54 @@ that process starts its ranks the way Lightning does for one run.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+
+# Private in Lightning, with no public way to ask "does this strategy re-run the command
+# line?"; tests/test_upstream.py fails with a clear message if it moves.
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig
 
+from reslab.config import CONFIG_DIR, instantiate
+from reslab.run_folder import (
+    LAST_CHECKPOINT,
+    OVERRIDES_FILE,
+    final_metric,
+    read_status,
+    write_status,
+)
+
+# The module `python -m` runs for reslab-train.
+TRAIN_MODULE = "reslab.cli"
 # Hydra overrides the job's own process sets itself (the last of a key wins).
 _SET_HERE = ("hydra.mode", "hydra.run.dir", "hydra.output_subdir")
 
 
-def reruns_command_line(trainer_cfg: DictConfig) -> bool:
-    """True when the Trainer of ``trainer_cfg`` would start its other DDP ranks by running the
-    command line again (Lightning's ``ddp`` launched here, not by SLURM or torchrun)."""
-    from reslab.train import instantiate  # train.py imports this module
-
+def quiet_trainer(trainer_cfg: DictConfig) -> L.Trainer:
+    """The Trainer ``trainer_cfg`` describes, without loggers, callbacks or its device lines:
+    Lightning checks the accelerator, devices and strategy as it builds it."""
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # the real trainer prints the device lines
     try:
-        trainer = instantiate(
+        return instantiate(
             trainer_cfg, logger=False, callbacks=[], enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False,
         )  # fmt: skip
     finally:
         lightning_log.setLevel(level)
+
+
+def reruns_command_line(trainer: L.Trainer) -> bool:
+    """True when ``trainer`` would start its other DDP ranks by running the command line again
+    (Lightning's ``ddp`` launched here, not by SLURM or torchrun)."""
     launcher = trainer.strategy.launcher
     return (
         isinstance(launcher, _SubprocessScriptLauncher)
@@ -56,10 +72,8 @@ def reruns_command_line(trainer_cfg: DictConfig) -> bool:
 def job_command(output_dir: str | Path) -> list[str]:
     """The command that runs the current Hydra job alone, in RUN mode, in ``output_dir``: the
     job's overrides (the sweep's values included) and Hydra overrides, the same config source."""
-    from reslab.train import CONFIG_DIR
-
     hydra = HydraConfig.get()
-    command = [sys.executable, "-m", "reslab.train", f"--config-name={hydra.job.config_name}"]
+    command = [sys.executable, "-m", TRAIN_MODULE, f"--config-name={hydra.job.config_name}"]
     for source in hydra.runtime.config_sources:
         if source.provider == "command-line":
             command.append(f"--config-dir={source.path}")
@@ -74,11 +88,9 @@ def run_ddp_job_alone(cfg: DictConfig) -> float | None:
     """In a multirun whose trainer would re-run the command line for its DDP ranks, run this job
     as its own ``reslab-train`` process (see the module's docstring) and return its metric as
     ``train`` does; None otherwise, and the job trains in this process."""
-    from reslab.train import STATUS_FILE, write_status
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    if not reruns_command_line(cfg.trainer):
+    if not reruns_command_line(quiet_trainer(cfg.trainer)):
         return None
     output_dir = Path(cfg.paths.output_dir)
     command = job_command(output_dir)
@@ -88,40 +100,29 @@ def run_ddp_job_alone(cfg: DictConfig) -> float | None:
         except BaseException:
             process.terminate()  # Ctrl-C reaches both; a launcher's cancel reaches only us
             raise
-    status_file = output_dir / STATUS_FILE
-    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    status = read_status(output_dir)
     if code != 0 or status.get("status") in (None, "running", "failed"):
         error = f"its DDP run exited with code {code}: {' '.join(command)}"
         if status.get("status") != "failed":  # killed, or failed before train() began
             write_status(output_dir, "failed", name=cfg.name, error=error)
         raise RuntimeError(f"{cfg.name}: {error}; see {output_dir}")
-    return status.get("val/error", status.get("test/error", math.nan))
-
-
-def requeued_ckpt_path(cfg: DictConfig) -> str | None:
-    """``cfg.ckpt_path``, or ``"last"`` (Lightning: the job's own last checkpoint, if any) when
-    SLURM has requeued this job (preempted or timed out) and no checkpoint was named."""
-    if cfg.ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
-        return "last"
-    return cfg.ckpt_path
+    return final_metric(status)
 
 
 def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> list[str]:
     """The ``reslab-train`` command that resumes the run in ``run_dir`` from its last
     checkpoint: the run's own overrides (from ``.hydra/overrides.yaml``), then ``extra``, in
     that folder, with ``ckpt_path=last``."""
-    import yaml
-
     run_dir = Path(run_dir).expanduser().absolute()
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides_file = run_dir / OVERRIDES_FILE
     if not overrides_file.is_file():
         raise FileNotFoundError(
-            f"{run_dir} is not a reslab run folder: it has no .hydra/overrides.yaml (a run "
+            f"{run_dir} is not a reslab run folder: it has no {OVERRIDES_FILE} (a run "
             "folder is one that reslab-train made, under outputs/runs/ or outputs/multiruns/)"
         )
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if not (run_dir / LAST_CHECKPOINT).is_file():
         raise FileNotFoundError(
-            f"{run_dir} has no checkpoints/last.ckpt to resume from (it stopped before its "
+            f"{run_dir} has no {LAST_CHECKPOINT} to resume from (it stopped before its "
             "first checkpoint: callbacks.checkpoint.every_n_train_steps); start it again instead"
         )
     overrides = [
@@ -130,21 +131,6 @@ def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> list[
         if not o.startswith("ckpt_path=")
     ]
     return [
-        sys.executable, "-m", "reslab.train", *overrides, *(extra or []),
+        sys.executable, "-m", TRAIN_MODULE, *overrides, *(extra or []),
         f'hydra.run.dir="{run_dir}"', "ckpt_path=last",
     ]  # fmt: skip
-
-
-def resume_main(argv: list[str] | None = None) -> None:
-    """``reslab-resume RUN_FOLDER [overrides]``: continue a stopped run where its last
-    checkpoint stands (same folder, same metrics.csv and wandb run)."""
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print("usage: reslab-resume RUN_FOLDER [overrides ...]\n\n" + (resume_main.__doc__ or ""))
-        raise SystemExit(0 if args else 2)
-    try:
-        command = resume_command(args[0], args[1:])
-    except FileNotFoundError as err:
-        print(f"reslab-resume: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    raise SystemExit(subprocess.call(command))

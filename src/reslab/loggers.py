@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import secrets
 import socket
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from reslab.run_folder import WANDB_ID_FILE, atomic_write
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -59,9 +63,6 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     return "online"
 
 
-WANDB_ID_FILE = "wandb_id.txt"
-
-
 def wandb_run_id(save_dir: str | Path) -> str | None:
     """The wandb run id of the run folder ``save_dir``: read from its ``wandb_id.txt``, or made
     and written there the first time (by rank 0; other DDP ranks log nothing to wandb), so a
@@ -72,11 +73,9 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
         return run_id
     if rank_zero_only.rank != 0:
         return None
-    from wandb.sdk.lib.runid import generate_id
-
-    run_id = generate_id()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id + "\n")
+    # wandb's own ids: 8 lowercase letters and digits
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    atomic_write(path, run_id + "\n")
     return run_id
 
 

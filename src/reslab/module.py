@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
 from reslab.fast import batchnorm_in_fp32, cuda_graph_network
+from reslab.validation import require_int, require_number
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -74,23 +75,9 @@ class Classifier(L.LightningModule):
         warmup_window: int = 10,
     ) -> None:
         super().__init__()
-        if warmup_lr is not None and not warmup_lr > 0:
-            raise ValueError(
-                f"optim.warmup.lr must be a positive number or null, got {warmup_lr!r}"
-            )
-        if not 0 < warmup_until_error <= 100:
-            raise ValueError(
-                f"optim.warmup.until_train_error must be a percentage in (0, 100], "
-                f"got {warmup_until_error!r}"
-            )
-        if (
-            isinstance(warmup_window, bool)
-            or not isinstance(warmup_window, int)
-            or warmup_window < 1
-        ):
-            raise ValueError(
-                f"optim.warmup.window must be a positive integer, got {warmup_window!r}"
-            )
+        require_number("optim.warmup.lr", warmup_lr, 0, low_open=True, optional=True)
+        require_number("optim.warmup.until_train_error", warmup_until_error, 0, 100, low_open=True)
+        require_int("optim.warmup.window", warmup_window, 1)
         self.channels_last = channels_last
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.compile_net, self.cuda_graphs = compile, cuda_graphs  # (nn.Module has .compile)

@@ -40,7 +40,7 @@ from rich.table import Table as RichTable
 from reslab.networks import parse_network_name
 from reslab.paper import RESNET110_MEAN_STD, published
 from reslab.report_figures import curves_figure, network_order, responses_figure
-from reslab.train import STATUS_FILE
+from reslab.run_folder import STATUS_FILE
 
 STATUSES = ("finished", "running", "interrupted", "diverged", "failed")
 ERROR_KEYS = (

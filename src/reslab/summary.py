@@ -25,13 +25,13 @@ only where the setting is the paper's (CIFAR: 3×32×32 input, 10 classes; Image
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -43,9 +43,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from reslab.config import CONFIG_DIR, CONFIG_NAME, instantiate, register_resolvers
 from reslab.networks import DEFAULT_WIDTHS, network_name
 from reslab.paper import published
-from reslab.train import CONFIG_DIR, instantiate
 
 # The setting the paper's counts belong to: (in_channels, image size, classes) per family.
 PAPER_SETTING = {"cifar": (3, 32, 10), "imagenet": (3, 224, 1000)}
@@ -226,19 +226,27 @@ def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
     fixed = [
         o.input_line for o in parser.parse_overrides(list(overrides)) if not o.is_sweep_override()
     ]
-    cfg = compose("train", overrides=fixed, return_hydra_config=True)
+    cfg = compose(CONFIG_NAME, overrides=fixed, return_hydra_config=True)
     params = cfg.hydra.get("sweeper", {}).get("params") or {}
     lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
-    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(lines), max_batch_size=None)
-    return jobs
+    values: dict[str, list[str]] = {}  # key -> its values; a later override of a key wins
+    for override in parser.parse_overrides(lines):
+        key = override.get_key_element()
+        values.pop(key, None)
+        if override.is_sweep_override():
+            values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            values[key] = [override.input_line]
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def network_configs(overrides: Sequence[str]) -> list[DictConfig]:
     """One composed config (``return_hydra_config=True``) per network of the sweep."""
+    register_resolvers()
     configs = []
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3", job_name="reslab"):
         for job in job_overrides(overrides):
-            cfg = compose("train", overrides=job, return_hydra_config=True)
+            cfg = compose(CONFIG_NAME, overrides=job, return_hydra_config=True)
             HydraConfig().set_config(cfg)  # so that ${hydra:...} interpolations resolve
             configs.append(cfg)
     return configs

@@ -1,80 +1,31 @@
-"""The Hydra entry point: compose the config, instantiate everything, fit, test, return the metric.
+"""One training run: instantiate what the config names, fit, test, record the result.
 
-reslab-train model.depth=56 shortcut=none          # plain-56 on CIFAR-10
-reslab-train -m model.depth=20,56 shortcut=none,A  # a sweep, one run folder per job
-reslab-train experiment=demo                       # plain vs residual on Fashion-MNIST
+    from reslab.train import train
+    train(cfg)   # cfg composed from conf/ (reslab-train does it: see reslab.cli)
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.types import RunMode
-from hydra.utils import instantiate as _instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from reslab import run_folder
 from reslab.callbacks import DivergenceGuard
-from reslab.checkpoints import METRICS_FILE, checkpoint_step, cut_metrics
-from reslab.errors import check_ckpt_path, check_run, explain, run_cli
-from reslab.launch import requeued_ckpt_path, run_ddp_job_alone
-from reslab.loggers import WANDB_ID_FILE, log_final_summary
-from reslab.networks import network_name, parse_network_name
+from reslab.checkpoints import RunCheckpoint, checkpoint_step, resume_checkpoint
+from reslab.config import instantiate
+from reslab.loggers import log_final_summary
 
-
-def _net_field(spec: str, field: str) -> Any:
-    return parse_network_name(spec)[field]
-
-
-def paper_warmup_lr(depth: int, min_depth: int | None, lr: float | None) -> float | None:
-    """The warm-up lr for a net of ``depth``: ``lr`` from ``min_depth`` layers on (the paper
-    warms up its 110- and 1202-layer nets), None otherwise."""
-    if lr is None or min_depth is None or depth < min_depth:
-        return None
-    return lr
-
-
-OmegaConf.register_new_resolver("network_name", network_name, replace=True)
-OmegaConf.register_new_resolver("net", _net_field, replace=True)
-OmegaConf.register_new_resolver("paper_warmup_lr", paper_warmup_lr, replace=True)
-
-_REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
-CONFIG_DIR = str(_REPO_CONF if _REPO_CONF.is_dir() else Path(__file__).with_name("conf"))
-STATUS_FILE = "status.json"
-
-
-def instantiate(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, re-raising our own bad-input errors (ValueError,
-    FileNotFoundError) as they are instead of wrapped, so a user reads one clear message."""
-    try:
-        return _instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
-            raise err.__cause__ from None
-        raise
-
-
-@rank_zero_only
-def write_status(output_dir: Path, status: str, **fields: Any) -> None:
-    """``status.json`` in the run folder: running, finished or failed, and the final metrics.
-    Written to a temporary file and renamed, so a reader never sees half of it."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps({"status": status, **fields}, indent=2) + "\n")
-    tmp.replace(output_dir / STATUS_FILE)
+# The run folder's files belong to rank 0: DDP's other ranks run train() too (Lightning starts
+# them with the same command line), after rank 0 has opened its loggers.
+write_status = rank_zero_only(run_folder.write_status)
 
 
 def run_summary(cfg: DictConfig, dataset: str) -> dict[str, Any]:
@@ -91,18 +42,16 @@ def run_summary(cfg: DictConfig, dataset: str) -> dict[str, Any]:
 
 
 def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
-    keep = (
-        "train/loss", "train/error", "val/error", "test/error", "val/error_top5",
-        "test/error_top5", "warmup_ended_at",
-    )  # fmt: skip
+    keep = (*run_folder.FINAL_ERRORS, "train/loss", "warmup_ended_at")
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k in keep}
 
 
 def train(cfg: DictConfig) -> float:
-    """Train and test one network as ``cfg`` describes; returns the final ``val/error`` (or
-    ``test/error`` when there is no validation split) for Hydra's sweepers."""
-    if (metric := run_ddp_job_alone(cfg)) is not None:  # multirun + DDP: see reslab.launch
-        return metric
+    """Train and test one network as ``cfg`` describes, in the run folder
+    ``cfg.paths.output_dir``; returns the final ``val/error`` (or ``test/error`` when there is
+    no validation split; nan when the run diverged) for Hydra's sweepers. On an exception the
+    folder's status.json says failed, the wandb run is closed as failed, and the exception
+    goes on."""
     output_dir = Path(cfg.paths.output_dir)
     started = time.time()
     # The run folder always holds .hydra/ when the CSV logger starts: nothing to warn about.
@@ -111,7 +60,8 @@ def train(cfg: DictConfig) -> float:
     )
     write_status(output_dir, "running", name=cfg.name)
     try:
-        resume = resume_from(cfg, output_dir)
+        resume = resume_checkpoint(cfg.ckpt_path, output_dir)
+        prepare_folder(cfg.name, output_dir, resume)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")  # bad data fails here, before any logger opens a run
@@ -136,7 +86,8 @@ def train(cfg: DictConfig) -> float:
             (c.diverged_at for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None
         )
         if not trainer.interrupted and diverged is None:
-            _checkpoint_the_end(trainer)
+            if isinstance(trainer.checkpoint_callback, RunCheckpoint):
+                trainer.checkpoint_callback.save_final(trainer)
             if datamodule.has_val and module.validated_at != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)  # the final net
                 metrics.update(_final_metrics(trainer))
@@ -169,64 +120,22 @@ def train(cfg: DictConfig) -> float:
     _finish_wandb(exit_code=0)
     if status == "diverged":
         return float("nan")  # no error rate to compare: the sweep's table says diverged
-    return metrics.get("val/error", metrics.get("test/error", float("nan")))
+    return run_folder.final_metric(metrics)
 
 
-def _checkpoint_the_end(trainer: L.Trainer) -> None:
-    """Saves ``last.ckpt`` at the final iteration when the checkpoint interval did not end
-    there, so the run folder holds the final network and a resumed (extended) run starts
-    from the end, not from the last interval."""
-    callback = trainer.checkpoint_callback
-    if not isinstance(callback, ModelCheckpoint) or not callback.save_last or not callback.dirpath:
+@rank_zero_only
+def prepare_folder(name: str, output_dir: Path, resume: str | None) -> None:
+    """A resumed run cuts metrics.csv back to its checkpoint (it logs the rest again) and keeps
+    its wandb run; a fresh start in a folder that has them begins a new metrics.csv and a new
+    wandb run."""
+    if resume is None:
+        for stale in (run_folder.METRICS_FILE, run_folder.WANDB_ID_FILE):
+            (output_dir / stale).unlink(missing_ok=True)
         return
-    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-    if trainer.global_step > 0 and callback._last_global_step_saved != trainer.global_step:
-        trainer.save_checkpoint(last)
-
-
-def resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
-    """The checkpoint this run continues from, or None for a fresh start.
-
-    ``ckpt_path=last`` (given, or set by a SLURM requeue) is the run folder's own
-    ``checkpoints/last.ckpt``; a requeued job that has none yet starts afresh. Resuming cuts
-    metrics.csv back to the checkpoint's iteration (the resumed run logs the rest again); a
-    fresh start in a folder that has one begins a new metrics.csv and a new wandb run.
-    """
-    ckpt = requeued_ckpt_path(cfg)
-    if ckpt == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            ckpt = str(last)
-        elif cfg.ckpt_path == "last":
-            raise FileNotFoundError(
-                f"ckpt_path=last: the run folder {output_dir} has no checkpoints/last.ckpt to "
-                "resume from; set hydra.run.dir to the folder of the run to resume (or use "
-                "reslab-resume RUN_FOLDER), or name a checkpoint file"
-            )
-        else:
-            ckpt = None  # requeued before its first checkpoint
-    if ckpt is None:
-        _start_afresh(output_dir)
-        return None
-    check_ckpt_path(ckpt)  # an existing file that holds nothing unsafe
-    _cut_back(cfg.name, output_dir, ckpt)
-    return str(ckpt)
-
-
-# The run folder's files belong to rank 0: DDP's other ranks run train() too (Lightning starts
-# them with the same command line), after rank 0 has opened its loggers.
-@rank_zero_only
-def _start_afresh(output_dir: Path) -> None:
-    for stale in (METRICS_FILE, WANDB_ID_FILE):
-        (output_dir / stale).unlink(missing_ok=True)
-
-
-@rank_zero_only
-def _cut_back(name: str, output_dir: Path, ckpt: str) -> None:
-    step = checkpoint_step(ckpt)
-    dropped = cut_metrics(output_dir, step)
+    step = checkpoint_step(resume)
+    dropped = run_folder.cut_metrics(output_dir, step)
     print(
-        f"[reslab] {name}: resuming from {ckpt} at iteration {step}"
+        f"[reslab] {name}: resuming from {resume} at iteration {step}"
         + (f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""),
         flush=True,
     )
@@ -246,53 +155,3 @@ def _finish_wandb(exit_code: int) -> None:
 
         if wandb.run is not None:
             wandb.finish(exit_code=exit_code)
-
-
-def run_job(cfg: DictConfig) -> float:
-    """``train(cfg)`` after the checks of :func:`reslab.errors.check_run`, so that bad input
-    fails before any data loads; a failed check marks the run folder failed as train() does."""
-    try:
-        check_run(cfg)
-    except BaseException as err:
-        write_status(
-            Path(cfg.paths.output_dir), "failed", name=_run_name(cfg),
-            error=f"{type(err).__name__}: {err}",
-        )  # fmt: skip
-        raise
-    return train(cfg)
-
-
-def _run_name(cfg: DictConfig) -> str | None:
-    try:
-        return str(cfg.name)
-    except Exception:  # a name that does not resolve (bad model values): the folder says
-        return None
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
-    """The Hydra task: one job of ``reslab-train``."""
-    if HydraConfig.get().mode != RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return run_job(cfg)
-    # In a sweep, one failed job must not stop the others (Hydra's sweeper would raise as soon
-    # as its batch is done): the run folder says failed, the traceback goes beside it, and the
-    # sweep's summary names the failures at the end and exits non-zero.
-    try:
-        return run_job(cfg)
-    except Exception as err:
-        trace = Path(cfg.paths.output_dir) / "error.txt"
-        trace.write_text(traceback.format_exc())
-        why = f"{type(err).__name__}: {explain(err) or err}"
-        print(f"[reslab] {_run_name(cfg)}: failed: {why} (traceback: {trace})")
-        return float("nan")
-
-
-def main() -> None:
-    """``reslab-train``: Hydra's command line around :func:`hydra_main`. Bad input prints
-    ``reslab-train: error: <what is wrong and the valid choices>`` and exits with status 1,
-    without a traceback (``HYDRA_FULL_ERROR=1`` shows it); see :mod:`reslab.errors`."""
-    run_cli(hydra_main)
-
-
-if __name__ == "__main__":
-    main()

@@ -16,19 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from reslab.data.augment import subtract_mean, subtract_mean_crop_flip
-
-
-def is_int(value: object) -> bool:
-    """An int that is not a bool (YAML's true/false must not pass for 1/0)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_int(key: str, value: object, low: int, note: str = "") -> None:
-    """A ValueError naming ``data.<key>`` unless ``value`` is an integer >= ``low``."""
-    if not (is_int(value) and value >= low):
-        raise ValueError(
-            f"data.{key} must be an integer >= {low}{' ' + note if note else ''}, got {value!r}"
-        )
+from reslab.validation import require_int
 
 
 @dataclass
@@ -157,11 +145,8 @@ class InMemoryDataModule(L.LightningDataModule):
             ("val_size", val_size, 0),
             ("padding", padding, 0),
         ):
-            check_int(key, value, low)
-        if train_subset is not None and (not isinstance(train_subset, int) or train_subset < 1):
-            raise ValueError(
-                f"data.train_subset must be a positive integer or null, got {train_subset!r}"
-            )
+            require_int(f"data.{key}", value, low)
+        require_int("data.train_subset", train_subset, 1, optional=True)
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset

@@ -33,7 +33,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from reslab.data.base import check_int, is_int
+from reslab.validation import is_int, require_choice, require_int
+
 
 log = logging.getLogger(__name__)
 
@@ -325,22 +326,19 @@ class ImageNetDataModule(L.LightningDataModule):
             ("mean_images", mean_images, 1),
             ("num_workers", num_workers, 0),
         ):
-            check_int(key, value, low)
-        for key, value, low in (("val_size", val_size, 0), ("train_subset", train_subset, 1)):
-            if value is not None:
-                check_int(key, value, low, "or null")
+            require_int(f"data.{key}", value, low)
+        require_int("data.val_size", val_size, 0, optional=True)
+        require_int("data.train_subset", train_subset, 1, optional=True)
         pair = tuple(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else ()
         if len(pair) != 2 or not all(map(is_int, pair)) or not crop_size <= pair[0] <= pair[1]:
             raise ValueError(
                 f"data.scale must be two integers [min, max] with data.crop_size={crop_size} <= "
                 f"min <= max (the paper: [256, 480]), got {scale!r}"
             )
-        check_int("eval_resize", eval_resize, crop_size, f"(data.crop_size={crop_size})")
-        if normalize not in NORMALIZE:
-            raise ValueError(f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
-        for key, value in (("val_crops", val_crops), ("test_crops", test_crops)):
-            if value not in CROPS or isinstance(value, bool):
-                raise ValueError(f"data.{key}={value!r} is not one of {CROPS}")
+        require_int("data.eval_resize", eval_resize, crop_size, note=f"(data.crop_size={crop_size})")
+        require_choice("data.normalize", normalize, NORMALIZE)
+        require_choice("data.val_crops", val_crops, CROPS)
+        require_choice("data.test_crops", test_crops, CROPS)
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset

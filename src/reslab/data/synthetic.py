@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from reslab.data.base import InMemoryDataModule
+from reslab.validation import require_int
 
 
 class SyntheticDataModule(InMemoryDataModule):
@@ -38,8 +39,7 @@ class SyntheticDataModule(InMemoryDataModule):
             ("channels", channels),
             ("classes", classes),
         ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
+            require_int(f"data.{key}", value, 1)
         self.num_train, self.num_test, self.image_size = num_train, num_test, image_size
         self.in_channels, self.num_classes, self.data_seed = channels, classes, data_seed
 

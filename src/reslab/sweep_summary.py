@@ -1,8 +1,9 @@
-"""Hydra callbacks (train-level, like train.py): what a user sees when a sweep ends."""
+"""What a user sees when a sweep ends: a table of its runs' final errors (a Hydra callback,
+named in conf/train.yaml), and a non-zero exit when jobs failed. Report side: it reads run
+folders and imports nothing of training."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from reslab.train import STATUS_FILE
+from reslab.run_folder import read_status, run_folders
 
 ERRORS = ("train/error", "val/error", "test/error")
 
@@ -21,24 +22,19 @@ def sweep_table(sweep_dir: Path) -> Table:
     table = Table(title=f"reslab sweep: {sweep_dir}")
     for column in ("run", "status", "iterations", *ERRORS, "seconds"):
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
-    for status_file in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=_job_number):
-        status = json.loads(status_file.read_text())
+    for folder in run_folders(sweep_dir):
+        status = read_status(folder)
         state = status.get("status", "?")
         if "diverged_at" in status:
             state += f" at {status['diverged_at']}"
         table.add_row(
-            status_file.parent.name,
+            folder.name,
             state,
             str(status.get("iterations", "")),
             *(f"{status[k]:.2f}" if k in status else "" for k in ERRORS),
             str(status.get("seconds", "")),
         )
     return table
-
-
-def _job_number(path: Path) -> tuple[int, str]:
-    head = path.parent.name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else 1 << 30, path.parent.name)
 
 
 class SweepFailed(SystemExit):
@@ -65,9 +61,7 @@ class SweepSummary(Callback):
                 f"wandb sync {sweep_dir}/*/wandb/offline-run-*"
             )
         failed = [
-            f.parent.name
-            for f in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=_job_number)
-            if json.loads(f.read_text()).get("status") == "failed"
+            f.name for f in run_folders(sweep_dir) if read_status(f).get("status") == "failed"
         ]
         if failed:
             raise SweepFailed(

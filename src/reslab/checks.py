@@ -1,0 +1,103 @@
+"""Everything checked before a run starts, so that bad input fails before any data loads.
+
+Each value is validated once, where it is consumed (the network's builder, the datamodule's
+constructor, Lightning's Trainer, torch's SGD): this module only builds those consumers
+without data and names the setting a user wrote when one of them refuses it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
+
+from reslab.checkpoints import check_ckpt_path
+from reslab.config import instantiate
+from reslab.launch import quiet_trainer
+
+# torch.optim's own messages ("Invalid learning rate: -0.1") → the optimizer's argument.
+_TORCH_OPTIMIZER_WORDS = {
+    "learning rate": "lr",
+    "momentum value": "momentum",
+    "weight_decay value": "weight_decay",
+    "dampening value": "dampening",
+}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, named with its valid choices."""
+
+
+def check_run(cfg: DictConfig) -> None:
+    """Everything about ``cfg`` that can be checked without loading data or training: the
+    checkpoint to resume from, the trainer (devices, strategy), the data, network and module
+    arguments (the network is built on the meta device: no memory, no weights), the optimizer
+    and the scheduler. Raises a ``ValueError`` (or ``FileNotFoundError``) that names the bad
+    setting and its valid choices."""
+    check_ckpt_path(cfg.get("ckpt_path"))
+    try:
+        quiet_trainer(cfg.trainer)
+    except InstantiationException as err:  # Lightning's own check of the devices
+        if not isinstance(err.__cause__, MisconfigurationException):
+            raise
+        devices = f"trainer.devices={OmegaConf.select(cfg, 'trainer.devices')}"
+        accelerator = f"trainer.accelerator={OmegaConf.select(cfg, 'trainer.accelerator')}"
+        gpus = torch.cuda.device_count()
+        valid = "trainer=cpu" if gpus == 0 else f"trainer.devices from 1 to {gpus}, or auto"
+        raise ConfigError(
+            f"{accelerator} with {devices} cannot run here ({_one_line(str(err.__cause__))}); "
+            f"this machine has {gpus} GPUs; valid here: {valid}"
+        ) from err
+    datamodule = instantiate(cfg.data)  # the constructor checks its arguments; nothing loads
+    with torch.device("meta"):
+        net = instantiate(
+            cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
+        )
+    module = instantiate(cfg.module, net=net)
+    try:
+        optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(_optimizer_error(cfg, err)) from err
+    if module.scheduler_factory is not None:
+        try:
+            module.scheduler_factory(optimizer)
+        except (ValueError, TypeError) as err:
+            target = OmegaConf.select(cfg, "module.scheduler._target_")
+            raise ConfigError(f"{source_key(cfg, 'module.scheduler')} ({target}): {err}") from err
+
+
+def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
+    """torch's refusal of an optimizer argument, said with the key the user set."""
+    target = OmegaConf.select(cfg, "module.optimizer._target_", default="?")
+    match = re.match(r"Invalid ([\w ]+?): (.+)$", str(err))
+    argument = _TORCH_OPTIMIZER_WORDS.get(match.group(1)) if match else None
+    if argument is None:
+        return f"{source_key(cfg, 'module.optimizer')} ({target}): {err}"
+    key = source_key(cfg, f"module.optimizer.{argument}")
+    return f"{key}={match.group(2)} is not valid; valid: a number >= 0 ({target}: {err})"
+
+
+def source_key(cfg: DictConfig, key: str) -> str:
+    """The key a user sets for ``key``: interpolations such as ``module.optimizer`` →
+    ``${optim.optimizer}`` and ``optim.optimizer.lr`` → ``${optim.lr}`` followed to the end."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    for _ in range(10):  # interpolation chains are short; no cycles in a composed config
+        parts, node = key.split("."), raw
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                return key
+            node = node[part]
+            link = re.fullmatch(r"\$\{([\w.]+)\}", node) if isinstance(node, str) else None
+            if link:
+                key = ".".join([link.group(1), *parts[i + 1 :]])
+                break
+        else:
+            return key
+    return key
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())

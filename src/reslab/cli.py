@@ -1,0 +1,317 @@
+"""The ``reslab-*`` commands' entry points, and the one line a user reads when input is bad.
+
+    reslab-train model.depth=21
+    reslab-train: error: model.depth=21 is not valid; valid: ... (6n+2: 8, 14, 20, ...)
+    (HYDRA_FULL_ERROR=1 shows the full traceback)
+
+``reslab-train`` is Hydra's command line around :func:`hydra_task` (``python -m reslab.cli``
+is the same); ``reslab-resume RUN_FOLDER`` reruns a run folder's command there. Hydra prints
+its own partial traceback for an error unless ``HYDRA_FULL_ERROR=1``; reslab sets that
+variable for Hydra and says the error here instead, in a line. A user who sets
+``HYDRA_FULL_ERROR=1`` gets every traceback, as with Hydra.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import pickle
+import re
+import subprocess
+import sys
+import textwrap
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from reslab import run_folder
+from reslab.config import CONFIG_DIR, CONFIG_NAME, config_groups, register_resolvers
+
+PROG = "reslab-train"
+FULL_ERROR_HINT = "(HYDRA_FULL_ERROR=1 shows the full traceback)"
+# Set beside HYDRA_FULL_ERROR when reslab, not the user, set it (child processes inherit both).
+_SET_BY_RESLAB = "RESLAB_SET_HYDRA_FULL_ERROR"
+
+GROUPS = {
+    "model": "network family: cifar (depth 6n+2, section 4.2) or imagenet (18-152, Table 1)",
+    "shortcut": "none: the plain net; A: zero-padding identity; B: projections where "
+    "dimensions grow; C: all projections",
+    "data": "the dataset, in its real format (CIFAR pickles, idx files, JPEG folders)",
+    "optim": "the paper's recipes: SGD, lr 0.1, schedules in iterations, the 110-layer warm-up",
+    "trainer": "where it runs: cpu, gpu, ddp (one node, N GPUs), multinode (SLURM)",
+    "speed": "eager (fp32) or fast (bf16, compile, CUDA graphs): how fast, never what it learns",
+    "logger": "wandb (+ metrics.csv; offline without a key) or csv alone",
+    "callbacks": "checkpoints (last.ckpt), the progress bar, the divergence guard",
+    "experiment": "a figure or table of the paper as a ready multirun over net=NAME",
+    "debug": "smoke: a few iterations on a few images, for checking",
+    "hydra/launcher": "where sweep jobs run (default: one after another here): local (in "
+    "parallel, joblib) or slurm (one SLURM job each, submitit)",
+}
+
+HELP = """\
+reslab-train: train the paper's networks (He et al., "Deep Residual Learning for Image
+Recognition", CVPR 2016), residual and plain, with its recipes. Every setting is a Hydra
+override: GROUP=CHOICE picks a config file, KEY=VALUE sets one value.
+
+Config groups (GROUP=CHOICE; the first choice shown in [] is the default):
+{groups}
+
+Examples:
+  reslab-train model.depth=56 shortcut=none             # one run: plain-56 on CIFAR-10
+  reslab-train -m model.depth=20,56 shortcut=none,A     # a sweep: four runs, one table
+  reslab-train -m experiment=fig6 trainer=gpu           # Figure 6 of the paper, nine runs
+  reslab-resume outputs/runs/<date>_resnet-56A          # continue a stopped run
+  reslab-report outputs/multiruns/<date>_fig6           # its figures and tables
+
+Where results go: outputs/runs/<date>_<network>/ for one run, outputs/multiruns/<date>_<group>/
+<job>_<network>/ for each job of a sweep; each holds status.json, metrics.csv, hparams.yaml,
+.hydra/ (the resolved config), checkpoints/last.ckpt and wandb/.
+
+More: --cfg job [--resolve] prints the config without running, --info shows Hydra's search
+path, -m/--multirun sweeps, --hydra-help is Hydra's own help. HYDRA_FULL_ERROR=1 shows
+tracebacks. reslab-summary takes the same overrides and prints parameters and multiply-adds.
+"""
+
+
+
+def help_text() -> str:
+    """reslab-train's --help: what it does, each config group with its choices, examples."""
+    defaults: dict[str, str] = {}
+    for entry in OmegaConf.load(Path(CONFIG_DIR) / f"{CONFIG_NAME}.yaml").defaults:
+        if isinstance(entry, DictConfig):
+            defaults.update({str(k): str(v) for k, v in entry.items() if v is not None})
+    lines = []
+    for group, choices in config_groups().items():
+        default = defaults.get(group)
+        shown = [f"[{c}]" if c == default else c for c in choices]
+        lines.append(f"  {group:<16}{', '.join(shown)}")
+        if group in GROUPS:
+            lines.append(textwrap.fill(GROUPS[group], 98, initial_indent=" " * 18,
+                                       subsequent_indent=" " * 18))  # fmt: skip
+    return HELP.format(groups="\n".join(lines))
+
+
+# --- the Hydra task ------------------------------------------------------------------------------
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
+def hydra_task(cfg: DictConfig) -> float:
+    """One job of ``reslab-train``: the checks before a run, then the run (alone in its own
+    process when a multirun job's DDP ranks need that: reslab.launch). A failure marks the run
+    folder failed. In a sweep, one failed job must not stop the others (Hydra's sweeper would
+    raise as soon as its batch is done): its traceback goes beside it, the sweep's summary
+    names the failures at the end and exits non-zero."""
+    from reslab.checks import check_run
+    from reslab.launch import run_ddp_job_alone
+    from reslab.train import train, write_status
+
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        check_run(cfg)
+        metric = run_ddp_job_alone(cfg)
+        return train(cfg) if metric is None else metric
+    except BaseException as err:
+        if run_folder.read_status(output_dir).get("status") != "failed":
+            error = f"{type(err).__name__}: {err}"
+            write_status(output_dir, "failed", name=_run_name(cfg), error=error)
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        if not multirun or _user_full_error() or not isinstance(err, Exception):
+            raise
+        trace = output_dir / run_folder.ERROR_FILE
+        trace.write_text(traceback.format_exc())
+        print(f"[reslab] {_run_name(cfg)}: failed: {type(err).__name__}: "
+              f"{explain(err) or err} (traceback: {trace})")  # fmt: skip
+        return math.nan
+
+
+def _run_name(cfg: DictConfig) -> str | None:
+    try:
+        return str(cfg.name)
+    except Exception:  # a name that does not resolve (bad model values): the folder says
+        return None
+
+
+# --- the commands --------------------------------------------------------------------------------
+def _user_full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and not os.environ.get(_SET_BY_RESLAB)
+
+
+def train_main() -> None:
+    """``reslab-train``: Hydra's command line around :func:`hydra_task`. Bad input (a config
+    that does not compose, a bad value, missing or broken data) prints ``reslab-train: error:
+    <message>`` and exits with status 1, without a traceback; other errors keep theirs."""
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(help_text(), end="")
+        return
+    register_resolvers()
+    # Imported before Hydra configures the root logger, Lightning keeps its own console
+    # handler (its device and progress lines once, not again through Hydra's handler).
+    import reslab.train  # noqa: F401
+
+    if _user_full_error():
+        hydra_task()
+        return
+    os.environ.update({"HYDRA_FULL_ERROR": "1", _SET_BY_RESLAB: "1"})  # Hydra raises; we say it
+    try:
+        try:
+            hydra_task()
+        finally:  # for this process's next command (tests); its children have theirs
+            for key in ("HYDRA_FULL_ERROR", _SET_BY_RESLAB):
+                os.environ.pop(key, None)
+    except BrokenPipeError:  # its output went to a pipe that closed: reslab-train --cfg | head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        sys.exit(130)
+    except Exception as err:
+        message = explain(err)
+        if message is None:
+            raise
+        sys.stdout.flush()
+        sys.stderr.write(f"{PROG}: error: {message}\n{FULL_ERROR_HINT}\n")
+        sys.stderr.flush()
+        sys.exit(1)
+
+
+def resume_main(argv: list[str] | None = None) -> None:
+    """``reslab-resume RUN_FOLDER [overrides]``: continue a stopped run where its last
+    checkpoint stands (same folder, same metrics.csv and wandb run)."""
+    from reslab.launch import resume_command
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: reslab-resume RUN_FOLDER [overrides ...]\n\n" + (resume_main.__doc__ or ""))
+        raise SystemExit(0 if args else 2)
+    try:
+        command = resume_command(args[0], args[1:])
+    except FileNotFoundError as err:
+        print(f"reslab-resume: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(subprocess.call(command))
+
+
+# --- the short message ---------------------------------------------------------------------------
+def explain(err: BaseException) -> str | None:
+    """The message ``reslab-train`` prints for ``err``: one or a few lines naming the bad
+    value and the valid choices. None for an error that is not about the input (a bug, a
+    crash): that one keeps its traceback."""
+    if isinstance(err, MissingConfigException):
+        return _explain_missing_config(err)
+    if isinstance(err, ConfigCompositionException):
+        return _explain_override(err)
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the overrides: {_first_lines(str(err), 2)}"
+    if isinstance(err, InstantiationException):
+        return _explain_instantiation(err)
+    if isinstance(err, HydraException):
+        return _first_lines(str(err), 3)
+    if isinstance(err, OmegaConfBaseException):
+        return _explain_omegaconf(err)
+    if isinstance(err, pickle.UnpicklingError):
+        return _explain_unpickling(err)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException  # slow import
+
+    if isinstance(err, (ValueError, MisconfigurationException, FileNotFoundError,
+                        NotADirectoryError, IsADirectoryError, PermissionError)):  # fmt: skip
+        return _worker_error(str(err)) or type(err).__name__
+    return None
+
+
+def _explain_missing_config(err: MissingConfigException) -> str:
+    missing = err.missing_cfg_file or ""
+    if err.options is None or "/" not in missing:
+        return _first_lines(str(err), 1)
+    group, _, choice = missing.rpartition("/")
+    options = [str(o) for o in err.options]
+    close = difflib.get_close_matches(choice, options, n=2, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(f'{group}={c}' for c in close)}?)" if close else ""
+    valid = ", ".join(options)
+    return f"{group}={choice} is not a choice{hint}; valid choices for {group}: {valid}"
+
+
+def _explain_override(err: ConfigCompositionException) -> str:
+    cause = err.__cause__
+    match = re.match(r"Could not override '([^']+)'", str(err))
+    if (
+        match is None
+        or not isinstance(cause, (ConfigKeyError, ConfigAttributeError))
+        or not isinstance(cause.parent_node, DictConfig)
+    ):
+        return _first_lines(str(err), 3)
+    override = match.group(1)
+    bad = str(cause.full_key or override)
+    parent, _, key = bad.rpartition(".")
+    valid = [str(k) for k in cause.parent_node]
+    if not parent:  # at the top: config groups are chosen there too (shortcut=A, debug=smoke)
+        valid = sorted(set(valid) | {g.split('/')[0] for g in config_groups()})
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    if rest := override[len(bad) + 1 :].split(".")[0]:  # modle.depth: model has a depth
+        close = [c for c in close if _has_key(cause.parent_node, c, rest)] or close
+    close = close[:2]
+    full = [f"{parent}.{c}" if parent else c for c in close]
+    hint = f"; did you mean {' or '.join(repr(f) for f in full)}?" if close else ""
+    where = f"valid keys under {parent}" if parent else "valid top-level keys and groups"
+    of = f" (in {override}=...)" if override != bad else ""
+    return f"unknown config key '{bad}'{of}{hint} {where}: {', '.join(valid)}"
+
+
+def _has_key(node: DictConfig, key: str, sub: str) -> bool:
+    child = OmegaConf.to_container(node, resolve=False).get(key)
+    return isinstance(child, dict) and sub in child
+
+
+def _explain_instantiation(err: InstantiationException) -> str:
+    match = re.search(r"full_key: (\S+)", str(err))
+    key = match.group(1) if match else None
+    target = re.search(r"target '([^']+)'", str(err))
+    where = f"{key} ({target.group(1)})" if key and target else key or "instantiating the config"
+    cause = err.__cause__
+    if cause is not None:
+        return f"{where}: {explain(cause) or f'{type(cause).__name__}: {cause}'}"
+    return f"{where}: {_first_lines(str(err), 2)}"
+
+
+def _explain_omegaconf(err: OmegaConfBaseException) -> str:
+    first = _first_lines(str(err), 1)
+    key = getattr(err, "full_key", None)
+    return f"{first} (config key {key})" if key and str(key) not in first else first
+
+
+def _explain_unpickling(err: pickle.UnpicklingError) -> str:
+    text = str(err)
+    unsafe = re.search(r"GLOBAL (\S+)", text)
+    if unsafe or "Weights only load failed" in text:
+        what = f"it refers to {unsafe.group(1)}" if unsafe else "it holds objects beyond tensors"
+        return f"a checkpoint is not safe to load: {what}; refusing to load it"
+    return _first_lines(text, 2)
+
+
+def _worker_error(text: str) -> str:
+    """An error raised in a DataLoader worker carries the worker's traceback in its message:
+    keep its last line, without the exception's type name."""
+    if "Traceback (most recent call last)" not in text:
+        return text.strip()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else text
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
+
+
+def _first_lines(text: str, n: int) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines[:n])
+
+
+if __name__ == "__main__":
+    train_main()
