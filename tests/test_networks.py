@@ -106,14 +106,12 @@ def test_plain_net_has_no_additions_and_residual_net_has_one_per_block() -> None
 
 
 def test_networks_pickle_and_deepcopy() -> None:
-    """Option A is a module, not a lambda: checkpoints and DDP can pickle it."""
+    """Option A is a module, not a lambda: checkpoints and DDP can pickle and copy it."""
     for shortcut in ("none", "A", "B", "C"):
-        net = build_network("cifar", 8, shortcut)
-        clone = pickle.loads(pickle.dumps(net))
-        copy.deepcopy(net)
+        net = build_network("cifar", 8, shortcut).eval()
         x = torch.randn(2, 3, 32, 32)
-        net.eval(), clone.eval()
-        assert torch.equal(net(x), clone(x))
+        for clone in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+            assert torch.equal(net(x), clone(x))
 
 
 def test_he_initialisation_and_no_conv_bias() -> None:
