@@ -306,7 +306,9 @@ def test_torchvision_weights_give_torchvision_outputs(depth: int, stride: str) -
 def test_paper_bottleneck_stride_differs_from_torchvision_v15() -> None:
     """Same weights, stride on the 1×1 (the paper) instead of the 3×3: same parameters,
     a different function."""
-    ours, theirs = _torchvision_pair(50, "1x1")
+    v15, theirs = _torchvision_pair(50, "3x3")
+    ours = build_network("imagenet", 50, "B", num_classes=1000).eval()
+    ours.load_state_dict(v15.state_dict())  # the same keys and shapes
     assert n_params(ours) == n_params(theirs)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -394,6 +396,20 @@ def test_torchvision_state_dict_into_a_wrong_network_says_why() -> None:
         ValueError, match=r"wrong shape.*fc\.weight: \(1000, 512\) vs ours \(10, 512\)"
     ):
         load_torchvision_state_dict(build_network("imagenet", 18, "B", num_classes=10), theirs)
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_torchvision_bottleneck_weights_load_only_into_v15_nets(depth: int) -> None:
+    """torchvision's ResNet-50/101/152 put the stride on the 3×3: the paper's placement has the
+    same shapes but another function, so its weights are refused there (and load, giving
+    torchvision's outputs, with bottleneck_stride="3x3": test_torchvision_weights_give_...)."""
+    with torch.device("meta"):  # the check needs shapes only
+        theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None).state_dict()
+        paper = build_network("imagenet", depth, "B", num_classes=1000)
+    with pytest.raises(
+        ValueError, match=r"load only into a net built with model\.bottleneck_stride=3x3"
+    ):
+        load_torchvision_state_dict(paper, theirs)
 
 
 def test_extended_network_names() -> None:

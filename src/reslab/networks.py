@@ -499,8 +499,10 @@ _TORCHVISION_RENAMES = (
 
 def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``, our ImageNet
-    network of the same depth with option B (``bottleneck_stride="3x3"`` reproduces
-    torchvision's outputs for 50/101/152). Strict: every key and shape must match."""
+    network of the same depth with option B, and for 50/101/152 ``bottleneck_stride="3x3"``
+    (torchvision's "v1.5": the paper's placement has the same shapes but computes another
+    function, so it is refused). Then ``net`` gives torchvision's outputs. Strict: every key
+    and shape must match."""
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         new = key
@@ -526,5 +528,12 @@ def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.T
         raise ValueError(
             f"the torchvision state dict has {len(wrong)} tensors of the wrong shape (widths, "
             f"num_classes or in_channels differ), e.g. {'; '.join(wrong[:3])}"
+        )
+    if any(isinstance(m, Bottleneck) and m.stride_on != "3x3" for m in net.modules()):
+        raise ValueError(
+            "torchvision's bottleneck nets are v1.5 (stride on the 3x3 conv): their weights load "
+            "only into a net built with model.bottleneck_stride=3x3 (build_network(..., "
+            "bottleneck_stride='3x3')); this net has the paper's stride on the 1x1 "
+            "(model.bottleneck_stride=1x1): the same shapes, a different function"
         )
     net.load_state_dict(renamed, strict=True)
