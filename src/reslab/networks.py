@@ -99,7 +99,7 @@ def parse_network_name(spec: str, family: str | None = None) -> dict[str, Any]:
             _blocks(family, parsed["depth"], parsed["block_layers"], parsed["bottleneck_stride"])
         except ValueError as err:
             raise ValueError(
-                f"net={spec!r} is not a {family} network ({err}); valid {family} names: "
+                f"net={spec!r} is not in the {family} family ({err}); valid {family} names: "
                 f"{VALID_NAMES[family]}"
             ) from None
     return parsed

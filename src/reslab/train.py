@@ -48,7 +48,7 @@ def paper_warmup_lr(depth: int, min_depth: int | None, lr: float | None) -> floa
 
 
 OmegaConf.register_new_resolver("network_name", network_name, replace=True)
-OmegaConf.register_new_resolver("net", _net_field, replace=True)
+OmegaConf.register_new_resolver("net", lambda s, f, k: parse_network_name(s, f)[k], replace=True)
 OmegaConf.register_new_resolver("paper_warmup_lr", paper_warmup_lr, replace=True)
 
 _REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
