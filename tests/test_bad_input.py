@@ -44,15 +44,17 @@ class Case:
 
 CASES = {
     "cifar-depth-21": Case(
-        ("model.depth=21", "data=synthetic"), ("depth 21", "20, 32, 44, 56, 110, 1202"), cli=True
+        ("model.depth=21", "data=synthetic"),
+        ("model.depth=21", "20, 32, 44, 56, 110, 1202"),
+        cli=True,
     ),
-    "cifar-depth-0": Case(("model.depth=0", "data=synthetic"), ("depth 0", "8, 14, 20, 26")),
+    "cifar-depth-0": Case(("model.depth=0", "data=synthetic"), ("model.depth=0", "8, 14, 20, 26")),
     "cifar-depth-minus-8": Case(
-        ("model.depth=-8", "data=synthetic"), ("depth -8", "8, 14, 20, 26")
+        ("model.depth=-8", "data=synthetic"), ("model.depth=-8", "8, 14, 20, 26")
     ),
     "imagenet-depth-20": Case(
         ("model=imagenet", "model.depth=20", "data=synthetic"),
-        ("ImageNet depth 20", "18, 34, 50, 101, 152"),
+        ("model.depth=20", "18, 34, 50, 101, 152"),
     ),
     "shortcut-D": Case(("shortcut=D",), ("shortcut=D", "A, B, C, none"), cli=True),
     "unknown-dataset": Case(
@@ -207,7 +209,10 @@ def test_hydra_full_error_gives_the_traceback(bad_data: Path, tmp_path: Path) ->
     )  # fmt: skip
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
-    assert "ValueError: CIFAR depth 21 is not of the form 6n+2" in result.stderr
+    assert (
+        "ValueError: model.depth=21 is not valid; valid: an integer >= 8 of the form 6n+2"
+        in result.stderr
+    )
     assert "reslab-train: error:" not in result.stderr
     status = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert status["status"] == "failed" and "depth 21" in status["error"]
+    assert status["status"] == "failed" and "model.depth=21" in status["error"]

@@ -12,9 +12,10 @@ import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from omegaconf.errors import InterpolationResolutionError
 
 from reslab.config import CONFIG_DIR
-from reslab.networks import parse_network_name
+from reslab.networks import Bottleneck, LayersBlock, parse_network_name
 
 EXPERIMENTS = {
     "fig1": ["plain-20", "plain-56"],
@@ -115,6 +116,75 @@ def test_network_names_parse_back(spec: str, expected: tuple) -> None:
 def test_bad_network_names_are_refused_with_examples(spec: str) -> None:
     with pytest.raises(ValueError, match=rf"{spec}.*(plain-20|resnet-20A)"):
         parse_network_name(spec)
+
+
+# --- a network name means the whole network, in every experiment ----------------------------
+
+# A name carrying every field (depth, shortcut, block length or stride placement, seed) per family.
+FULL_NAMES = {"cifar": ("resnet-56C-3layer@2", (56, "C", 3, "1x1", 2)),
+              "imagenet": ("resnet-101C-v1.5@4", (101, "C", 2, "3x3", 4))}  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+def test_every_experiment_takes_every_field_of_the_name(
+    tmp_path: Path, hydra_cfg, experiment: str
+) -> None:
+    family = "imagenet" if experiment in IMAGENET else "cifar"
+    name, expected = FULL_NAMES[family]
+    cfg = hydra_cfg(tmp_path, [f"experiment={experiment}", f"net={name}"])
+    model = cfg.model
+    fields = (model.depth, model.shortcut, model.block_layers, model.bottleneck_stride, cfg.seed)
+    assert fields == expected
+    assert cfg.name == name.partition("@")[0]
+
+
+def test_a_one_layer_name_builds_one_layer_blocks_in_fig6(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(tmp_path, ["experiment=fig6", "net=resnet-20A-1layer"])
+    assert (cfg.name, cfg.model.depth, cfg.model.block_layers) == ("resnet-20A-1layer", 20, 1)
+    net = instantiate(cfg.model)
+    blocks = [m for m in net.modules() if isinstance(m, LayersBlock)]
+    assert len(blocks) == 18 and all(b.layers == 1 for b in blocks)
+
+
+def test_v15_name_builds_torchvisions_stride_placement_in_deeper(tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(tmp_path, ["experiment=deeper", "net=resnet-50B-v1.5"])
+    assert cfg.name == "resnet-50B-v1.5"
+    assert (cfg.model.depth, cfg.model.bottleneck_stride) == (50, "3x3")
+    with torch.device("meta"):
+        down = instantiate(cfg.model, num_classes=1000).stages[1][0]
+    assert isinstance(down, Bottleneck)
+    assert (down.conv1.stride, down.conv2.stride) == ((1, 1), (2, 2))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "net", "why"),
+    [("fig6", "resnet-50B-v1.5", r"model\.bottleneck_stride='3x3' is not valid; valid: 1x1"),
+     ("fig6", "resnet-21A", r"model\.depth=21 is not valid"),
+     ("block_length", "resnet-32A-3layer", r"model\.block_layers=3 is not valid; valid: 1, 2"),
+     ("deeper", "resnet-50B-1layer", r"model\.block_layers=1 is not valid; valid: 2"),
+     ("table3", "resnet-34B-v1.5", r"model\.bottleneck_stride='3x3' is not valid"),
+     ("fig4", "plain-20", r"model\.depth=20 is not valid; valid: 18, 34, 50, 101, 152")],
+)  # fmt: skip
+def test_a_name_the_family_cannot_build_is_refused_naming_the_valid_names(
+    tmp_path: Path, hydra_cfg, experiment: str, net: str, why: str
+) -> None:
+    family = "imagenet" if experiment in IMAGENET else "cifar"
+    cfg = hydra_cfg(tmp_path, [f"experiment={experiment}", f"net={net}"])
+    message = rf"net='{net}' is not in the {family} family \({why}.*\); valid {family} names: "
+    with pytest.raises(InterpolationResolutionError, match=message) as error:
+        _ = cfg.name
+    assert "\n" not in str(error.value.__cause__)
+
+
+def test_names_are_checked_against_their_family() -> None:
+    assert parse_network_name("resnet-50B-v1.5", "imagenet")["bottleneck_stride"] == "3x3"
+    assert parse_network_name("resnet-56A-3layer@1", "cifar")["seed"] == 1
+    with pytest.raises(ValueError, match=r"valid cifar names: plain-N or resnet-N .*resnet-110A@3"):
+        parse_network_name("resnet-50B-v1.5", "cifar")
+    with pytest.raises(
+        ValueError, match=r"model\.family='vgg' is not valid; valid: cifar, imagenet"
+    ):
+        parse_network_name("resnet-20A", "vgg")
 
 
 def test_fig1_smoke_multirun_runs_both_jobs(tmp_path: Path, tiny_cifar10: Path) -> None:

@@ -8,6 +8,7 @@ import torchvision
 from reslab.networks import (
     BasicBlock,
     Bottleneck,
+    LayersBlock,
     ZeroPadShortcut,
     build_network,
     cifar_blocks_per_stage,
@@ -105,14 +106,12 @@ def test_plain_net_has_no_additions_and_residual_net_has_one_per_block() -> None
 
 
 def test_networks_pickle_and_deepcopy() -> None:
-    """Option A is a module, not a lambda: checkpoints and DDP can pickle it."""
+    """Option A is a module, not a lambda: checkpoints and DDP can pickle and copy it."""
     for shortcut in ("none", "A", "B", "C"):
-        net = build_network("cifar", 8, shortcut)
-        clone = pickle.loads(pickle.dumps(net))
-        copy.deepcopy(net)
+        net = build_network("cifar", 8, shortcut).eval()
         x = torch.randn(2, 3, 32, 32)
-        net.eval(), clone.eval()
-        assert torch.equal(net(x), clone(x))
+        for clone in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+            assert torch.equal(net(x), clone(x))
 
 
 def test_he_initialisation_and_no_conv_bias() -> None:
@@ -127,14 +126,16 @@ def test_he_initialisation_and_no_conv_bias() -> None:
 
 @pytest.mark.parametrize("depth", [21, 0, -8, 7, 2, 19])
 def test_invalid_depth_lists_valid_depths(depth: int) -> None:
-    with pytest.raises(ValueError, match=rf"CIFAR depth {depth} .*valid depths are 8, 14, 20"):
+    with pytest.raises(ValueError, match=rf"model\.depth={depth} is not valid; valid: .*8, 14, 20"):
         build_network("cifar", depth, "A")
 
 
 def test_unknown_shortcut_and_family_name_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown shortcut 'D'; valid choices are none, A, B, C"):
+    with pytest.raises(ValueError, match=r"shortcut='D' is not valid; valid: none, A, B, C"):
         build_network("cifar", 20, "D")
-    with pytest.raises(ValueError, match=r"unknown network family 'vgg'"):
+    with pytest.raises(
+        ValueError, match=r"model\.family='vgg' is not valid; valid: cifar, imagenet"
+    ):
         build_network("vgg", 20, "A")
 
 
@@ -153,7 +154,8 @@ def test_block_layers_keep_the_layers_and_parameters(block_layers: int, shortcut
     """Each stage keeps its 2n conv layers, only grouped differently: same parameter count."""
     net = build_network("cifar", 20, shortcut, block_layers=block_layers)
     assert n_params(net) == PAPER_PARAMS[20]
-    blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
+    assert not any(isinstance(m, BasicBlock) for m in net.modules())
+    blocks = [m for m in net.modules() if isinstance(m, LayersBlock)]
     assert len(blocks) == 3 * 6 // block_layers
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 19  # stem + 18
@@ -169,12 +171,32 @@ def test_block_layers_2_is_the_default_network() -> None:
     pairs = zip(default.state_dict().values(), two.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     assert "stages.2.2.conv2.weight" in default.state_dict()
+    assert all(type(b) is BasicBlock for stage in default.stages for b in stage)
+
+
+def test_basic_block_is_figure_2() -> None:
+    """conv, BN, ReLU, conv, BN, add the shortcut, ReLU: torchvision's BasicBlock, and what a
+    LayersBlock of two layers computes."""
+    block = BasicBlock(8, 8, 1, torch.nn.Identity()).eval()
+    names = [name for name, _ in block.named_children()]
+    assert names == ["conv1", "bn1", "conv2", "bn2", "shortcut"]
+    for m in block.modules():  # BN that is not the identity, so a misplaced ReLU shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(m.weight)
+            torch.nn.init.normal_(m.bias)
+    x = torch.randn(3, 8, 6, 6)
+    two = LayersBlock(8, 8, 1, torch.nn.Identity(), layers=2).eval()
+    two.load_state_dict(block.state_dict())
+    with torch.no_grad():
+        expected = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+        assert torch.allclose(block(x), torch.relu(expected + x), atol=1e-6)
+        assert torch.equal(two(x), block(x))
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
-def test_basic_block_adds_its_input_after_its_last_bn(layers: int) -> None:
+def test_layers_block_adds_its_input_after_its_last_bn(layers: int) -> None:
     """relu(bnK(convK(...relu(bn1(conv1(x)))...)) + x): the shortcut spans exactly `layers`."""
-    block = BasicBlock(8, 8, 1, torch.nn.Identity(), layers=layers).eval()
+    block = LayersBlock(8, 8, 1, torch.nn.Identity(), layers=layers).eval()
     names = [name for name, _ in block.named_children()]
     assert names == [f"{p}{k}" for k in range(1, layers + 1) for p in ("conv", "bn")] + ["shortcut"]
     for m in block.modules():  # BN that is not the identity, so a misplaced ReLU shows
@@ -198,17 +220,19 @@ def test_block_layers_stride_on_the_first_conv() -> None:
 
 
 def test_bad_block_layers_combinations_name_what_works() -> None:
-    with pytest.raises(ValueError, match=r"block_layers=3 .*20, 38, 56, 74"):
+    with pytest.raises(
+        ValueError, match=r"model\.block_layers=3 is not valid; valid: 1, 2 .*20, 38, 56, 74"
+    ):
         build_network("cifar", 32, "A", block_layers=3)  # 2n = 10
-    with pytest.raises(ValueError, match=r"block_layers 4 is not valid; valid choices are 1, 2, 3"):
+    with pytest.raises(ValueError, match=r"model\.block_layers=4 is not valid; valid: 1, 2, 3"):
         build_network("cifar", 20, "A", block_layers=4)
-    with pytest.raises(ValueError, match=r"block_layers=1 is a CIFAR-family option"):
+    with pytest.raises(ValueError, match=r"block_layers=1 is not valid; valid: 2 .*cifar-family"):
         build_network("imagenet", 18, "B", block_layers=1)
 
 
 def test_zero_init_residual_zeroes_every_last_bn() -> None:
     net = build_network("cifar", 20, "A", block_layers=3, zero_init_residual=True)
-    for block in (m for m in net.modules() if isinstance(m, BasicBlock)):
+    for block in (m for m in net.modules() if isinstance(m, LayersBlock)):
         assert torch.all(block.bn3.weight == 0)
         assert torch.all(block.bn1.weight == 1) and torch.all(block.bn2.weight == 1)
     net = build_network("imagenet", 50, "B", zero_init_residual=True)
@@ -282,7 +306,9 @@ def test_torchvision_weights_give_torchvision_outputs(depth: int, stride: str) -
 def test_paper_bottleneck_stride_differs_from_torchvision_v15() -> None:
     """Same weights, stride on the 1×1 (the paper) instead of the 3×3: same parameters,
     a different function."""
-    ours, theirs = _torchvision_pair(50, "1x1")
+    v15, theirs = _torchvision_pair(50, "3x3")
+    ours = build_network("imagenet", 50, "B", num_classes=1000).eval()
+    ours.load_state_dict(v15.state_dict())  # the same keys and shapes
     assert n_params(ours) == n_params(theirs)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -336,15 +362,27 @@ def test_bottleneck_nets_take_every_shortcut(shortcut: str) -> None:
 
 def test_imagenet_bad_depth_stride_and_widths_name_the_choices() -> None:
     with pytest.raises(
-        ValueError, match=r"ImageNet depth 20 .*valid depths are 18, 34, 50, 101, 152"
+        ValueError, match=r"model\.depth=20 is not valid; valid: 18, 34, 50, 101, 152"
     ):
         build_network("imagenet", 20, "B")
-    with pytest.raises(ValueError, match=r"bottleneck_stride '2x2'; valid choices are 1x1, 3x3"):
+    with pytest.raises(
+        ValueError, match=r"model\.bottleneck_stride='2x2' is not valid; valid: 1x1, 3x3"
+    ):
         build_network("imagenet", 50, "B", bottleneck_stride="2x2")
-    with pytest.raises(ValueError, match=r"widths \[16, 32, 64\] must give 4 stages"):
+    with pytest.raises(
+        ValueError, match=r"model\.widths=\[16, 32, 64\] is not valid; valid: 4 widths, one per"
+    ):
         build_network("imagenet", 18, "B", widths=[16, 32, 64])
-    # bottleneck_stride means nothing to basic blocks: accepted, no change
-    assert n_params(build_network("cifar", 20, "A", bottleneck_stride="3x3")) == PAPER_PARAMS[20]
+    with pytest.raises(
+        ValueError, match=r"model\.widths\[1\]=0 is not valid; valid: an integer >= 1"
+    ):
+        build_network("cifar", 20, "A", widths=[16, 0, 64])
+    # a net without bottleneck blocks has no 3x3 placement: a name like resnet-20A-v1.5 would lie
+    for family, depth in (("cifar", 20), ("imagenet", 34)):
+        with pytest.raises(
+            ValueError, match=r"model\.bottleneck_stride='3x3' is not valid; valid: 1x1 \("
+        ):
+            build_network(family, depth, "A", bottleneck_stride="3x3")
 
 
 def test_torchvision_state_dict_into_a_wrong_network_says_why() -> None:
@@ -358,6 +396,20 @@ def test_torchvision_state_dict_into_a_wrong_network_says_why() -> None:
         ValueError, match=r"wrong shape.*fc\.weight: \(1000, 512\) vs ours \(10, 512\)"
     ):
         load_torchvision_state_dict(build_network("imagenet", 18, "B", num_classes=10), theirs)
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_torchvision_bottleneck_weights_load_only_into_v15_nets(depth: int) -> None:
+    """torchvision's ResNet-50/101/152 put the stride on the 3×3: the paper's placement has the
+    same shapes but another function, so its weights are refused there (and load, giving
+    torchvision's outputs, with bottleneck_stride="3x3": test_torchvision_weights_give_...)."""
+    with torch.device("meta"):  # the check needs shapes only
+        theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None).state_dict()
+        paper = build_network("imagenet", depth, "B", num_classes=1000)
+    with pytest.raises(
+        ValueError, match=r"load only into a net built with model\.bottleneck_stride=3x3"
+    ):
+        load_torchvision_state_dict(paper, theirs)
 
 
 def test_extended_network_names() -> None:

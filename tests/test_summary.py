@@ -230,9 +230,9 @@ def test_command_prints_one_row_per_network_of_an_experiment(tmp_path: Path) -> 
 
 def test_bad_depth_fails_naming_the_valid_depths(capsys: pytest.CaptureFixture) -> None:
     assert main(["model.depth=21"]) != 0
-    assert "valid depths are 8, 14, 20" in capsys.readouterr().err
+    assert "of the form 6n+2 (the cifar family): 8, 14, 20" in capsys.readouterr().err
     assert main(["model.family=imagenet", "model.depth=20", "model.widths=null"]) != 0
-    assert "valid depths are 18, 34, 50, 101, 152" in capsys.readouterr().err
+    assert "model.depth=20 is not valid; valid: 18, 34, 50, 101, 152" in capsys.readouterr().err
 
 
 def test_bad_override_gives_hydras_message(capsys: pytest.CaptureFixture) -> None:

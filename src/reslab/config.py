@@ -32,8 +32,8 @@ def register_resolvers() -> None:
     of conf/. Safe to call again."""
     from reslab.networks import network_name, parse_network_name  # torch: not for --help
 
-    def net_field(spec: str, field: str) -> Any:
-        return parse_network_name(spec)[field]
+    def net_field(spec: str, family: str, field: str) -> Any:
+        return parse_network_name(spec, family)[field]
 
     OmegaConf.register_new_resolver("network_name", network_name, replace=True)
     OmegaConf.register_new_resolver("net", net_field, replace=True)

@@ -4,7 +4,9 @@ A plain net is the residual net with its shortcuts removed (``shortcut="none"``)
 same parameters under option A, so the two are exactly comparable (section 3.3 of the paper).
 
 Two families: ``cifar`` (section 4.2: depth 6n+2, three stages of basic blocks) and ``imagenet``
-(Table 1: depth 18/34 with basic blocks, 50/101/152 with bottleneck blocks).
+(Table 1: depth 18/34 with basic blocks, 50/101/152 with bottleneck blocks). Blocks:
+:class:`BasicBlock` (the paper's Figure 2, left), :class:`Bottleneck` (Figure 5, right) and,
+for the block-length study beyond the paper, :class:`LayersBlock` (1 or 3 conv layers).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from reslab.validation import require_choice, require_int
 
 FAMILIES = ("cifar", "imagenet")
 SHORTCUTS = ("none", "A", "B", "C")
@@ -34,6 +38,15 @@ BLOCK_LAYERS = (1, 2, 3)
 # Where a downsampling bottleneck puts its stride: "1x1" is the paper's (the first 1×1 conv),
 # "3x3" is torchvision's "v1.5" (same parameters, more multiply-adds).
 BOTTLENECK_STRIDES = ("1x1", "3x3")
+# What each family builds, in network names: the hint when a net= name is refused.
+VALID_NAMES = {
+    "cifar": "plain-N or resnet-N with shortcut A, B or C and N = 6n+2 (20, 32, 44, 56, 110, "
+    "1202, ...), optionally -1layer or -3layer (3: n a multiple of 3) and @seed, e.g. plain-20, "
+    "resnet-56A, resnet-56A-1layer, resnet-110A@3",
+    "imagenet": "plain-N or resnet-N with shortcut A, B or C and N = 18, 34, 50, 101, 152, "
+    "optionally -v1.5 (50, 101, 152) and @seed, e.g. plain-34, resnet-34B, resnet-50B, "
+    "resnet-50B-v1.5",
+}
 
 
 def network_name(
@@ -52,11 +65,14 @@ def network_name(
     return name
 
 
-def parse_network_name(spec: str) -> dict[str, Any]:
+def parse_network_name(spec: str, family: str | None = None) -> dict[str, Any]:
     """The inverse of ``network_name``, for experiment sweeps over whole networks:
     ``"plain-20"``, ``"resnet-56A"``, ``"resnet-56A-1layer"``, ``"resnet-50B-v1.5"``, with an
     optional ``@seed`` (``"resnet-110A@3"``). Returns depth, shortcut, block_layers,
-    bottleneck_stride and seed (0 when not given)."""
+    bottleneck_stride and seed (0 when not given).
+
+    With ``family`` (``"cifar"`` or ``"imagenet"``) the name must also be one that family
+    builds, else a ValueError naming the family's valid names."""
     match = _NETWORK_SPEC.fullmatch(str(spec).strip())
     if match is None:
         raise ValueError(
@@ -70,13 +86,23 @@ def parse_network_name(spec: str) -> dict[str, Any]:
             f"net={spec!r}: a plain net has no shortcut letter and a resnet needs one of A, B, C "
             "(plain-20, resnet-20A)"
         )
-    return {
+    parsed = {
         "depth": int(depth),
         "shortcut": shortcut or "none",
         "block_layers": int(layers) if layers else 2,
         "bottleneck_stride": "3x3" if v15 else "1x1",
         "seed": int(seed) if seed else 0,
     }
+    if family is not None:
+        require_choice("model.family", family, FAMILIES)
+        try:
+            _blocks(family, parsed["depth"], parsed["block_layers"], parsed["bottleneck_stride"])
+        except ValueError as err:
+            raise ValueError(
+                f"net={spec!r} is not in the {family} family ({err}); valid {family} names: "
+                f"{VALID_NAMES[family]}"
+            ) from None
+    return parsed
 
 
 _NETWORK_SPEC = re.compile(r"(plain|resnet)-(\d+)([ABC]?)(?:-(\d)layer)?(-v1\.5)?(?:@(\d+))?")
@@ -84,11 +110,13 @@ _NETWORK_SPEC = re.compile(r"(plain|resnet)-(\d+)([ABC]?)(?:-(\d)layer)?(-v1\.5)
 
 def cifar_blocks_per_stage(depth: int) -> int:
     """n for a CIFAR net of depth 6n+2; a ValueError naming the valid depths otherwise."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"CIFAR depth {depth!r} is not of the form 6n+2 with n >= 1; valid depths are "
-            "8, 14, 20, 26, 32, 38, 44, 50, 56, ... (the paper uses 20, 32, 44, 56, 110, 1202)"
-        )
+    valid = (
+        "of the form 6n+2 (the cifar family): 8, 14, 20, 26, 32, 38, 44, 50, 56, ...; the "
+        "paper's are 20, 32, 44, 56, 110, 1202"
+    )
+    require_int("model.depth", depth, low=8, note=valid)
+    if (depth - 2) % 6:
+        raise ValueError(f"model.depth={depth} is not valid; valid: an integer >= 8 {valid}")
     return (depth - 2) // 6
 
 
@@ -125,9 +153,7 @@ class Projection(nn.Sequential):
 
 
 def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
-    """The shortcut of one block; None for a plain block (``kind="none"``)."""
-    if kind not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut {kind!r}; valid choices are {', '.join(SHORTCUTS)}")
+    """The shortcut of one block (``kind`` one of SHORTCUTS); None for a plain block."""
     if kind == "none":
         return None
     grows = stride != 1 or in_channels != out_channels
@@ -139,34 +165,56 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -
 
 
 class BasicBlock(nn.Module):
-    """``layers`` 3×3 conv layers (two in the paper), BN after each and ReLU between them; the
-    last ReLU comes after the addition. The stride sits on the first conv.
+    """The paper's building block (Figure 2): 3×3 conv, BN, ReLU, 3×3 conv, BN, add the
+    shortcut, ReLU. The stride sits on the first conv; ``shortcut=None`` is a plain block."""
 
-    Submodules are registered conv1, bn1, conv2, bn2, ..., shortcut: each conv's BN right after it.
-    """
+    expansion = 1
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: int,
-        shortcut: nn.Module | None,
-        layers: int = 2,
+        self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None
     ) -> None:
         super().__init__()
-        if layers not in BLOCK_LAYERS:
-            raise ValueError(f"block layers {layers!r} is not one of {BLOCK_LAYERS}")
-        self.layers = layers
-        for k in range(1, layers + 1):
-            channels, k_stride = (in_channels, stride) if k == 1 else (out_channels, 1)
-            conv = nn.Conv2d(channels, out_channels, 3, stride=k_stride, padding=1, bias=False)
-            self.add_module(f"conv{k}", conv)
-            self.add_module(f"bn{k}", nn.BatchNorm2d(out_channels))
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
         self.shortcut = shortcut
 
     @property
-    def residual(self) -> bool:
-        return self.shortcut is not None
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class LayersBlock(nn.Module):
+    """A basic block of ``layers`` 3×3 conv layers (1, 2 or 3), BN after each and ReLU between
+    them, the last ReLU after the addition: the block-length study (``model.block_layers``,
+    experiment=block_length), not in the paper. Two layers compute what :class:`BasicBlock`
+    computes; the stride sits on the first conv.
+
+    Submodules are registered conv1, bn1, ..., conv<layers>, bn<layers>, shortcut: each conv's
+    BN right after it, as Figure 7's response layers are found.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None, layers: int
+    ) -> None:
+        super().__init__()
+        self.layers = layers
+        for k in range(1, layers + 1):
+            channels, k_stride = (in_channels, stride) if k == 1 else (width, 1)
+            conv = nn.Conv2d(channels, width, 3, stride=k_stride, padding=1, bias=False)
+            self.add_module(f"conv{k}", conv)
+            self.add_module(f"bn{k}", nn.BatchNorm2d(width))
+        self.shortcut = shortcut
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -202,11 +250,7 @@ class Bottleneck(nn.Module):
         stride_on: str = "1x1",
     ) -> None:
         super().__init__()
-        if stride_on not in BOTTLENECK_STRIDES:
-            raise ValueError(
-                f"unknown bottleneck_stride {stride_on!r}; valid choices are "
-                f"{', '.join(BOTTLENECK_STRIDES)}"
-            )
+        self.stride_on = stride_on
         stride1, stride3 = (stride, 1) if stride_on == "1x1" else (1, stride)
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, stride=stride1, bias=False)
@@ -216,10 +260,6 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.shortcut = shortcut
-
-    @property
-    def residual(self) -> bool:
-        return self.shortcut is not None
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -286,78 +326,87 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _cifar_network(
-    depth: int,
-    shortcut: str,
-    num_classes: int,
-    in_channels: int,
-    widths: tuple[int, ...],
-    block_layers: int,
-) -> ResNet:
-    n = cifar_blocks_per_stage(depth)
-    if (2 * n) % block_layers:
-        works = ", ".join(str(6 * m + 2) for m in range(3, 19, 3))
-        raise ValueError(
-            f"CIFAR depth {depth} has 2n = {2 * n} conv layers per stage, which blocks of "
-            f"block_layers={block_layers} do not divide; with block_layers=3 valid depths are "
-            f"{works}, ... (6n+2 with n a multiple of 3); block_layers 1 and 2 take any 6n+2"
-        )
-    stem = nn.Sequential(
-        nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-        nn.BatchNorm2d(widths[0]),
-        nn.ReLU(inplace=True),
-    )
-    stages, channels = [], widths[0]
-    for i, width in enumerate(widths):
-        blocks = []
-        for j in range(2 * n // block_layers):
-            stride = 2 if i > 0 and j == 0 else 1
-            sc = make_shortcut(shortcut, channels, width, stride)
-            blocks.append(BasicBlock(channels, width, stride, sc, layers=block_layers))
-            channels = width
-        stages.append(nn.Sequential(*blocks))
-    return ResNet(stem, nn.Sequential(*stages), channels, num_classes)
+Block = type[BasicBlock] | type[LayersBlock] | type[Bottleneck]
 
 
-def _imagenet_network(
-    depth: int,
-    shortcut: str,
-    num_classes: int,
-    in_channels: int,
-    widths: tuple[int, ...],
-    bottleneck_stride: str,
-) -> ResNet:
-    if isinstance(depth, bool) or depth not in IMAGENET_STAGES:
-        raise ValueError(
-            f"ImageNet depth {depth!r} is not one of the paper's; valid depths are "
-            f"{', '.join(map(str, IMAGENET_STAGES))}"
+def _blocks(
+    family: str, depth: int, block_layers: int, bottleneck_stride: str
+) -> tuple[Block, tuple[int, ...], dict[str, Any]]:
+    """The block class, blocks per stage and block options of a ``family`` net. Depth, block
+    layers and stride placement are checked here, once: a ValueError names the config key,
+    the bad value and what is valid."""
+    if family == "cifar":
+        n = cifar_blocks_per_stage(depth)  # each of the three stages has 2n conv layers
+        layers = [k for k in BLOCK_LAYERS if (2 * n) % k == 0]
+        note = "(conv layers per residual block; the paper's is 2)"
+        if 3 not in layers:
+            note = (
+                f"(depth {depth} has 2n = {2 * n} conv layers per stage, which blocks of 3 do "
+                "not divide; 3 takes depths 20, 38, 56, 74, 92, 110, ...: 6n+2 with n a "
+                "multiple of 3)"
+            )
+        require_choice("model.block_layers", block_layers, layers, note)
+        require_choice(
+            "model.bottleneck_stride", bottleneck_stride, ("1x1",),
+            "(cifar nets have no bottleneck blocks)",
+        )  # fmt: skip
+        per_stage = (2 * n // block_layers,) * 3
+        if block_layers == 2:
+            return BasicBlock, per_stage, {}
+        return LayersBlock, per_stage, {"layers": block_layers}
+    require_choice("model.depth", depth, tuple(IMAGENET_STAGES), "(the imagenet family, Table 1)")
+    per_stage, bottleneck = IMAGENET_STAGES[depth]
+    require_choice(
+        "model.block_layers", block_layers, (2,),
+        "(the imagenet family has the paper's blocks; 1 and 3 are a cifar-family study)",
+    )  # fmt: skip
+    if bottleneck:
+        require_choice(
+            "model.bottleneck_stride", bottleneck_stride, BOTTLENECK_STRIDES,
+            "(1x1: the paper's stride placement; 3x3: torchvision's v1.5)",
+        )  # fmt: skip
+        return Bottleneck, per_stage, {"stride_on": bottleneck_stride}
+    require_choice(
+        "model.bottleneck_stride", bottleneck_stride, ("1x1",),
+        f"(depth {depth} has no bottleneck blocks; 3x3 is for depths 50, 101, 152)",
+    )  # fmt: skip
+    return BasicBlock, per_stage, {}
+
+
+def _stem(family: str, in_channels: int, width: int) -> nn.Sequential:
+    if family == "cifar":  # section 4.2: one 3×3 conv layer
+        return nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
         )
-    blocks_per_stage, bottleneck = IMAGENET_STAGES[depth]
-    if len(widths) != len(blocks_per_stage):
-        raise ValueError(
-            f"ImageNet widths {list(widths)} must give {len(blocks_per_stage)} stages, "
-            f"e.g. {list(DEFAULT_WIDTHS['imagenet'])}"
-        )
-    stem = nn.Sequential(
-        nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
-        nn.BatchNorm2d(widths[0]),
+    return nn.Sequential(  # Table 1: conv1 (7×7, stride 2) and the 3×3 max pool
+        nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(width),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(3, stride=2, padding=1),
     )
-    stages, channels = [], widths[0]
-    for i, (width, count) in enumerate(zip(widths, blocks_per_stage, strict=True)):
-        blocks: list[nn.Module] = []
-        for j in range(count):
-            stride = 2 if i > 0 and j == 0 else 1
-            out = width * Bottleneck.expansion if bottleneck else width
-            sc = make_shortcut(shortcut, channels, out, stride)
-            if bottleneck:
-                blocks.append(Bottleneck(channels, width, stride, sc, bottleneck_stride))
-            else:
-                blocks.append(BasicBlock(channels, out, stride, sc))
-            channels = out
-        stages.append(nn.Sequential(*blocks))
-    return ResNet(stem, nn.Sequential(*stages), channels, num_classes)
+
+
+def _make_stage(
+    block: Block,
+    in_channels: int,
+    width: int,
+    blocks: int,
+    stride: int,
+    shortcut: str,
+    **options: Any,
+) -> nn.Sequential:
+    """One stage (conv2_x ... of Table 1): ``blocks`` blocks of ``width`` filters, the first
+    with ``stride`` and the shortcut that matches its change of shape."""
+    out_channels = width * block.expansion
+    stage = []
+    for j in range(blocks):
+        s = stride if j == 0 else 1
+        sc = make_shortcut(shortcut, in_channels, out_channels, s)
+        stage.append(block(in_channels, width, s, sc, **options))
+        in_channels = out_channels
+    return nn.Sequential(*stage)
 
 
 def _init_weights(net: nn.Module, zero_init_residual: bool) -> None:
@@ -370,7 +419,7 @@ def _init_weights(net: nn.Module, zero_init_residual: bool) -> None:
             nn.init.zeros_(m.bias)
     if zero_init_residual:  # not in the paper: an option only, never a default
         for m in net.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)):
+            if isinstance(m, (BasicBlock, LayersBlock, Bottleneck)):
                 nn.init.zeros_(m.last_bn.weight)
 
 
@@ -387,7 +436,8 @@ def build_network(
     bottleneck_stride: str = "1x1",
     activation_checkpointing: bool = False,
 ) -> nn.Module:
-    """A network of the paper as a plain ``nn.Module`` returning logits.
+    """A network of the paper as a plain ``nn.Module`` returning logits. Every argument is
+    checked here, and a bad one is a ValueError naming its config key and what is valid.
 
     Args:
         family: ``"cifar"``: depth 6n+2, three stages of 2n 3×3 layers (section 4.2);
@@ -404,47 +454,37 @@ def build_network(
             uses 2 and reports no gain for 1); each stage keeps its 2n layers, so 2n must be
             divisible by it.
         bottleneck_stride: where a downsampling bottleneck puts its stride: ``"1x1"`` (the
-            paper's) or ``"3x3"`` (torchvision's "v1.5"); ignored by basic-block nets.
+            paper's) or ``"3x3"`` (torchvision's "v1.5"); nets without bottlenecks take
+            ``"1x1"`` only.
         activation_checkpointing: recompute each block's activations in the backward pass
             instead of keeping them (see :class:`ResNet`): the same training, much less memory
             (ResNet-1202 at batch 128 fits a 16 GB GPU), about a third more compute.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown network family {family!r}; valid choices are {FAMILIES}")
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut {shortcut!r}; valid choices are {', '.join(SHORTCUTS)}")
-    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(block_layers, bool) or block_layers not in BLOCK_LAYERS:
+    require_choice("model.family", family, FAMILIES)
+    require_choice("shortcut", shortcut, SHORTCUTS, "(none: the plain net)")
+    block, blocks_per_stage, options = _blocks(family, depth, block_layers, bottleneck_stride)
+    widths = DEFAULT_WIDTHS[family] if widths is None else widths
+    n_stages = len(blocks_per_stage)
+    if isinstance(widths, str) or not isinstance(widths, Sequence) or len(widths) != n_stages:
         raise ValueError(
-            f"block_layers {block_layers!r} is not valid; valid choices are "
-            f"{', '.join(map(str, BLOCK_LAYERS))}"
+            f"model.widths={widths!r} is not valid; valid: {n_stages} widths, one per stage, "
+            f"e.g. {list(DEFAULT_WIDTHS[family])} (the {family} family's), or null"
         )
-    if bottleneck_stride not in BOTTLENECK_STRIDES:
-        raise ValueError(
-            f"unknown bottleneck_stride {bottleneck_stride!r}; valid choices are "
-            f"{', '.join(BOTTLENECK_STRIDES)}"
-        )
-    widths = DEFAULT_WIDTHS[family] if widths is None else tuple(widths)
-    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-        raise ValueError(f"widths must be positive integers, one per stage, got {list(widths)}")
-    if family == "cifar":
-        net = _cifar_network(depth, shortcut, num_classes, in_channels, widths, block_layers)
-    else:
-        if block_layers != 2:
-            raise ValueError(
-                f"block_layers={block_layers} is a CIFAR-family option; the imagenet family "
-                "uses the paper's blocks (block_layers=2)"
-            )
-        net = _imagenet_network(
-            depth, shortcut, num_classes, in_channels, widths, bottleneck_stride
-        )
+    for i, width in enumerate(widths):
+        require_int(f"model.widths[{i}]", width, low=1)
+    require_int("num_classes", num_classes, low=1)
+    require_int("in_channels", in_channels, low=1)
+    require_choice("model.zero_init_residual", zero_init_residual, (False, True))
+    require_choice("model.activation_checkpointing", activation_checkpointing, (False, True))
+
+    stem = _stem(family, in_channels, widths[0])
+    stages, channels = [], widths[0]
+    for i, (width, blocks) in enumerate(zip(widths, blocks_per_stage, strict=True)):
+        stride = 1 if i == 0 else 2  # the first stage follows the stem (and its max pool)
+        stages.append(_make_stage(block, channels, width, blocks, stride, shortcut, **options))
+        channels = width * block.expansion
+    net = ResNet(stem, nn.Sequential(*stages), channels, num_classes)
     _init_weights(net, zero_init_residual)
-    if not isinstance(activation_checkpointing, bool):
-        raise ValueError(
-            f"activation_checkpointing must be true or false, got {activation_checkpointing!r}"
-        )
     net.activation_checkpointing = activation_checkpointing
     return net
 
@@ -459,8 +499,10 @@ _TORCHVISION_RENAMES = (
 
 def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``, our ImageNet
-    network of the same depth with option B (``bottleneck_stride="3x3"`` reproduces
-    torchvision's outputs for 50/101/152). Strict: every key and shape must match."""
+    network of the same depth with option B, and for 50/101/152 ``bottleneck_stride="3x3"``
+    (torchvision's "v1.5": the paper's placement has the same shapes but computes another
+    function, so it is refused). Then ``net`` gives torchvision's outputs. Strict: every key
+    and shape must match."""
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         new = key
@@ -486,5 +528,12 @@ def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.T
         raise ValueError(
             f"the torchvision state dict has {len(wrong)} tensors of the wrong shape (widths, "
             f"num_classes or in_channels differ), e.g. {'; '.join(wrong[:3])}"
+        )
+    if any(isinstance(m, Bottleneck) and m.stride_on != "3x3" for m in net.modules()):
+        raise ValueError(
+            "torchvision's bottleneck nets are v1.5 (stride on the 3x3 conv): their weights load "
+            "only into a net built with model.bottleneck_stride=3x3 (build_network(..., "
+            "bottleneck_stride='3x3')); this net has the paper's stride on the 1x1 "
+            "(model.bottleneck_stride=1x1): the same shapes, a different function"
         )
     net.load_state_dict(renamed, strict=True)
