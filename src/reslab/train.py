@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from reslab import console  # reslab.console: what a run prints
 from reslab.callbacks import DivergenceGuard
 from reslab.checkpoints import METRICS_FILE, checkpoint_step, cut_metrics
 from reslab.errors import check_ckpt_path, check_run, explain, run_cli
@@ -101,6 +102,7 @@ def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
 def train(cfg: DictConfig) -> float:
     """Train and test one network as ``cfg`` describes; returns the final ``val/error`` (or
     ``test/error`` when there is no validation split) for Hydra's sweepers."""
+    console.quiet_third_party()  # reslab.console: no library chatter
     if (metric := run_ddp_job_alone(cfg)) is not None:  # multirun + DDP: see reslab.launch
         return metric
     output_dir = Path(cfg.paths.output_dir)
@@ -122,6 +124,7 @@ def train(cfg: DictConfig) -> float:
         loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+        console.print_header(cfg.name, net, datamodule, trainer, output_dir)  # reslab.console
 
         config = OmegaConf.to_container(cfg, resolve=True)
         config.pop("hydra", None)  # present only when composed by hand (tests)
