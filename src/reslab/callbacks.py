@@ -216,10 +216,18 @@ class LayerResponses(L.Callback):
 class IterationProgressBar(RichProgressBar):
     """A rich progress bar over the run's iterations (``trainer.max_steps``), not its epochs:
     reslab trains for a number of iterations, so one bar runs from 0 to max_steps across epoch
-    boundaries (Lightning's own bar restarts every epoch and shows ``Epoch 3/-2``)."""
+    boundaries (Lightning's own bar restarts every epoch and shows ``Epoch 3/-2``). It shows
+    the logged metrics, without Lightning's ``v_num``."""
 
     def _get_train_description(self, current_epoch: int) -> str:
         return f"{'Iterations':{len(self.validation_description)}}"
+
+    def get_metrics(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version: a run id that says nothing here
+        return metrics
 
     @property
     def total_train_batches(self) -> int | float:

@@ -112,10 +112,12 @@ def hydra_task(cfg: DictConfig) -> float:
     folder failed. In a sweep, one failed job must not stop the others (Hydra's sweeper would
     raise as soon as its batch is done): its traceback goes beside it, the sweep's summary
     names the failures at the end and exits non-zero."""
+    from reslab import console
     from reslab.checks import check_run
     from reslab.launch import run_ddp_job_alone
     from reslab.train import train, write_status
 
+    console.quiet_third_party()  # before the first Trainer is built
     output_dir = Path(cfg.paths.output_dir)
     try:
         check_run(cfg)

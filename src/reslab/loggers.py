@@ -88,7 +88,11 @@ def wandb_logger(mode: str = "auto", **kwargs: Any) -> WandbLogger:
     wanted = kwargs.get("save_dir") and not kwargs.get("id") and resolved != "disabled"
     if wanted and (run_id := wandb_run_id(kwargs["save_dir"])):
         kwargs.update(id=run_id, resume="allow")
-    return WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
+    logger = WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
+    # Lightning passes wandb.init(anonymous=None) whatever it is given, and wandb warns that
+    # the setting has no effect whenever it is passed at all: leave it out.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 class _AppendingWriter(ExperimentWriter):

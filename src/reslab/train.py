@@ -17,7 +17,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from reslab import run_folder
+from reslab import console, run_folder
 from reslab.callbacks import DivergenceGuard
 from reslab.checkpoints import RunCheckpoint, checkpoint_step, resume_checkpoint
 from reslab.config import instantiate
@@ -72,6 +72,7 @@ def train(cfg: DictConfig) -> float:
         loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+        console.print_header(cfg.name, net, datamodule, trainer, output_dir)  # reslab.console
 
         config = OmegaConf.to_container(cfg, resolve=True)
         config.pop("hydra", None)  # present only when composed by hand (tests)

@@ -1,0 +1,138 @@
+"""What a run prints: one header line of its own (network, parameters, multiply-adds, data,
+device, precision, run folder), then the progress bar and train.py's result line.
+
+The libraries' own chatter is silenced at its source where they offer a public switch (the
+trainer config's ``enable_model_summary: false``; the wandb logger leaves out the
+``anonymous`` argument, see :func:`reslab.loggers.wandb_logger`); what has no switch is
+filtered here, in :func:`quiet_third_party`, message by message. Warnings about the user's own
+settings are left alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+
+from reslab.counting import count_multiply_adds, count_parameters, human
+
+# Lightning's info lines that say nothing about this run: advertisements, and the device lines
+# the header replaces. They are logged (not warned) by Lightning, so a logging filter drops them.
+_LIGHTNING_INFO = re.compile(
+    r"💡 Tip: "  # litlogger / litmodels advertisements (no setting turns them off)
+    r"|(GPU|TPU) available: "  # the header names the device used
+    r"|LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: "  # on GPUs; the header names the device
+)
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
+
+# Warnings from inside the libraries, none about a setting of the user's: (message regex,
+# category). Each is matched from the start of the message.
+_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # Lightning sees SLURM's srun on PATH and guesses a SLURM job was meant; reslab's SLURM
+    # jobs start through hydra/launcher=slurm (submitit), which uses srun.
+    (r"The `srun` command is available on your system but is not used", UserWarning),
+    # Lightning counts log_every_n_steps per epoch here, but logs by the global iteration
+    # (across epochs): with fewer batches per epoch than the interval, logging still happens.
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
+    # torch deprecated LeafSpec; Lightning's own _pytree.py still builds one.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+)
+
+
+class _DropLightningInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _LIGHTNING_INFO.match(record.getMessage())
+
+
+_DROP_LIGHTNING_INFO = _DropLightningInfo()
+
+
+def quiet_third_party() -> None:
+    """Silence the library messages listed above (and only those). Call once per process
+    before the Trainer is built; calling again changes nothing."""
+    for message, category in _WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).addFilter(_DROP_LIGHTNING_INFO)  # added once
+
+
+def split_sizes(datamodule: L.LightningDataModule) -> tuple[int, int, int] | None:
+    """Images in the (train, val, test) splits of a datamodule after ``setup``; None when it
+    does not say. In-memory datasets hold ``splits``, ImageNet ``{train,val,test}_images``."""
+    splits = getattr(datamodule, "splits", None)
+    if splits is not None:
+        return len(splits.train_labels), len(splits.val_labels), len(splits.test_labels)
+    lists = [getattr(datamodule, f"{split}_images", None) for split in ("train", "val", "test")]
+    if all(images is not None for images in lists):
+        return len(lists[0]), len(lists[1]), len(lists[2])
+    return None
+
+
+def device_text(trainer: L.Trainer) -> str:
+    """``cpu``, ``NVIDIA H200``, or ``8 × NVIDIA H200`` over all nodes."""
+    root = trainer.strategy.root_device
+    name = torch.cuda.get_device_name(root) if root.type == "cuda" else root.type
+    devices = trainer.num_devices * trainer.num_nodes
+    return name if devices == 1 else f"{devices} × {name}"
+
+
+def header(
+    name: str,
+    parameters: int,
+    multiply_adds: str,
+    dataset: str,
+    sizes: Sequence[int] | None,
+    device: str,
+    precision: str,
+    run_dir: str | Path,
+) -> str:
+    """The run's header line, in the words of train.py's result line:
+
+    ``[reslab] resnet-20A: 269,722 parameters, 40.55M multiply-adds | cifar10: 45,000 train /
+    5,000 val / 10,000 test images | cpu, precision 32-true | outputs/runs/...``
+    """
+    data = dataset
+    if sizes is not None:
+        train, val, test = sizes
+        data += f": {train:,} train / {val:,} val / {test:,} test images"
+    return (
+        f"[reslab] {name}: {parameters:,} parameters, {multiply_adds} multiply-adds | {data} | "
+        f"{device}, precision {precision} | {run_dir}"
+    )
+
+
+@rank_zero_only
+def print_header(
+    name: str,
+    net: nn.Module,
+    datamodule: L.LightningDataModule,
+    trainer: L.Trainer,
+    run_dir: str | Path,
+) -> None:
+    """Print :func:`header` for a run (rank 0 only): ``datamodule`` set up, ``trainer`` built.
+    Multiply-adds are of one image of the size the network sees, counted as reslab-summary
+    counts them."""
+    shape = (datamodule.in_channels, datamodule.image_size, datamodule.image_size)
+    macs = count_multiply_adds(copy.deepcopy(net).to("meta"), shape)  # shapes only, no arithmetic
+    line = header(
+        name,
+        count_parameters(net),
+        human(macs),
+        datamodule.name,
+        split_sizes(datamodule),
+        device_text(trainer),
+        str(trainer.precision),
+        run_dir,
+    )
+    print(line, flush=True)

@@ -1,0 +1,123 @@
+"""Parameters and multiply-adds of a network, as the paper counts them (section 3.3, Table 1):
+multiply-adds of the convolutions and the fully connected layer for one image; BN, ReLU,
+pooling and shortcut additions count nothing. On the meta device nothing is computed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a network: ``stem``, ``stage 1`` ... or ``head`` (pooling + classifier)."""
+
+    name: str
+    output_shape: tuple[int, ...]  # per image: (C, H, W) or (classes,)
+    params: int
+    multiply_adds: int
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of parameters (weights and biases; BN's running statistics are buffers)."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def _trace(
+    net: nn.Module, input_shape: Sequence[int], watch: dict[str, nn.Module]
+) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """One forward pass of one zero image in eval mode (no running statistics change):
+    multiply-adds per conv/linear module name, and the output shape of each module in
+    ``watch``."""
+    if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
+        raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
+    names = {m: name for name, m in net.named_modules()}
+    macs: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        per_image = output.numel() // output.shape[0]
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            n = per_image * (module.in_channels // module.groups) * kh * kw
+        else:  # nn.Linear
+            n = per_image * module.in_features
+        macs[names[module]] = macs.get(names[module], 0) + n
+
+    def shape(key: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            shapes[key] = tuple(output.shape[1:])
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(count)
+        for m in net.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    handles += [m.register_forward_hook(shape(key)) for key, m in watch.items()]
+    modes = {m: m.training for m in net.modules()}
+    param = next(net.parameters(), None)
+    x = torch.zeros(
+        1,
+        *(int(s) for s in input_shape),
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None else None,
+    )
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    return macs, shapes
+
+
+def count_multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass of one image of ``input_shape`` (C, H, W): for each
+    ``nn.Conv2d`` output elements × in_channels/groups × kh × kw, for each ``nn.Linear``
+    in × out; nothing for BN, ReLU, pooling and additions (the paper's convention). A network
+    on the ``meta`` device is counted from shapes alone, without any arithmetic."""
+    macs, _ = _trace(net, input_shape, {})
+    return sum(macs.values())
+
+
+def parts(net: nn.Module, input_shape: Sequence[int]) -> list[Part]:
+    """Parameters and multiply-adds per part: each top-level child of ``net``, with the
+    children of ``stages`` as ``stage 1``, ``stage 2``, ... and ``pool`` + ``fc`` as ``head``."""
+    groups: dict[str, list[tuple[str, nn.Module]]] = {}
+    for name, child in net.named_children():
+        if name == "stages":
+            for i, (sub, stage) in enumerate(child.named_children()):
+                groups[f"stage {i + 1}"] = [(f"stages.{sub}", stage)]
+        else:
+            groups.setdefault("head" if name in ("pool", "fc") else name, []).append((name, child))
+    watch = {prefix: m for members in groups.values() for prefix, m in members}
+    macs, shapes = _trace(net, input_shape, watch)
+    result = []
+    for label, members in groups.items():
+        prefixes = [p for p, _ in members]
+        inside = [n for n in macs if any(n == p or n.startswith(p + ".") for p in prefixes)]
+        result.append(
+            Part(
+                name=label,
+                output_shape=shapes.get(prefixes[-1], ()),
+                params=sum(count_parameters(m) for _, m in members),
+                multiply_adds=sum(macs[n] for n in inside),
+            )
+        )
+    return result
+
+
+def human(n: float) -> str:
+    """40.55M, 3.66G: two decimals in the unit the paper uses."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
