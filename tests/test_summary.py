@@ -13,8 +13,8 @@ from torch import nn
 
 from reslab import paper
 from reslab.config import CONFIG_DIR
-from reslab.networks import build_network, network_name
 from reslab.counting import count_multiply_adds, count_parameters, parts
+from reslab.networks import build_network, network_name
 from reslab.summary import job_overrides, main, network_configs, summarize
 
 SCRIPT = Path(sys.executable).with_name("reslab-summary")
