@@ -1,0 +1,85 @@
+"""The private names of other libraries that reslab still uses, one place each, because no public
+way does the same. Each test fails with a message that says which upstream name changed and
+which reslab piece needs a new way; the rest of reslab uses public APIs only.
+
+- Lightning's ``_SubprocessScriptLauncher`` (reslab.launch.reruns_command_line): which DDP
+  strategies start their ranks by running the command line again.
+- Lightning's ``ExperimentWriter._check_log_dir_exists``, ``CSVLogger._experiment`` and ``_fs``
+  (reslab.loggers.AppendingCSVLogger): metrics.csv kept, not deleted, when a run resumes.
+- Lightning's ``RichProgressBar._add_task``, ``_update``, ... (reslab.callbacks.
+  IterationProgressBar): one bar over the run's iterations instead of one per epoch.
+- Lightning's ``WandbLogger._wandb_init`` (reslab.loggers.wandb_logger): without the
+  ``anonymous`` argument that wandb warns about on every run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning
+import pytest
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from omegaconf import OmegaConf
+
+from reslab.launch import quiet_trainer, reruns_command_line
+from reslab.loggers import AppendingCSVLogger
+
+VERSION = f"lightning {lightning.__version__}"
+
+
+def _require(owner: object, name: str, user: str) -> None:
+    assert hasattr(owner, name), (
+        f"{VERSION} has no {getattr(owner, '__name__', owner)}.{name} any more: {user} relies on "
+        "it (tests/test_upstream.py lists why); find the new way and update it there"
+    )
+
+
+def test_subprocess_script_launcher_tells_which_ddp_reruns_the_command_line() -> None:
+    try:
+        from lightning.pytorch.strategies.launchers import subprocess_script
+    except ImportError as err:  # pragma: no cover - only when Lightning moves it
+        pytest.fail(f"{VERSION} moved its launchers ({err}): fix reslab.launch")
+    _require(subprocess_script, "_SubprocessScriptLauncher", "reslab.launch.reruns_command_line")
+    ddp = {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 2,
+           "strategy": "ddp"}  # fmt: skip
+    assert reruns_command_line(quiet_trainer(OmegaConf.create(ddp)))
+    spawn = {**ddp, "strategy": "ddp_spawn"}
+    assert not reruns_command_line(quiet_trainer(OmegaConf.create(spawn)))
+    one = {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1}
+    assert not reruns_command_line(quiet_trainer(OmegaConf.create(one)))
+
+
+@pytest.mark.filterwarnings("ignore:Experiment logs directory")
+def test_csv_writer_still_deletes_what_the_appending_logger_keeps(tmp_path: Path) -> None:
+    _require(ExperimentWriter, "_check_log_dir_exists", "reslab.loggers._AppendingWriter")
+    for name in ("_experiment", "_fs"):
+        _require(CSVLogger(tmp_path), name, "reslab.loggers.AppendingCSVLogger")
+    kept = tmp_path / "kept"
+    lightning_folder = tmp_path / "lightning"
+    for folder, logger_class in ((lightning_folder, CSVLogger), (kept, AppendingCSVLogger)):
+        folder.mkdir()
+        (folder / "metrics.csv").write_text("lr,step\n0.1,1\n")  # Lightning sorts the keys
+        logger = logger_class(folder, name="", version="")
+        logger.log_metrics({"lr": 0.05}, step=2)
+        logger.save()
+    # Lightning's writer starts metrics.csv afresh (the reason for reslab's override) ...
+    assert (lightning_folder / "metrics.csv").read_text().splitlines()[1:] == ["0.05,2"]
+    # ... reslab's appends to it.
+    assert (kept / "metrics.csv").read_text().splitlines() == ["lr,step", "0.1,1", "0.05,2"]
+
+
+def test_rich_progress_bar_has_what_the_iteration_bar_overrides() -> None:
+    for name in ("_get_train_description", "_add_task", "_update", "_update_metrics",
+                 "_initialize_train_progress_bar_id", "train_progress_bar_id"):  # fmt: skip
+        _require(RichProgressBar(), name, "reslab.callbacks.IterationProgressBar")
+
+
+def test_wandb_logger_keeps_its_init_arguments(tmp_path: Path) -> None:
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    _require(logger, "_wandb_init", "reslab.loggers.wandb_logger")
+    assert isinstance(logger._wandb_init, dict) and "anonymous" in logger._wandb_init, (
+        f"{VERSION}'s WandbLogger no longer passes `anonymous` to wandb.init: "
+        "reslab.loggers.wandb_logger can stop removing it"
+    )
