@@ -11,8 +11,9 @@ under each PATH is a run) and writes into ``--out`` (default: ``<first PATH>/rep
                                     per depth, plain nets left and residual nets right
   responses_<dataset>_<family>.png  Figure 7, when runs hold responses.csv: std of each 3×3
                                     layer's response in network order (top) and sorted (bottom)
-  report.md                         the figures and Table 2/3/6-style tables: measured error
-                                    (mean ± std over seeds) beside the paper's number
+  report.md                         the figures and Table 2/3/6-style tables: final training,
+                                    validation and test error (mean ± std over seeds), the
+                                    paper's number beside the test error
 
 and prints the tables. Runs that did not finish (running, failed, diverged, interrupted) are
 drawn as far as they got, listed with their status, and left out of the means. Nothing is
@@ -52,6 +53,12 @@ DATASET_NAMES = {
     "fashion_mnist": "Fashion-MNIST",
     "imagenet": "ImageNet",
     "synthetic": "synthetic data",
+}
+# What the final training and validation errors of a table are.
+EXPLAINED = {
+    "train/error": "Train error: the mean over the training batches of the last logging "
+    "interval (the network in training mode)",
+    "val/error": "val error: the final network on the held-out split",
 }
 # The settings the paper's error numbers belong to: (dataset, network family).
 PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
@@ -302,20 +309,27 @@ def _status_cell(runs: list[Run]) -> str:
 
 
 def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) -> Table:
-    """Measured test errors per network (mean ± sample std over its finished runs) with the
-    paper's where the setting is the paper's: CIFAR-10 with the cifar family (Table 6, and
+    """Measured final errors per network (mean ± sample std over its finished runs): training
+    error (the last logging interval's), validation error and test error, so that plain and
+    residual nets compare in the table as in the curves; beside the test error the paper's
+    number where the setting is the paper's: CIFAR-10 with the cifar family (Table 6, and
     Figure 6's approximate plain-net numbers), ImageNet with the imagenet family (Tables 2
-    and 3, 10-crop top-1 and top-5)."""
+    and 3, 10-crop top-1 and top-5). A training or validation column that no run logged is
+    left out."""
     paper = (dataset, family) in PAPER_SETTINGS
-    keys = ["test/error"]
-    if any("test/error_top5" in r.final for r in runs):
-        keys.append("test/error_top5")
-    top1 = len(keys) == 2 or dataset == "imagenet"  # ImageNet's test/error: 10-crop top-1
-    names = {"test/error": "top-1 error (%)" if top1 else "test error (%)",
-             "test/error_top5": "top-5 error (%)"}  # fmt: skip
+    top5 = any("test/error_top5" in r.final for r in runs)
+    top1 = top5 or dataset == "imagenet"  # ImageNet's test/error: 10-crop top-1
+    # (metric, heading, compared with the paper)
+    measured = [
+        ("train/error", "train error (%)", False),
+        ("val/error", "val error (%)", False),
+        ("test/error", "test top-1 error (%)" if top1 else "test error (%)", True),
+        ("test/error_top5", "test top-5 error (%)", True),
+    ]
+    measured = [m for m in measured if m[0] == "test/error" or any(m[0] in r.final for r in runs)]
     columns = ["network", "params", "runs"]
-    for key in keys:
-        columns += [names[key], "paper (%)", "Δ"] if paper else [names[key]]
+    for _, heading, compared in measured:
+        columns += [heading, "paper (%)", "Δ"] if paper and compared else [heading]
     columns.append("status")
     by_name: dict[str, list[Run]] = {}
     for run in sorted(runs, key=network_order):
@@ -324,14 +338,14 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
     for name, members in by_name.items():
         params = next((r.params for r in members if r.params is not None), None)
         row = [name, format_params(params), str(len(members))]
-        for key in keys:
+        for key, _, compared in measured:
             values = [
                 r.final[key]
                 for r in members
                 if r.status == "finished" and math.isfinite(r.final.get(key, math.nan))
             ]
             row.append(_mean_std(values))
-            if paper:
+            if paper and compared:
                 shown, number = _paper(name, family, key.endswith("top5"), len(values))
                 sign = "≈" if shown.startswith("≈") else ""
                 approx = approx or bool(sign)
@@ -347,6 +361,9 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
                 why = f": {r.error}" if r.error else ""
                 notes.append(f"{r.path.name}: {r.status}{where}{why}; not in the mean.")
     notes.append("Measured: mean ± sample std over the finished runs of a network.")
+    said = [text for key, text in EXPLAINED.items() if any(m[0] == key for m in measured)]
+    if said:
+        notes.append("; ".join(said) + ".")
     if paper and family == "cifar":
         notes.append("Paper: Table 6, CIFAR-10 test error; ResNet-110 is the best of 5 runs.")
         if approx:
