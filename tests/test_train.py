@@ -3,8 +3,10 @@
 import csv
 import json
 import os
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,77 @@ def column(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
 
 def offline_runs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def wandb_records(path: Path, wait_s: float = 30.0) -> list:
+    """The records of a run's .wandb file (what ``wandb sync`` uploads) as wandb's own protobuf
+    ``Record`` messages, once the file ends with the run's ``exit`` record: wandb's service
+    process may still be writing it when ``wandb.finish()`` has returned (seen here: the last
+    history rows missing)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _read_wandb_file(path)
+        if (records and records[-1].HasField("exit")) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _read_wandb_file(path: Path) -> list:
+    """The file is a LevelDB-style log: a 7-byte header (``:W&B``, magic, version), then 32 KiB
+    blocks of chunks, each a 7-byte header (crc32, length, type: 1 whole record, 2 first, 3
+    middle, 4 last piece) and its bytes; a block's tail under 7 bytes is padding."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] in (b":W&B", b":W&B"[: len(data)]), path
+    position, records, pending = 7, [], b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if kind == 0:  # zero padding to the end of the block
+            position += left
+            continue
+        if position + 7 + length > len(data):  # a chunk still being written
+            break
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def _items(items) -> dict:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
+def wandb_config(path: Path) -> dict:
+    """The run's config as wandb holds it: top-level key → value."""
+    config: dict = {}
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind in ("run", "config"):
+            config |= _items((record.run.config if kind == "run" else record.config).update)
+    return config
+
+
+def wandb_summary(path: Path) -> dict:
+    """The run's summary as its last updates leave it: key → value."""
+    summary: dict = {}
+    for record in wandb_records(path):
+        if record.HasField("summary"):
+            summary |= _items(record.summary.update)
+    return summary
+
+
+def wandb_history(path: Path) -> list[dict]:
+    """Every ``wandb.log`` row of the run: metric → value."""
+    return [_items(r.history.item) for r in wandb_records(path) if r.HasField("history")]
 
 
 def test_cifar10_smoke_writes_metrics_checkpoint_and_offline_wandb_run(
@@ -55,9 +128,19 @@ def test_cifar10_smoke_writes_metrics_checkpoint_and_offline_wandb_run(
     assert status["status"] == "finished" and status["iterations"] == 4
     (wandb_run,) = offline_runs(run)
     (records,) = wandb_run.glob("run-*.wandb")  # what `wandb sync` uploads: config and history
-    data = records.read_bytes()
-    for expected in (b"resnet-20A", b"residual", b"train/error", b"val/error", b"test/error"):
-        assert expected in data
+    assert wandb_records(records)[-1].HasField("exit")  # the whole run is in the file
+    config = wandb_config(records)
+    assert (config["network"], config["residual"], config["shortcut"], config["depth"]) == (
+        "resnet-20A", True, "A", 20,
+    )  # fmt: skip
+    assert config["parameters"] == 269_722
+    # every value of metrics.csv is in the wandb run's history, at the same iteration
+    history = wandb_history(records)
+    for key in ("train/error", "val/error", "test/error", "lr"):
+        logged = [(h["trainer/global_step"], h[key]) for h in history if key in h]
+        expected = column(rows, key)
+        assert [s for s, _ in logged] == [s for s, _ in expected], key
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected]), key
 
 
 def test_real_fashion_mnist_smoke(tmp_path: Path, hydra_cfg) -> None:
@@ -117,12 +200,35 @@ def test_every_shortcut_and_dataset_composes_and_instantiates(
     assert net(torch.zeros(2, dm.in_channels, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "multinode"])
-def test_trainer_presets_compose(tmp_path: Path, hydra_cfg, trainer: str) -> None:
+@pytest.mark.parametrize(
+    ("trainer", "accelerator", "devices", "strategy", "num_nodes"),
+    [("cpu", "cpu", 1, None, None), ("gpu", "gpu", 1, None, None), ("ddp", "gpu", 2, "ddp", None),
+     ("multinode", "gpu", 4, "ddp", 2)],
+)  # fmt: skip
+def test_trainer_presets_compose(
+    tmp_path: Path,
+    hydra_cfg,
+    trainer: str,
+    accelerator: str,
+    devices: int,
+    strategy: str | None,
+    num_nodes: int | None,
+) -> None:
+    """Each preset's own values (conf/trainer/<preset>.yaml) over default.yaml's, and a Trainer
+    with that many devices, nodes and that strategy (on the CPU where the preset wants GPUs)."""
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
     cfg = hydra_cfg(tmp_path, [f"trainer={trainer}"])
-    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
-    if trainer == "cpu":
-        assert instantiate(cfg.trainer, logger=False).max_steps == 64000
+    t = cfg.trainer
+    assert (t.accelerator, t.devices, t.get("strategy"), t.get("num_nodes")) == (
+        accelerator, devices, strategy, num_nodes,
+    )  # fmt: skip
+    assert t.get("sync_batchnorm") is (False if strategy == "ddp" else None)  # the paper's BN
+    assert (t._target_, t.max_steps) == ("lightning.pytorch.Trainer", 64000)  # default.yaml
+    built = instantiate(t, logger=False, accelerator="cpu", enable_progress_bar=False)
+    assert (built.max_steps, built.num_devices, built.num_nodes) == (64000, devices, num_nodes or 1)
+    assert built.world_size == devices * (num_nodes or 1)
+    assert isinstance(built.strategy, DDPStrategy if strategy == "ddp" else SingleDeviceStrategy)
 
 
 def test_multinode_trainer_sizes_the_slurm_launcher(tmp_path: Path, hydra_cfg) -> None:
