@@ -92,6 +92,9 @@ def test_a_fresh_run_in_a_used_folder_starts_a_new_metrics_file(tmp_path: Path, 
     run = tmp_path / "run"
     train(hydra_cfg(run, [*RUN, "logger=csv", "optim.max_steps=4"]))
     first = (run / "metrics.csv").read_text()
+    columns = first.splitlines()[0].count(",")
+    with open(run / "metrics.csv", "a") as f:  # a row no run wrote: must not survive
+        f.write("99" + "," * columns + "\n")
     train(hydra_cfg(run, [*RUN, "logger=csv", "optim.max_steps=4"]))
     assert (run / "metrics.csv").read_text() == first  # replaced, not appended to
 
@@ -149,8 +152,11 @@ def test_a_diverging_run_stops_within_one_log_interval_and_says_so(
         if r[header.index("train/loss")] not in ("", "nan", "inf")
     ]
     assert len(finite) == at // 2 - 1  # every interval before the last one was finite
+    from test_train import wandb_summary
+
     (piece,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
-    assert b"diverged" in piece.read_bytes()  # the wandb summary says so too
+    summary = wandb_summary(piece)  # the wandb summary says so too
+    assert (summary["status"], summary["diverged_at"]) == ("diverged", at)
 
 
 def test_a_sweep_with_a_diverging_job_finishes_the_others_and_marks_it(tmp_path: Path) -> None:
@@ -187,12 +193,24 @@ def test_reslab_resume_continues_a_run_folder(tmp_path: Path) -> None:
     assert steps[0] == "2" and steps[-1] == "8"  # one file: the first run's rows, then these
 
 
-def test_reslab_resume_names_what_is_missing(tmp_path: Path) -> None:
+def test_reslab_resume_names_what_is_missing(tmp_path: Path, capsys) -> None:
     from reslab.launch import resume_main
 
+    with pytest.raises(SystemExit) as exit_info:  # not a run folder: no .hydra/overrides.yaml
+        resume_main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"reslab-resume: error: {tmp_path} is not a reslab run folder")
+    assert "it has no .hydra/overrides.yaml" in err
+
+    (tmp_path / ".hydra").mkdir()  # a run folder that stopped before its first checkpoint
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model.depth=8\n")
     with pytest.raises(SystemExit) as exit_info:
         resume_main([str(tmp_path)])
     assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path} has no checkpoints/last.ckpt to resume from" in err
+    assert "start it again instead" in err
 
 
 def test_only_rank_zero_touches_the_run_folders_files(
