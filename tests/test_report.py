@@ -412,6 +412,10 @@ def test_a_column_no_run_logged_is_left_out(tmp_path: Path) -> None:
     assert table.columns == ["network", "params", "runs", "train error (%)", "test error (%)",
                              "status"]  # fmt: skip
     assert [row[3:5] for row in table.rows] == [["30.00", "11.00"], ["6.50", "10.00"]]
+    assert (
+        "Train error: the mean over the training batches of the last logging interval "
+        "(the network in training mode)." in table.notes
+    )
     assert not any("val error" in n for n in table.notes)
 
 

@@ -56,9 +56,9 @@ DATASET_NAMES = {
 }
 # What the final training and validation errors of a table are.
 EXPLAINED = {
-    "train/error": "Train error: the mean over the training batches of the last logging "
+    "train/error": "train error: the mean over the training batches of the last logging "
     "interval (the network in training mode)",
-    "val/error": "val error: the final network on the held-out split",
+    "val/error": "val error: the final network on the validation split",
 }
 # The settings the paper's error numbers belong to: (dataset, network family).
 PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
@@ -363,7 +363,8 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
     notes.append("Measured: mean ± sample std over the finished runs of a network.")
     said = [text for key, text in EXPLAINED.items() if any(m[0] == key for m in measured)]
     if said:
-        notes.append("; ".join(said) + ".")
+        text = "; ".join(said)
+        notes.append(f"{text[0].upper()}{text[1:]}.")
     if paper and family == "cifar":
         notes.append("Paper: Table 6, CIFAR-10 test error; ResNet-110 is the best of 5 runs.")
         if approx:
