@@ -60,9 +60,11 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path: Path)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert reslab_train(whole, "logger=wandb").returncode == 0
     # Killed at iteration 7 (its last checkpoint is at 6), in the middle of the second epoch.
+    # This folder on PYTHONPATH for the callback, before the caller's (as test_ddp does).
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     result = reslab_train(
         killed, "logger=wandb", "+callbacks.kill._target_=sigkill.SigkillAt",
-        "+callbacks.kill.step=7", env={"PYTHONPATH": str(TESTS)},
+        "+callbacks.kill.step=7", env={"PYTHONPATH": pythonpath},
     )  # fmt: skip
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert json.loads((killed / "status.json").read_text())["status"] == "running"
