@@ -1,9 +1,14 @@
-"""The benchmark scripts run end to end in a tiny mode and print their tables; no timings."""
+"""The benchmark scripts run end to end in a tiny mode and print their tables; no timing targets,
+but every number is there, positive, and agrees with the others (img/s × ms per iteration =
+images per iteration, a ratio = one column over the other), within the rounding printed."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -19,42 +24,109 @@ def run_script(name: str, *args: str) -> str:
     return result.stdout
 
 
+def table_rows(out: str, title: str) -> dict[str, list[str]]:
+    """The body rows of the rich table titled ``title``: first cell → the other cells."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == title)
+    rows = {}
+    for line in lines[start + 1 :]:
+        if line.startswith("└"):
+            return rows
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            rows[cells[0]] = cells[1:]
+    raise AssertionError(f"table {title!r} has no end in:\n{out}")
+
+
+def number(cell: str) -> float:
+    """A printed number: ``1048 s``, ``12.9x``, ``1,024`` → float."""
+    match = re.fullmatch(r"([0-9][0-9,]*(?:\.[0-9]+)?)\s*(?:s|x)?", cell)
+    assert match, f"not a number: {cell!r}"
+    return float(match.group(1).replace(",", ""))
+
+
+def shown(cell: str, exact: float, rel: float = 0.01) -> bool:
+    """``cell`` is ``exact`` as printed: within half a unit of its last digit, plus ``rel`` for
+    the rounding of the printed numbers ``exact`` was computed from."""
+    digits = cell.split(".")[1] if "." in cell else ""
+    decimals = len(re.match(r"[0-9]*", digits).group())
+    return abs(number(cell) - exact) <= 0.5 * 10**-decimals + rel * abs(exact)
+
+
 def test_throughput_tiny() -> None:
     out = run_script(
         "throughput.py", "--depths", "8", "--steps", "2", "--rounds", "1", "--warmup", "1"
     )
-    assert "Training throughput" in out
-    assert "ResNet-8" in out
-    assert "reslab/plain" in out
+    rows = table_rows(out, "Training throughput: reslab Trainer vs plain PyTorch loop")
+    assert list(rows) == ["ResNet-8"]
+    cells = rows["ResNet-8"]
+    assert len(cells) == 7 and all(number(c) > 0 for c in cells)
+    reslab_img_s, plain_img_s, ratio, reslab_ms, plain_ms, reslab_layer, plain_layer = cells
+    # reslab/plain is the ratio of the throughputs (of the median seconds per round)
+    assert shown(ratio, number(reslab_img_s) / number(plain_img_s))
+    # img/s × ms/it = images per iteration × 1000 (batch 128); ms/it/layer = ms/it / 8 layers
+    for img_s, ms, layer in ((reslab_img_s, reslab_ms, reslab_layer),
+                             (plain_img_s, plain_ms, plain_layer)):  # fmt: skip
+        assert shown(img_s, 128 * 1000 / number(ms))
+        assert shown(layer, number(ms) / 8)
+    verdict = re.search(r"target reslab/plain >= 0\.95 at every depth: (met|missed) "
+                        r"\(lowest ([0-9.]+)\)", out)  # fmt: skip
+    assert verdict and verdict.group(2) == ratio
+    assert verdict.group(1) == ("met" if number(ratio) >= 0.95 else "missed")
 
 
-def test_data_tiny() -> None:
-    out = run_script("data.py", "--batches", "3", "--rounds", "1", "--train-steps", "1")
-    assert "Augmented images per second" in out
-    assert "torchvision" in out
-    assert "ResNet-20 training (measured" in out
-
-
-def test_data_given_training_rate() -> None:
-    out = run_script(
-        "data.py", "--batches", "2", "--rounds", "1", "--workers", "0", "--train-img-s", "500"
+@pytest.mark.parametrize(
+    ("args", "training"),
+    [(("--batches", "3", "--rounds", "1", "--train-steps", "1"), "measured"),
+     (("--batches", "2", "--rounds", "1", "--workers", "0", "--train-img-s", "500"), "given")],
+)  # fmt: skip
+def test_data_tiny(args: tuple[str, ...], training: str) -> None:
+    out = run_script("data.py", *args)
+    workers = "0" if "--workers" in args else "2"
+    rows = table_rows(out, "Augmented images per second")
+    reslab, torchvision, train = (
+        "reslab (uint8 tensor, batched ops)",
+        f"torchvision (PIL, DataLoader, {workers} workers)",
+        f"ResNet-20 training ({training}, plain loop)",
     )
-    assert "ResNet-20 training (given" in out
+    assert list(rows) == [reslab, torchvision, train]
+    assert all(number(c) > 0 for cells in rows.values() for c in cells)
+    reslab_rate = number(rows[reslab][0])
+    for img_s, ms_per_batch, vs_reslab in rows.values():
+        assert shown(ms_per_batch, 128 * 1000 / number(img_s))  # batch 128
+        assert shown(vs_reslab, reslab_rate / number(img_s))
+    assert rows[reslab][2] == "1.0x"
+    if training == "given":
+        assert rows[train][0] == "500"
+    summary = re.search(r"reslab/torchvision ([0-9.]+x) .*reslab/ResNet-20 training ([0-9.]+x)",
+                        out)  # fmt: skip
+    assert summary and summary.groups() == (rows[torchvision][2], rows[train][2])
 
 
 def test_gpu_script_dry_run_on_the_cpu() -> None:
+    # gpu.sh runs .venv/bin/python, else `python`: here, this test's interpreter
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     result = subprocess.run(
         ["bash", str(BENCHMARKS / "gpu.sh"), "--dry-run"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": path},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "DRY RUN" in out
-    assert "ms per iteration and the paper's 64k iterations" in out
-    for row in ("ResNet-8", "eager fp32", "fast"):
-        assert row in out
-    assert "ResNet-14, batch 16: memory" in out
     assert "met" not in out and "missed" not in out  # no targets in a dry run
+    lines = [line for line in out.splitlines() if line.startswith("│ ResNet-8 ")]
+    speed = [[c.strip() for c in line.strip("│").split("│")] for line in lines]
+    assert [row[:2] for row in speed] == [["ResNet-8", "eager fp32"], ["ResNet-8", "fast"]]
+    for _, _, ms, projected, peak, target in speed:
+        assert number(ms) > 0
+        assert shown(projected, number(ms) * 64_000 / 1000)  # the paper's 64k iterations
+        assert (peak, target) == ("-", "")  # no CUDA memory on the CPU; no target
+    memory = table_rows(out, "ResNet-14, batch 16: memory")
+    assert list(memory) == ["off", "on"]
+    assert all(number(c) > 0 for cells in memory.values() for c in cells[:2])
+    assert memory["off"][2] == memory["on"][2] == "-"  # peak MiB: no CUDA memory on the CPU
+    # activation checkpointing keeps fewer activations for the backward pass
+    assert number(memory["on"][0]) < number(memory["off"][0])
 
 
 def test_gpu_script_refuses_to_time_without_a_gpu() -> None:

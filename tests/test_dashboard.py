@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+from wandb_files import wandb_records
 
 from reslab.callbacks import IterationProgressBar
 from reslab.train import train
@@ -19,6 +20,7 @@ def test_wandb_run_has_iteration_axis_final_summary_and_table(tmp_path: Path, hy
     train(cfg)
     status = json.loads((tmp_path / "status.json").read_text())
     (records,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert wandb_records(records)[-1].HasField("exit")  # the whole run is in the file
     data = records.read_bytes()
     # every curve is stepped by Lightning's step, which reslab sets to the iteration
     assert b"trainer/global_step" in data

@@ -146,16 +146,17 @@ def test_seeds_grouped_into_mean_and_std_unfinished_runs_listed_not_averaged(
 
     table = build_table("cifar10", "cifar", runs)
     assert table.columns == [
-        "network", "params", "runs", "test error (%)", "paper (%)", "Δ", "status",
+        "network", "params", "runs", "train error (%)", "val error (%)", "test error (%)",
+        "paper (%)", "Δ", "status",
     ]  # fmt: skip
     rows = {row[0]: row for row in table.rows}
     assert list(rows) == ["plain-20", "resnet-20A", "resnet-32A", "resnet-56A", "resnet-110A"]
     assert rows["resnet-110A"] == [
-        "resnet-110A", "1.7M", "4", "7.00 ± 1.00", "6.61 ± 0.16 (best 6.43)", "+0.39",
-        "3 finished, 1 failed",
+        "resnet-110A", "1.7M", "4", "30.00 ± 0.00", "30.00 ± 0.00", "7.00 ± 1.00",
+        "6.61 ± 0.16 (best 6.43)", "+0.39", "3 finished, 1 failed",
     ]  # fmt: skip
-    assert rows["plain-20"][3:] == ["10.00", "≈9.5", "≈+0.50", "finished"]
-    assert rows["resnet-56A"][3:] == ["—", "6.97", "—", "running"]
+    assert rows["plain-20"][3:] == ["30.00", "30.00", "10.00", "≈9.5", "≈+0.50", "finished"]
+    assert rows["resnet-56A"][3:] == ["—", "—", "—", "6.97", "—", "running"]
     assert rows["resnet-20A"][-1] == rows["resnet-32A"][-1] == "diverged"
     notes = "\n".join(table.notes)
     assert "3_resnet-110A: failed at iteration 100: RuntimeError: out of memory" in notes
@@ -181,7 +182,10 @@ def test_seeds_grouped_into_mean_and_std_unfinished_runs_listed_not_averaged(
     report = write_report(runs, tmp_path / "out")
     text = report.read_text()
     assert report == tmp_path / "out" / "report.md"
-    assert "| resnet-110A | 1.7M | 4 | 7.00 ± 1.00 | 6.61 ± 0.16 (best 6.43) | +0.39 |" in text
+    assert (
+        "| resnet-110A | 1.7M | 4 | 30.00 ± 0.00 | 30.00 ± 0.00 | 7.00 ± 1.00 "
+        "| 6.61 ± 0.16 (best 6.43) | +0.39 |"
+    ) in text
     assert "8 runs (4 finished, 1 running, 2 diverged, 1 failed)" in text
     assert f"`{seeds_sweep.resolve()}`" in text
     assert "![CIFAR-10, cifar family: error against iterations](curves_cifar10_cifar.png)" in text
@@ -208,19 +212,23 @@ def test_mixed_sweeps_give_one_figure_per_setting_and_paper_numbers_only_in_its_
                                 for d, f in (("cifar10", "cifar"), ("fashion_mnist", "cifar"),
                                              ("imagenet", "imagenet")))  # fmt: skip
     assert cifar.rows == [
-        ["resnet-20A", "0.27M", "1", "9.00", "8.75", "+0.25", "finished"],
-        ["resnet-50B", "0.27M", "1", "7.50", "—", "—", "finished"],  # a CIFAR net of depth 50
+        ["resnet-20A", "0.27M", "1", "30.00", "30.00", "9.00", "8.75", "+0.25", "finished"],
+        # a CIFAR net of depth 50, without a val split
+        ["resnet-50B", "0.27M", "1", "30.00", "—", "7.50", "—", "—", "finished"],
     ]
-    assert fashion.columns == ["network", "params", "runs", "test error (%)", "status"]
-    assert fashion.rows[0] == ["plain-20", "0.27M", "1", "13.00", "finished"]
+    assert fashion.columns == [
+        "network", "params", "runs", "train error (%)", "val error (%)", "test error (%)",
+        "status",
+    ]  # fmt: skip
+    assert fashion.rows[0] == ["plain-20", "0.27M", "1", "30.00", "30.00", "13.00", "finished"]
     assert "The paper reports no errors for this setting." in fashion.notes
     assert imagenet.columns == [
-        "network", "params", "runs", "top-1 error (%)", "paper (%)", "Δ", "top-5 error (%)",
-        "paper (%)", "Δ", "status",
+        "network", "params", "runs", "train error (%)", "val error (%)", "test top-1 error (%)",
+        "paper (%)", "Δ", "test top-5 error (%)", "paper (%)", "Δ", "status",
     ]  # fmt: skip
     assert imagenet.rows == [
-        ["resnet-34B", "21.8M", "1", "25.02", "24.52", "+0.50", "7.96", "7.46", "+0.50",
-         "finished"],
+        ["resnet-34B", "21.8M", "1", "30.00", "30.00", "25.02", "24.52", "+0.50", "7.96", "7.46",
+         "+0.50", "finished"],
     ]  # fmt: skip
 
     out = tmp_path / "report"
@@ -321,8 +329,94 @@ def test_main_writes_the_report_beside_the_first_path_and_prints_the_table(
     assert "CIFAR-10, cifar family" in out and "7.00 ± 1.00" in out and "8.75" in out
     assert "3_resnet-110A: failed" in out and "report.md" in out
     text = (seeds_sweep / "report" / "report.md").read_text()
-    assert "| resnet-20A | 0.27M | 2 | 8.50 | 8.75 | -0.25 | 1 finished, 1 diverged |" in text
+    assert (
+        "| resnet-20A | 0.27M | 2 | 30.00 | 30.00 | 8.50 | 8.75 | -0.25 | 1 finished, 1 diverged |"
+    ) in text
     assert f"`{seeds_sweep}`, `{run}`" in text
+
+
+def test_final_training_and_validation_errors_are_averaged_over_seeds_beside_test_error(
+    tmp_path: Path, capsys
+) -> None:
+    """The degradation of Figures 1 and 6 is in the training error: the table gives the final
+    train/error (the last logged value: status.json's, else metrics.csv's last row) and
+    val/error of every network, mean ± sample std over its finished seeds, as it does test
+    error."""
+    sweep = tmp_path / "sweep"
+    # (seed, final train error, final val error, test error); earlier values of the curves
+    # are lower, so only the last one can give these means.
+    plain = [(0, 8.0, 11.0, 9.0), (1, 10.0, 12.0, 10.0), (2, 12.0, 16.0, 11.5)]
+    residual = [(0, 4.0, 9.0, 8.0), (1, 5.0, 9.5, 8.5)]
+    job = 0
+    for name, seeds in (("plain-20", plain), ("resnet-20A", residual)):
+        for seed, train, val, test in seeds:
+            write_run(sweep / f"{job}_{name}", name, seed=seed,
+                      train=[(100, train - 3.0), (200, train)],
+                      val=[(100, val - 3.0), (200, val)], test=test)  # fmt: skip
+            job += 1
+    # status.json without the final training error: metrics.csv's last row gives it
+    status_file = sweep / "2_plain-20" / "status.json"
+    status = json.loads(status_file.read_text())
+    del status["train/error"]
+    status_file.write_text(json.dumps(status))
+    # an unfinished seed with the lowest errors of all: not in the means
+    write_run(sweep / "5_plain-20", "plain-20", "running", seed=3,
+              train=[(100, 1.0)], val=[(100, 1.0)])  # fmt: skip
+
+    runs = load_runs([sweep])
+    assert runs[2].final["train/error"] == 12.0
+    table = build_table("cifar10", "cifar", runs)
+    assert table.columns == [
+        "network", "params", "runs", "train error (%)", "val error (%)", "test error (%)",
+        "paper (%)", "Δ", "status",
+    ]  # fmt: skip
+    # plain-20, by hand: train 8, 10, 12: mean 10, sample std sqrt((4 + 0 + 4) / 2) = 2;
+    # val 11, 12, 16: mean 13, std sqrt((4 + 1 + 9) / 2) = sqrt(7) = 2.6458;
+    # test 9, 10, 11.5: mean 10.1667, std sqrt((1.3611 + 0.0278 + 1.7778) / 2) = 1.2583;
+    # the paper's ≈9.5 (Figure 6): Δ ≈+0.67.
+    # resnet-20A: train 4, 5: 4.5 ± sqrt(0.5) = 0.7071; val 9, 9.5: 9.25 ± sqrt(0.125) =
+    # 0.3536; test 8, 8.5: 8.25 ± 0.3536; Table 6's 8.75: Δ -0.50.
+    assert table.rows == [
+        ["plain-20", "0.27M", "4", "10.00 ± 2.00", "13.00 ± 2.65", "10.17 ± 1.26", "≈9.5",
+         "≈+0.67", "3 finished, 1 running"],
+        ["resnet-20A", "0.27M", "2", "4.50 ± 0.71", "9.25 ± 0.35", "8.25 ± 0.35", "8.75",
+         "-0.50", "finished"],
+    ]  # fmt: skip
+    assert any(n.startswith("Train error: the mean over the training batches of the last "
+                            "logging interval") for n in table.notes)  # fmt: skip
+
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    for heading in ("train error (%)", "val error (%)", "test error (%)"):
+        assert heading in out
+    (plain_line,) = [line for line in out.splitlines() if "plain-20" in line and "±" in line]
+    cells = [c.strip() for c in plain_line.strip("│┃ ").split("│")]
+    assert cells[3:6] == ["10.00 ± 2.00", "13.00 ± 2.65", "10.17 ± 1.26"]
+    text = (sweep / "report" / "report.md").read_text()
+    assert (
+        "| network | params | runs | train error (%) | val error (%) | test error (%) "
+        "| paper (%) | Δ | status |"
+    ) in text
+    assert (
+        "| resnet-20A | 0.27M | 2 | 4.50 ± 0.71 | 9.25 ± 0.35 | 8.25 ± 0.35 | 8.75 | -0.50 "
+        "| finished |"
+    ) in text
+
+
+def test_a_column_no_run_logged_is_left_out(tmp_path: Path) -> None:
+    """Without a val split (data.val_size=0) there is no val/error: no val column."""
+    write_run(tmp_path / "0_plain-8", "plain-8", dataset="fashion_mnist", train=CURVE, test=11.0)
+    write_run(tmp_path / "1_resnet-8A", "resnet-8A", dataset="fashion_mnist", seed=0,
+              train=[(100, 20.0), (300, 6.5)], test=10.0)  # fmt: skip
+    table = build_table("fashion_mnist", "cifar", load_runs([tmp_path]))
+    assert table.columns == ["network", "params", "runs", "train error (%)", "test error (%)",
+                             "status"]  # fmt: skip
+    assert [row[3:5] for row in table.rows] == [["30.00", "11.00"], ["6.50", "10.00"]]
+    assert (
+        "Train error: the mean over the training batches of the last logging interval "
+        "(the network in training mode)." in table.notes
+    )
+    assert not any("val error" in n for n in table.notes)
 
 
 # --- real sweeps through the CLI -------------------------------------------------------------
@@ -386,8 +480,18 @@ def test_sweep_with_a_failed_job_reports_it_failed(tmp_path: Path) -> None:
         "failed", "synthetic", "cifar", 9,
     )  # fmt: skip
     text = (tmp_path / "r" / "report.md").read_text()
-    assert "| resnet-9A | — | 1 | — | failed |" in text
-    assert "1_resnet-9A: failed: ValueError: CIFAR depth 9 is not of the form 6n+2" in text
+    assert "| resnet-9A | — | 1 | — | — | — | failed |" in text
+    # the finished job's final training, validation and test errors, as status.json has them,
+    # in report.md and in the printed table
+    status = json.loads((sweep / "0_resnet-8A" / "status.json").read_text())
+    finals = [f"{status[k]:.2f}" for k in ("train/error", "val/error", "test/error")]
+    assert f"| resnet-8A | 0.08M | 1 | {' | '.join(finals)} | finished |" in text
+    for heading in ("train error (%)", "val error (%)", "test error (%)"):
+        assert heading in result.stdout
+    (line,) = [ln for ln in result.stdout.splitlines() if "resnet-8A" in ln]
+    assert [c.strip() for c in line.strip("│ ").split("│")][3:6] == finals
+    failure = "1_resnet-9A: failed: ValueError: model.depth=9 is not valid; valid: an integer >= 8"
+    assert failure in text
     assert "2 runs (1 finished, 1 failed)" in text and "resnet-9A" in result.stdout
     assert_png(tmp_path / "r" / "curves_synthetic_cifar.png")
     assert_png(tmp_path / "r" / "responses_synthetic_cifar.png")

@@ -61,9 +61,11 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path: Path)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert reslab_train(whole, "logger=wandb").returncode == 0
     # Killed at iteration 7 (its last checkpoint is at 6), in the middle of the second epoch.
+    # This folder on PYTHONPATH for the callback, before the caller's (as test_ddp does).
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     result = reslab_train(
         killed, "logger=wandb", "+callbacks.kill._target_=sigkill.SigkillAt",
-        "+callbacks.kill.step=7", env={"PYTHONPATH": str(TESTS)},
+        "+callbacks.kill.step=7", env={"PYTHONPATH": pythonpath},
     )  # fmt: skip
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert json.loads((killed / "status.json").read_text())["status"] == "running"
@@ -93,6 +95,9 @@ def test_a_fresh_run_in_a_used_folder_starts_a_new_metrics_file(tmp_path: Path, 
     run = tmp_path / "run"
     train(hydra_cfg(run, [*RUN, "logger=csv", "optim.max_steps=4"]))
     first = (run / "metrics.csv").read_text()
+    columns = first.splitlines()[0].count(",")
+    with open(run / "metrics.csv", "a") as f:  # a row no run wrote: must not survive
+        f.write("99" + "," * columns + "\n")
     train(hydra_cfg(run, [*RUN, "logger=csv", "optim.max_steps=4"]))
     assert (run / "metrics.csv").read_text() == first  # replaced, not appended to
 
@@ -150,8 +155,11 @@ def test_a_diverging_run_stops_within_one_log_interval_and_says_so(
         if r[header.index("train/loss")] not in ("", "nan", "inf")
     ]
     assert len(finite) == at // 2 - 1  # every interval before the last one was finite
+    from wandb_files import wandb_summary
+
     (piece,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
-    assert b"diverged" in piece.read_bytes()  # the wandb summary says so too
+    summary = wandb_summary(piece)  # the wandb summary says so too
+    assert (summary["status"], summary["diverged_at"]) == ("diverged", at)
 
 
 def test_a_sweep_with_a_diverging_job_finishes_the_others_and_marks_it(tmp_path: Path) -> None:
@@ -188,12 +196,24 @@ def test_reslab_resume_continues_a_run_folder(tmp_path: Path) -> None:
     assert steps[0] == "2" and steps[-1] == "8"  # one file: the first run's rows, then these
 
 
-def test_reslab_resume_names_what_is_missing(tmp_path: Path) -> None:
+def test_reslab_resume_names_what_is_missing(tmp_path: Path, capsys) -> None:
     from reslab.cli import resume_main
 
+    with pytest.raises(SystemExit) as exit_info:  # not a run folder: no .hydra/overrides.yaml
+        resume_main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"reslab-resume: error: {tmp_path} is not a reslab run folder")
+    assert "it has no .hydra/overrides.yaml" in err
+
+    (tmp_path / ".hydra").mkdir()  # a run folder that stopped before its first checkpoint
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model.depth=8\n")
     with pytest.raises(SystemExit) as exit_info:
         resume_main([str(tmp_path)])
     assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path} has no checkpoints/last.ckpt to resume from" in err
+    assert "start it again instead" in err
 
 
 def test_only_rank_zero_touches_the_run_folders_files(

@@ -49,10 +49,10 @@ def test_a_failed_job_does_not_stop_the_sweep_and_the_command_fails_at_the_end(
     )  # fmt: skip
     assert result.returncode == 1
     failed = json.loads((sweep / "0_resnet-9A" / "status.json").read_text())
-    assert failed["status"] == "failed" and "CIFAR depth 9" in failed["error"]
+    assert failed["status"] == "failed" and "model.depth=9 is not valid" in failed["error"]
     assert "ValueError" in (sweep / "0_resnet-9A" / "error.txt").read_text()
     finished = json.loads((sweep / "1_resnet-8A" / "status.json").read_text())
     assert finished["status"] == "finished" and finished["iterations"] == 4
-    assert "[reslab] resnet-9A: failed: ValueError: CIFAR depth 9" in result.stdout
+    assert "[reslab] resnet-9A: failed: ValueError: model.depth=9 is not valid" in result.stdout
     assert "1_resnet-8A" in result.stdout and "reslab sweep" in result.stdout  # the table
     assert "1 job(s) of the sweep failed: 0_resnet-9A" in result.stderr

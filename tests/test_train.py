@@ -12,6 +12,7 @@ import torch
 import yaml
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from wandb_files import offline_runs, wandb_config, wandb_history, wandb_records
 
 from reslab.train import train
 
@@ -23,10 +24,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def column(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
-
-
-def offline_runs(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
 def test_cifar10_smoke_writes_metrics_checkpoint_and_offline_wandb_run(
@@ -55,9 +52,19 @@ def test_cifar10_smoke_writes_metrics_checkpoint_and_offline_wandb_run(
     assert status["status"] == "finished" and status["iterations"] == 4
     (wandb_run,) = offline_runs(run)
     (records,) = wandb_run.glob("run-*.wandb")  # what `wandb sync` uploads: config and history
-    data = records.read_bytes()
-    for expected in (b"resnet-20A", b"residual", b"train/error", b"val/error", b"test/error"):
-        assert expected in data
+    assert wandb_records(records)[-1].HasField("exit")  # the whole run is in the file
+    config = wandb_config(records)
+    assert (config["network"], config["residual"], config["shortcut"], config["depth"]) == (
+        "resnet-20A", True, "A", 20,
+    )  # fmt: skip
+    assert config["parameters"] == 269_722
+    # every value of metrics.csv is in the wandb run's history, at the same iteration
+    history = wandb_history(records)
+    for key in ("train/error", "val/error", "test/error", "lr"):
+        logged = [(h["trainer/global_step"], h[key]) for h in history if key in h]
+        expected = column(rows, key)
+        assert [s for s, _ in logged] == [s for s, _ in expected], key
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected]), key
 
 
 def test_real_fashion_mnist_smoke(tmp_path: Path, hydra_cfg) -> None:
@@ -117,12 +124,35 @@ def test_every_shortcut_and_dataset_composes_and_instantiates(
     assert net(torch.zeros(2, dm.in_channels, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "multinode"])
-def test_trainer_presets_compose(tmp_path: Path, hydra_cfg, trainer: str) -> None:
+@pytest.mark.parametrize(
+    ("trainer", "accelerator", "devices", "strategy", "num_nodes"),
+    [("cpu", "cpu", 1, None, None), ("gpu", "gpu", 1, None, None), ("ddp", "gpu", 2, "ddp", None),
+     ("multinode", "gpu", 4, "ddp", 2)],
+)  # fmt: skip
+def test_trainer_presets_compose(
+    tmp_path: Path,
+    hydra_cfg,
+    trainer: str,
+    accelerator: str,
+    devices: int,
+    strategy: str | None,
+    num_nodes: int | None,
+) -> None:
+    """Each preset's own values (conf/trainer/<preset>.yaml) over _base.yaml's, and a Trainer
+    with that many devices, nodes and that strategy (on the CPU where the preset wants GPUs)."""
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
     cfg = hydra_cfg(tmp_path, [f"trainer={trainer}"])
-    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
-    if trainer == "cpu":
-        assert instantiate(cfg.trainer, logger=False).max_steps == 64000
+    t = cfg.trainer
+    assert (t.accelerator, t.devices, t.get("strategy"), t.get("num_nodes")) == (
+        accelerator, devices, strategy, num_nodes,
+    )  # fmt: skip
+    assert t.get("sync_batchnorm") is (False if strategy == "ddp" else None)  # the paper's BN
+    assert (t._target_, t.max_steps) == ("lightning.pytorch.Trainer", 64000)  # _base.yaml
+    built = instantiate(t, logger=False, accelerator="cpu", enable_progress_bar=False)
+    assert (built.max_steps, built.num_devices, built.num_nodes) == (64000, devices, num_nodes or 1)
+    assert built.world_size == devices * (num_nodes or 1)
+    assert isinstance(built.strategy, DDPStrategy if strategy == "ddp" else SingleDeviceStrategy)
 
 
 def test_multinode_trainer_sizes_the_slurm_launcher(tmp_path: Path, hydra_cfg) -> None:
@@ -145,10 +175,11 @@ def test_unknown_choices_name_the_valid_ones(tmp_path: Path, hydra_cfg) -> None:
 
 def test_bad_depth_fails_clearly_and_marks_the_run_failed(tmp_path: Path, hydra_cfg) -> None:
     cfg = hydra_cfg(tmp_path, ["data=synthetic", "model.depth=21", "debug=smoke", "logger=csv"])
-    with pytest.raises(ValueError, match="CIFAR depth 21 is not of the form 6n\\+2"):
+    message = r"model.depth=21 is not valid; valid: an integer >= 8 of the form 6n\+2"
+    with pytest.raises(ValueError, match=message):
         train(cfg)
     status = json.loads((tmp_path / "status.json").read_text())
-    assert status["status"] == "failed" and "depth 21" in status["error"]
+    assert status["status"] == "failed" and "model.depth=21" in status["error"]
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -1,22 +1,28 @@
 """The paper's published numbers, in one place, keyed by network name as
 :func:`reslab.networks.network_name` spells it (``"resnet-20A"``, ``"plain-34"``, ``"resnet-50B"``).
 
-Source: He et al., CVPR 2016, as restated in PAPER.md. Exact, unless said otherwise:
+Source: He, Zhang, Ren, Sun, *Deep Residual Learning for Image Recognition*, CVPR 2016 (arXiv
+1512.03385). Exact, unless said otherwise:
 
-- Parameter counts (``PARAMS``): exact integers. CIFAR: option A or plain, 10 classes, 3×32×32
-  input (97,216·n − 21,926); option B adds 2,752. ImageNet: 1000 classes; option B equals
-  torchvision's models; plain = option A.
+- Parameter counts (``PARAMS``): exact integers, counted from the paper's architectures; the
+  paper prints only rounded ones. CIFAR (section 4.2; Table 6 prints 0.27M, 0.46M, 0.66M, 0.85M,
+  1.7M, 19.4M): option A or plain, 10 classes, 3×32×32 input (97,216·n − 21,926); option B
+  (section 3.3: projections where dimensions grow) adds 2,752. ImageNet (Table 1's networks,
+  the shortcut options of Table 3 and section 4.1): 1000 classes; option B equals torchvision's
+  models; plain = option A.
 - Multiply-adds of one forward pass of one image (``MULTIPLY_ADDS``): convolutions and the fully
-  connected layer only. ImageNet (224×224): the paper prints 1.8, 3.6, 3.8, 7.6, 11.3 ×10⁹; we
-  keep the more precise 1.814, 3.664, 3.858, 7.57, 11.28 ×10⁹ of PAPER.md (rounded, with the
-  stride on the bottleneck's first 1×1). CIFAR (32×32): PAPER.md's counts, to the digits shown.
-  A plain net and its option-A ResNet share the number (additions are not counted).
-- CIFAR-10 test errors of Table 6 (``TABLE6_TEST_ERROR``): exact, in percent. ResNet-110 is the
-  best of 5 runs; the mean and standard deviation are ``RESNET110_MEAN_STD``.
+  connected layer only. ImageNet (224×224): Table 1 prints 1.8, 3.6, 3.8, 7.6, 11.3 ×10⁹; we keep
+  the counts of its networks to more digits, 1.814, 3.664, 3.858, 7.57, 11.28 ×10⁹ (with the
+  stride on the bottleneck's first 1×1, as the paper places it). CIFAR (32×32): the paper gives
+  none; counted from section 4.2's networks, to the digits shown. A plain net and its option-A
+  ResNet share the number (additions are not counted; section 3.2).
+- CIFAR-10 test errors of Table 6 (``TABLE6_TEST_ERROR``; section 4.2): exact, in percent.
+  ResNet-110 is the best of 5 runs; the mean and standard deviation are ``RESNET110_MEAN_STD``.
 - Plain-net CIFAR-10 test errors of Figure 6 (``FIGURE6_PLAIN_TEST_ERROR_APPROX``): APPROXIMATE,
-  read off the plot by others, not published as numbers.
-- ImageNet validation errors of Tables 2, 3 (10-crop) and 4 (single model, multi-scale): exact,
-  top-1 and top-5 in percent; Table 2 gives top-1 only.
+  read off the plot by others, not published as numbers. Plain-110's training error above 60%:
+  Figure 6's caption.
+- ImageNet validation errors of Tables 2, 3 (10-crop) and 4 (single model, multi-scale), section
+  4.1: exact, top-1 and top-5 in percent; Table 2 gives top-1 only.
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ TABLE6_TEST_ERROR: dict[str, float] = {
 }
 RESNET110_MEAN_STD: tuple[float, float] = (6.61, 0.16)  # Table 6: mean ± std of 5 runs
 
-# Figure 6 (left), APPROXIMATE: read off the plot. Plain-110 stays above 60% training error.
+# Figure 6 (left), APPROXIMATE: read off the plot. Plain-110's training error stays above
+# 60% (Figure 6's caption: not displayed).
 FIGURE6_PLAIN_TEST_ERROR_APPROX: dict[str, float] = {
     "plain-20": 9.5,
     "plain-32": 10.0,

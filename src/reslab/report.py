@@ -11,8 +11,9 @@ under each PATH is a run) and writes into ``--out`` (default: ``<first PATH>/rep
                                     per depth, plain nets left and residual nets right
   responses_<dataset>_<family>.png  Figure 7, when runs hold responses.csv: std of each 3×3
                                     layer's response in network order (top) and sorted (bottom)
-  report.md                         the figures and Table 2/3/6-style tables: measured error
-                                    (mean ± std over seeds) beside the paper's number
+  report.md                         the figures and Table 2/3/6-style tables: final training,
+                                    validation and test error (mean ± std over seeds), the
+                                    paper's number beside the test error
 
 and prints the tables. Runs that did not finish (running, failed, diverged, interrupted) are
 drawn as far as they got, listed with their status, and left out of the means. Nothing is
@@ -22,13 +23,11 @@ trained; no network, no wandb.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,19 @@ from rich.table import Table as RichTable
 from reslab.networks import parse_network_name
 from reslab.paper import RESNET110_MEAN_STD, published
 from reslab.report_figures import curves_figure, network_order, responses_figure
-from reslab.run_folder import STATUS_FILE
+from reslab.run_folder import (
+    FINAL_ERRORS,
+    HPARAMS_FILE,
+    METRICS_FILE,
+    RESPONSES_FILE,
+    STATUSES,
+    Run,
+    read_metrics,
+    read_responses,
+    read_status,
+    run_folders,
+)
 
-STATUSES = ("finished", "running", "interrupted", "diverged", "failed")
-ERROR_KEYS = (
-    "train/error", "val/error", "test/error", "val/error_top5", "test/error_top5",
-)  # fmt: skip
 DATASET_NAMES = {
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
@@ -53,57 +59,14 @@ DATASET_NAMES = {
     "imagenet": "ImageNet",
     "synthetic": "synthetic data",
 }
+# What the final training and validation errors of a table are.
+EXPLAINED = {
+    "train/error": "train error: the mean over the training batches of the last logging "
+    "interval (the network in training mode)",
+    "val/error": "val error: the final network on the validation split",
+}
 # The settings the paper's error numbers belong to: (dataset, network family).
 PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
-
-Series = list[tuple[int, float]]  # (iteration, value)
-
-
-@dataclass
-class Run:
-    """One run folder as reslab-train left it; None where the folder does not say."""
-
-    path: Path
-    name: str  # the network name: plain-56, resnet-56A
-    dataset: str | None
-    family: str | None
-    depth: int | None
-    shortcut: str | None
-    residual: bool
-    seed: int | None
-    params: int | None
-    status: str  # one of STATUSES; "diverged" also for a finished run with a non-finite error
-    iterations: int | None
-    metrics: dict[str, Series] = field(default_factory=dict)  # every metrics.csv column
-    final: dict[str, float] = field(default_factory=dict)  # final errors (status.json first)
-    responses: list[tuple[int, str, float]] = field(default_factory=list)  # (index, layer, std)
-    responses_split: str | None = None  # the split of that measurement: "test" or "val"
-    error: str | None = None  # the exception of a failed run
-
-    @property
-    def label(self) -> str:
-        """The legend text: the network name, with the status unless finished."""
-        return self.name if self.status == "finished" else f"{self.name} ({self.status})"
-
-
-def find_run_folders(path: Path) -> list[Path]:
-    """``path`` itself when it is a run folder, else every run folder under it, in job order."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a sweep folder or a run folder")
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a folder; give a sweep folder or a run folder")
-    if (path / STATUS_FILE).is_file():
-        return [path]
-    found = sorted((p.parent for p in path.rglob(STATUS_FILE)), key=_job_order)
-    if not found:
-        raise ValueError(f"no reslab run folders ({STATUS_FILE}) under {path}")
-    return found
-
-
-def _job_order(folder: Path) -> tuple[str, int, str]:
-    head = folder.name.split("_", 1)[0]
-    return (str(folder.parent), int(head) if head.isdigit() else 1 << 30, folder.name)
-
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Every run under ``paths`` (sweep folders or run folders), each folder once."""
@@ -112,19 +75,18 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
         raise ValueError("no paths given; give one or more sweep folders or run folders")
     folders: dict[Path, None] = {}
     for path in paths:
-        folders.update((f.resolve(), None) for f in find_run_folders(path))
+        folders.update((f.resolve(), None) for f in run_folders(path, required=True))
     return [load_run(folder) for folder in folders]
 
 
 def load_run(folder: Path) -> Run:
     """One run folder: status.json, hparams.yaml (else .hydra/), metrics.csv, responses.csv."""
-    status = _read_json(folder / STATUS_FILE)
-    state = status.get("status") if isinstance(status, dict) else None
+    status = read_status(folder)
+    state = status.get("status")
     if state not in STATUSES:
-        raise ValueError(
-            f"{folder / STATUS_FILE}: status {state!r} is not one of {', '.join(STATUSES)}"
-        )
-    hparams = _read_yaml(folder / "hparams.yaml") or {}
+        valid = ", ".join(STATUSES)
+        raise ValueError(f"{folder}/status.json: status {state!r} is not one of {valid}")
+    hparams = _read_yaml(folder / HPARAMS_FILE) or {}
     choices, overrides = _hydra_choices(folder) if not hparams else ({}, {})
     name = str(hparams.get("network") or status.get("name") or folder.name.split("_", 1)[-1])
     try:
@@ -138,13 +100,13 @@ def load_run(folder: Path) -> Run:
             seed = parse_network_name(overrides["net"])["seed"]
         except ValueError:
             seed = None  # the bad net= that made the run fail
-    metrics = read_metrics(folder / "metrics.csv")
-    final = {k: metrics[k][-1][1] for k in ERROR_KEYS if metrics.get(k)}
-    final.update({k: float(status[k]) for k in ERROR_KEYS if status.get(k) is not None})
+    metrics = read_metrics(folder / METRICS_FILE)
+    final = {k: metrics[k][-1][1] for k in FINAL_ERRORS if metrics.get(k)}
+    final.update({k: float(status[k]) for k in FINAL_ERRORS if status.get(k) is not None})
     if state == "finished" and not all(math.isfinite(v) for v in final.values()):
         state = "diverged"
     steps = [s for series in metrics.values() for s, _ in series]
-    responses, split = read_responses(folder / "responses.csv")
+    responses, split = read_responses(folder / RESPONSES_FILE)
     return Run(
         path=folder,
         name=name,
@@ -165,13 +127,6 @@ def load_run(folder: Path) -> Run:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-
-
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         return None
@@ -189,50 +144,6 @@ def _hydra_choices(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
     lines = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
     overrides = dict(str(o).split("=", 1) for o in lines if "=" in str(o))
     return {k: str(v) for k, v in choices.items()}, overrides
-
-
-def read_metrics(path: Path) -> dict[str, Series]:
-    """Lightning's CSVLogger file as one (iteration, value) series per column; {} when there is
-    none. Rows are sparse; a cut-off last row of a running run is skipped where it does not
-    parse; nan and inf are kept (a diverged run)."""
-    series: dict[str, Series] = {}
-    if not path.is_file():
-        return series
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                step = int(float(row.get("step") or ""))
-            except ValueError:
-                continue
-            for key, text in row.items():
-                if key in (None, "step", "epoch") or not text:
-                    continue
-                try:
-                    series.setdefault(key, []).append((step, float(text)))
-                except ValueError:
-                    continue
-    return series
-
-
-def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None]:
-    """The last measurement of responses.csv (on the test split when there is one): its
-    (index, layer, std) rows in network order, and its split; ([], None) without the file."""
-    if not path.is_file():
-        return [], None
-    measurements: dict[tuple[str, int], list[tuple[int, str, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                key = (row["split"], int(row["step"]))
-                measurements.setdefault(key, []).append(
-                    (int(row["index"]), row["layer"], float(row["std"]))
-                )
-            except (KeyError, TypeError, ValueError):
-                continue  # a cut-off last row
-    if not measurements:
-        return [], None
-    split, step = max(measurements, key=lambda k: (k[0] == "test", k[1]))
-    return sorted(measurements[split, step]), split
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -302,20 +213,27 @@ def _status_cell(runs: list[Run]) -> str:
 
 
 def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) -> Table:
-    """Measured test errors per network (mean ± sample std over its finished runs) with the
-    paper's where the setting is the paper's: CIFAR-10 with the cifar family (Table 6, and
+    """Measured final errors per network (mean ± sample std over its finished runs): training
+    error (the last logging interval's), validation error and test error, so that plain and
+    residual nets compare in the table as in the curves; beside the test error the paper's
+    number where the setting is the paper's: CIFAR-10 with the cifar family (Table 6, and
     Figure 6's approximate plain-net numbers), ImageNet with the imagenet family (Tables 2
-    and 3, 10-crop top-1 and top-5)."""
+    and 3, 10-crop top-1 and top-5). A training or validation column that no run logged is
+    left out."""
     paper = (dataset, family) in PAPER_SETTINGS
-    keys = ["test/error"]
-    if any("test/error_top5" in r.final for r in runs):
-        keys.append("test/error_top5")
-    top1 = len(keys) == 2 or dataset == "imagenet"  # ImageNet's test/error: 10-crop top-1
-    names = {"test/error": "top-1 error (%)" if top1 else "test error (%)",
-             "test/error_top5": "top-5 error (%)"}  # fmt: skip
+    top5 = any("test/error_top5" in r.final for r in runs)
+    top1 = top5 or dataset == "imagenet"  # ImageNet's test/error: 10-crop top-1
+    # (metric, heading, compared with the paper)
+    measured = [
+        ("train/error", "train error (%)", False),
+        ("val/error", "val error (%)", False),
+        ("test/error", "test top-1 error (%)" if top1 else "test error (%)", True),
+        ("test/error_top5", "test top-5 error (%)", True),
+    ]
+    measured = [m for m in measured if m[0] == "test/error" or any(m[0] in r.final for r in runs)]
     columns = ["network", "params", "runs"]
-    for key in keys:
-        columns += [names[key], "paper (%)", "Δ"] if paper else [names[key]]
+    for _, heading, compared in measured:
+        columns += [heading, "paper (%)", "Δ"] if paper and compared else [heading]
     columns.append("status")
     by_name: dict[str, list[Run]] = {}
     for run in sorted(runs, key=network_order):
@@ -324,14 +242,14 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
     for name, members in by_name.items():
         params = next((r.params for r in members if r.params is not None), None)
         row = [name, format_params(params), str(len(members))]
-        for key in keys:
+        for key, _, compared in measured:
             values = [
                 r.final[key]
                 for r in members
                 if r.status == "finished" and math.isfinite(r.final.get(key, math.nan))
             ]
             row.append(_mean_std(values))
-            if paper:
+            if paper and compared:
                 shown, number = _paper(name, family, key.endswith("top5"), len(values))
                 sign = "≈" if shown.startswith("≈") else ""
                 approx = approx or bool(sign)
@@ -347,6 +265,10 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
                 why = f": {r.error}" if r.error else ""
                 notes.append(f"{r.path.name}: {r.status}{where}{why}; not in the mean.")
     notes.append("Measured: mean ± sample std over the finished runs of a network.")
+    said = [text for key, text in EXPLAINED.items() if any(m[0] == key for m in measured)]
+    if said:
+        text = "; ".join(said)
+        notes.append(f"{text[0].upper()}{text[1:]}.")
     if paper and family == "cifar":
         notes.append("Paper: Table 6, CIFAR-10 test error; ResNet-110 is the best of 5 runs.")
         if approx:
