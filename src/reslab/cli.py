@@ -286,6 +286,9 @@ def _explain_instantiation(err: InstantiationException) -> str:
 
 
 def _explain_omegaconf(err: OmegaConfBaseException) -> str:
+    cause = err.__cause__ or err.__context__
+    if isinstance(cause, ValueError):  # a resolver's refusal (a bad net= name)
+        return _first_lines(str(cause), 3)
     first = _first_lines(str(err), 1)
     key = getattr(err, "full_key", None)
     return f"{first} (config key {key})" if key and str(key) not in first else first
