@@ -65,6 +65,6 @@ def test_a_network_name_the_experiment_cannot_build_is_refused_in_one_line() -> 
     line = result.stderr.strip().splitlines()[-2]
     assert line.startswith("reslab-train: error: net='resnet-50B-v1.5' is not in the cifar family")
     assert "valid cifar names: plain-N or resnet-N" in line
-    one_layer = reslab_train("experiment=fig6", "net=resnet-20A-1layer", "--cfg", "job", "--resolve")
-    assert one_layer.returncode == 0, one_layer.stderr
-    assert "name: resnet-20A-1layer" in one_layer.stdout and "block_layers: 1" in one_layer.stdout
+    resolved = reslab_train("experiment=fig6", "net=resnet-20A-1layer", "--cfg", "job", "--resolve")
+    assert resolved.returncode == 0, resolved.stderr
+    assert "name: resnet-20A-1layer" in resolved.stdout and "block_layers: 1" in resolved.stdout
