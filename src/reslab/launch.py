@@ -18,22 +18,28 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 # Private in Lightning, with no public way to ask "does this strategy re-run the command
 # line?"; tests/test_upstream.py fails with a clear message if it moves.
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from reslab.config import CONFIG_DIR, instantiate
 from reslab.run_folder import (
     LAST_CHECKPOINT,
     OVERRIDES_FILE,
+    FolderInUse,
+    claim_new_folder,
     final_metric,
+    lock,
     read_status,
     write_status,
 )
@@ -42,6 +48,52 @@ from reslab.run_folder import (
 TRAIN_MODULE = "reslab.cli"
 # Hydra overrides the job's own process sets itself (the last of a key wins).
 _SET_HERE = ("hydra.mode", "hydra.run.dir", "hydra.output_subdir")
+
+
+class RunFolderGuard(Callback):
+    """A Hydra callback (conf/train.yaml) that makes the run's folder (a sweep's folder for a
+    multirun) this process's before Hydra writes anything in it: a default folder that another
+    run took in the same second becomes ``<folder>_2``; a folder that a live process is
+    writing (``hydra.run.dir=...`` given twice, a resume of a running run) is refused in one
+    line naming that process. DDP ranks other than 0 share rank 0's folder and lock nothing.
+    The lock is released when the run ends, or by the system when the process dies."""
+
+    def __init__(self) -> None:
+        self._lock: Any = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "sweep")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._release()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._release()
+
+    def _claim(self, config: DictConfig, mode: str) -> None:
+        if rank_zero_only.rank != 0:
+            return
+        key = f"hydra.{mode}.dir"
+        folder = Path(str(OmegaConf.select(config, key)))
+        given = any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
+        if not given:
+            new = claim_new_folder(folder)
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra[mode].dir = str(new)
+            folder = new
+        try:
+            self._lock = lock(folder)
+        except FolderInUse as err:  # a SystemExit: Hydra turns callbacks' exceptions into warnings
+            sys.stderr.write(f"reslab-train: error: {err}\n")
+            raise SystemExit(1) from None
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 def quiet_trainer(trainer_cfg: DictConfig) -> L.Trainer:

@@ -18,9 +18,11 @@ Nothing here imports torch, Lightning or Hydra: the report side reads run folder
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ RESPONSES_FILE = "responses.csv"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
+LOCK_FILE = ".lock"  # held by the process writing the folder (pid and host inside)
 
 STATUSES = ("finished", "running", "interrupted", "diverged", "failed")
 # The final numbers status.json keeps, and reports read.
@@ -65,6 +68,49 @@ def write_status(run_dir: str | Path, status: str, **fields: Any) -> None:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     text = json.dumps({"status": status, **fields}, indent=2) + "\n"
     atomic_write(Path(run_dir) / STATUS_FILE, text)
+
+
+class FolderInUse(RuntimeError):
+    """The run folder is being written by another live process."""
+
+
+def lock(run_dir: str | Path) -> io.TextIOWrapper:
+    """Takes the run folder's lock for this process: an exclusive ``flock`` on ``<run_dir>/.lock``,
+    which the operating system releases when the process ends however it ends (so the lock of
+    a dead process is free to take). Returns the open lock file (close it to release). Raises
+    :class:`FolderInUse` naming the holder (pid and host) when a live process holds it; then
+    nothing in the folder has changed. The folder is made when missing."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    file = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "another process"
+        file.close()
+        raise FolderInUse(
+            f"the run folder {run_dir} is being written by {holder}; wait for it to end, or "
+            "choose another folder (hydra.run.dir=...)"
+        ) from None
+    file.seek(0)
+    file.truncate()
+    file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    file.flush()
+    return file
+
+
+def claim_new_folder(path: str | Path) -> Path:
+    """``path`` made anew for this run, or ``<path>_2``, ``<path>_3``, ... when it exists: two
+    runs that start in the same second with the same name get folders of their own."""
+    path, n = Path(path), 1
+    while True:
+        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
