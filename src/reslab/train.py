@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +53,6 @@ def train(cfg: DictConfig) -> float:
     goes on."""
     output_dir = Path(cfg.paths.output_dir)
     started = time.time()
-    # The run folder always holds .hydra/ when the CSV logger starts: nothing to warn about.
-    warnings.filterwarnings(
-        "ignore", message=r"Experiment logs directory .* exists and is not empty"
-    )
     write_status(output_dir, "running", name=cfg.name)
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
@@ -72,7 +67,7 @@ def train(cfg: DictConfig) -> float:
         loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
-        console.print_header(cfg.name, net, datamodule, trainer, output_dir)  # reslab.console
+        console.print_header(cfg.name, net, datamodule, trainer, output_dir)
 
         config = OmegaConf.to_container(cfg, resolve=True)
         config.pop("hydra", None)  # present only when composed by hand (tests)
