@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab.checkpoints import AtomicCheckpointIO
+from reslab.checkpoints import AtomicCheckpointIO, verify_checkpoint
 from reslab.run_folder import cut_metrics
 from reslab.train import train
 
@@ -129,7 +129,8 @@ def test_a_failed_checkpoint_write_leaves_the_last_good_one(
     monkeypatch.undo()
     loaded = torch.load(path, weights_only=True)
     assert loaded["global_step"] == 6 and torch.equal(loaded["w"], torch.ones(3))
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no .tmp left
+    verify_checkpoint(path)  # its checksum file still vouches for it
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
 
 
 def test_a_diverging_run_stops_within_one_log_interval_and_says_so(

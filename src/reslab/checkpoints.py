@@ -2,7 +2,11 @@
 safe to load, writing it so that a kill never leaves half of one, and saving the final network.
 
 A checkpoint is written to ``<name>.tmp`` beside its final path, flushed to disk, and renamed
-over the old file (:func:`reslab.run_folder.atomic_write`). The Classifier's part of the
+over the old file (:func:`reslab.run_folder.atomic_write`); its SHA-256 goes beside it
+(``last.ckpt.sha256``, as ``sha256sum`` writes it) and is checked before a resume loads it, so
+a damaged file is refused in one line instead of loading or failing deep inside torch. Nothing
+in a checkpoint names the folder it was written in: a run folder can be moved, copied from a
+cluster or restored from a backup and resumed there. The Classifier's part of the
 checkpoint holds the random number generators and the data order is a function of the
 iteration (``BatchLoader``), so training from a checkpoint at iteration k repeats, number for
 number, what the interrupted run did after k. Resuming cuts the run folder's metrics.csv back
@@ -11,8 +15,10 @@ to k; the wandb run continues through the folder's ``wandb_id.txt`` (reslab.logg
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from reslab.run_folder import LAST_CHECKPOINT, atomic_write
+from reslab.run_folder import CHECKSUM_SUFFIX, LAST_CHECKPOINT, atomic_write, read_status
 
 # ckpt_path values Lightning resolves itself rather than as a file
 _CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -33,6 +39,11 @@ CKPT_CHOICES = (
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint that refers to Python objects a reslab checkpoint never holds."""
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint whose bytes are not those written (its checksum differs) or that torch
+    cannot read: cut short, overwritten, or not a checkpoint."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -51,17 +62,70 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # fails here, before any file is touched, if it must
-        atomic_write(str(path).removeprefix("file://"), buffer.getbuffer(), fsync=True)
+        path = Path(str(path).removeprefix("file://"))
+        data = buffer.getbuffer()
+        digest = hashlib.sha256(data).hexdigest()
+        # The checksum file lists the old and the new digest while the checkpoint is renamed,
+        # so a kill at any moment leaves a checkpoint that its checksum file vouches for.
+        sums = checksum_path(path)
+        atomic_write(sums, _sums_text([*recorded_checksums(path), digest], path.name))
+        atomic_write(path, data, fsync=True)
+        atomic_write(sums, _sums_text([digest], path.name), fsync=True)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        super().remove_checkpoint(path)
+        if "://" not in str(path) or str(path).startswith("file://"):
+            checksum_path(str(path).removeprefix("file://")).unlink(missing_ok=True)
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The file beside checkpoint ``path`` that holds its SHA-256 (``last.ckpt.sha256``)."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def recorded_checksums(path: str | Path) -> list[str]:
+    """The SHA-256 digests that :func:`checksum_path` holds for ``path`` ([] without one)."""
+    sums = checksum_path(path)
+    if not sums.is_file():
+        return []
+    return [line.split()[0] for line in sums.read_text().splitlines() if line.strip()]
+
+
+def _sums_text(digests: list[str], name: str) -> str:
+    return "".join(f"{d}  {name}\n" for d in dict.fromkeys(digests))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` that also knows the iteration of the last checkpoint
     it saw written (``saved_step``), so train.py can save the final network when the
-    checkpoint interval did not end on the last iteration."""
+    checkpoint interval did not end on the last iteration.
+
+    A run folder holds one ``last.ckpt``, overwritten in place (Lightning's version counter,
+    ``last-v1.ckpt``, is off), and the state this callback keeps in a checkpoint names its
+    files relative to the checkpoint folder: a moved run folder resumes as if it had never
+    moved (Lightning restores that state only when the folder is unchanged)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(*args, **kwargs)
         self.saved_step: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        return _rebased(state, state.get("dirpath"), "")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # "" (relative, as state_dict writes it) or the absolute folder of an older checkpoint
+        super().load_state_dict(_rebased(state_dict, state_dict.get("dirpath"), self.dirpath))
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -76,6 +140,30 @@ class RunCheckpoint(ModelCheckpoint):
         if self.save_last and self.dirpath and step > 0 and self.saved_step != step:
             name = f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
             trainer.save_checkpoint(Path(self.dirpath) / name)
+
+
+def _rebased(state: dict[str, Any], old: str | None, new: str | None) -> dict[str, Any]:
+    """``ModelCheckpoint``'s state with its files moved from the folder ``old`` to ``new``
+    ("" for names relative to the folder); files elsewhere are left as they are."""
+    if old is None or new is None:
+        return state
+
+    def move(path: Any) -> Any:
+        if not isinstance(path, str) or not path:
+            return path
+        if old == "" and not os.path.isabs(path):
+            return os.path.join(new, path) if new else path
+        if old and os.path.dirname(path) == old.rstrip("/"):
+            return os.path.join(new, os.path.basename(path)) if new else os.path.basename(path)
+        return path
+
+    moved = {key: move(state.get(key)) for key in _STATE_FILES if key in state}
+    if "best_k_models" in state:
+        moved["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+    return {**state, **moved, "dirpath": new}
+
+
+_STATE_FILES = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -122,6 +210,7 @@ def check_ckpt_path(ckpt_path: Any) -> None:
         raise ValueError(
             f"ckpt_path={text} is a folder, not a checkpoint file{hint}; valid: {CKPT_CHOICES}"
         )
+    verify_checkpoint(path)
     if unsafe := unsafe_globals(path):
         shown = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
         raise UnsafeCheckpointError(
@@ -129,6 +218,57 @@ def check_ckpt_path(ckpt_path: Any) -> None:
             "checkpoint never holds (only tensors, numbers, strings, lists and dicts); "
             "refusing to load it"
         )
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raises :class:`DamagedCheckpointError` when the file at ``path`` is not the checkpoint
+    that was written (its SHA-256 differs from its ``.sha256`` file) or, without a checksum
+    file (a checkpoint from elsewhere), when torch cannot read it as a checkpoint."""
+    path = Path(path)
+    recorded = recorded_checksums(path)
+    if recorded:
+        if _sha256(path) in recorded:
+            return
+        what = f"its SHA-256 differs from the one written with it ({checksum_path(path).name})"
+    else:
+        try:  # a torch checkpoint is a zip file: each of its entries has a CRC-32
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is None:
+                return
+            what = f"its entry {bad} does not match its CRC-32"
+        except (zipfile.BadZipFile, OSError, EOFError) as err:  # cut short, or no checkpoint
+            what = f"it is not a whole torch checkpoint ({err})"
+    others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path and _intact(p))
+    todo = (
+        f"resume from an earlier checkpoint of its folder (ckpt_path={path.parent}/{others[-1]})"
+        if others
+        else "no earlier checkpoint is kept: start the run again (ckpt_path=null, in a new "
+        "folder), or restore this file from a copy"
+    )
+    raise DamagedCheckpointError(f"checkpoint {path} is damaged: {what}; {todo}")
+
+
+def _intact(path: Path) -> bool:
+    recorded = recorded_checksums(path)
+    return bool(recorded) and _sha256(path) in recorded
+
+
+def run_complete(run_dir: Path, max_steps: int) -> str | None:
+    """What to say when the run in ``run_dir`` has finished at ``max_steps`` iterations or
+    more, so that resuming it would only redo its end (and change its files); None when
+    training to ``max_steps`` has something to do (a higher max_steps extends a run)."""
+    status = read_status(run_dir)
+    iterations = status.get("iterations")
+    if status.get("status") != "finished" or not isinstance(iterations, int):
+        return None
+    if max_steps < 0 or max_steps > iterations or not (run_dir / LAST_CHECKPOINT).is_file():
+        return None
+    return (
+        f"{run_dir} is complete: it finished at iteration {iterations} and "
+        f"optim.max_steps={max_steps} asks for no more; nothing to do (a higher "
+        "optim.max_steps extends it)"
+    )
 
 
 def unsafe_globals(path: Path) -> list[str]:

@@ -108,14 +108,15 @@ def help_text() -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def hydra_task(cfg: DictConfig) -> float:
     """One job of ``reslab-train``: the checks before a run, then the run (alone in its own
-    process when a multirun job's DDP ranks need that: reslab.launch). A failure marks the run
-    folder failed. In a sweep, one failed job must not stop the others (Hydra's sweeper would
-    raise as soon as its batch is done): its traceback goes beside it, the sweep's summary
-    names the failures at the end and exits non-zero."""
+    process when a multirun job's DDP ranks need that: reslab.launch). A failure marks a new
+    run folder failed (one that already says something keeps it: train.record_failed_start).
+    In a sweep, one failed job must not stop the others (Hydra's sweeper would raise as soon
+    as its batch is done): its traceback goes beside it, the sweep's summary names the
+    failures at the end and exits non-zero."""
     from reslab import console
     from reslab.checks import check_run
     from reslab.launch import run_ddp_job_alone
-    from reslab.train import train, write_status
+    from reslab.train import record_failed_start, train
 
     console.quiet_third_party()  # before the first Trainer is built
     output_dir = Path(cfg.paths.output_dir)
@@ -124,9 +125,7 @@ def hydra_task(cfg: DictConfig) -> float:
         metric = run_ddp_job_alone(cfg)
         return train(cfg) if metric is None else metric
     except BaseException as err:
-        if run_folder.read_status(output_dir).get("status") != "failed":
-            error = f"{type(err).__name__}: {err}"
-            write_status(output_dir, "failed", name=_run_name(cfg), error=error)
+        record_failed_start(output_dir, _run_name(cfg), err)  # train() and the DDP job say theirs
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         if not multirun or _user_full_error() or not isinstance(err, Exception):
             raise
@@ -189,18 +188,27 @@ def train_main() -> None:
 
 def resume_main(argv: list[str] | None = None) -> None:
     """``reslab-resume RUN_FOLDER [overrides]``: continue a stopped run where its last
-    checkpoint stands (same folder, same metrics.csv and wandb run)."""
-    from reslab.launch import resume_command
+    checkpoint stands (same folder, same metrics.csv and wandb run), or extend a finished one
+    (a higher optim.max_steps). The folder is left as it is, every file, when its checkpoint
+    is damaged or missing, and when the run has finished with nothing more to train."""
+    from reslab.launch import resume_command, resume_done
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print("usage: reslab-resume RUN_FOLDER [overrides ...]\n\n" + (resume_main.__doc__ or ""))
         raise SystemExit(0 if args else 2)
+    register_resolvers()
     try:
         command = resume_command(args[0], args[1:])
-    except FileNotFoundError as err:
+        done = resume_done(args[0], args[1:])
+    except (FileNotFoundError, ValueError) as err:
         print(f"reslab-resume: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except HydraException:  # the overrides do not compose: reslab-train says why
+        done = None
+    if done:
+        print(f"reslab-resume: {done}")
+        raise SystemExit(0)
     raise SystemExit(subprocess.call(command))
 
 

@@ -32,7 +32,8 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from reslab.config import CONFIG_DIR, instantiate
+from reslab.checkpoints import run_complete, verify_checkpoint
+from reslab.config import CONFIG_DIR, CONFIG_NAME, instantiate
 from reslab.run_folder import (
     LAST_CHECKPOINT,
     OVERRIDES_FILE,
@@ -177,12 +178,31 @@ def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> list[
             f"{run_dir} has no {LAST_CHECKPOINT} to resume from (it stopped before its "
             "first checkpoint: callbacks.checkpoint.every_n_train_steps); start it again instead"
         )
-    overrides = [
-        o
-        for o in yaml.safe_load(overrides_file.read_text()) or []
-        if not o.startswith("ckpt_path=")
-    ]
+    verify_checkpoint(run_dir / LAST_CHECKPOINT)  # damaged: said here, before Hydra writes
     return [
-        sys.executable, "-m", TRAIN_MODULE, *overrides, *(extra or []),
+        sys.executable, "-m", TRAIN_MODULE, *_run_overrides(run_dir), *(extra or []),
         f'hydra.run.dir="{run_dir}"', "ckpt_path=last",
     ]  # fmt: skip
+
+
+def resume_done(run_dir: str | Path, extra: list[str] | None = None) -> str | None:
+    """What to say instead of resuming the finished run in ``run_dir`` when its overrides and
+    ``extra`` ask for no more iterations than it trained (see
+    :func:`reslab.checkpoints.run_complete`); None when there is training to do. Composes the
+    config (Hydra's own settings left out) to read its ``trainer.max_steps``."""
+    from hydra import compose, initialize_config_dir
+
+    run_dir = Path(run_dir).expanduser().absolute()
+    overrides = [
+        o for o in [*_run_overrides(run_dir), *(extra or [])]
+        if not o.lstrip("+~").startswith("hydra")
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=CONFIG_NAME, overrides=overrides)
+    return run_complete(run_dir, int(cfg.trainer.max_steps))
+
+
+def _run_overrides(run_dir: Path) -> list[str]:
+    """The run's own overrides (``.hydra/overrides.yaml``), without the checkpoint it named."""
+    overrides = yaml.safe_load((run_dir / OVERRIDES_FILE).read_text()) or []
+    return [o for o in overrides if not o.startswith("ckpt_path=")]

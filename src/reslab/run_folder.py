@@ -7,12 +7,14 @@ A run folder (``outputs/runs/<date>_<name>/`` or a sweep's ``<job>_<name>/``) ho
     status.json       running, finished, failed, diverged or interrupted, with the final errors
     metrics.csv       every logged value, one row per logging iteration (``step``)
     hparams.yaml      what the run was (network, depth, shortcut, dataset, parameters, config)
-    checkpoints/last.ckpt   the last checkpoint
+    checkpoints/last.ckpt   the last checkpoint (one file, overwritten in place)
+    checkpoints/last.ckpt.sha256   its SHA-256, checked before a resume loads it
     wandb_id.txt      the wandb run's id, so a resumed run continues the same wandb run
     error.txt         the traceback of a failed sweep job
     responses.csv     Figure 7's layer responses, when measured
 
-Nothing here imports torch, Lightning or Hydra: the report side reads run folders with it.
+Nothing in a run folder depends on where it was written: it can be moved or copied and resumed
+there. Nothing here imports torch, Lightning or Hydra: the report side reads run folders with it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ ERROR_FILE = "error.txt"
 RESPONSES_FILE = "responses.csv"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
+CHECKSUM_SUFFIX = ".sha256"  # beside each checkpoint: last.ckpt.sha256
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 LOCK_FILE = ".lock"  # held by the process writing the folder (pid and host inside)
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reslab import console, run_folder
 from reslab.callbacks import DivergenceGuard
-from reslab.checkpoints import RunCheckpoint, checkpoint_step, resume_checkpoint
+from reslab.checkpoints import RunCheckpoint, checkpoint_step, resume_checkpoint, run_complete
 from reslab.config import instantiate
 from reslab.loggers import log_final_summary
 
@@ -48,14 +48,25 @@ def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
 def train(cfg: DictConfig) -> float:
     """Train and test one network as ``cfg`` describes, in the run folder
     ``cfg.paths.output_dir``; returns the final ``val/error`` (or ``test/error`` when there is
-    no validation split; nan when the run diverged) for Hydra's sweepers. On an exception the
-    folder's status.json says failed, the wandb run is closed as failed, and the exception
-    goes on."""
+    no validation split; nan when the run diverged) for Hydra's sweepers. Resuming a finished
+    run with no more iterations to train changes nothing and returns its metric. On an
+    exception the folder's status.json says failed, the wandb run is closed as failed, and the
+    exception goes on; a run that could not start (its checkpoint missing or damaged) leaves
+    the status.json a folder already had."""
     output_dir = Path(cfg.paths.output_dir)
+    own_last = str(output_dir / run_folder.LAST_CHECKPOINT)
     started = time.time()
-    write_status(output_dir, "running", name=cfg.name)
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
+        done = run_complete(output_dir, cfg.trainer.max_steps) if resume == own_last else None
+    except BaseException as err:
+        record_failed_start(output_dir, cfg.name, err)
+        raise
+    if done:  # resuming would only redo its end: the folder stays as it is
+        _say(f"[reslab] {cfg.name}: {done}")
+        return run_folder.final_metric(run_folder.read_status(output_dir))
+    write_status(output_dir, "running", name=cfg.name)
+    try:
         prepare_folder(cfg.name, output_dir, resume)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data)
@@ -117,6 +128,20 @@ def train(cfg: DictConfig) -> float:
     if status == "diverged":
         return float("nan")  # no error rate to compare: the sweep's table says diverged
     return run_folder.final_metric(metrics)
+
+
+@rank_zero_only
+def record_failed_start(output_dir: Path, name: str | None, err: BaseException) -> None:
+    """A run that failed before it started: a new folder says failed; a folder that already
+    says something (a finished or interrupted run that a resume could not continue) keeps it."""
+    if not (output_dir / run_folder.STATUS_FILE).exists():
+        error = f"{type(err).__name__}: {err}"
+        run_folder.write_status(output_dir, "failed", name=name, error=error)
+
+
+@rank_zero_only
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 @rank_zero_only

@@ -1,0 +1,242 @@
+"""A run folder is a thing of its own: moved or copied, it resumes from its own last checkpoint;
+resuming it when it has finished changes none of its files; a damaged checkpoint is refused in
+one line, before it loads, and the folder still says what it said."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab.checkpoints import (
+    AtomicCheckpointIO,
+    DamagedCheckpointError,
+    RunCheckpoint,
+    checksum_path,
+    verify_checkpoint,
+)
+
+RUN = ["model.depth=8", "data=synthetic", "debug=smoke"]  # 4 iterations, a checkpoint every 2
+
+
+def env() -> dict[str, str]:
+    """A reslab command of its own: offline wandb, without an earlier in-process wandb
+    service (see test_resume.own_env)."""
+    own = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**own, "WANDB_MODE": "offline"}
+
+
+def reslab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reslab.cli", *args],
+        capture_output=True, text=True, timeout=300, env=env(),
+    )  # fmt: skip
+
+
+def reslab_resume(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()", *args],
+        capture_output=True, text=True, timeout=300, env=env(),
+    )  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file of ``folder`` and the SHA-256 of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def global_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``reslab-train data=synthetic debug=smoke logger=wandb``: a run finished at iteration 4
+    (tests copy it, and the copy is a run folder elsewhere)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    result = reslab(*RUN, "logger=wandb", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run
+
+
+def copy_of(finished: Path, to: Path) -> Path:
+    shutil.copytree(finished, to, symlinks=True)
+    return to
+
+
+# --- 1. a moved folder resumes from its own last checkpoint ----------------------------------
+@pytest.mark.slow  # two resumes in subprocesses
+def test_a_moved_run_folder_extends_from_its_own_last_checkpoint(
+    finished: Path, tmp_path: Path
+) -> None:
+    moved = copy_of(finished, tmp_path / "elsewhere" / "moved")
+    result = reslab_resume(str(moved), "optim.max_steps=8")  # a higher max_steps extends it
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming from {moved}/checkpoints/last.ckpt at iteration 4" in result.stdout
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == [
+        "last.ckpt", "last.ckpt.sha256",
+    ]  # fmt: skip
+    assert global_step(moved / "checkpoints" / "last.ckpt") == 8
+    # nothing in the checkpoint names the folder it was written in
+    assert str(tmp_path) not in str(torch.load(moved / "checkpoints" / "last.ckpt"))
+    assert '"iterations": 8' in (moved / "status.json").read_text()
+
+    result = reslab_resume(str(moved), "optim.max_steps=10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "at iteration 8" in result.stdout
+    assert global_step(moved / "checkpoints" / "last.ckpt") == 10
+
+
+def test_the_checkpoint_callbacks_state_moves_with_the_folder(tmp_path: Path) -> None:
+    """A checkpoint written before this state was relative (absolute paths of the folder it
+    was in) restores it in the folder it is in now."""
+    here = RunCheckpoint(dirpath=str(tmp_path / "new" / "checkpoints"), save_last=True)
+    old = str(tmp_path / "old" / "checkpoints")
+    here.load_state_dict(
+        {"monitor": None, "best_model_score": None, "best_model_path": "", "current_score": None,
+         "dirpath": old, "best_k_models": {}, "kth_best_model_path": "",
+         "kth_value": torch.tensor(float("inf")), "last_model_path": f"{old}/last.ckpt"}
+    )  # fmt: skip
+    assert here.last_model_path == str(tmp_path / "new" / "checkpoints" / "last.ckpt")
+    state = here.state_dict()
+    assert (state["dirpath"], state["last_model_path"]) == ("", "last.ckpt")
+    again = RunCheckpoint(dirpath=str(tmp_path / "third"), save_last=True)
+    again.load_state_dict(state)
+    assert again.last_model_path == str(tmp_path / "third" / "last.ckpt")
+
+
+# --- 2. resuming a finished run changes nothing ----------------------------------------------
+def test_resuming_a_finished_run_changes_no_file(finished: Path, tmp_path: Path) -> None:
+    run = copy_of(finished, tmp_path / "run")
+    before = snapshot(run)
+    assert any(name.startswith("wandb/") for name in before)
+    for extra in ([], ["optim.max_steps=2"]):  # the same max_steps, and one below it
+        result = reslab_resume(str(run), *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+        steps = extra[0].split("=")[1] if extra else "4"
+        assert result.stdout.strip() == (
+            f"reslab-resume: {run} is complete: it finished at iteration 4 and "
+            f"optim.max_steps={steps} asks for no more; nothing to do (a higher "
+            "optim.max_steps extends it)"
+        )
+        assert snapshot(run) == before
+
+
+def test_train_itself_leaves_a_complete_run_alone(
+    finished: Path, tmp_path: Path, hydra_cfg
+) -> None:
+    """``reslab-train ... ckpt_path=last`` in a finished folder (a requeued job too): train()
+    returns the run's metric and writes nothing."""
+    from reslab.train import train
+
+    run = copy_of(finished, tmp_path / "run")
+    before = snapshot(run)
+    metric = train(hydra_cfg(run, [*RUN, "logger=wandb", "ckpt_path=last"]))
+    assert metric == json.loads((run / "status.json").read_text())["val/error"]
+    assert snapshot(run) == before
+
+
+# --- 3. a damaged checkpoint ---------------------------------------------------------------
+def damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    else:  # 4 KB of its middle overwritten
+        middle = len(data) // 2
+        data[middle - 2048 : middle + 2048] = bytes(4096)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "overwritten"])
+def test_reslab_resume_refuses_a_damaged_checkpoint_in_one_line(
+    finished: Path, tmp_path: Path, how: str
+) -> None:
+    run = copy_of(finished, tmp_path / "run")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    damage(ckpt, how)
+    before = snapshot(run)
+    result = reslab_resume(str(run), "optim.max_steps=8")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"reslab-resume: error: checkpoint {ckpt} is damaged: its SHA-256 differs from the one "
+        "written with it (last.ckpt.sha256); no earlier checkpoint is kept: start the run again "
+        "(ckpt_path=null, in a new folder), or restore this file from a copy"
+    ]
+    assert snapshot(run) == before  # status.json still says finished; nothing else moved either
+
+
+@pytest.mark.parametrize("how", ["truncated", "overwritten"])
+def test_reslab_train_refuses_a_damaged_checkpoint_and_keeps_the_status(
+    finished: Path, tmp_path: Path, how: str
+) -> None:
+    """The same through ``reslab-train ckpt_path=last`` (Hydra rewrites .hydra/ as any
+    reslab-train does; the run's own files stay)."""
+    run = copy_of(finished, tmp_path / "run")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    damage(ckpt, how)
+    before = {k: v for k, v in snapshot(run).items() if not k.startswith(".hydra/")}
+    result = reslab(*RUN, "logger=wandb", "optim.max_steps=8", f"hydra.run.dir={run}",
+                    "ckpt_path=last")  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == [
+        f"reslab-train: error: checkpoint {ckpt} is damaged: its SHA-256 differs from the one "
+        "written with it (last.ckpt.sha256); no earlier checkpoint is kept: start the run again "
+        "(ckpt_path=null, in a new folder), or restore this file from a copy"
+    ]
+    assert "Traceback" not in result.stderr
+    after = {k: v for k, v in snapshot(run).items() if not k.startswith(".hydra/")}
+    assert after == before
+
+
+def test_every_checkpoint_has_its_checksum_even_when_killed_between_the_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 6, "w": torch.ones(3)}, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert checksum_path(path).read_text() == f"{digest}  last.ckpt\n"  # as sha256sum writes it
+    verify_checkpoint(path)
+
+    renames = []
+
+    def killed_after_the_checkpoints_rename(src: object, dst: object) -> None:
+        renames.append(dst)
+        if len(renames) == 3:  # the checksum file, the checkpoint, then the checksum file
+            raise KeyboardInterrupt
+        os.rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_the_checkpoints_rename)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 9, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert global_step(path) == 9
+    verify_checkpoint(path)  # the checksum file still vouches for it
+
+    io.remove_checkpoint(path)
+    assert not path.exists() and not checksum_path(path).exists()
+
+
+def test_a_checkpoint_without_a_checksum_is_checked_by_its_crcs(tmp_path: Path) -> None:
+    """A checkpoint from elsewhere (no .sha256 beside it) is still read whole before loading:
+    each entry of torch's zip file has a CRC-32."""
+    path = tmp_path / "other.ckpt"
+    torch.save({"global_step": 3, "w": torch.arange(4096.0)}, path)
+    verify_checkpoint(path)
+    damage(path, "overwritten")
+    with pytest.raises(DamagedCheckpointError, match=r"other\.ckpt is damaged: its entry .*CRC"):
+        verify_checkpoint(path)
+    damage(path, "truncated")
+    with pytest.raises(DamagedCheckpointError, match=r"is not a whole torch checkpoint"):
+        verify_checkpoint(path)
