@@ -181,11 +181,13 @@ def test_reslab_train_refuses_a_damaged_checkpoint_and_keeps_the_status(
     finished: Path, tmp_path: Path, how: str
 ) -> None:
     """The same through ``reslab-train ckpt_path=last`` (Hydra rewrites .hydra/ as any
-    reslab-train does; the run's own files stay)."""
+    reslab-train does, and .lock names the process that held the folder last; the run's own
+    files stay)."""
     run = copy_of(finished, tmp_path / "run")
     ckpt = run / "checkpoints" / "last.ckpt"
     damage(ckpt, how)
-    before = {k: v for k, v in snapshot(run).items() if not k.startswith(".hydra/")}
+    ours = (".hydra/", ".lock")
+    before = {k: v for k, v in snapshot(run).items() if not k.startswith(ours)}
     result = reslab(*RUN, "logger=wandb", "optim.max_steps=8", f"hydra.run.dir={run}",
                     "ckpt_path=last")  # fmt: skip
     assert result.returncode == 1
@@ -196,7 +198,7 @@ def test_reslab_train_refuses_a_damaged_checkpoint_and_keeps_the_status(
         "(ckpt_path=null, in a new folder), or restore this file from a copy"
     ]
     assert "Traceback" not in result.stderr
-    after = {k: v for k, v in snapshot(run).items() if not k.startswith(".hydra/")}
+    after = {k: v for k, v in snapshot(run).items() if not k.startswith(ours)}
     assert after == before
 
 
