@@ -495,3 +495,19 @@ def test_sweep_with_a_failed_job_reports_it_failed(tmp_path: Path) -> None:
     assert "2 runs (1 finished, 1 failed)" in text and "resnet-9A" in result.stdout
     assert_png(tmp_path / "r" / "curves_synthetic_cifar.png")
     assert_png(tmp_path / "r" / "responses_synthetic_cifar.png")
+
+
+def test_a_diverged_runs_null_errors_are_no_final_numbers(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "0_resnet-20A", "resnet-20A", "diverged",
+                    train=[(2, 50.0), (4, 80.0)], val=[(2, 60.0), (4, 90.0)])  # fmt: skip
+    status = {"status": "diverged", "name": "resnet-20A", "iterations": 4, "diverged_at": 4,
+              "train/error": None, "val/error": None, "test/error": None}  # fmt: skip
+    (run / "status.json").write_text(json.dumps(status))
+    (loaded,) = load_runs([run])
+    assert loaded.status == "diverged" and loaded.final == {}  # not metrics.csv's last rows
+    assert loaded.metrics["val/error"] == [(2, 60.0), (4, 90.0)]  # the curve as measured
+    # A finished status with a null that write_status named non_finite is a diverged run too.
+    status = {"status": "finished", "name": "resnet-20A", "iterations": 4, "test/error": None,
+              "non_finite": ["test/error"]}  # fmt: skip
+    (run / "status.json").write_text(json.dumps(status))
+    assert load_runs([run])[0].status == "diverged"

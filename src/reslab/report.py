@@ -102,8 +102,13 @@ def load_run(folder: Path) -> Run:
             seed = None  # the bad net= that made the run fail
     metrics = read_metrics(folder / METRICS_FILE)
     final = {k: metrics[k][-1][1] for k in FINAL_ERRORS if metrics.get(k)}
-    final.update({k: float(status[k]) for k in FINAL_ERRORS if status.get(k) is not None})
-    if state == "finished" and not all(math.isfinite(v) for v in final.values()):
+    for key in (k for k in FINAL_ERRORS if k in status):  # status.json's word is the last
+        if status[key] is None:  # no final number: a diverged run, or one in non_finite
+            final.pop(key, None)
+        else:
+            final[key] = float(status[key])
+    nan = status.get("non_finite") or not all(math.isfinite(v) for v in final.values())
+    if state == "finished" and nan:  # (an older reslab wrote a bare NaN)
         state = "diverged"
     steps = [s for series in metrics.values() for s, _ in series]
     responses, split = read_responses(folder / RESPONSES_FILE)

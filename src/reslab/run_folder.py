@@ -5,6 +5,7 @@ A run folder (``outputs/runs/<date>_<name>/`` or a sweep's ``<job>_<name>/``) ho
 
     .hydra/config.yaml, overrides.yaml   the resolved config and the command line's overrides
     status.json       running, finished, failed, diverged or interrupted, with the final errors
+                      (strict JSON: null where there is no number; a diverged run's are null)
     metrics.csv       every logged value, one row per logging iteration (``step``)
     hparams.yaml      what the run was (network, depth, shortcut, dataset, parameters, config)
     checkpoints/last.ckpt   the last checkpoint
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,12 +61,33 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) ->
         tmp.unlink(missing_ok=True)
 
 
+def json_text(value: Any) -> str:
+    """``value`` as strict JSON (RFC 8259: what JavaScript and jq parse), indented: a nan or
+    infinite number becomes null, which Python's json would write as a bare ``NaN``."""
+    return json.dumps(_finite(value), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_status(run_dir: str | Path, status: str, **fields: Any) -> None:
-    """``status.json``: ``{"status": status, **fields}`` (name, iterations, final errors...)."""
+    """``status.json``: ``{"status": status, **fields}`` (name, iterations, final errors...),
+    strict JSON. A field that is nan or infinite is written null and named in ``non_finite``,
+    so the file says why it holds no number (train.py writes a diverged run's errors null
+    itself, with ``diverged_at``)."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    text = json.dumps({"status": status, **fields}, indent=2) + "\n"
-    atomic_write(Path(run_dir) / STATUS_FILE, text)
+    non_finite = [k for k, v in fields.items() if isinstance(v, float) and not math.isfinite(v)]
+    if non_finite:
+        fields["non_finite"] = non_finite
+    atomic_write(Path(run_dir) / STATUS_FILE, json_text({"status": status, **fields}))
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
@@ -83,8 +106,10 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 
 def final_metric(status: dict[str, Any]) -> float:
-    """The number a sweeper optimises: the final ``val/error``, else ``test/error``, else nan."""
-    return float(status.get("val/error", status.get("test/error", float("nan"))))
+    """The number a sweeper optimises: the final ``val/error``, else ``test/error``, else nan
+    (also for a null one: a diverged run)."""
+    value = status.get("val/error", status.get("test/error"))
+    return float("nan") if value is None else float(value)
 
 
 def cut_metrics(run_dir: str | Path, step: int) -> int:
@@ -205,4 +230,3 @@ def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None
         return [], None
     split, step = max(measurements, key=lambda k: (k[0] == "test", k[1]))
     return sorted(measurements[split, step]), split
-
