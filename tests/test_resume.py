@@ -155,7 +155,7 @@ def test_a_diverging_run_stops_within_one_log_interval_and_says_so(
         if r[header.index("train/loss")] not in ("", "nan", "inf")
     ]
     assert len(finite) == at // 2 - 1  # every interval before the last one was finite
-    from wandb_files import wandb_summary
+    from wandb_files import wandb_config, wandb_summary
 
     (piece,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
     summary = wandb_summary(piece)  # the wandb summary says so too
@@ -164,6 +164,8 @@ def test_a_diverging_run_stops_within_one_log_interval_and_says_so(
     for key in ("train/error", "val/error", "test/error", "train/loss"):
         assert summary[key] is None and status[key] is None, key
     json.loads((tmp_path / "run" / "status.json").read_text(), parse_constant=_not_json)
+    config = wandb_config(piece)  # and the wandb config says what produced the run
+    assert config["provenance"] == json.loads((tmp_path / "run" / "provenance.json").read_text())
 
 
 def _not_json(constant: str) -> None:

@@ -6,6 +6,9 @@ A run folder (``outputs/runs/<date>_<name>/`` or a sweep's ``<job>_<name>/``) ho
     .hydra/config.yaml, overrides.yaml   the resolved config and the command line's overrides
     status.json       running, finished, failed, diverged or interrupted, with the final errors
                       (strict JSON: null where there is no number; a diverged run's are null)
+    provenance.json   what produced the run: reslab's version and git commit, a dirty tree,
+                      the library versions, the device, the host, the command line
+    git.diff          the uncommitted changes of a dirty tree (``git diff HEAD``), when any
     metrics.csv       every logged value, one row per logging iteration (``step``)
     hparams.yaml      what the run was (network, depth, shortcut, dataset, parameters, config)
     checkpoints/last.ckpt   the last checkpoint
@@ -37,6 +40,8 @@ RESPONSES_FILE = "responses.csv"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
+PROVENANCE_FILE = "provenance.json"
+GIT_DIFF_FILE = "git.diff"
 
 STATUSES = ("finished", "running", "interrupted", "diverged", "failed")
 # The final numbers status.json keeps, and reports read.
@@ -88,6 +93,36 @@ def write_status(run_dir: str | Path, status: str, **fields: Any) -> None:
     if non_finite:
         fields["non_finite"] = non_finite
     atomic_write(Path(run_dir) / STATUS_FILE, json_text({"status": status, **fields}))
+
+
+def write_provenance(
+    run_dir: str | Path, record: dict[str, Any], diff: str | None, *, resumed: bool = False
+) -> None:
+    """``provenance.json`` (``record``, strict JSON) and, for a dirty tree, ``git.diff``. A
+    resumed run keeps the records of its earlier starts under ``earlier`` (their diffs are
+    known by ``diff_sha256``; git.diff is the latest start's)."""
+    run_dir = Path(run_dir)
+    earlier = read_provenance(run_dir) if resumed else {}
+    if earlier:
+        record = {**record, "earlier": [*earlier.pop("earlier", []), earlier]}
+    if diff:
+        atomic_write(run_dir / GIT_DIFF_FILE, diff)
+    else:
+        (run_dir / GIT_DIFF_FILE).unlink(missing_ok=True)
+    atomic_write(run_dir / PROVENANCE_FILE, json_text(record))
+
+
+def read_provenance(run_dir: str | Path) -> dict[str, Any]:
+    """The run's provenance.json as a dict; {} when there is none (a run of an older reslab,
+    or one that failed before it started training)."""
+    path = Path(run_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return record if isinstance(record, dict) else {}
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
@@ -181,6 +216,7 @@ class Run:
     responses: list[tuple[int, str, float]] = field(default_factory=list)  # (index, layer, std)
     responses_split: str | None = None  # the split of that measurement: "test" or "val"
     error: str | None = None  # the exception of a failed run
+    code: str | None = None  # the commit it ran (report.code_label); None: not recorded
 
     @property
     def label(self) -> str:

@@ -22,10 +22,12 @@ from reslab.callbacks import DivergenceGuard
 from reslab.checkpoints import RunCheckpoint, checkpoint_step, resume_checkpoint
 from reslab.config import instantiate
 from reslab.loggers import log_final_summary
+from reslab.provenance import provenance, trainer_device
 
 # The run folder's files belong to rank 0: DDP's other ranks run train() too (Lightning starts
 # them with the same command line), after rank 0 has opened its loggers.
 write_status = rank_zero_only(run_folder.write_status)
+write_provenance = rank_zero_only(run_folder.write_provenance)
 
 
 def run_summary(cfg: DictConfig, dataset: str) -> dict[str, Any]:
@@ -78,6 +80,9 @@ def train(cfg: DictConfig) -> float:
         config.pop("hydra", None)  # present only when composed by hand (tests)
         hparams = {**run_summary(cfg, datamodule.name), **config}
         hparams["parameters"] = sum(p.numel() for p in net.parameters())
+        record, diff = provenance(*trainer_device(trainer))
+        write_provenance(output_dir, record, diff, resumed=resume is not None)
+        hparams["provenance"] = record  # the wandb config too
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
 
