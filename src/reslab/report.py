@@ -314,7 +314,7 @@ def code_notes(runs: Sequence[Run], listed: int = 4) -> list[str]:
     notes = []
     if len(by_code) == 1:
         ((code, names),) = by_code.items()
-        notes.append(f"Code: {code} ({len(names)} runs).")
+        notes.append(f"Code: {code} ({len(names)} run{'s' * (len(names) != 1)}).")
     elif by_code:
         parts = [
             f"{code} ({', '.join(names[:listed])}{', ...' if len(names) > listed else ''})"
