@@ -495,3 +495,50 @@ def test_sweep_with_a_failed_job_reports_it_failed(tmp_path: Path) -> None:
     assert "2 runs (1 finished, 1 failed)" in text and "resnet-9A" in result.stdout
     assert_png(tmp_path / "r" / "curves_synthetic_cifar.png")
     assert_png(tmp_path / "r" / "responses_synthetic_cifar.png")
+
+
+def test_the_table_says_the_commit_of_its_runs_and_warns_when_it_mixes_commits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one, two = "1" * 40, "2" * 40
+    for i, (commit, dirty) in enumerate(((one, False), (one, False), (two, True))):
+        run = write_run(tmp_path / "a" / f"{i}_resnet-20A", "resnet-20A", seed=i,
+                        train=CURVE, val=CURVE, test=9.0)  # fmt: skip
+        record = {"reslab": "0.1.0", "commit": commit, "dirty": dirty}
+        if dirty:
+            record["diff_sha256"] = "ab" * 32
+        (run / "provenance.json").write_text(json.dumps(record))
+    runs = load_runs([tmp_path / "a"])
+    assert [r.code for r in runs] == ["1111111111", "1111111111", "2222222222+dirty abababab"]
+    same = build_table("cifar10", "cifar", runs[:2])
+    assert "Code: 1111111111 (2 runs)." in same.notes
+    assert not any(n.startswith("Warning") for n in same.notes)
+
+    mixed = build_table("cifar10", "cifar", runs)
+    (warning,) = [n for n in mixed.notes if n.startswith("Warning")]
+    assert warning == (
+        "Warning: this table mixes runs of 2 versions of the code: 1111111111 (0_resnet-20A, "
+        "1_resnet-20A); 2222222222+dirty abababab (2_resnet-20A)."
+    )
+    write_run(tmp_path / "a" / "3_resnet-20A", "resnet-20A", "failed", error="ValueError: x")
+    assert main([str(tmp_path / "a"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "Warning: this table mixes runs of 2 versions" in out
+    assert "1 run(s) recorded no commit (no provenance.json)." in out  # the failed one
+    assert "Warning: this table mixes" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_diverged_runs_null_errors_are_no_final_numbers(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "0_resnet-20A", "resnet-20A", "diverged",
+                    train=[(2, 50.0), (4, 80.0)], val=[(2, 60.0), (4, 90.0)])  # fmt: skip
+    status = {"status": "diverged", "name": "resnet-20A", "iterations": 4, "diverged_at": 4,
+              "train/error": None, "val/error": None, "test/error": None}  # fmt: skip
+    (run / "status.json").write_text(json.dumps(status))
+    (loaded,) = load_runs([run])
+    assert loaded.status == "diverged" and loaded.final == {}  # not metrics.csv's last rows
+    assert loaded.metrics["val/error"] == [(2, 60.0), (4, 90.0)]  # the curve as measured
+    # A finished status with a null that write_status named non_finite is a diverged run too.
+    status = {"status": "finished", "name": "resnet-20A", "iterations": 4, "test/error": None,
+              "non_finite": ["test/error"]}  # fmt: skip
+    (run / "status.json").write_text(json.dumps(status))
+    assert load_runs([run])[0].status == "diverged"

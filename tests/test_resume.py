@@ -156,11 +156,21 @@ def test_a_diverging_run_stops_within_one_log_interval_and_says_so(
         if r[header.index("train/loss")] not in ("", "nan", "inf")
     ]
     assert len(finite) == at // 2 - 1  # every interval before the last one was finite
-    from wandb_files import wandb_summary
+    from wandb_files import wandb_config, wandb_summary
 
     (piece,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
     summary = wandb_summary(piece)  # the wandb summary says so too
     assert (summary["status"], summary["diverged_at"]) == ("diverged", at)
+    # no final errors of the broken network, there or in status.json (strict JSON: no NaN)
+    for key in ("train/error", "val/error", "test/error", "train/loss"):
+        assert summary[key] is None and status[key] is None, key
+    json.loads((tmp_path / "run" / "status.json").read_text(), parse_constant=_not_json)
+    config = wandb_config(piece)  # and the wandb config says what produced the run
+    assert config["provenance"] == json.loads((tmp_path / "run" / "provenance.json").read_text())
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def test_a_sweep_with_a_diverging_job_finishes_the_others_and_marks_it(tmp_path: Path) -> None:

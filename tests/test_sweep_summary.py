@@ -56,3 +56,15 @@ def test_a_failed_job_does_not_stop_the_sweep_and_the_command_fails_at_the_end(
     assert "[reslab] resnet-9A: failed: ValueError: model.depth=9 is not valid" in result.stdout
     assert "1_resnet-8A" in result.stdout and "reslab sweep" in result.stdout  # the table
     assert "1 job(s) of the sweep failed: 0_resnet-9A" in result.stderr
+
+
+def test_a_diverged_jobs_null_errors_are_blank_cells(tmp_path: Path) -> None:
+    status = {"status": "diverged", "iterations": 6, "diverged_at": 6, "train/error": None,
+              "val/error": None, "test/error": None}  # fmt: skip
+    (tmp_path / "0_resnet-20A").mkdir()
+    (tmp_path / "0_resnet-20A" / "status.json").write_text(json.dumps(status))
+    console = Console(width=120, record=True)
+    console.print(sweep_table(tmp_path))
+    (line,) = [line for line in console.export_text().splitlines() if "0_resnet-20A" in line]
+    assert line.split("│")[2:4] == [" diverged at 6 ", "          6 "]
+    assert "None" not in line and "nan" not in line

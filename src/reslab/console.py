@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from reslab.counting import count_multiply_adds, count_parameters, human
+from reslab.provenance import trainer_device
 
 # Lightning's info lines that say nothing about this run: advertisements, and the device lines
 # the header replaces. They are logged (not warned) by Lightning, so a logging filter drops them.
@@ -81,9 +81,7 @@ def split_sizes(datamodule: L.LightningDataModule) -> tuple[int, int, int] | Non
 
 def device_text(trainer: L.Trainer) -> str:
     """``cpu``, ``NVIDIA H200``, or ``8 × NVIDIA H200`` over all nodes."""
-    root = trainer.strategy.root_device
-    name = torch.cuda.get_device_name(root) if root.type == "cuda" else root.type
-    devices = trainer.num_devices * trainer.num_nodes
+    name, devices = trainer_device(trainer)
     return name if devices == 1 else f"{devices} × {name}"
 
 

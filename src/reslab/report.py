@@ -16,7 +16,8 @@ under each PATH is a run) and writes into ``--out`` (default: ``<first PATH>/rep
                                     paper's number beside the test error
 
 and prints the tables. Runs that did not finish (running, failed, diverged, interrupted) are
-drawn as far as they got, listed with their status, and left out of the means. Nothing is
+drawn as far as they got, listed with their status, and left out of the means. Under each table:
+the commit its runs ran (provenance.json), or a warning when they ran different code. Nothing is
 trained; no network, no wandb.
 """
 
@@ -47,6 +48,7 @@ from reslab.run_folder import (
     STATUSES,
     Run,
     read_metrics,
+    read_provenance,
     read_responses,
     read_status,
     run_folders,
@@ -87,6 +89,7 @@ def load_run(folder: Path) -> Run:
         valid = ", ".join(STATUSES)
         raise ValueError(f"{folder}/status.json: status {state!r} is not one of {valid}")
     hparams = _read_yaml(folder / HPARAMS_FILE) or {}
+    provenance = read_provenance(folder)
     choices, overrides = _hydra_choices(folder) if not hparams else ({}, {})
     name = str(hparams.get("network") or status.get("name") or folder.name.split("_", 1)[-1])
     try:
@@ -102,8 +105,13 @@ def load_run(folder: Path) -> Run:
             seed = None  # the bad net= that made the run fail
     metrics = read_metrics(folder / METRICS_FILE)
     final = {k: metrics[k][-1][1] for k in FINAL_ERRORS if metrics.get(k)}
-    final.update({k: float(status[k]) for k in FINAL_ERRORS if status.get(k) is not None})
-    if state == "finished" and not all(math.isfinite(v) for v in final.values()):
+    for key in (k for k in FINAL_ERRORS if k in status):  # status.json's word is the last
+        if status[key] is None:  # no final number: a diverged run, or one in non_finite
+            final.pop(key, None)
+        else:
+            final[key] = float(status[key])
+    nan = status.get("non_finite") or not all(math.isfinite(v) for v in final.values())
+    if state == "finished" and nan:  # (an older reslab wrote a bare NaN)
         state = "diverged"
     steps = [s for series in metrics.values() for s, _ in series]
     responses, split = read_responses(folder / RESPONSES_FILE)
@@ -124,7 +132,22 @@ def load_run(folder: Path) -> Run:
         responses=responses,
         responses_split=split,
         error=status.get("error"),
+        code=code_label(provenance),
     )
+
+
+def code_label(provenance: dict[str, Any]) -> str | None:
+    """The code a run ran: its commit (10 digits), ``+dirty <diff hash>`` for uncommitted
+    changes, or ``reslab <version>`` where the commit is unknown (an installed wheel); None
+    for a run that recorded nothing (an older reslab, a run failed before training)."""
+    if not provenance:
+        return None
+    commit = str(provenance.get("commit") or "unknown")
+    if commit == "unknown":
+        return f"reslab {provenance.get('reslab', 'unknown')} (commit unknown)"
+    if provenance.get("dirty"):
+        return f"{commit[:10]}+dirty {str(provenance.get('diff_sha256', ''))[:8]}".rstrip()
+    return commit[:10]
 
 
 def _read_yaml(path: Path) -> Any:
@@ -265,6 +288,7 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
                 why = f": {r.error}" if r.error else ""
                 notes.append(f"{r.path.name}: {r.status}{where}{why}; not in the mean.")
     notes.append("Measured: mean ± sample std over the finished runs of a network.")
+    notes += code_notes(runs)
     said = [text for key, text in EXPLAINED.items() if any(m[0] == key for m in measured)]
     if said:
         text = "; ".join(said)
@@ -278,6 +302,32 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
     else:
         notes.append("The paper reports no errors for this setting.")
     return Table(setting_title(dataset, family), columns, rows, notes)
+
+
+def code_notes(runs: Sequence[Run], listed: int = 4) -> list[str]:
+    """The commit the table's runs ran (:func:`code_label`), or a warning naming the runs of
+    each when they ran different code; and how many runs recorded none."""
+    by_code: dict[str, list[str]] = {}
+    for run in runs:
+        if run.code is not None:
+            by_code.setdefault(run.code, []).append(run.path.name)
+    notes = []
+    if len(by_code) == 1:
+        ((code, names),) = by_code.items()
+        notes.append(f"Code: {code} ({len(names)} run{'s' * (len(names) != 1)}).")
+    elif by_code:
+        parts = [
+            f"{code} ({', '.join(names[:listed])}{', ...' if len(names) > listed else ''})"
+            for code, names in by_code.items()
+        ]
+        notes.append(
+            f"Warning: this table mixes runs of {len(by_code)} versions of the code: "
+            + "; ".join(parts)
+            + "."
+        )
+    if unknown := sum(run.code is None for run in runs):
+        notes.append(f"{unknown} run(s) recorded no commit (no provenance.json).")
+    return notes
 
 
 def report_tables(runs: Sequence[Run]) -> list[Table]:

@@ -5,6 +5,10 @@ A run folder (``outputs/runs/<date>_<name>/`` or a sweep's ``<job>_<name>/``) ho
 
     .hydra/config.yaml, overrides.yaml   the resolved config and the command line's overrides
     status.json       running, finished, failed, diverged or interrupted, with the final errors
+                      (strict JSON: null where there is no number; a diverged run's are null)
+    provenance.json   what produced the run: reslab's version and git commit, a dirty tree,
+                      the library versions, the device, the host, the command line
+    git.diff          the uncommitted changes of a dirty tree (``git diff HEAD``), when any
     metrics.csv       every logged value, one row per logging iteration (``step``)
     hparams.yaml      what the run was (network, depth, shortcut, dataset, parameters, config)
     checkpoints/last.ckpt   the last checkpoint (one file, overwritten in place)
@@ -23,6 +27,7 @@ import csv
 import fcntl
 import io
 import json
+import math
 import os
 import socket
 from collections.abc import Iterable
@@ -41,6 +46,8 @@ LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 CHECKSUM_SUFFIX = ".sha256"  # beside each checkpoint: last.ckpt.sha256
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 LOCK_FILE = ".lock"  # held by the process writing the folder (pid and host inside)
+PROVENANCE_FILE = "provenance.json"
+GIT_DIFF_FILE = "git.diff"
 
 STATUSES = ("finished", "running", "interrupted", "diverged", "failed")
 # The final numbers status.json keeps, and reports read.
@@ -65,12 +72,63 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) ->
         tmp.unlink(missing_ok=True)
 
 
+def json_text(value: Any) -> str:
+    """``value`` as strict JSON (RFC 8259: what JavaScript and jq parse), indented: a nan or
+    infinite number becomes null, which Python's json would write as a bare ``NaN``."""
+    return json.dumps(_finite(value), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_status(run_dir: str | Path, status: str, **fields: Any) -> None:
-    """``status.json``: ``{"status": status, **fields}`` (name, iterations, final errors...)."""
+    """``status.json``: ``{"status": status, **fields}`` (name, iterations, final errors...),
+    strict JSON. A field that is nan or infinite is written null and named in ``non_finite``,
+    so the file says why it holds no number (train.py writes a diverged run's errors null
+    itself, with ``diverged_at``)."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    text = json.dumps({"status": status, **fields}, indent=2) + "\n"
-    atomic_write(Path(run_dir) / STATUS_FILE, text)
+    non_finite = [k for k, v in fields.items() if isinstance(v, float) and not math.isfinite(v)]
+    if non_finite:
+        fields["non_finite"] = non_finite
+    atomic_write(Path(run_dir) / STATUS_FILE, json_text({"status": status, **fields}))
+
+
+def write_provenance(
+    run_dir: str | Path, record: dict[str, Any], diff: str | None, *, resumed: bool = False
+) -> None:
+    """``provenance.json`` (``record``, strict JSON) and, for a dirty tree, ``git.diff``. A
+    resumed run keeps the records of its earlier starts under ``earlier`` (their diffs are
+    known by ``diff_sha256``; git.diff is the latest start's)."""
+    run_dir = Path(run_dir)
+    earlier = read_provenance(run_dir) if resumed else {}
+    if earlier:
+        record = {**record, "earlier": [*earlier.pop("earlier", []), earlier]}
+    if diff:
+        atomic_write(run_dir / GIT_DIFF_FILE, diff)
+    else:
+        (run_dir / GIT_DIFF_FILE).unlink(missing_ok=True)
+    atomic_write(run_dir / PROVENANCE_FILE, json_text(record))
+
+
+def read_provenance(run_dir: str | Path) -> dict[str, Any]:
+    """The run's provenance.json as a dict; {} when there is none (a run of an older reslab,
+    or one that failed before it started training)."""
+    path = Path(run_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return record if isinstance(record, dict) else {}
 
 
 class FolderInUse(RuntimeError):
@@ -132,8 +190,10 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 
 def final_metric(status: dict[str, Any]) -> float:
-    """The number a sweeper optimises: the final ``val/error``, else ``test/error``, else nan."""
-    return float(status.get("val/error", status.get("test/error", float("nan"))))
+    """The number a sweeper optimises: the final ``val/error``, else ``test/error``, else nan
+    (also for a null one: a diverged run)."""
+    value = status.get("val/error", status.get("test/error"))
+    return float("nan") if value is None else float(value)
 
 
 def cut_metrics(run_dir: str | Path, step: int) -> int:
@@ -205,6 +265,7 @@ class Run:
     responses: list[tuple[int, str, float]] = field(default_factory=list)  # (index, layer, std)
     responses_split: str | None = None  # the split of that measurement: "test" or "val"
     error: str | None = None  # the exception of a failed run
+    code: str | None = None  # the commit it ran (report.code_label); None: not recorded
 
     @property
     def label(self) -> str:
@@ -254,4 +315,3 @@ def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None
         return [], None
     split, step = max(measurements, key=lambda k: (k[0] == "test", k[1]))
     return sorted(measurements[split, step]), split
-

@@ -31,7 +31,7 @@ def sweep_table(sweep_dir: Path) -> Table:
             folder.name,
             state,
             str(status.get("iterations", "")),
-            *(f"{status[k]:.2f}" if k in status else "" for k in ERRORS),
+            *(f"{status[k]:.2f}" if status.get(k) is not None else "" for k in ERRORS),
             str(status.get("seconds", "")),
         )
     return table

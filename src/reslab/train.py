@@ -21,10 +21,12 @@ from reslab.callbacks import DivergenceGuard
 from reslab.checkpoints import RunCheckpoint, checkpoint_step, resume_checkpoint, run_complete
 from reslab.config import instantiate
 from reslab.loggers import log_final_summary
+from reslab.provenance import provenance, trainer_device
 
 # The run folder's files belong to rank 0: DDP's other ranks run train() too (Lightning starts
 # them with the same command line), after rank 0 has opened its loggers.
 write_status = rank_zero_only(run_folder.write_status)
+write_provenance = rank_zero_only(run_folder.write_provenance)
 
 
 def run_summary(cfg: DictConfig, dataset: str) -> dict[str, Any]:
@@ -84,6 +86,9 @@ def train(cfg: DictConfig) -> float:
         config.pop("hydra", None)  # present only when composed by hand (tests)
         hparams = {**run_summary(cfg, datamodule.name), **config}
         hparams["parameters"] = sum(p.numel() for p in net.parameters())
+        record, diff = provenance(*trainer_device(trainer))
+        write_provenance(output_dir, record, diff, resumed=resume is not None)
+        hparams["provenance"] = record  # the wandb config too
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
 
@@ -104,13 +109,22 @@ def train(cfg: DictConfig) -> float:
         if diverged is not None or any(not math.isfinite(v) for v in metrics.values()):
             status = "diverged"
         best = {}
-        if module.best_val_error is not None:  # the final error is the paper's; best for reference
+        # the final error is the paper's; the best one for reference, if measured before any
+        # divergence (the network is broken from there on)
+        if module.best_val_error is not None and (
+            diverged is None or module.best_val_step < diverged
+        ):
             best = {
                 "val/error_best": module.best_val_error,
                 "val/error_best_at": module.best_val_step,
             }
         if diverged is not None:
             best["diverged_at"] = diverged
+        if status == "diverged":  # a broken network's errors are no result: null (what was
+            # measured before the divergence stays in metrics.csv at its iteration)
+            broken = ["train/loss", "train/error", "val/error", "test/error"]
+            broken += [k for k in run_folder.FINAL_ERRORS if k in metrics and k not in broken]
+            metrics |= dict.fromkeys(broken)
         final = {
             "status": status, "iterations": trainer.global_step,
             "seconds": round(time.time() - started, 1), **metrics, **best,
@@ -163,9 +177,12 @@ def prepare_folder(name: str, output_dir: Path, resume: str | None) -> None:
 
 
 @rank_zero_only
-def _print_result(name: str, iterations: int, metrics: dict[str, float], seconds: float) -> None:
-    parts = [f"{k} {v:.2f}%" for k, v in metrics.items() if "error" in k]
-    print(f"[reslab] {name}: {iterations} iterations, {', '.join(parts)} ({seconds:.0f} s)")
+def _print_result(
+    name: str, iterations: int, metrics: dict[str, float | None], seconds: float
+) -> None:
+    parts = [f"{k} {v:.2f}%" for k, v in metrics.items() if "error" in k and v is not None]
+    said = ", ".join(parts) or "no final errors (diverged)"
+    print(f"[reslab] {name}: {iterations} iterations, {said} ({seconds:.0f} s)")
 
 
 def _finish_wandb(exit_code: int) -> None:
