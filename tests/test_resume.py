@@ -238,3 +238,37 @@ def test_only_rank_zero_touches_the_run_folders_files(
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     prepare_folder(cfg.name, run, None)
     assert not (run / "metrics.csv").exists() and not (run / "wandb_id.txt").exists()
+
+
+def _reslab(run_dir: Path, overrides: list[str], env: dict | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "reslab.cli", *overrides, f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=600, env=own_env(**(env or {})),
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # three 30-iteration runs in subprocesses
+def test_a_checkpoint_inside_a_warmup_window_and_a_logging_interval_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint at iteration 7 cuts the warm-up window 6-10 and the logging interval
+    5-8: what they had accumulated travels in it, so the warm-up ends where the uninterrupted
+    run's does (at 15) and every row of metrics.csv is the same."""
+    from test_schedules import WARMUP_RUN
+
+    run = [o for o in WARMUP_RUN if not o.startswith("trainer.log_every_n_steps=")]
+    run += ["trainer.log_every_n_steps=4", "optim.warmup.until_train_error=85",
+            "callbacks.checkpoint.every_n_train_steps=7"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert (result := _reslab(whole, run)).returncode == 0, result.stderr[-2000:]
+    assert json.loads((whole / "status.json").read_text())["warmup_ended_at"] == 15
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    kill = ["+callbacks.kill._target_=sigkill.SigkillAt", "+callbacks.kill.step=8"]
+    result = _reslab(killed, [*run, *kill], env={"PYTHONPATH": pythonpath})
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    result = _reslab(killed, [*run, "ckpt_path=last"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "at iteration 7" in result.stdout
+    assert (killed / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
+    assert json.loads((killed / "status.json").read_text())["warmup_ended_at"] == 15
+
