@@ -4,6 +4,7 @@ guard."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -272,3 +273,26 @@ def test_a_checkpoint_inside_a_warmup_window_and_a_logging_interval_resumes_exac
     assert (killed / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
     assert json.loads((killed / "status.json").read_text())["warmup_ended_at"] == 15
 
+
+def test_a_resumed_offline_wandb_run_steps_on_above_its_first_piece(tmp_path: Path) -> None:
+    """wandb's step is the iteration in both offline pieces, and the second piece's rows are
+    all above the first's: `wandb sync` appends them to one history (README)."""
+    from wandb_files import offline_runs, wandb_history
+
+    run = tmp_path / "run"
+    result = reslab_train(run, "logger=wandb", "optim.max_steps=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = subprocess.run(
+        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()",
+         str(run), "optim.max_steps=8"],
+        capture_output=True, text=True, timeout=300, env=own_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = offline_runs(run)
+    steps = [[row["_step"] for row in wandb_history(p / f"run-{p.name[-8:]}.wandb")]
+             for p in (first, second)]  # fmt: skip
+    assert steps[0] == sorted(set(steps[0])) and steps[1] == sorted(set(steps[1]))
+    assert steps[0][-1] == 4 and min(steps[1]) > 4 and steps[1][-1] == 8
+    with open(run / "metrics.csv") as f:  # every step of metrics.csv, each in one piece
+        logged = sorted({int(r["step"]) for r in csv.DictReader(f)})
+    assert sorted(set(steps[0] + steps[1])) == logged
