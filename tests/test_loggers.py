@@ -53,7 +53,7 @@ def test_a_resumed_wandb_run_steps_by_iteration_above_its_earlier_pieces(
 ) -> None:
     """The second piece of a run folder's wandb run logs only the iterations above the rows
     its first piece holds (a run killed after its checkpoint at 4 wrote 6; it redoes 5-6)."""
-    from wandb_files import offline_runs, wandb_history
+    from wandb_files import offline_runs, wandb_history, wandb_records
 
     from reslab.loggers import last_wandb_step
 
@@ -64,6 +64,8 @@ def test_a_resumed_wandb_run_steps_by_iteration_above_its_earlier_pieces(
         first.log_metrics({"train/loss": float(step)}, step=step)
     first.experiment.finish()
     run_id = (folder / "wandb_id.txt").read_text().strip()
+    (piece,) = offline_runs(folder)
+    wandb_records(piece / f"run-{run_id}.wandb")  # once wandb's service has written it all
     assert last_wandb_step(folder, run_id) == 6 and last_wandb_step(folder, "other") is None
 
     time.sleep(1.1)  # a piece's folder is named by its start, to the second
