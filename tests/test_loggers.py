@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,37 @@ def test_logger_is_offline_without_credentials(no_wandb_credentials: Path) -> No
     logger = wandb_logger(project="reslab", name="resnet-20A", save_dir=str(no_wandb_credentials))
     assert logger._wandb_init["mode"] == "offline"
     assert logger._wandb_init["name"] == "resnet-20A"
+
+
+def test_a_resumed_wandb_run_steps_by_iteration_above_its_earlier_pieces(
+    no_wandb_credentials: Path,
+) -> None:
+    """The second piece of a run folder's wandb run logs only the iterations above the rows
+    its first piece holds (a run killed after its checkpoint at 4 wrote 6; it redoes 5-6)."""
+    from wandb_files import offline_runs, wandb_history, wandb_records
+
+    from reslab.loggers import last_wandb_step
+
+    folder = no_wandb_credentials
+    first = wandb_logger(project="reslab", save_dir=str(folder))
+    assert first.after_step is None
+    for step in (2, 4, 6):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.experiment.finish()
+    run_id = (folder / "wandb_id.txt").read_text().strip()
+    (piece,) = offline_runs(folder)
+    wandb_records(piece / f"run-{run_id}.wandb")  # once wandb's service has written it all
+    assert last_wandb_step(folder, run_id) == 6 and last_wandb_step(folder, "other") is None
+
+    time.sleep(1.1)  # a piece's folder is named by its start, to the second
+    second = wandb_logger(project="reslab", save_dir=str(folder))
+    assert second.after_step == 6 and second._wandb_init["id"] == run_id
+    for step in (6, 8):  # 6 redone: its row is the first piece's
+        second.log_metrics({"train/loss": float(step)}, step=step)
+        second.log_metrics({"val/error": 50.0}, step=step)
+    second.experiment.finish()
+    pieces = offline_runs(folder)
+    rows = [wandb_history(p / f"run-{run_id}.wandb") for p in pieces]
+    assert [[r["_step"] for r in piece] for piece in rows] == [[2, 4, 6], [8]]
+    assert rows[1][0]["train/loss"] == 8.0 and rows[1][0]["val/error"] == 50.0
+    assert rows[1][0]["trainer/global_step"] == 8

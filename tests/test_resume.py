@@ -4,6 +4,7 @@ guard."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -249,3 +250,60 @@ def test_only_rank_zero_touches_the_run_folders_files(
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     prepare_folder(cfg.name, run, None)
     assert not (run / "metrics.csv").exists() and not (run / "wandb_id.txt").exists()
+
+
+def _reslab(run_dir: Path, overrides: list[str], env: dict | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "reslab.cli", *overrides, f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=600, env=own_env(**(env or {})),
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # three 30-iteration runs in subprocesses
+def test_a_checkpoint_inside_a_warmup_window_and_a_logging_interval_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint at iteration 7 cuts the warm-up window 6-10 and the logging interval
+    5-8: what they had accumulated travels in it, so the warm-up ends where the uninterrupted
+    run's does (at 15) and every row of metrics.csv is the same."""
+    from test_schedules import WARMUP_RUN
+
+    run = [o for o in WARMUP_RUN if not o.startswith("trainer.log_every_n_steps=")]
+    run += ["trainer.log_every_n_steps=4", "optim.warmup.until_train_error=85",
+            "callbacks.checkpoint.every_n_train_steps=7"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert (result := _reslab(whole, run)).returncode == 0, result.stderr[-2000:]
+    assert json.loads((whole / "status.json").read_text())["warmup_ended_at"] == 15
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    kill = ["+callbacks.kill._target_=sigkill.SigkillAt", "+callbacks.kill.step=8"]
+    result = _reslab(killed, [*run, *kill], env={"PYTHONPATH": pythonpath})
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    result = _reslab(killed, [*run, "ckpt_path=last"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "at iteration 7" in result.stdout
+    assert (killed / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
+    assert json.loads((killed / "status.json").read_text())["warmup_ended_at"] == 15
+
+
+def test_a_resumed_offline_wandb_run_steps_on_above_its_first_piece(tmp_path: Path) -> None:
+    """wandb's step is the iteration in both offline pieces, and the second piece's rows are
+    all above the first's: `wandb sync` appends them to one history (README)."""
+    from wandb_files import offline_runs, wandb_history
+
+    run = tmp_path / "run"
+    result = reslab_train(run, "logger=wandb", "optim.max_steps=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = subprocess.run(
+        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()",
+         str(run), "optim.max_steps=8"],
+        capture_output=True, text=True, timeout=300, env=own_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = offline_runs(run)
+    steps = [[row["_step"] for row in wandb_history(p / f"run-{p.name[-8:]}.wandb")]
+             for p in (first, second)]  # fmt: skip
+    assert steps[0] == sorted(set(steps[0])) and steps[1] == sorted(set(steps[1]))
+    assert steps[0][-1] == 4 and min(steps[1]) > 4 and steps[1][-1] == 8
+    with open(run / "metrics.csv") as f:  # every step of metrics.csv, each in one piece
+        logged = sorted({int(r["step"]) for r in csv.DictReader(f)})
+    assert sorted(set(steps[0] + steps[1])) == logged

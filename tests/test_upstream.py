@@ -10,6 +10,9 @@ which reslab piece needs a new way; the rest of reslab uses public APIs only.
   IterationProgressBar): one bar over the run's iterations instead of one per epoch.
 - Lightning's ``WandbLogger._wandb_init`` (reslab.loggers.wandb_logger): without the
   ``anonymous`` argument that wandb warns about on every run.
+- wandb's ``wandb.proto.wandb_internal_pb2.Record`` and the layout of its ``.wandb`` files
+  (reslab.loggers.last_wandb_step): the last step a run folder's earlier wandb pieces hold, so
+  a resumed offline run logs above it (tests/test_loggers.py reads pieces back through it).
 """
 
 from __future__ import annotations
@@ -83,3 +86,15 @@ def test_wandb_logger_keeps_its_init_arguments(tmp_path: Path) -> None:
         f"{VERSION}'s WandbLogger no longer passes `anonymous` to wandb.init: "
         "reslab.loggers.wandb_logger can stop removing it"
     )
+
+
+def test_wandb_still_has_the_record_that_its_run_files_hold() -> None:
+    import wandb
+    from wandb.proto import wandb_internal_pb2
+
+    assert hasattr(wandb_internal_pb2, "Record"), (
+        f"wandb {wandb.__version__} has no wandb.proto.wandb_internal_pb2.Record any more: "
+        "reslab.loggers.last_wandb_step reads .wandb files with it; find the new way"
+    )
+    history = wandb_internal_pb2.Record().history
+    assert hasattr(history.step, "num"), "wandb's history record lost step.num: fix last_wandb_step"

@@ -273,6 +273,13 @@ class DivergenceGuard(L.Callback):
         self.diverged_at: int | None = None
         self.value: float | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"diverged_at": self.diverged_at, "value": self.value}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.diverged_at = state_dict.get("diverged_at", self.diverged_at)
+        self.value = state_dict.get("value", self.value)
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
         if step % trainer.log_every_n_steps and step != trainer.max_steps:

@@ -10,7 +10,8 @@ import os
 import secrets
 import socket
 import string
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -79,16 +80,73 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
     return run_id
 
 
+def last_wandb_step(save_dir: str | Path, run_id: str) -> int | None:
+    """The last history step that the pieces of wandb run ``run_id`` already in the run folder
+    ``save_dir`` hold (its ``wandb/*run-*-<id>/run-<id>.wandb`` files, what ``wandb sync``
+    uploads); None without any.
+
+    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each a
+    7-byte header (crc32, length, type: 1 whole record, 2 first, 3 middle, 4 last piece) and
+    its bytes; a record is wandb's protobuf ``Record``. A file cut short (a killed run) is read
+    up to its last whole record."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    last, block = None, 32768
+    for path in sorted(Path(save_dir).glob(f"wandb/*run-*-{run_id}/run-{run_id}.wandb")):
+        data, position, pending = path.read_bytes(), 7, b""
+        while position + 7 <= len(data):
+            left = block - position % block
+            _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+            if left < 7 or kind == 0:  # a block's padding
+                position += left
+                continue
+            if position + 7 + length > len(data):
+                break
+            pending += data[position + 7 : position + 7 + length]
+            position += 7 + length
+            if kind in (1, 4):
+                record = Record.FromString(pending)
+                pending = b""
+                if record.HasField("history"):
+                    last = max(last or 0, record.history.step.num)
+    return last
+
+
+class StepWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger`` whose history rows are stepped by the training iteration
+    (wandb's ``_step``), not by wandb's own count of rows. Lightning logs ``trainer/
+    global_step`` as a column and lets wandb count ``_step`` from 0 in each process, so a
+    resumed offline run restarted at 0 and ``wandb sync`` dropped or replaced the rows.
+
+    ``after_step``: rows at this iteration or before are not logged. A resumed run sets it to
+    the last row its earlier wandb pieces hold, so its steps go on above theirs: the
+    iterations it redoes after its checkpoint keep the rows the interrupted run wrote (the
+    same numbers, as resuming is exact), as wandb itself does when an online run resumes."""
+
+    def __init__(self, *args: Any, after_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.after_step = after_step
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is None:
+            super().log_metrics(metrics, step)
+            return
+        if self.after_step is not None and step <= self.after_step:
+            return
+        self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
+
+
 def wandb_logger(mode: str = "auto", **kwargs: Any) -> WandbLogger:
-    """A Lightning ``WandbLogger`` whose ``mode`` is resolved by :func:`resolve_wandb_mode`;
+    """A :class:`StepWandbLogger` whose ``mode`` is resolved by :func:`resolve_wandb_mode`;
     offline runs are real run folders that ``wandb sync`` uploads later. With ``save_dir`` (the
     run folder) and no ``id``, the run's id is the folder's (:func:`wandb_run_id`) and a
-    resumed run continues it."""
+    resumed run continues it, its history above the rows the folder's wandb pieces hold."""
     resolved = resolve_wandb_mode(mode)
     wanted = kwargs.get("save_dir") and not kwargs.get("id") and resolved != "disabled"
-    if wanted and (run_id := wandb_run_id(kwargs["save_dir"])):
-        kwargs.update(id=run_id, resume="allow")
-    logger = WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
+    if wanted and (run_id := wandb_run_id(save_dir := kwargs["save_dir"])):
+        kwargs.update(id=run_id, resume="allow", after_step=last_wandb_step(save_dir, run_id))
+    logger = StepWandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
     # Lightning passes wandb.init(anonymous=None) whatever it is given, and wandb warns that
     # the setting has no effect whenever it is passed at all: leave it out.
     logger._wandb_init.pop("anonymous", None)

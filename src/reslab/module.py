@@ -273,6 +273,10 @@ class Classifier(L.LightningModule):
 
     # --- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything that shapes what comes next, including what the current logging interval
+        # (train_loss, train_error) and warm-up window have accumulated so far: a checkpoint
+        # in the middle of either resumes to the same numbers. Callbacks keep their own
+        # (their state_dict). The sums are over all ranks; rank 0 gets them back.
         checkpoint["reslab"] = {
             "rng": rng_states(),
             "validated_at": self.validated_at,
@@ -281,6 +285,9 @@ class Classifier(L.LightningModule):
             "warmup_ended_at": self.warmup_ended_at,
             "best_val_error": self.best_val_error,
             "best_val_step": self.best_val_step,
+            "warmup_wrong": _summed_over_ranks(self._warmup_wrong),
+            "train_loss": _metric_sums(self.train_loss),
+            "train_error": _metric_sums(self.train_error),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -292,6 +299,12 @@ class Classifier(L.LightningModule):
         self.best_val_error = state.get("best_val_error", self.best_val_error)
         self.best_val_step = state.get("best_val_step", self.best_val_step)
         self._rng_to_restore = state.get("rng")
+        first = self.global_rank == 0  # the other ranks start their share from zero
+        if "warmup_wrong" in state:
+            self._warmup_wrong = state["warmup_wrong"].cpu() * float(first)
+        for name in ("train_loss", "train_error"):
+            if name in state:
+                _set_metric_sums(getattr(self, name), state[name], keep=first)
 
     def on_train_start(self) -> None:
         # As late as possible before the first batch of a resumed run: the augmentation's next
@@ -325,6 +338,28 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _summed_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` summed over the DDP ranks (as itself on one process), on the CPU."""
+    tensor = tensor.detach().clone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.cpu()
+
+
+def _metric_sums(metric: MeanMetric) -> dict[str, torch.Tensor]:
+    """A mean metric's running sums (``mean_value``: the weighted sum, ``weight``), over all
+    ranks: what its next ``compute`` averages."""
+    return {name: _summed_over_ranks(value) for name, value in metric.metric_state.items()}
+
+
+def _set_metric_sums(metric: MeanMetric, sums: dict[str, torch.Tensor], keep: bool) -> None:
+    """Puts back what :func:`_metric_sums` saved (``keep``), or zeros of the same shapes."""
+    metric.reset()
+    for name, value in sums.items():
+        current = getattr(metric, name)
+        setattr(metric, name, (value if keep else torch.zeros_like(value)).to(current.device))
 
 
 def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
