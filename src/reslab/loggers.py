@@ -182,6 +182,9 @@ def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: in
     numbers are in metrics.csv and status.json."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
-            logger.experiment.summary.update(final)
             row = [list(final.values())]
             logger.log_table(key="final", columns=list(final), data=row, step=step)
+            # Commit the last iteration's history row now: committed later (at finish), its
+            # values would become the summary's again, over the final ones (null if diverged).
+            logger.experiment.log({}, step=step, commit=True)
+            logger.experiment.summary.update(final)
