@@ -101,3 +101,22 @@ def hydra_cfg() -> Iterator:
 
     yield make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A private one-node SLURM cluster for the whole test run (tests/slurm_cluster.py),
+    stopped at the end by the pids it started. Where it cannot start (not root, no packages)
+    the tests that use it skip with the reason; in CI (CI=true) they fail instead."""
+    from slurm_cluster import Cluster, why_not
+
+    reason = why_not()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but no SLURM cluster: {reason}", pytrace=False)
+        pytest.skip(reason)
+    cluster = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -13,6 +13,9 @@ which reslab piece needs a new way; the rest of reslab uses public APIs only.
 - wandb's ``wandb.proto.wandb_internal_pb2.Record`` and the layout of its ``.wandb`` files
   (reslab.loggers.last_wandb_step): the last step a run folder's earlier wandb pieces hold, so
   a resumed offline run logs above it (tests/test_loggers.py reads pieces back through it).
+- submitit's class attribute ``SlurmJob.watcher`` and its watcher's ``_delay_s`` and
+  ``_registered`` (reslab.launch.quiet_slurm_polling): a SLURM sweep on a cluster without
+  accounting asks squeue for its jobs' states instead of sacct's errors on every poll.
 """
 
 from __future__ import annotations
@@ -98,3 +101,19 @@ def test_wandb_still_has_the_record_that_its_run_files_hold() -> None:
     )
     history = wandb_internal_pb2.Record().history
     assert hasattr(history.step, "num"), "wandb's history record lost step.num: fix last_wandb_step"
+
+
+def test_submitit_slurm_jobs_share_a_watcher_reslab_can_replace() -> None:
+    from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+
+    user = "reslab.launch.quiet_slurm_polling"
+    assert isinstance(SlurmJob.__dict__.get("watcher"), SlurmInfoWatcher), (
+        "submitit's SlurmJob has no class attribute watcher any more: " + user + " relies on it"
+    )
+    watcher = SlurmInfoWatcher(delay_s=60)
+    for name in ("_delay_s", "_registered"):
+        _require(watcher, name, user)
+    watcher.register_job("7_1")
+    assert watcher._registered == {"7_1"}
+    info = watcher.read_info("JobID|State|NodeList\n7_[0-1]|PENDING|\n")
+    assert info["7_1"]["State"] == "PENDING"  # what squeue's lines become

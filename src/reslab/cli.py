@@ -159,7 +159,9 @@ def train_main() -> None:
     # Imported before Hydra configures the root logger, Lightning keeps its own console
     # handler (its device and progress lines once, not again through Hydra's handler).
     import reslab.train  # noqa: F401
+    from reslab.launch import quiet_slurm_polling
 
+    quiet_slurm_polling()  # a SLURM sweep without accounting: squeue, not sacct's errors
     if _user_full_error():
         hydra_task()
         return

@@ -31,6 +31,7 @@ from hydra.types import RunMode
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 from reslab.checkpoints import run_complete, verify_checkpoint
 from reslab.config import CONFIG_DIR, CONFIG_NAME, instantiate
@@ -206,3 +207,57 @@ def _run_overrides(run_dir: Path) -> list[str]:
     """The run's own overrides (``.hydra/overrides.yaml``), without the checkpoint it named."""
     overrides = yaml.safe_load((run_dir / OVERRIDES_FILE).read_text()) or []
     return [o for o in overrides if not o.startswith("ckpt_path=")]
+
+
+# --- waiting for SLURM jobs ----------------------------------------------------------------------
+def quiet_slurm_polling() -> None:
+    """While a ``hydra/launcher=slurm`` sweep waits for its jobs, submitit asks ``sacct`` for
+    their states. Where SLURM keeps no accounting (no slurmdbd: the common one-node case)
+    sacct fails on every poll, printing its error and three copies of submitit's "Bypassing
+    sacct error ..., status may be inaccurate" warning, and the states stay unknown. From the
+    first such failure on, reslab's watcher asks ``squeue`` instead, quietly: the same states
+    while a job is queued, running or just ended (``MinJobAge``, 300 s by default), and a job
+    gone from the queue is done (its result, or submitit's error naming its logs).
+
+    Private in submitit: the class attribute ``SlurmJob.watcher`` and the watcher's
+    ``_delay_s`` and ``_registered`` (tests/test_upstream.py)."""
+    if not isinstance(SlurmJob.watcher, _SqueueWhenNoAccounting):
+        SlurmJob.watcher = _SqueueWhenNoAccounting(delay_s=SlurmJob.watcher._delay_s)
+
+
+class _SqueueWhenNoAccounting(SlurmInfoWatcher):
+    GONE = "NOT_IN_QUEUE"  # not an incomplete state for submitit: the job is done
+
+    def __init__(self, delay_s: int = 60) -> None:
+        super().__init__(delay_s=delay_s)
+        self.squeue = False
+        self.probed = False  # sacct tried once
+
+    def _make_command(self) -> list[str] | None:
+        command = super()._make_command()
+        if command is None or not self.squeue:
+            return command
+        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%N", "--me"]
+
+    def update(self) -> None:
+        if not self.probed:
+            command = self._make_command()
+            if command is None:
+                return
+            probe = subprocess.run(command, capture_output=True)
+            self.probed, self.squeue = True, probe.returncode != 0
+            if self.squeue:
+                logging.getLogger(__name__).debug(
+                    "sacct failed (%s): asking squeue",
+                    probe.stderr.decode(errors="replace").strip(),
+                )
+        super().update()
+
+    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        if not self.squeue:
+            return super().read_info(string)
+        text = string.decode() if isinstance(string, bytes) else string
+        info = super().read_info("JobID|State|NodeList\n" + text)
+        for job_id in self._registered:
+            info.setdefault(job_id, {"JobID": job_id, "State": self.GONE, "NodeList": ""})
+        return info
