@@ -1,11 +1,14 @@
-"""A callback for tests/test_resume.py, loaded by ``reslab-train +callbacks.kill._target_=
-sigkill.SigkillAt`` with this folder on PYTHONPATH: the process kills itself with SIGKILL (no
-cleanup, no exception handler, no atexit) at the end of a given iteration."""
+"""Callbacks for tests/test_resume.py and tests/test_signals.py, loaded by ``reslab-train
++callbacks.kill._target_=sigkill.SigkillAt`` with this folder on PYTHONPATH: SigkillAt kills
+the process with SIGKILL (no cleanup, no exception handler, no atexit) at the end of a given
+iteration; PauseAt holds it there while a test sends it signals."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import lightning as L
 
@@ -17,3 +20,20 @@ class SigkillAt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PauseAt(L.Callback):
+    """Waits at the end of iteration ``step`` while the file ``file`` exists (it writes it):
+    a test sends its signals meanwhile, then removes the file. A signal sent here is seen
+    by reslab's StopOnSignal at the end of the next iteration (this callback runs after it)."""
+
+    def __init__(self, step: int, file: str) -> None:
+        self.step, self.file = step, file
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step != self.step:
+            return
+        Path(self.file).write_text(f"{os.getpid()}\n")
+        deadline = time.monotonic() + 120
+        while Path(self.file).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
+import sys
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -284,3 +287,102 @@ def unsafe_globals(path: Path) -> list[str]:
 def checkpoint_step(path: str | Path) -> int:
     """The iteration a checkpoint was saved at (it is loaded on the CPU, weights only)."""
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+# --- stopping on a signal ------------------------------------------------------------------------
+class RunInterrupted(BaseException):
+    """A run stopped by a signal (SIGINT, SIGTERM; SIGUSR2 under SLURM) after its checkpoint at
+    iteration ``step`` (None: stopped at once by a second signal, nothing saved). A
+    BaseException like KeyboardInterrupt: it stops a sweep too. ``exit_code`` is the shell's:
+    130 for SIGINT, 143 for SIGTERM (128 + the signal's number)."""
+
+    def __init__(self, signum: int, step: int | None) -> None:
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + (signal.SIGTERM if signum == _SIGUSR2 else signum)
+        super().__init__(f"{signal.Signals(signum).name} at iteration {step}")
+
+
+_SIGUSR2 = getattr(signal, "SIGUSR2", -1)
+
+
+def stop_status() -> str:
+    """The status.json status of a run stopped by a signal: ``preempted`` in a SLURM job (it
+    is requeued, or resumed), else ``interrupted``."""
+    return "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
+
+
+class StopOnSignal(L.Callback):
+    """SIGINT (Ctrl-C) or SIGTERM (and, in a SLURM job, SIGUSR2: submitit's warning before the
+    time limit) stops training at a whole iteration with a checkpoint there: the iteration in
+    progress finishes, ``last.ckpt`` is saved at it (through the run's :class:`RunCheckpoint`,
+    at the point of its own checkpoints), its logging and a validation due at it run, and
+    training stops before the next one with :class:`RunInterrupted`. The resumed run repeats
+    nothing and skips nothing. A second signal stops at once (KeyboardInterrupt).
+
+    Its handlers replace, while ``fit`` trains, the ones there before (Lightning's SIGTERM
+    handler, which would stop without a checkpoint; submitit's, which :meth:`pass_on` calls
+    once the run is saved and recorded, so that submitit requeues the job). Under DDP the ranks
+    agree at logging iterations (one host read per interval, as the divergence guard)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopped_at: int | None = None
+        self._previous: dict[int, Any] = {}  # while installed
+        self._replaced: dict[int, Any] = {}  # once restored
+
+    def _signals(self) -> list[int]:
+        names = ["SIGINT", "SIGTERM"] + (["SIGUSR2"] if os.environ.get("SLURM_JOB_ID") else [])
+        return [getattr(signal, n) for n in names if hasattr(signal, n)]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers belong to the main thread
+        for signum in self._signals():  # after Lightning's, which fit() installed
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # the second: stop now
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        name = signal.Signals(signum).name
+        print(f"\n[reslab] {name}: saving a checkpoint at the end of this iteration, then "
+              "stopping (again to stop at once)", file=sys.stderr, flush=True)  # fmt: skip
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.stopped_at is not None:
+            return
+        step = trainer.global_step
+        if trainer.world_size > 1:  # every rank must stop at the same iteration
+            if step % trainer.log_every_n_steps and step != trainer.max_steps:
+                return
+            if not trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
+                return
+            self.signum = self.signum or signal.SIGTERM  # a rank that got none
+        elif self.signum is None:
+            return
+        if isinstance(trainer.checkpoint_callback, RunCheckpoint):
+            trainer.checkpoint_callback.save_final(trainer)
+        self.stopped_at = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.stopped_at is not None:  # the stopped iteration is logged and validated
+            raise RunInterrupted(self.signum or signal.SIGTERM, self.stopped_at)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if not self._previous:
+            return
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._replaced, self._previous = self._previous, {}
+
+    def pass_on(self) -> None:
+        """Calls the handler that was there before for the signal received, when it was
+        Python's (submitit's: it requeues the job and exits); not Python's default for SIGINT."""
+        handler = self._replaced.get(self.signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(self.signum, None)

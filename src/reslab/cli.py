@@ -159,11 +159,15 @@ def train_main() -> None:
     # Imported before Hydra configures the root logger, Lightning keeps its own console
     # handler (its device and progress lines once, not again through Hydra's handler).
     import reslab.train  # noqa: F401
+    from reslab.checkpoints import RunInterrupted
     from reslab.launch import quiet_slurm_polling
 
     quiet_slurm_polling()  # a SLURM sweep without accounting: squeue, not sacct's errors
     if _user_full_error():
-        hydra_task()
+        try:
+            hydra_task()
+        except RunInterrupted as err:  # saved and recorded: the shell's exit status for it
+            sys.exit(err.exit_code)
         return
     os.environ.update({"HYDRA_FULL_ERROR": "1", _SET_BY_RESLAB: "1"})  # Hydra raises; we say it
     try:
@@ -175,6 +179,8 @@ def train_main() -> None:
     except BrokenPipeError:  # its output went to a pipe that closed: reslab-train --cfg | head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except RunInterrupted as err:  # SIGINT, SIGTERM: checkpoint and status.json written
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         sys.exit(130)

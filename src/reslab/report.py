@@ -15,10 +15,10 @@ under each PATH is a run) and writes into ``--out`` (default: ``<first PATH>/rep
                                     validation and test error (mean ± std over seeds), the
                                     paper's number beside the test error
 
-and prints the tables. Runs that did not finish (running, failed, diverged, interrupted) are
-drawn as far as they got, listed with their status, and left out of the means. Under each table:
-the commit its runs ran (provenance.json), or a warning when they ran different code. Nothing is
-trained; no network, no wandb.
+and prints the tables. Runs that did not finish (running, failed, diverged, interrupted,
+preempted) are drawn as far as they got, listed with their status, and left out of the means.
+Under each table: the commit its runs ran (provenance.json), or a warning when they ran
+different code. Nothing is trained; no network, no wandb.
 """
 
 from __future__ import annotations

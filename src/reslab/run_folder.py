@@ -4,8 +4,10 @@ reader never sees half a file, and read back by resumes, sweeps and reports.
 A run folder (``outputs/runs/<date>_<name>/`` or a sweep's ``<job>_<name>/``) holds::
 
     .hydra/config.yaml, overrides.yaml   the resolved config and the command line's overrides
-    status.json       running, finished, failed, diverged or interrupted, with the final errors
-                      (strict JSON: null where there is no number; a diverged run's are null)
+    status.json       running, finished, failed, diverged, interrupted (SIGINT, SIGTERM) or
+                      preempted (the same in a SLURM job), with the final errors or the
+                      checkpoint's iteration (``interrupted_at``) (strict JSON: null where
+                      there is no number; a diverged run's are null)
     provenance.json   what produced the run: reslab's version and git commit, a dirty tree,
                       the library versions, the device, the host, the command line
     git.diff          the uncommitted changes of a dirty tree (``git diff HEAD``), when any
@@ -49,7 +51,7 @@ LOCK_FILE = ".lock"  # held by the process writing the folder (pid and host insi
 PROVENANCE_FILE = "provenance.json"
 GIT_DIFF_FILE = "git.diff"
 
-STATUSES = ("finished", "running", "interrupted", "diverged", "failed")
+STATUSES = ("finished", "running", "interrupted", "preempted", "diverged", "failed")
 # The final numbers status.json keeps, and reports read.
 FINAL_ERRORS = ("train/error", "val/error", "test/error", "val/error_top5", "test/error_top5")
 

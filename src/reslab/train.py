@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,11 +15,20 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from reslab import console, run_folder
 from reslab.callbacks import DivergenceGuard
-from reslab.checkpoints import RunCheckpoint, checkpoint_step, resume_checkpoint, run_complete
+from reslab.checkpoints import (
+    RunCheckpoint,
+    RunInterrupted,
+    StopOnSignal,
+    checkpoint_step,
+    resume_checkpoint,
+    run_complete,
+    stop_status,
+)
 from reslab.config import instantiate
 from reslab.loggers import log_final_summary
 from reslab.provenance import provenance, trainer_device
@@ -68,6 +78,7 @@ def train(cfg: DictConfig) -> float:
         _say(f"[reslab] {cfg.name}: {done}")
         return run_folder.final_metric(run_folder.read_status(output_dir))
     write_status(output_dir, "running", name=cfg.name)
+    stopper = None
     try:
         prepare_folder(cfg.name, output_dir, resume)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -92,7 +103,10 @@ def train(cfg: DictConfig) -> float:
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
 
+        stopper = next((c for c in trainer.callbacks if isinstance(c, StopOnSignal)), None)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        if stopper is not None and stopper.stopped_at is not None:  # at the last iteration
+            raise RunInterrupted(stopper.signum, stopper.stopped_at)
         metrics = _final_metrics(trainer)  # validate() and test() replace the trainer's metrics
         diverged = next(
             (c.diverged_at for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None
@@ -135,6 +149,15 @@ def train(cfg: DictConfig) -> float:
             logger.save()
         _print_result(cfg.name, trainer.global_step, metrics, time.time() - started)
     except BaseException as err:
+        signum = stopper.signum if stopper is not None else None
+        if signum is None and isinstance(err, KeyboardInterrupt | SIGTERMException):
+            signum = signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM
+        if signum is not None:  # SIGINT, SIGTERM (outside training: at the last checkpoint)
+            step = stopper.stopped_at if stopper is not None else None
+            record_stop(cfg.name, output_dir, signum, step, time.time() - started)
+            if stopper is not None:
+                stopper.pass_on()  # submitit's handler: it requeues the job
+            raise RunInterrupted(signum, step) from None
         write_status(output_dir, "failed", name=cfg.name, error=f"{type(err).__name__}: {err}")
         _finish_wandb(exit_code=1)
         raise
@@ -142,6 +165,20 @@ def train(cfg: DictConfig) -> float:
     if status == "diverged":
         return float("nan")  # no error rate to compare: the sweep's table says diverged
     return run_folder.final_metric(metrics)
+
+
+def record_stop(name: str, output_dir: Path, signum: int, step: int | None, seconds: float) -> None:
+    """A run stopped by a signal: status.json ``interrupted`` (``preempted`` under SLURM) at
+    the iteration of its checkpoint (``interrupted_at``; without one, stopped at once by a
+    second signal or outside the training loop), and the resume command said."""
+    fields: dict[str, Any] = {"interrupted_at": step, "iterations": step}
+    if step is None:
+        fields = {"error": f"stopped at once by {signal.Signals(signum).name} (a second signal, "
+                  "or outside the training loop), without a checkpoint there"}  # fmt: skip
+    write_status(output_dir, stop_status(), name=name, seconds=round(seconds, 1), **fields)
+    _finish_wandb(exit_code=RunInterrupted(signum, step).exit_code)
+    where = f"checkpoint at iteration {step}" if step is not None else "its last checkpoint"
+    _say(f"[reslab] {name}: {stop_status()} ({where}); continue it: reslab-resume {output_dir}")
 
 
 @rank_zero_only
