@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,11 @@ PCA_EIGVEC = (
     (-0.5836, -0.6948, 0.4203),
 )
 LIGHTING_STD = 0.1  # alpha ~ N(0, 0.1), Krizhevsky et al. 2012
+# How the decoding workers start, chosen here rather than inherited: inside a joblib (loky)
+# worker, as ``hydra/launcher=local`` runs a job, the process's default context is loky's, whose
+# processes cannot start DataLoader workers. Linux forks (the workers share the file lists
+# without copying them, and start at once); elsewhere, spawn (macOS's and Windows' default).
+WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 # --- the folders -----------------------------------------------------------------------------
@@ -511,6 +518,9 @@ class ImageNetDataModule(L.LightningDataModule):
             drop_last=train,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             num_workers=self.num_workers,
+            multiprocessing_context=(
+                multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
+            ),
             persistent_workers=persistent and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
