@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CIFAR_BATCH
 from hydra import compose, initialize_config_dir
 
+from reslab.checks import check_run
 from reslab.config import CONFIG_DIR, instantiate
+from reslab.launch import SUPPORTED_STRATEGIES
 
 TESTS = Path(__file__).resolve().parent
 WORLD = 2
@@ -130,3 +133,19 @@ def test_logged_metrics_are_synced_over_the_ranks(ranks: list[dict]) -> None:
         assert rec["fit_metrics"]["train/loss"] == pytest.approx(sum(own) / WORLD, rel=1e-5)
     assert first["fit_metrics"] == second["fit_metrics"]
     assert "val/error" in first["fit_metrics"]
+
+
+def test_evaluation_sets_are_counted_once_over_the_ranks(ranks: list[dict]) -> None:
+    """debug=smoke evaluates one batch (eval_batch_size 64) of 32 val and of the test images:
+    the ranks together see each image once, and val/error is a whole number of the 32."""
+    assert sum(rec["test_seen"] for rec in ranks) == min(64, CIFAR_BATCH)
+    for rec in ranks:
+        wrong = rec["fit_metrics"]["val/error"] * 32 / 100
+        assert wrong == pytest.approx(round(wrong), abs=1e-4), rec["fit_metrics"]["val/error"]
+
+
+@pytest.mark.parametrize("strategy", SUPPORTED_STRATEGIES)
+def test_the_supported_strategies_pass_the_checks(strategy: str, tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(tmp_path, ["data=synthetic", "debug=smoke", "trainer.devices=2",
+                               f"+trainer.strategy={strategy}"])  # fmt: skip
+    check_run(cfg)  # no error
