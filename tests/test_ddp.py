@@ -9,6 +9,7 @@ adds on every rank (``+callbacks.record._target_=...``, with this folder on ``PY
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 import torch
 from conftest import CIFAR_BATCH
 from hydra import compose, initialize_config_dir
+from test_bad_input import IMAGENET_SMALL
 
 from reslab.checks import check_run
 from reslab.config import CONFIG_DIR, instantiate
@@ -149,3 +151,25 @@ def test_the_supported_strategies_pass_the_checks(strategy: str, tmp_path: Path,
     cfg = hydra_cfg(tmp_path, ["data=synthetic", "debug=smoke", "trainer.devices=2",
                                f"+trainer.strategy={strategy}"])  # fmt: skip
     check_run(cfg)  # no error
+
+
+@pytest.mark.slow
+def test_imagenet_evaluation_counts_each_val_image_once_over_the_ranks(
+    tmp_path: Path, tiny_imagenet: Path
+) -> None:
+    """5 val images on 2 ranks (3 + 2, not padded to 3 + 3): the errors are whole fifths."""
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.cli", *IMAGENET_SMALL, f"data.data_dir={tiny_imagenet}",
+         "data.num_workers=1", "debug=smoke", "logger=csv", "trainer=ddp",
+         "trainer.accelerator=cpu", f"trainer.devices={WORLD}", "data.val_size=5",
+         "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "finished" and status["iterations"] == 4, status
+    for key in ("val/error", "test/error"):
+        wrong = status[key] * 5 / 100
+        assert wrong == pytest.approx(round(wrong), abs=1e-4), (key, status[key])

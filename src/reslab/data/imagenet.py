@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from reslab.validation import is_int, require_choice, require_int
 
@@ -247,6 +247,25 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(read_image(self.images.path(i))), int(self.images.labels[i])
+
+
+class EvalShard(DistributedSampler):
+    """Rank ``rank`` of ``num_replicas`` evaluates images rank, rank + num_replicas, ... in
+    order: every image once over the ranks. (Lightning's DistributedSampler pads the ranks to
+    equal shares, counting some images twice; a DistributedSampler subclass is kept as it is.)
+    The ranks' batch counts may differ by one; evaluation runs no collective per batch."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def _indices(self) -> range:
+        return range(self.rank, len(self.dataset), self.num_replicas)
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
 
 
 # --- batched colour augmentation (on the training device) ------------------------------------
@@ -478,7 +497,7 @@ class ImageNetDataModule(L.LightningDataModule):
                 warnings.warn(f"cannot read mean cache '{path}' ({why}); recomputing", stacklevel=2)
         log.info("computing the per-pixel mean of %d training images", len(images))
         crops = EvalCrops(self.crop_size, self.eval_resize, 1)
-        loader = self._loader(images, crops, 64, train=False, persistent=False)
+        loader = self._loader(images, crops, 64, train=False, persistent=False, shard=False)
         total = torch.zeros(3, self.crop_size, self.crop_size, dtype=torch.float64)
         for batch, _ in loader:
             total += batch.double().sum(0)
@@ -510,10 +529,24 @@ class ImageNetDataModule(L.LightningDataModule):
         *,
         train: bool,
         persistent: bool = True,
+        shard: bool = True,
     ) -> DataLoader:
+        """An evaluation loader (``train`` false) of a distributed trainer takes this rank's
+        ``EvalShard``, unless ``shard`` is false (every rank reads every image)."""
+        dataset = ImageFolderDataset(images, transform)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        sampler = None
+        if shard and not train and world > 1:
+            if len(images) < world:
+                raise ValueError(
+                    f"{len(images)} evaluation images cannot be shared by {world} processes; "
+                    f"choose data.val_size >= {world} (or null: the whole val folder)"
+                )
+            sampler = EvalShard(dataset, world, self.trainer.global_rank)
         return DataLoader(
-            ImageFolderDataset(images, transform),
+            dataset,
             batch_size=batch_size,
+            sampler=sampler,
             shuffle=train,
             drop_last=train,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
