@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import CIFAR_BATCH
@@ -157,12 +158,13 @@ def test_the_supported_strategies_pass_the_checks(strategy: str, tmp_path: Path,
 def test_imagenet_evaluation_counts_each_val_image_once_over_the_ranks(
     tmp_path: Path, tiny_imagenet: Path
 ) -> None:
-    """5 val images on 2 ranks (3 + 2, not padded to 3 + 3): the errors are whole fifths."""
+    """5 val images on 2 ranks (3 + 2, not padded to 3 + 3): the errors are whole fifths, and
+    those one process computes from the run's last checkpoint."""
+    args = [*IMAGENET_SMALL, f"data.data_dir={tiny_imagenet}", "debug=smoke", "data.val_size=5",
+            "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0"]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-m", "reslab.cli", *IMAGENET_SMALL, f"data.data_dir={tiny_imagenet}",
-         "data.num_workers=1", "debug=smoke", "logger=csv", "trainer=ddp",
-         "trainer.accelerator=cpu", f"trainer.devices={WORLD}", "data.val_size=5",
-         "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0",
+        [sys.executable, "-m", "reslab.cli", *args, "data.num_workers=1", "logger=csv",
+         "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
          f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
         env={**os.environ, "WANDB_MODE": "offline"},
@@ -173,3 +175,19 @@ def test_imagenet_evaluation_counts_each_val_image_once_over_the_ranks(
     for key in ("val/error", "test/error"):
         wrong = status[key] * 5 / 100
         assert wrong == pytest.approx(round(wrong), abs=1e-4), (key, status[key])
+    # one process, the same checkpoint, the same images
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[*args, "data.num_workers=0"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    net = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=3)
+    module = instantiate(cfg.module, net=net)
+    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == status["iterations"]
+    module.load_state_dict(checkpoint["state_dict"])
+    one = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    (val,) = one.validate(module, datamodule=datamodule, verbose=False)
+    (test,) = one.test(module, datamodule=datamodule, verbose=False)
+    assert status["val/error"] == pytest.approx(val["val/error"])
+    assert status["test/error"] == pytest.approx(test["test/error"])
