@@ -115,6 +115,11 @@ CASES = {
          "start_method:spawn}}"),
         ("trainer.strategy=DDPStrategy is not supported", "ddp_find_unused_parameters_true"),
     ),
+    "imagenet-fewer-val-images-than-processes": Case(
+        (*IMAGENET_SMALL, "data.data_dir={data}/nowhere", "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "data.val_size=1"),
+        ("data.val_size=1", "valid: 0, null or an integer >= 2"),
+    ),
     "ckpt-path-missing": Case(
         ("ckpt_path={data}/nope/last.ckpt", "data=synthetic"),
         ("nope/last.ckpt does not exist", "checkpoints/last.ckpt"),

@@ -57,6 +57,8 @@ def check_run(cfg: DictConfig) -> None:
     if not supported_strategy(trainer):
         raise ConfigError(_strategy_error(cfg, type(trainer.strategy).__name__))
     datamodule = instantiate(cfg.data)  # the constructor checks its arguments; nothing loads
+    if hasattr(datamodule, "check_processes"):  # a dataset whose evaluation shards need images
+        datamodule.check_processes(trainer.world_size)
     with torch.device("meta"):
         net = instantiate(
             cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels

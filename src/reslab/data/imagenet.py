@@ -426,6 +426,14 @@ class ImageNetDataModule(L.LightningDataModule):
         self.test_images = test  # ImageNet's errors are reported on the val set
         self.train_images = train
 
+    def check_processes(self, world_size: int) -> None:
+        """Before a run on ``world_size`` processes: each of them needs an evaluation image."""
+        if self.val_size is not None and 0 < self.val_size < world_size:
+            raise ValueError(
+                f"data.val_size={self.val_size} evaluation images cannot be shared by "
+                f"{world_size} processes; valid: 0, null or an integer >= {world_size}"
+            )
+
     @property
     def has_val(self) -> bool:
         """Whether there are validation images (known once ``setup`` has run)."""
