@@ -100,6 +100,26 @@ CASES = {
         ("trainer=gpu", f"trainer.devices={GPUS + 1}", "data=synthetic"),
         (f"trainer.devices={GPUS + 1}", "valid here: trainer=cpu" if GPUS == 0 else "from 1 to"),
     ),
+    **{
+        f"strategy-{name}": Case(
+            ("data=synthetic", "trainer.devices=2", f"+trainer.strategy={name}"),
+            (f"trainer.strategy={name} is not supported", "valid: auto, single_device, ddp,"),
+            cli=name == "ddp_spawn",  # the command
+        )
+        for name in ("ddp_spawn", "ddp_fork", "ddp_notebook",
+                     "ddp_spawn_find_unused_parameters_true", "fsdp", "deepspeed")
+    },
+    "strategy-object-that-spawns": Case(
+        ("data=synthetic", "trainer.devices=2",
+         "+trainer.strategy={{_target_:lightning.pytorch.strategies.DDPStrategy,"
+         "start_method:spawn}}"),
+        ("trainer.strategy=DDPStrategy is not supported", "ddp_find_unused_parameters_true"),
+    ),
+    "imagenet-fewer-val-images-than-processes": Case(
+        (*IMAGENET_SMALL, "data.data_dir={data}/nowhere", "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "data.val_size=1"),
+        ("data.val_size=1", "valid: 0, null or an integer >= 2"),
+    ),
     "ckpt-path-missing": Case(
         ("ckpt_path={data}/nope/last.ckpt", "data=synthetic"),
         ("nope/last.ckpt does not exist", "checkpoints/last.ckpt"),

@@ -9,16 +9,22 @@ adds on every rank (``+callbacks.record._target_=...``, with this folder on ``PY
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from conftest import CIFAR_BATCH
 from hydra import compose, initialize_config_dir
+from test_bad_input import IMAGENET_SMALL
 
+from reslab.checks import check_run
 from reslab.config import CONFIG_DIR, instantiate
+from reslab.launch import SUPPORTED_STRATEGIES
 
 TESTS = Path(__file__).resolve().parent
 WORLD = 2
@@ -130,3 +136,58 @@ def test_logged_metrics_are_synced_over_the_ranks(ranks: list[dict]) -> None:
         assert rec["fit_metrics"]["train/loss"] == pytest.approx(sum(own) / WORLD, rel=1e-5)
     assert first["fit_metrics"] == second["fit_metrics"]
     assert "val/error" in first["fit_metrics"]
+
+
+def test_evaluation_sets_are_counted_once_over_the_ranks(ranks: list[dict]) -> None:
+    """debug=smoke evaluates one batch (eval_batch_size 64) of 32 val and of the test images:
+    the ranks together see each image once, and val/error is a whole number of the 32."""
+    assert sum(rec["test_seen"] for rec in ranks) == min(64, CIFAR_BATCH)
+    for rec in ranks:
+        wrong = rec["fit_metrics"]["val/error"] * 32 / 100
+        assert wrong == pytest.approx(round(wrong), abs=1e-4), rec["fit_metrics"]["val/error"]
+
+
+@pytest.mark.parametrize("strategy", SUPPORTED_STRATEGIES)
+def test_the_supported_strategies_pass_the_checks(strategy: str, tmp_path: Path, hydra_cfg) -> None:
+    cfg = hydra_cfg(tmp_path, ["data=synthetic", "debug=smoke", "trainer.devices=2",
+                               f"+trainer.strategy={strategy}"])  # fmt: skip
+    check_run(cfg)  # no error
+
+
+@pytest.mark.slow
+def test_imagenet_evaluation_counts_each_val_image_once_over_the_ranks(
+    tmp_path: Path, tiny_imagenet: Path
+) -> None:
+    """5 val images on 2 ranks (3 + 2, not padded to 3 + 3): the errors are whole fifths, and
+    those one process computes from the run's last checkpoint."""
+    args = [*IMAGENET_SMALL, f"data.data_dir={tiny_imagenet}", "debug=smoke", "data.val_size=5",
+            "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.cli", *args, "data.num_workers=1", "logger=csv",
+         "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "finished" and status["iterations"] == 4, status
+    for key in ("val/error", "test/error"):
+        wrong = status[key] * 5 / 100
+        assert wrong == pytest.approx(round(wrong), abs=1e-4), (key, status[key])
+    # one process, the same checkpoint, the same images
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[*args, "data.num_workers=0"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    net = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=3)
+    module = instantiate(cfg.module, net=net)
+    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == status["iterations"]
+    module.load_state_dict(checkpoint["state_dict"])
+    one = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    (val,) = one.validate(module, datamodule=datamodule, verbose=False)
+    (test,) = one.test(module, datamodule=datamodule, verbose=False)
+    assert status["val/error"] == pytest.approx(val["val/error"])
+    assert status["test/error"] == pytest.approx(test["test/error"])

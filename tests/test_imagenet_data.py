@@ -17,6 +17,7 @@ from reslab.data.imagenet import (
     PCA_EIGVAL,
     PCA_EIGVEC,
     TEN_CROP_ORDER,
+    EvalShard,
 )
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
@@ -440,3 +441,17 @@ def test_config_has_the_papers_values_and_takes_the_smoke_preset(tmp_path: Path,
     assert len(dm.train_images) == 18 and len(dm.val_images) == 6  # smoke asks for more
     images, _ = next(iter(dm.train_dataloader()))
     assert images.shape == (16, 3, 32, 32)
+
+
+def test_evaluation_images_are_shared_by_the_processes_once_each(tree) -> None:
+    """Lightning's DistributedSampler would pad 5 images to 3 + 3, counting one twice."""
+    dm = module(tree[0], val_size=5, normalize="channel")
+    dm.trainer = trainer(devices=2, strategy="ddp")
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        assert isinstance(loader.sampler, EvalShard)  # Lightning keeps a DistributedSampler
+        assert loader.sampler.rank == 0 and list(loader.sampler) == [0, 2, 4]
+    assert list(EvalShard(range(5), 2, 1)) == [1, 3] and len(EvalShard(range(5), 2, 1)) == 2
+    dm = module(tree[0], val_size=1, normalize="channel")
+    dm.trainer = trainer(devices=2, strategy="ddp")
+    with pytest.raises(ValueError, match=r"1 evaluation images cannot be shared by 2 processes"):
+        dm.val_dataloader()

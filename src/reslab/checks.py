@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reslab.checkpoints import check_ckpt_path
 from reslab.config import instantiate
-from reslab.launch import quiet_trainer
+from reslab.launch import SUPPORTED_STRATEGIES, quiet_trainer, supported_strategy
 
 # torch.optim's own messages ("Invalid learning rate: -0.1") → the optimizer's argument.
 _TORCH_OPTIMIZER_WORDS = {
@@ -38,8 +38,11 @@ def check_run(cfg: DictConfig) -> None:
     and the scheduler. Raises a ``ValueError`` (or ``FileNotFoundError``) that names the bad
     setting and its valid choices."""
     check_ckpt_path(cfg.get("ckpt_path"))
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
+    if isinstance(strategy, str) and strategy not in SUPPORTED_STRATEGIES:
+        raise ConfigError(_strategy_error(cfg, strategy))  # before Lightning's own checks of it
     try:
-        quiet_trainer(cfg.trainer)
+        trainer = quiet_trainer(cfg.trainer)
     except InstantiationException as err:  # Lightning's own check of the devices
         if not isinstance(err.__cause__, MisconfigurationException):
             raise
@@ -51,7 +54,11 @@ def check_run(cfg: DictConfig) -> None:
             f"{accelerator} with {devices} cannot run here ({_one_line(str(err.__cause__))}); "
             f"this machine has {gpus} GPUs; valid here: {valid}"
         ) from err
+    if not supported_strategy(trainer):
+        raise ConfigError(_strategy_error(cfg, type(trainer.strategy).__name__))
     datamodule = instantiate(cfg.data)  # the constructor checks its arguments; nothing loads
+    if hasattr(datamodule, "check_processes"):  # a dataset whose evaluation shards need images
+        datamodule.check_processes(trainer.world_size)
     with torch.device("meta"):
         net = instantiate(
             cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
@@ -67,6 +74,16 @@ def check_run(cfg: DictConfig) -> None:
         except (ValueError, TypeError) as err:
             target = OmegaConf.select(cfg, "module.scheduler._target_")
             raise ConfigError(f"{source_key(cfg, 'module.scheduler')} ({target}): {err}") from err
+
+
+def _strategy_error(cfg: DictConfig, strategy: str) -> str:
+    """A strategy reslab does not run, with the ones it does (``launch.SUPPORTED_STRATEGIES``)."""
+    return (
+        f"{source_key(cfg, 'trainer.strategy')}={strategy} is not supported: reslab runs one "
+        "process, or DDP ranks that are processes of their own (started by Lightning, SLURM or "
+        "torchrun; spawned ranks lose the run's iterations, logged rows and final errors); "
+        f"valid: {', '.join(SUPPORTED_STRATEGIES)}"
+    )
 
 
 def _optimizer_error(cfg: DictConfig, err: Exception) -> str:

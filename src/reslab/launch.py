@@ -25,6 +25,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 # Private in Lightning, with no public way to ask "does this strategy re-run the command
 # line?"; tests/test_upstream.py fails with a clear message if it moves.
@@ -111,6 +112,29 @@ def quiet_trainer(trainer_cfg: DictConfig) -> L.Trainer:
         )  # fmt: skip
     finally:
         lightning_log.setLevel(level)
+
+
+# The strategies reslab's tests prove: one process, or DDP whose ranks are processes of their own
+# (started by Lightning re-running the command, by SLURM or by torchrun), each of which runs the
+# whole fit, validation and test. Spawn-based ones (ddp_spawn, ddp_fork, ddp_notebook) run each
+# stage in new processes and bring back only rank 0's results (the iteration count, the logger's
+# rows and the final errors come back wrong or lost); the sharded ones (fsdp, deepspeed) are not
+# tested here.
+SUPPORTED_STRATEGIES = (
+    "auto", "single_device", "ddp", "ddp_find_unused_parameters_false",
+    "ddp_find_unused_parameters_true",
+)  # fmt: skip
+
+
+def supported_strategy(trainer: L.Trainer) -> bool:
+    """Whether ``trainer``'s strategy is one process or DDP with ranks of their own
+    (``SUPPORTED_STRATEGIES``), whatever name or object chose it."""
+    strategy = trainer.strategy
+    if type(strategy) is SingleDeviceStrategy:
+        return True
+    return type(strategy) is DDPStrategy and isinstance(
+        strategy.launcher, _SubprocessScriptLauncher
+    )
 
 
 def reruns_command_line(trainer: L.Trainer) -> bool:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from reslab.validation import is_int, require_choice, require_int
 
@@ -58,6 +60,11 @@ PCA_EIGVEC = (
     (-0.5836, -0.6948, 0.4203),
 )
 LIGHTING_STD = 0.1  # alpha ~ N(0, 0.1), Krizhevsky et al. 2012
+# How the decoding workers start, chosen here rather than inherited: inside a joblib (loky)
+# worker, as ``hydra/launcher=local`` runs a job, the process's default context is loky's, whose
+# processes cannot start DataLoader workers. Linux forks (the workers share the file lists
+# without copying them, and start at once); elsewhere, spawn (macOS's and Windows' default).
+WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 # --- the folders -----------------------------------------------------------------------------
@@ -242,6 +249,25 @@ class ImageFolderDataset(Dataset):
         return self.transform(read_image(self.images.path(i))), int(self.images.labels[i])
 
 
+class EvalShard(DistributedSampler):
+    """Rank ``rank`` of ``num_replicas`` evaluates images rank, rank + num_replicas, ... in
+    order: every image once over the ranks. (Lightning's DistributedSampler pads the ranks to
+    equal shares, counting some images twice; a DistributedSampler subclass is kept as it is.)
+    The ranks' batch counts may differ by one; evaluation runs no collective per batch."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def _indices(self) -> range:
+        return range(self.rank, len(self.dataset), self.num_replicas)
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
 # --- batched colour augmentation (on the training device) ------------------------------------
 def pca_lighting_basis(device: torch.device | str = "cpu") -> torch.Tensor:
     """(3, 3) matrix B with B[i, j] = eigvec[i, j] * eigval[j] * 255: noise = alpha @ B.T in
@@ -400,6 +426,14 @@ class ImageNetDataModule(L.LightningDataModule):
         self.test_images = test  # ImageNet's errors are reported on the val set
         self.train_images = train
 
+    def check_processes(self, world_size: int) -> None:
+        """Before a run on ``world_size`` processes: each of them needs an evaluation image."""
+        if self.val_size is not None and 0 < self.val_size < world_size:
+            raise ValueError(
+                f"data.val_size={self.val_size} evaluation images cannot be shared by "
+                f"{world_size} processes; valid: 0, null or an integer >= {world_size}"
+            )
+
     @property
     def has_val(self) -> bool:
         """Whether there are validation images (known once ``setup`` has run)."""
@@ -471,7 +505,7 @@ class ImageNetDataModule(L.LightningDataModule):
                 warnings.warn(f"cannot read mean cache '{path}' ({why}); recomputing", stacklevel=2)
         log.info("computing the per-pixel mean of %d training images", len(images))
         crops = EvalCrops(self.crop_size, self.eval_resize, 1)
-        loader = self._loader(images, crops, 64, train=False, persistent=False)
+        loader = self._loader(images, crops, 64, train=False, persistent=False, shard=False)
         total = torch.zeros(3, self.crop_size, self.crop_size, dtype=torch.float64)
         for batch, _ in loader:
             total += batch.double().sum(0)
@@ -503,14 +537,31 @@ class ImageNetDataModule(L.LightningDataModule):
         *,
         train: bool,
         persistent: bool = True,
+        shard: bool = True,
     ) -> DataLoader:
+        """An evaluation loader (``train`` false) of a distributed trainer takes this rank's
+        ``EvalShard``, unless ``shard`` is false (every rank reads every image)."""
+        dataset = ImageFolderDataset(images, transform)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        sampler = None
+        if shard and not train and world > 1:
+            if len(images) < world:
+                raise ValueError(
+                    f"{len(images)} evaluation images cannot be shared by {world} processes; "
+                    f"choose data.val_size >= {world} (or null: the whole val folder)"
+                )
+            sampler = EvalShard(dataset, world, self.trainer.global_rank)
         return DataLoader(
-            ImageFolderDataset(images, transform),
+            dataset,
             batch_size=batch_size,
+            sampler=sampler,
             shuffle=train,
             drop_last=train,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             num_workers=self.num_workers,
+            multiprocessing_context=(
+                multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
+            ),
             persistent_workers=persistent and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
