@@ -6,9 +6,8 @@ The local launcher runs each job in a joblib (loky) worker process, whose defaul
 multiprocessing context is loky's: ImageNet's DataLoader workers start through a context of
 their own (``reslab.data.imagenet.WORKER_START_METHOD``), never the inherited one.
 
-The SLURM column: add its overrides to ``LAUNCHERS`` (``hydra/launcher=slurm trainer=cpu
-hydra.launcher.gpus_per_node=0 ...``) and a fixture that starts the test cluster (issue 13,
-item 1); until then it is a skipped parameter that says so.
+The SLURM column runs each job as a SLURM job on the private one-node cluster that the session
+fixture ``slurm_cluster`` starts (tests/slurm_cluster.py).
 """
 
 from __future__ import annotations
@@ -26,31 +25,33 @@ from test_bad_input import IMAGENET_SMALL
 LAUNCHERS: dict[str, tuple[str, ...]] = {
     "basic": (),
     "local": ("hydra/launcher=local",),
-}
-SLURM_HOOK = "slurm: needs the one-node test cluster fixture (issue 13, item 1)"
+    "slurm": ("hydra/launcher=slurm", "trainer=cpu", "hydra.launcher.gpus_per_node=0",
+              "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"),
+}  # fmt: skip
 # dataset -> overrides ({data}: the tiny JPEG tree)
 DATASETS: dict[str, tuple[str, ...]] = {
     "in-memory": ("data=synthetic", "model.depth=8"),
     "imagenet-folders": (*IMAGENET_SMALL, "data.data_dir={data}", "data.num_workers=1"),
 }
 CELLS = [
-    *(pytest.param(launcher, dataset, id=f"{launcher}-{dataset}")
-      for launcher in LAUNCHERS for dataset in DATASETS),
-    *(pytest.param("slurm", dataset, id=f"slurm-{dataset}", marks=pytest.mark.skip(SLURM_HOOK))
-      for dataset in DATASETS),
-]  # fmt: skip
+    pytest.param(launcher, dataset, id=f"{launcher}-{dataset}")
+    for launcher in LAUNCHERS
+    for dataset in DATASETS
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("launcher", "dataset"), CELLS)
 def test_every_launcher_runs_every_dataset(
-    launcher: str, dataset: str, tmp_path: Path, tiny_imagenet: Path
+    launcher: str, dataset: str, tmp_path: Path, tiny_imagenet: Path, request: pytest.FixtureRequest
 ) -> None:
     sweep = tmp_path / "sweep"
     data_args = [a.format(data=tiny_imagenet) for a in DATASETS[dataset]]
     args = ["-m", *LAUNCHERS[launcher], *data_args, "debug=smoke", "logger=csv",
             f"hydra.sweep.dir={sweep}"]  # fmt: skip
     env = {**os.environ, "WANDB_MODE": "offline", "RESLAB_LOG_DIR": str(tmp_path / "logs")}
+    if launcher == "slurm":  # SLURM_CONF names the test cluster; sbatch passes the rest on
+        env |= request.getfixturevalue("slurm_cluster").env
     result = subprocess.run(
         [sys.executable, "-m", "reslab.cli", *args],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
@@ -59,6 +60,8 @@ def test_every_launcher_runs_every_dataset(
     assert result.returncode == 0, output[-3000:]
     if launcher == "local":
         assert "Joblib.Parallel(" in output  # the job ran in a joblib worker process
+    if launcher == "slurm":
+        assert "Submitit 'slurm' sweep output dir" in output  # the job ran as a SLURM job
     jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(jobs) == 1, jobs
     status = json.loads((jobs[0] / "status.json").read_text())
