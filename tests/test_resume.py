@@ -192,14 +192,19 @@ def test_a_sweep_with_a_diverging_job_finishes_the_others_and_marks_it(tmp_path:
     assert f"diverged at {diverged['diverged_at']}" in result.stdout  # the sweep's table
 
 
+def reslab_resume(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``reslab-resume RUN_DIR overrides...`` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()",
+         str(run_dir), *overrides],
+        capture_output=True, text=True, timeout=300, env=own_env(),
+    )  # fmt: skip
+
+
 def test_reslab_resume_continues_a_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert reslab_train(run, "logger=csv", "optim.max_steps=4").returncode == 0
-    result = subprocess.run(
-        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()",
-         str(run), "optim.max_steps=8"],
-        capture_output=True, text=True, timeout=300, env=own_env(),
-    )  # fmt: skip
+    result = reslab_resume(run, "optim.max_steps=8")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming from {run}/checkpoints/last.ckpt at iteration 4" in result.stdout
     status = json.loads((run / "status.json").read_text())
@@ -293,11 +298,7 @@ def test_a_resumed_offline_wandb_run_steps_on_above_its_first_piece(tmp_path: Pa
     run = tmp_path / "run"
     result = reslab_train(run, "logger=wandb", "optim.max_steps=4")
     assert result.returncode == 0, result.stderr[-2000:]
-    result = subprocess.run(
-        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()",
-         str(run), "optim.max_steps=8"],
-        capture_output=True, text=True, timeout=300, env=own_env(),
-    )  # fmt: skip
+    result = reslab_resume(run, "optim.max_steps=8")
     assert result.returncode == 0, result.stderr[-2000:]
     first, second = offline_runs(run)
     steps = [[row["_step"] for row in wandb_history(p / f"run-{p.name[-8:]}.wandb")]
