@@ -84,6 +84,7 @@ class RankRecorder(Callback):
         self.record.update(
             rank=trainer.global_rank,
             world_size=trainer.world_size,
+            environment=type(trainer.strategy.cluster_environment).__name__,  # who started it
             batches=self.batches,
             losses=self.losses,
             tested=weights(pl_module),

@@ -66,18 +66,23 @@ def ranks(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> list[
     return records
 
 
-@pytest.fixture(scope="module")
-def single_process_batches(tiny_cifar10: Path, ranks: list[dict]) -> list[list[tuple]]:
-    """The global batches that one process would train on with the same config and seed."""
+def global_batches(data_dir: Path, steps: int) -> list[list[tuple]]:
+    """The first ``steps`` global batches that one process would train on with the config of
+    :func:`run_args` and its seed (tests/test_slurm.py checks a SLURM-started run with it)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=run_args(tiny_cifar10))
+        cfg = compose("train", overrides=run_args(data_dir))
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()  # no trainer: rank 0 of 1
     assert loader.batch_size == cfg.data.batch_size == 16
-    steps = len(ranks[0]["batches"])
     epochs = itertools.chain.from_iterable(iter(loader) for _ in range(steps))
     return [image_keys(*batch) for batch in itertools.islice(epochs, steps)]
+
+
+@pytest.fixture(scope="module")
+def single_process_batches(tiny_cifar10: Path, ranks: list[dict]) -> list[list[tuple]]:
+    """The global batches that one process would train on with the same config and seed."""
+    return global_batches(tiny_cifar10, len(ranks[0]["batches"]))
 
 
 def test_each_rank_trains_on_its_own_half_of_every_global_batch(

@@ -154,3 +154,39 @@ def test_an_interrupted_sweep_job_stops_the_sweep(tmp_path: Path) -> None:
     jobs = sorted(p.parent.name for p in sweep.glob("*/status.json"))
     assert len(jobs) == 1, jobs  # the second job never started
     assert _stopped(sweep / jobs[0]) == 4
+
+
+def test_a_run_stopped_mid_fit_passes_the_signal_to_the_handler_before_lightnings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopped before its last iteration, fit ends in on_exception (no teardown hook): the
+    handlers there before are restored, and the signal goes to submitit's (it requeues the
+    job), not to Lightning's SIGTERM handler (which would stop a trainer that has stopped)."""
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
+
+    from reslab.checkpoints import RunInterrupted, StopOnSignal
+
+    called: list = []
+
+    def submitit(signum: int, frame: object) -> None:
+        called.append(signum)
+
+    def lightning(signum: int, frame: object) -> None:
+        called.append("lightning")
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        for signum in (signal.SIGUSR2, signal.SIGTERM):
+            signal.signal(signal.SIGUSR2, submitit)
+            signal.signal(signal.SIGTERM, _HandlersCompose([lightning, submitit]))  # Lightning's
+            stopper = StopOnSignal()
+            stopper.on_train_start(None, None)  # type: ignore[arg-type]
+            stopper.signum = signum
+            stopper.on_exception(None, None, RunInterrupted(signum, 4))  # type: ignore[arg-type]
+            assert signal.getsignal(signal.SIGUSR2) is submitit
+            stopper.pass_on()
+        assert called == [signal.SIGUSR2, signal.SIGTERM]
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

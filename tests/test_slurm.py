@@ -1,11 +1,17 @@
 """Through a real scheduler: reslab's hydra/launcher=slurm sweeps on a private one-node SLURM
 cluster (tests/slurm_cluster.py, the session fixture ``slurm_cluster``), CPU jobs on tiny data.
-The cluster keeps no accounting (no slurmdbd), as one-node clusters often do: sacct fails."""
+The cluster keeps no accounting (no slurmdbd), as one-node clusters often do: sacct fails.
+
+A job preempted or requeued mid-run (``scontrol requeue``: SIGTERM; submitit's USR2, which
+SLURM sends ``signal_delay_s`` before the time limit) saves its iteration, is requeued and
+resumes there, to the metrics of an uninterrupted run, byte for byte; a ``trainer=ddp`` job
+with two tasks runs two ranks that SLURM started and Lightning's SLURMEnvironment joins."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +21,8 @@ import pytest
 import submitit
 
 from reslab.launch import quiet_slurm_polling
+
+TESTS = Path(__file__).resolve().parent
 
 SMOKE = ["hydra/launcher=slurm", "trainer=cpu", "hydra.launcher.gpus_per_node=0",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "data=synthetic",
@@ -38,6 +46,21 @@ def sweep(cluster, tmp_path: Path, depths: str) -> tuple[subprocess.CompletedPro
 
 def status(folder: Path) -> dict:
     return json.loads((folder / "status.json").read_text())
+
+
+def job_env(cluster, tmp_path: Path) -> dict[str, str]:
+    """The environment of a sweep whose jobs load test callbacks (sigkill, ddp_worker): this
+    folder after the caller's PYTHONPATH (reslab's src first); sbatch exports it to the jobs."""
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(TESTS)]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, **cluster.env, "PYTHONPATH": path, "WANDB_MODE": "offline",
+            "RESLAB_LOG_DIR": str(tmp_path / "logs")}  # fmt: skip
+
+
+def slurm_command(cluster, args: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run(args, capture_output=True, text=True, env={**env, **cluster.env},
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
 
 
 @pytest.mark.slow
@@ -103,3 +126,122 @@ def test_job_states_are_right_without_accounting_and_polling_is_quiet(
     noise = [line for line in (captured.out + captured.err).splitlines()
              if any(n in line for n in NOISE)]  # fmt: skip
     assert not noise
+
+
+# --- preemption: zero lost iterations ------------------------------------------------------------
+# The SLURM job is only launcher options plus test_signals' run; N iterations in all.
+LAUNCHER = [o for o in SMOKE if o.startswith(("hydra", "trainer"))]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the same run (config, seed, CPU) to N iterations, locally, uninterrupted."""
+    from test_signals import N, _run
+
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = _run(run, "trainer=cpu", f"optim.max_steps={N}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+@pytest.mark.slow  # a SLURM job, stopped, requeued, resumed; the reference run
+@pytest.mark.parametrize(
+    ("how", "pause"),
+    [("scontrol-requeue", 11), ("usr2", 17)],  # SIGTERM, then SLURM requeues; submitit requeues
+)
+def test_a_preempted_job_is_requeued_and_loses_no_iteration(
+    slurm_cluster, tmp_path: Path, uninterrupted: Path, how: str, pause: int
+) -> None:
+    from test_signals import RUN, N, _pause
+
+    folder, paused = tmp_path / "sweep", tmp_path / "paused"
+    env = job_env(slurm_cluster, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reslab.cli", "-m", *LAUNCHER, *RUN, f"optim.max_steps={N}",
+         *_pause(pause, paused), f"hydra.sweep.dir={folder}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not paused.exists():  # the job holds at the end of iteration `pause`
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the job never reached its pause"
+            time.sleep(0.1)
+        (job,) = [p.name for p in (folder / ".submitit").iterdir() if p.is_dir()]  # its id
+        if how == "usr2":  # as SLURM sends it before the time limit (--signal=USR2@...)
+            command = ["scancel", "--signal=USR2", job]
+        else:  # preemption by requeue: SLURM sends SIGTERM, KillWait (5 s) before SIGKILL
+            command = ["scontrol", "requeue", job]
+        slurm_command(slurm_cluster, command, env)
+        paused.unlink()  # the iteration after the pause ends, is saved, and the job stops
+        run = folder / "0_resnet-8A"
+        # the stopped job's record, read before the requeued one (cred_expire: >= 10 s) resumes
+        deadline = time.monotonic() + 60
+        while (run / "status.json").exists() and status(run)["status"] == "running":
+            assert time.monotonic() < deadline, "the job did not stop"
+            time.sleep(0.1)
+        stopped = status(run)
+        assert stopped["status"] == "preempted", stopped
+        assert stopped["interrupted_at"] == stopped["iterations"] == pause + 1
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-3000:]
+    final = status(run)
+    assert final["status"] == "finished" and final["iterations"] == N, final
+    logs = "".join(p.read_text(errors="replace") for p in (folder / ".submitit").rglob("*log.*"))
+    assert "this job is preempted" in logs or how != "usr2", logs[-3000:]  # submitit's handler
+    resumed = re.findall(r"resuming from \S+ at iteration (\d+)", logs)
+    assert resumed, logs[-3000:]  # the requeued job resumed from its folder's last.ckpt
+    # zero lost iterations: the signal came while iteration pause + 1 was under way; it ended,
+    # was saved, and the requeued job continued after it; the whole run is the uninterrupted one's
+    lost = (pause + 1) - int(resumed[-1])
+    print(f"iterations lost on preemption ({how}): {lost}")
+    assert lost == 0
+    assert (run / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+
+
+# --- DDP started by SLURM ------------------------------------------------------------------------
+@pytest.mark.slow  # a two-task SLURM job
+def test_a_ddp_job_runs_two_ranks_that_slurm_starts(
+    slurm_cluster, tmp_path: Path, tiny_cifar10: Path
+) -> None:
+    """``trainer=ddp trainer.devices=2``: the slurm launcher asks for two tasks on the node
+    (tasks_per_node from trainer.devices), srun starts both, Lightning's SLURMEnvironment
+    joins them (gloo); tests/test_ddp.py's checks hold for what each rank recorded."""
+    import torch
+    from test_ddp import WORLD, global_batches, run_args
+    from test_ddp import test_each_rank_trains_on_its_own_half_of_every_global_batch as halves
+    from test_ddp import test_evaluation_sets_are_counted_once_over_the_ranks as counted_once
+    from test_ddp import test_logged_metrics_are_synced_over_the_ranks as synced
+    from test_ddp import test_the_ranks_end_with_the_same_trained_weights as same_weights
+
+    folder, record = tmp_path / "sweep", tmp_path / "record"
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.cli", "-m", *LAUNCHER, *run_args(tiny_cifar10),
+         "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
+         "+callbacks.record._target_=ddp_worker.RankRecorder",
+         f"+callbacks.record.out_dir={record}", f"hydra.sweep.dir={folder}"],
+        capture_output=True, text=True, env=job_env(slurm_cluster, tmp_path), cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    logs = "".join(p.read_text(errors="replace") for p in (folder / ".submitit").rglob("*log.*"))
+    assert result.returncode == 0, (output + logs)[-4000:]
+    (job,) = [p for p in (folder / ".submitit").iterdir() if p.is_dir()]
+    # two SLURM tasks (submitit's logs <job>_<task>_log.*), one rank each
+    assert sorted(p.name.rsplit("_", 2)[-2] for p in job.glob("*_log.err")) == ["0", "1"]
+    assert "Starting with 2 processes" in logs, logs[-3000:]
+    run = folder / "0_resnet-8A"
+    assert status(run)["status"] == "finished" and status(run)["iterations"] == 4
+    assert sorted(p.name for p in record.iterdir()) == [f"rank{r}.pt" for r in range(WORLD)]
+    ranks = [torch.load(record / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r, rec in enumerate(ranks):
+        assert (rec["rank"], rec["world_size"]) == (r, WORLD)
+        assert rec["environment"] == "SLURMEnvironment"  # srun's tasks, not Lightning's children
+    halves(ranks, global_batches(tiny_cifar10, len(ranks[0]["batches"])))
+    same_weights(ranks)
+    synced(ranks)
+    counted_once(ranks)

@@ -372,6 +372,13 @@ class StopOnSignal(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # RunInterrupted (a stop before the last iteration) ends fit here: Lightning calls no
+        # teardown hook then, and pass_on needs the handlers that were there before
+        self._restore()
+
     def _restore(self) -> None:
         if not self._previous:
             return
@@ -382,7 +389,19 @@ class StopOnSignal(L.Callback):
 
     def pass_on(self) -> None:
         """Calls the handler that was there before for the signal received, when it was
-        Python's (submitit's: it requeues the job and exits); not Python's default for SIGINT."""
+        Python's (submitit's: it requeues the job and exits); not Python's default for SIGINT,
+        nor Lightning's own (it would stop the trainer, which has stopped: its SIGTERM handler
+        calls the one that was there before it, which is passed on instead)."""
         handler = self._replaced.get(self.signum)
+        if _from_lightning(handler):
+            handler = getattr(handler, "signal_handlers", [None])[-1]
+            handler = None if _from_lightning(handler) else handler
         if callable(handler) and handler is not signal.default_int_handler:
             handler(self.signum, None)
+
+
+def _from_lightning(handler: Any) -> bool:
+    """Whether ``handler`` is one of Lightning's signal handlers (its ``_HandlersCompose``, or a
+    method of its signal connector)."""
+    owner = getattr(handler, "__self__", handler)
+    return type(owner).__module__.startswith(("lightning.", "pytorch_lightning."))
