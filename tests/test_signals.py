@@ -145,6 +145,17 @@ def test_sigusr2_in_a_slurm_job_preempts_the_run(tmp_path: Path) -> None:
     assert _stopped(run, "preempted") == 4
 
 
+def test_a_schedulers_sigterm_then_usr2_still_saves_the_iteration(tmp_path: Path) -> None:
+    """submitit's own preemption sends SIGTERM and then USR2: the second signal changes nothing
+    (only a second Ctrl-C stops at once), so the iteration in progress is still saved."""
+    run, paused = tmp_path / "run", tmp_path / "paused"
+    proc = _start([*RUN, "optim.max_steps=100000", *_pause(3, paused),
+                   f"hydra.run.dir={run}"], _env(SLURM_JOB_ID="4242"))  # fmt: skip
+    returncode, out = _signal_when_paused(proc, paused, signal.SIGTERM, signal.SIGUSR2)
+    assert returncode == 143, out[-3000:]
+    assert _stopped(run, "preempted") == 4
+
+
 def test_an_interrupted_sweep_job_stops_the_sweep(tmp_path: Path) -> None:
     sweep, paused = tmp_path / "sweep", tmp_path / "paused"
     proc = _start(["-m", *RUN, "seed=0,1", "optim.max_steps=100000", *_pause(3, paused),

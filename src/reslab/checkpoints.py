@@ -317,7 +317,8 @@ class StopOnSignal(L.Callback):
     progress finishes, ``last.ckpt`` is saved at it (through the run's :class:`RunCheckpoint`,
     at the point of its own checkpoints), its logging and a validation due at it run, and
     training stops before the next one with :class:`RunInterrupted`. The resumed run repeats
-    nothing and skips nothing. A second signal stops at once (KeyboardInterrupt).
+    nothing and skips nothing. A second Ctrl-C stops at once (KeyboardInterrupt); a
+    scheduler's further signals (SIGTERM, then USR2) change nothing.
 
     Its handlers replace, while ``fit`` trains, the ones there before (Lightning's SIGTERM
     handler, which would stop without a checkpoint; submitit's, which :meth:`pass_on` calls
@@ -341,8 +342,10 @@ class StopOnSignal(L.Callback):
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # the second: stop now
-            self._restore()
+        if self.signum is not None:
+            if signum != signal.SIGINT:  # a scheduler's second word (SIGTERM, then USR2)
+                return  # changes nothing: the stop is under way
+            self._restore()  # a second Ctrl-C: the user wants out now
             raise KeyboardInterrupt
         self.signum = signum
         name = signal.Signals(signum).name
