@@ -8,6 +8,7 @@ export (README, "Try the SLURM path on one machine"); Ctrl-C stops it.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -141,7 +142,20 @@ class Cluster:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """Stops the daemons this cluster started (newest first), by their pids."""
+        """Cancels the jobs still on this cluster (a failed test can leave one held), so that no
+        job step outlives it, then stops the daemons it started (newest first), by their pids."""
+        env = {**os.environ, **self.env}
+        if self.processes and all(p.poll() is None for p in self.processes):
+            user = pwd.getpwuid(os.getuid()).pw_name
+            subprocess.run(["scancel", "--full", f"--user={user}"], env=env, timeout=10,
+                           capture_output=True, check=False)  # fmt: skip
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                queue = subprocess.run(["squeue", "--noheader"], env=env, timeout=10,
+                                       capture_output=True, text=True, check=False)  # fmt: skip
+                if queue.returncode != 0 or not queue.stdout.strip():
+                    break
+                time.sleep(0.3)
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
