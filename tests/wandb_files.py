@@ -2,9 +2,10 @@
 ``.wandb`` file, its config, summary and history. For tests of what reaches wandb."""
 
 import json
-import struct
 import time
 from pathlib import Path
+
+from reslab.loggers import read_wandb_records
 
 
 def offline_runs(run_dir: Path) -> list[Path]:
@@ -25,33 +26,9 @@ def wandb_records(path: Path, wait_s: float = 30.0) -> list:
 
 
 def _read_wandb_file(path: Path) -> list:
-    """The file is a LevelDB-style log: a 7-byte header (``:W&B``, magic, version), then 32 KiB
-    blocks of chunks, each a 7-byte header (crc32, length, type: 1 whole record, 2 first, 3
-    middle, 4 last piece) and its bytes; a block's tail under 7 bytes is padding."""
-    from wandb.proto.wandb_internal_pb2 import Record
-
-    data, block = path.read_bytes(), 32768
-    assert data[:4] in (b":W&B", b":W&B"[: len(data)]), path
-    position, records, pending = 7, [], b""
-    while position + 7 <= len(data):
-        left = block - position % block
-        if left < 7:
-            position += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
-        if kind == 0:  # zero padding to the end of the block
-            position += left
-            continue
-        if position + 7 + length > len(data):  # a chunk still being written
-            break
-        pending += data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            record = Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
+    data = path.read_bytes()
+    assert data[:4] in (b":W&B", b":W&B"[: len(data)]), path  # wandb's header
+    return read_wandb_records(path)
 
 
 def _items(items) -> dict:

@@ -163,29 +163,30 @@ def train_main() -> None:
     from reslab.launch import quiet_slurm_polling
 
     quiet_slurm_polling()  # a SLURM sweep without accounting: squeue, not sacct's errors
-    if _user_full_error():
-        try:
-            hydra_task()
-        except RunInterrupted as err:  # saved and recorded: the shell's exit status for it
-            sys.exit(err.exit_code)
-        return
-    os.environ.update({"HYDRA_FULL_ERROR": "1", _SET_BY_RESLAB: "1"})  # Hydra raises; we say it
+    full = _user_full_error()  # the user's HYDRA_FULL_ERROR=1: every traceback, as Hydra's
+    if not full:  # Hydra raises the error instead of printing its part; we say it in a line
+        os.environ.update({"HYDRA_FULL_ERROR": "1", _SET_BY_RESLAB: "1"})
     try:
         try:
             hydra_task()
         finally:  # for this process's next command (tests); its children have theirs
-            for key in ("HYDRA_FULL_ERROR", _SET_BY_RESLAB):
-                os.environ.pop(key, None)
-    except BrokenPipeError:  # its output went to a pipe that closed: reslab-train --cfg | head
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+            if not full:
+                for key in ("HYDRA_FULL_ERROR", _SET_BY_RESLAB):
+                    os.environ.pop(key, None)
     except RunInterrupted as err:  # SIGINT, SIGTERM: checkpoint and status.json written
         sys.exit(err.exit_code)
+    except BrokenPipeError:  # its output went to a pipe that closed: reslab-train --cfg | head
+        if full:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except KeyboardInterrupt:
+        if full:
+            raise
         sys.stderr.write(f"{PROG}: interrupted\n")
         sys.exit(130)
     except Exception as err:
-        message = explain(err)
+        message = None if full else explain(err)
         if message is None:
             raise
         sys.stdout.flush()

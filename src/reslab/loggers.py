@@ -80,36 +80,42 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
     return run_id
 
 
-def last_wandb_step(save_dir: str | Path, run_id: str) -> int | None:
-    """The last history step that the pieces of wandb run ``run_id`` already in the run folder
-    ``save_dir`` hold (its ``wandb/*run-*-<id>/run-<id>.wandb`` files, what ``wandb sync``
-    uploads); None without any.
-
-    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each a
-    7-byte header (crc32, length, type: 1 whole record, 2 first, 3 middle, 4 last piece) and
-    its bytes; a record is wandb's protobuf ``Record``. A file cut short (a killed run) is read
-    up to its last whole record."""
+def read_wandb_records(path: str | Path) -> list[Any]:
+    """The records of a wandb ``.wandb`` file (what ``wandb sync`` uploads), as wandb's
+    protobuf ``Record`` messages. The file is a LevelDB-style log: a 7-byte header, then 32 KiB
+    blocks of chunks, each a 7-byte header (crc32, length, type: 1 whole record, 2 first, 3
+    middle, 4 last piece) and its bytes. A file cut short (a killed run, or one wandb's service
+    is still writing) is read up to its last whole record."""
     from wandb.proto.wandb_internal_pb2 import Record
 
-    last, block = None, 32768
-    for path in sorted(Path(save_dir).glob(f"wandb/*run-*-{run_id}/run-{run_id}.wandb")):
-        data, position, pending = path.read_bytes(), 7, b""
-        while position + 7 <= len(data):
-            left = block - position % block
-            _, length, kind = struct.unpack("<IHB", data[position : position + 7])
-            if left < 7 or kind == 0:  # a block's padding
-                position += left
-                continue
-            if position + 7 + length > len(data):
-                break
-            pending += data[position + 7 : position + 7 + length]
-            position += 7 + length
-            if kind in (1, 4):
-                record = Record.FromString(pending)
-                pending = b""
-                if record.HasField("history"):
-                    last = max(last or 0, record.history.step.num)
-    return last
+    data, block = Path(path).read_bytes(), 32768
+    position, records, pending = 7, [], b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if left < 7 or kind == 0:  # a block's padding
+            position += left
+            continue
+        if position + 7 + length > len(data):
+            break
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            records.append(Record.FromString(pending))
+            pending = b""
+    return records
+
+
+def last_wandb_step(save_dir: str | Path, run_id: str) -> int | None:
+    """The last history step that the pieces of wandb run ``run_id`` already in the run folder
+    ``save_dir`` hold (its ``wandb/*run-*-<id>/run-<id>.wandb`` files); None without any."""
+    steps = [
+        record.history.step.num
+        for path in sorted(Path(save_dir).glob(f"wandb/*run-*-{run_id}/run-{run_id}.wandb"))
+        for record in read_wandb_records(path)
+        if record.HasField("history")
+    ]
+    return max(steps, default=None)
 
 
 class StepWandbLogger(WandbLogger):
