@@ -199,11 +199,6 @@ def hand_loop(name: str, datamodule: SyntheticDataModule) -> HandLoop:
     )
 
 
-def fused_supported() -> bool:
-    """Whether this checkout's Classifier takes ``fused_iterations``."""
-    return "fused_iterations" in inspect.signature(Classifier).parameters
-
-
 # --- part 1: in one process -----------------------------------------------------------------
 class Interleave(L.Callback):
     """Times reslab's rounds of ``iterations`` iterations between training-batch ends (the
@@ -261,8 +256,9 @@ def reslab_fit(
     """Trains ``name`` through reslab's path for ``max_steps`` iterations, with ``callback``."""
     torch.manual_seed(0)
     net = make_net(name, datamodule.in_channels)
-    options = {"fused_iterations": fused} if fused != 1 else {}
-    module = Classifier(net, optimizer=make_optimizer, scheduler=make_scheduler, **options)
+    module = Classifier(
+        net, optimizer=make_optimizer, scheduler=make_scheduler, fused_iterations=fused
+    )
     # conf/trainer/_base.yaml + cpu.yaml; reslab's CSV logger, divergence guard and signal stop
     trainer = L.Trainer(
         accelerator="cpu",
@@ -308,12 +304,6 @@ def measure_in_process(
             datamodule = make_data(batch, args.image_size, args.channels)
             iterations = round_iterations(hand_loop(name, datamodule), args)
             for fused in FUSED:
-                if fused != 1 and not fused_supported():
-                    console.print(
-                        f"note: {net_label(name)} batch {batch} fused_iterations={fused} skipped:"
-                        " this checkout's Classifier has no fused_iterations"
-                    )
-                    continue
                 hand = hand_loop(name, datamodule)
                 interleave = Interleave(args.warmup, iterations, args.rounds, hand)
                 max_steps = args.warmup + args.rounds * iterations
@@ -400,26 +390,19 @@ def measure_reslab_train(
     net = make_net(f"resnet-{TRAIN_DEPTH}", TRAIN_CHANNELS, TRAIN_WIDTHS)
     hand = HandLoop(net, splits.train_images, splits.train_labels, datamodule.mean, TRAIN_BATCH)
     hand.run(args.train_warmup)
-    settings = [f for f in FUSED if f == 1 or fused_supported()]
-    for fused in set(FUSED) - set(settings):
-        console.print(
-            f"note: reslab-train module.fused_iterations={fused} skipped: this checkout's "
-            "Classifier has no fused_iterations"
-        )
-    times: dict[int, list[float]] = {f: [] for f in settings}
-    hand_times: dict[int, list[float]] = {f: [] for f in settings}
+    times: dict[int, list[float]] = {f: [] for f in FUSED}
+    hand_times: dict[int, list[float]] = {f: [] for f in FUSED}
     counts: dict[int, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.train_rounds):
-            for fused in settings:
+            for fused in FUSED:
                 folder = Path(tmp) / f"{fused}-{run}"
                 folder.mkdir()
                 seconds, counts[fused] = reslab_train(fused, args, folder)
                 times[fused].append(seconds)
                 hand_times[fused].append(hand.run(counts[fused]) / counts[fused])
     return [
-        (f, counts[f], statistics.median(times[f]), statistics.median(hand_times[f]))
-        for f in settings
+        (f, counts[f], statistics.median(times[f]), statistics.median(hand_times[f])) for f in FUSED
     ]
 
 
@@ -458,8 +441,6 @@ def profile_reslab(args: argparse.Namespace, console: Console, log_dir: str) -> 
     datamodule = make_data(batch, args.image_size, args.channels)
     profiles: dict[str, tuple[Profile, int]] = {}
     for fused in FUSED:
-        if fused != 1 and not fused_supported():
-            continue
         profiler = ProfileReslab(args.profile_warmup)
         reslab_fit("tiny", datamodule, fused, args.profile_warmup + args.profile_iterations,
                    profiler, log_dir)  # fmt: skip

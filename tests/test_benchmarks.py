@@ -24,18 +24,22 @@ def run_script(name: str, *args: str) -> str:
     return result.stdout
 
 
-def table_rows(out: str, title: str) -> dict[str, list[str]]:
-    """The body rows of the rich table titled ``title``: first cell → the other cells."""
+def table_body(out: str, title: str) -> list[list[str]]:
+    """The body rows of the rich table titled ``title``, as lists of cells."""
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip() == title)
-    rows = {}
+    rows = []
     for line in lines[start + 1 :]:
         if line.startswith("└"):
             return rows
         if line.startswith("│"):
-            cells = [c.strip() for c in line.strip("│").split("│")]
-            rows[cells[0]] = cells[1:]
+            rows.append([c.strip() for c in line.strip("│").split("│")])
     raise AssertionError(f"table {title!r} has no end in:\n{out}")
+
+
+def table_rows(out: str, title: str) -> dict[str, list[str]]:
+    """The body rows of the rich table titled ``title``: first cell → the other cells."""
+    return {cells[0]: cells[1:] for cells in table_body(out, title)}
 
 
 def number(cell: str) -> float:
@@ -45,12 +49,17 @@ def number(cell: str) -> float:
     return float(match.group(1).replace(",", ""))
 
 
+def signed(cell: str) -> float:
+    """A printed number that may be negative: ``-12.5`` → -12.5."""
+    return -number(cell[1:]) if cell.startswith("-") else number(cell)
+
+
 def shown(cell: str, exact: float, rel: float = 0.01) -> bool:
     """``cell`` is ``exact`` as printed: within half a unit of its last digit, plus ``rel`` for
     the rounding of the printed numbers ``exact`` was computed from."""
     digits = cell.split(".")[1] if "." in cell else ""
     decimals = len(re.match(r"[0-9]*", digits).group())
-    return abs(number(cell) - exact) <= 0.5 * 10**-decimals + rel * abs(exact)
+    return abs(signed(cell) - exact) <= 0.5 * 10**-decimals + rel * abs(exact)
 
 
 def test_throughput_tiny() -> None:
@@ -73,6 +82,47 @@ def test_throughput_tiny() -> None:
                         r"\(lowest ([0-9.]+)\)", out)  # fmt: skip
     assert verdict and verdict.group(2) == ratio
     assert verdict.group(1) == ("met" if number(ratio) >= 0.95 else "missed")
+
+
+def check_overhead_row(reslab_us: str, hand_us: str, difference: str, ratio: str) -> None:
+    """Times and ratio positive; difference = reslab − hand and ratio = reslab / hand as
+    printed. The difference may be negative where compute dominates (noise)."""
+    assert number(reslab_us) > 0 and number(hand_us) > 0 and number(ratio) > 0
+    exact = number(reslab_us) - number(hand_us)  # both to 0.1 µs: the difference to 0.1 too
+    assert abs(signed(difference) - exact) <= 0.15, (difference, exact)
+    assert shown(ratio, number(reslab_us) / number(hand_us))
+
+
+def test_overhead_tiny() -> None:
+    out = run_script("overhead.py", "--tiny")
+    rows = table_body(out, "Host time per iteration: reslab against a hand-written loop")
+    # tiny net and ResNet-8 at batch 8, each with fused_iterations 1 and 10; 2 rounds x 10
+    assert [row[:4] for row in rows] == [
+        [net, "8", fused, "20"] for net in ("tiny", "ResNet-8") for fused in ("1", "10")
+    ]
+    for row in rows:
+        check_overhead_row(*row[4:])
+    ratios = {(row[0], row[2]): row[7] for row in rows}
+    goal = re.search(r"goal tiny net, fused_iterations=10: reslab/hand <= 1\.10 at every "
+                     r"batch: (met|missed) \(highest ([0-9.]+)\)", out)  # fmt: skip
+    assert goal and goal.group(2) == ratios["tiny", "10"]
+    assert goal.group(1) == ("met" if number(ratios["tiny", "10"]) <= 1.10 else "missed")
+    assert "reslab-train" not in out  # --tiny: the in-process part only
+
+
+def test_overhead_through_reslab_train() -> None:
+    # the timing callback in real reslab-train runs (4 of them, a few seconds each)
+    out = run_script(
+        "overhead.py", "--parts", "reslab-train", "--train-iterations", "20",
+        "--train-warmup", "10", "--train-rounds", "1",
+    )  # fmt: skip
+    rows = table_body(out, "Time per iteration through reslab-train (tiny ResNet-8)")
+    assert [row[:2] for row in rows] == [["1", "20"], ["10", "20"]]
+    for row in rows:
+        check_overhead_row(*row[2:])
+    goal = re.search(r"goal reslab-train tiny ResNet-8, fused_iterations=10: within 10% of "
+                     r"the hand loop: (met|missed) \(([0-9.]+)\)", out)  # fmt: skip
+    assert goal and goal.group(2) == rows[1][5]
 
 
 @pytest.mark.parametrize(
