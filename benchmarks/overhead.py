@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
+import ctypes.util
 import inspect
 import json
 import logging
@@ -89,6 +91,28 @@ TRAIN_OVERRIDES = [
 ]
 
 
+# glibc's malloc: blocks above the mmap threshold are mapped afresh for each allocation, and the
+# heap's free top is given back above the trim threshold; either way the next iteration's
+# activations fault their pages in again (thousands of page faults per iteration at batch 128).
+# --keep-memory raises both, here (mallopt) and in reslab-train (its environment variables).
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 * 2**20, 2**30  # 32 MiB: the most glibc takes for the first
+KEEP_MEMORY_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+}
+
+
+def keep_memory() -> None:
+    """Makes this process's glibc malloc keep freed memory (see ``KEEP_MEMORY_ENV``)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    if not (
+        libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+        and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)
+    ):
+        raise RuntimeError("--keep-memory: glibc's mallopt refused the thresholds")
+
+
 # --- the nets -------------------------------------------------------------------------------
 def tiny_net(in_channels: int, width: int = 16, num_classes: int = NUM_CLASSES) -> nn.Module:
     """A net whose compute vanishes: 1x1 conv, batch norm, ReLU, global average pool, linear."""
@@ -112,14 +136,17 @@ def make_net(name: str, in_channels: int, widths: tuple[int, ...] | None = None)
 
 
 def net_label(name: str) -> str:
+    """The name in the table: ``tiny``, ``ResNet-8``."""
     return "tiny" if name == "tiny" else f"ResNet-{name.removeprefix('resnet-')}"
 
 
 def make_optimizer(params: Any) -> torch.optim.Optimizer:
+    """SGD as conf/optim/paper_cifar.yaml has it."""
     return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.MultiStepLR:
+    """The paper's schedule (lr / 10 at 32k and 48k iterations), stepped every iteration."""
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=MILESTONES, gamma=GAMMA)
 
 
@@ -181,6 +208,7 @@ class HandLoop:
 
 
 def make_data(batch_size: int, image_size: int, channels: int) -> SyntheticDataModule:
+    """The synthetic DataModule, set up: ``NUM_TRAIN`` training images, no validation."""
     torch.manual_seed(0)
     datamodule = SyntheticDataModule(
         num_train=NUM_TRAIN, num_test=batch_size, image_size=image_size, channels=channels,
@@ -191,6 +219,7 @@ def make_data(batch_size: int, image_size: int, channels: int) -> SyntheticDataM
 
 
 def hand_loop(name: str, datamodule: SyntheticDataModule) -> HandLoop:
+    """A hand loop of a fresh ``name`` on ``datamodule``'s training images and mean."""
     splits = datamodule.splits
     assert splits is not None and datamodule.mean is not None
     net = make_net(name, datamodule.in_channels)
@@ -317,6 +346,7 @@ def measure_in_process(
 
 
 def print_in_process(rows: list[tuple[str, int, int, int, float, float]], console: Console) -> None:
+    """The table of part 1 and the issue's goals it can judge."""
     table = Table(title=TABLE_TITLE)
     for column in (
         "net", "batch", "fused iterations", "iterations", "reslab µs/it", "hand µs/it",
@@ -364,6 +394,7 @@ def reslab_train(fused: int, args: argparse.Namespace, folder: Path) -> tuple[fl
         **os.environ,
         "RESLAB_LOG_DIR": str(folder),
         "OMP_NUM_THREADS": str(args.threads),  # the threads torch uses there
+        **(KEEP_MEMORY_ENV if args.keep_memory else {}),
         # this benchmark's folder (the timer) and the reslab this process runs
         "PYTHONPATH": os.pathsep.join(
             [str(BENCHMARKS), str(Path(inspect.getfile(Classifier)).parents[1])]
@@ -407,6 +438,7 @@ def measure_reslab_train(
 
 
 def print_reslab_train(rows: list[tuple[int, int, float, float]], console: Console) -> None:
+    """The table of part 2 and the issue's goal for it."""
     table = Table(title=TRAIN_TITLE)
     for column in (
         "module.fused_iterations", "iterations", "reslab-train µs/it", "hand µs/it",
@@ -521,6 +553,7 @@ def short_path(file: str) -> str:
 
 # --- the command line -----------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with --tiny's choices filled in and every number checked."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--tiny",
@@ -533,7 +566,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads")
     parser.add_argument(
-        "--warmup", type=int, default=20, help="untimed iterations per path (a multiple of 10)"
+        "--keep-memory",
+        action="store_true",
+        help="glibc malloc keeps freed memory (no page faults per iteration), both paths",
+    )
+    parser.add_argument(
+        "--warmup", type=int, help="untimed iterations per path (a multiple of 10; default 20)"
     )
     parser.add_argument("--rounds", type=int, help="timed rounds per path and setting")
     parser.add_argument(
@@ -573,19 +611,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-top", type=int, default=40)
     args = parser.parse_args(argv)
+    defaults = {
+        "nets": ["tiny", "resnet-8", "resnet-20"],
+        "batch_sizes": [8, 128],
+        "rounds": 5,
+        "warmup": 20,
+        "parts": ["in-process", "reslab-train"],
+    }
     if args.tiny:
-        args.nets = args.nets or ["tiny", "resnet-8"]
-        args.batch_sizes = args.batch_sizes or [8]
-        args.rounds = args.rounds or 2
-        args.iterations = args.iterations or 10
-        args.warmup = 10
-        args.parts = args.parts or ["in-process"]
+        defaults.update(
+            nets=["tiny", "resnet-8"], batch_sizes=[8], rounds=2, iterations=10, warmup=10,
+            parts=["in-process"],
+        )  # fmt: skip
         args.profile_iterations = min(args.profile_iterations, 20)
         args.profile_warmup = min(args.profile_warmup, 10)
-    args.nets = args.nets or ["tiny", "resnet-8", "resnet-20"]
-    args.batch_sizes = args.batch_sizes or [8, 128]
-    args.rounds = args.rounds or 5
-    args.parts = args.parts or ["in-process", "reslab-train"]
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.profile and "profile" not in args.parts:
         args.parts.append("profile")
     for name in args.nets:
@@ -595,6 +637,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "train_rounds", "profile_iterations"):  # fmt: skip
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.iterations is not None and args.iterations < 1:
+        parser.error(f"--iterations must be >= 1, got {args.iterations}")
+    if not args.round_seconds > 0:
+        parser.error(f"--round-seconds must be > 0, got {args.round_seconds}")
     multiple = math.lcm(*FUSED)
     for key in ("warmup", "train_warmup", "train_iterations", "profile_iterations",
                 "profile_warmup"):  # fmt: skip
@@ -605,8 +651,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the parts asked for and prints their tables; 0."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.keep_memory:
+        keep_memory()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     for message in (".*does not have many workers.*", ".*LeafSpec.*", ".*across ranks is zero.*",
                     ".*srun. command is available.*"):  # fmt: skip
@@ -616,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, lightning "
         f"{L.__version__}; warm-up {args.warmup} + {args.rounds} rounds per path and setting, "
         "median over rounds"
+        + (f"; --keep-memory: glibc malloc {KEEP_MEMORY_ENV}" if args.keep_memory else "")
     )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as log_dir:
