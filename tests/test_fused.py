@@ -32,10 +32,16 @@ def metrics(folder: Path) -> str:
     return (folder / "metrics.csv").read_text()
 
 
-def test_fused_iterations_write_the_metrics_of_single_ones(tmp_path: Path, hydra_cfg) -> None:
+@pytest.mark.parametrize("graphed", [False, True])
+def test_fused_iterations_write_the_metrics_of_single_ones(
+    tmp_path: Path, hydra_cfg, graphed: bool
+) -> None:
+    """Also along the path of whole-step CUDA graphs (module.cuda_graphs: the first step
+    eager, then the step's device work replayed with each iteration's learning rate from the
+    host's schedule), which on a CPU runs the same steps without a graph."""
     single, fused = tmp_path / "k1", tmp_path / "k4"
     train(hydra_cfg(single, RUN))
-    train(hydra_cfg(fused, [*RUN, "module.fused_iterations=4"]))
+    train(hydra_cfg(fused, [*RUN, "module.fused_iterations=4", f"module.cuda_graphs={graphed}"]))
     text = metrics(single)
     assert metrics(fused) == text
     rows = [r.split(",") for r in text.splitlines()]
@@ -63,8 +69,10 @@ def test_ten_fused_iterations_with_the_warmup_and_plateau_free_schedule(
     ]  # fmt: skip
     train(hydra_cfg(tmp_path / "k1", run))
     train(hydra_cfg(tmp_path / "k10", [*run, "module.fused_iterations=10"]))
+    graphed = [*run, "module.fused_iterations=10", "module.cuda_graphs=true"]
+    train(hydra_cfg(tmp_path / "graphed", graphed))  # eager while warming up, then replayed
     text = metrics(tmp_path / "k1")
-    assert metrics(tmp_path / "k10") == text
+    assert metrics(tmp_path / "k10") == metrics(tmp_path / "graphed") == text
     assert "warmup_ended_at" in text.splitlines()[0]
 
 
