@@ -110,7 +110,10 @@ class Timer(L.Callback):
         self.iterations = 0
 
     def on_train_start(self, trainer: L.Trainer, *args: object) -> None:
-        sync(trainer.strategy.root_device)
+        device = trainer.strategy.root_device
+        sync(device)
+        if device.type == "cuda":  # this run's peak (a sweep runs several in one process)
+            torch.cuda.reset_peak_memory_stats(device)
         self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
@@ -334,6 +337,8 @@ def run(depth: int, path: str, ctx: Context, activation_checkpointing: bool = Fa
         module_options = {**module_options, "fused_iterations": args.fused}
     if device.type != "cuda":
         trainer_options = {**trainer_options, "precision": "32-true"}  # bf16 conv is slow on CPU
+    if args.dry_run:  # compiling takes most of a minute on 2 cores; check (c) compiles
+        module_options = {**module_options, "compile": False}
     reset_torch_state(device)
     torch.manual_seed(0)
     net = build_network("cifar", depth, "A", activation_checkpointing=activation_checkpointing)
@@ -394,6 +399,8 @@ def speed_part(ctx: Context, part: Part) -> None:
         f"{args.batch_size}; warm-up s: compilation and graph capture included; fast + fused: "
         f"{fused}"
     )
+    if args.dry_run:
+        part.note("dry run: fp32 and no compiling on the CPU")
 
 
 def memory_part(ctx: Context, part: Part) -> None:
