@@ -58,7 +58,8 @@ class RankRecorder(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
-        self.losses.append(float(outputs["loss"]))  # the local loss: DDP averages gradients only
+        if outputs:  # (fused iterations return none)
+            self.losses.append(float(outputs["loss"]))  # the local loss: DDP averages gradients
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["trained"] = weights(pl_module)

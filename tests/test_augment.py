@@ -103,16 +103,19 @@ def test_subtract_mean() -> None:
 
 
 def _per_image(images: torch.Tensor, padding: int, flip: bool, seed: int) -> torch.Tensor:
-    """The augmentation written out image by image: the same draws in the same order (top, then
-    left, each (N, 1) uniform in [0, 2p], then the flips, rand < 1/2), then for each image a
-    slice of its zero-padded self at (top, left), mirrored when drawn so."""
+    """The augmentation written out image by image: one draw per image, in order,
+    ``randint(0, (2p+1)² · 2)`` (without the flip: (2p+1)²), whose lowest bit is the flip and
+    whose rest is (top, left); then for each image a slice of its zero-padded self at
+    (top, left), mirrored when drawn so."""
     g = torch.Generator().manual_seed(seed)
     n, _, h, w = images.shape
-    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=g)[:, 0].tolist()
-    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=g)[:, 0].tolist()
-    mirrored = (torch.rand((n, 1), generator=g) < 0.5)[:, 0].tolist() if flip else [False] * n
+    side = 2 * padding + 1
+    draws = torch.randint(0, side * side * (2 if flip else 1), (n,), generator=g).tolist()
     crops = []
-    for image, t, lft, m in zip(images, top, left, mirrored, strict=True):
+    for image, v in zip(images, draws, strict=True):
+        m = flip and v % 2 == 1
+        v = v // 2 if flip else v
+        t, lft = divmod(v, side)
         crop = F.pad(image, (padding,) * 4)[:, t : t + h, lft : lft + w]
         crops.append(crop.flip(2) if m else crop)
     return torch.stack(crops)
@@ -191,3 +194,20 @@ def test_fused_returns_new_tensors_and_stays_exact_call_after_call() -> None:
         results.append((got, expected))
     for got, expected in results:  # later calls did not overwrite earlier results
         assert torch.equal(got, expected)
+
+
+def test_one_batch_of_k_batches_draws_as_the_k_batches_in_turn() -> None:
+    """What fused iterations rely on: augmenting K batches at once gives, image for image,
+    what augmenting them one after the other gives, from the same generator (and from the
+    global one)."""
+    images = torch.randint(0, 256, (6 * 8, 3, 5, 7), dtype=torch.uint8)
+    mean = images.float().mean(0)
+    together = subtract_mean_crop_flip(images, mean, 2, True, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    in_turn = torch.cat([subtract_mean_crop_flip(b, mean, 2, True, g) for b in images.split(8)])
+    assert torch.equal(together, in_turn)
+    torch.manual_seed(5)
+    together = subtract_mean_crop_flip(images, mean)
+    torch.manual_seed(5)
+    in_turn = torch.cat([subtract_mean_crop_flip(b, mean) for b in images.split(8)])
+    assert torch.equal(together, in_turn)

@@ -41,18 +41,16 @@ def image_keys(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[bytes, 
     return [(img.numpy().tobytes(), int(y)) for img, y in zip(images, labels, strict=True)]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> list[dict]:
+def ddp_run(tmp: Path, data_dir: Path, *overrides: str) -> list[dict]:
     """The records of ranks 0 and 1 of one ``reslab-train trainer=ddp`` run on 2 CPUs."""
-    tmp = tmp_path_factory.mktemp("ddp")
     record = tmp / "record"
     pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": pythonpath}
     result = subprocess.run(
-        [sys.executable, "-m", "reslab.cli", *run_args(tiny_cifar10), "trainer=ddp",
+        [sys.executable, "-m", "reslab.cli", *run_args(data_dir), "trainer=ddp",
          "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
          "+callbacks.record._target_=ddp_worker.RankRecorder",
-         f"+callbacks.record.out_dir={record}", f"hydra.run.dir={tmp / 'run'}"],
+         f"+callbacks.record.out_dir={record}", f"hydra.run.dir={tmp / 'run'}", *overrides],
         capture_output=True, text=True, env=env, cwd=tmp, timeout=180,
     )  # fmt: skip
     output = result.stdout + result.stderr
@@ -64,6 +62,33 @@ def ranks(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> list[
     for r, rec in enumerate(records):
         assert (rec["rank"], rec["world_size"]) == (r, WORLD)
     return records
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> list[dict]:
+    """The records of ranks 0 and 1 of one ``reslab-train trainer=ddp`` run on 2 CPUs."""
+    return ddp_run(tmp_path_factory.mktemp("ddp"), tiny_cifar10)
+
+
+@pytest.mark.slow  # a second DDP run: about 30 s
+def test_fused_iterations_under_ddp_train_as_single_ones(
+    ranks: list[dict], tiny_cifar10: Path, tmp_path: Path
+) -> None:
+    """module.fused_iterations=2: each iteration's gradients are still averaged over the
+    ranks (one all-reduce per backward pass), so both ranks end with the parameters of the
+    run with single iterations, rank 0 (whose checkpoints hold the run) with its batch-norm
+    statistics too, and they log its synced metrics. (DDP sends rank 0's statistics to the
+    others at each forward pass through it: once per step, every K iterations.)"""
+    fused = ddp_run(tmp_path, tiny_cifar10, "module.fused_iterations=2")
+    for rank, single in zip(fused, ranks, strict=True):
+        assert rank["global_step"] == single["global_step"] == 4
+        # the same raw images, two batches a step
+        groups = [torch.cat(list(images)) for images, _ in rank["batches"]]
+        assert torch.equal(torch.cat(groups), torch.cat([b[0] for b in single["batches"]]))
+        for key, value in single["trained"].items():
+            if rank["rank"] == 0 or not key.rsplit(".", 1)[-1].startswith(("running", "num")):
+                assert torch.allclose(rank["trained"][key], value, rtol=1e-5, atol=1e-7), key
+        assert rank["fit_metrics"] == pytest.approx(single["fit_metrics"], rel=1e-5)
 
 
 def global_batches(data_dir: Path, steps: int) -> list[list[tuple]]:

@@ -104,7 +104,9 @@ def test_fast_options_give_the_plain_paths_losses_in_fp32(
     plain = train_losses(tmp_path / "plain", hydra_cfg, tiny_cifar10, ["speed=eager"])
     fast = train_losses(
         tmp_path / "fast", hydra_cfg, tiny_cifar10,
-        ["speed=fast", "trainer.precision=32-true"],  # everything but bf16: same arithmetic
+        # everything but bf16 (same arithmetic) and fusing (test_fused.py: it logs every
+        # iteration here)
+        ["speed=fast", "trainer.precision=32-true", "module.fused_iterations=1"],
     )  # fmt: skip
     assert len(plain) == 4
     assert fast == pytest.approx(plain, rel=1e-4)
@@ -114,10 +116,11 @@ def test_fast_options_give_the_plain_paths_losses_in_fp32(
 def test_speed_presets_set_each_option(hydra_cfg, tmp_path: Path) -> None:
     fast = hydra_cfg(tmp_path / "fast", ["speed=fast"])
     assert fast.module.channels_last and fast.module.compile and fast.module.cuda_graphs
-    assert fast.module.batchnorm_fp32
+    assert fast.module.batchnorm_fp32 and fast.module.fused_iterations == 10
     assert fast.trainer.precision == "bf16-mixed" and fast.trainer.benchmark is True
     eager = hydra_cfg(tmp_path / "eager", [])
     assert not (eager.module.channels_last or eager.module.compile or eager.module.cuda_graphs)
+    assert eager.module.fused_iterations == 1
     assert eager.trainer.precision == "32-true" and eager.trainer.benchmark is None
 
 

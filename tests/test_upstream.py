@@ -13,6 +13,10 @@ which reslab piece needs a new way; the rest of reslab uses public APIs only.
 - wandb's ``wandb.proto.wandb_internal_pb2.Record`` and the layout of its ``.wandb`` files
   (reslab.loggers.last_wandb_step): the last step a run folder's earlier wandb pieces hold, so
   a resumed offline run logs above it (tests/test_loggers.py reads pieces back through it).
+- Lightning's ``_ManualOptimization.optim_step_progress`` (``trainer.fit_loop.epoch_loop.
+  manual_optimization``; reslab.module: fused iterations): the counter ``trainer.global_step``
+  reads under manual optimization, which a fused step advances once per iteration without
+  Lightning's per-iteration hooks.
 - submitit's class attribute ``SlurmJob.watcher`` and its watcher's ``_delay_s`` and
   ``_registered`` (reslab.launch.quiet_slurm_polling): a SLURM sweep on a cluster without
   accounting asks squeue for its jobs' states instead of sacct's errors on every poll.
@@ -117,3 +121,38 @@ def test_submitit_slurm_jobs_share_a_watcher_reslab_can_replace() -> None:
     assert watcher._registered == {"7_1"}
     info = watcher.read_info("JobID|State|NodeList\n7_[0-1]|PENDING|\n")
     assert info["7_1"]["State"] == "PENDING"  # what squeue's lines become
+
+
+def test_manual_optimization_counts_its_steps_where_fused_iterations_count_them() -> None:
+    """reslab.module._optimizer_steps advances the counter that trainer.global_step reads."""
+    import torch
+
+    from reslab.module import _optimizer_steps
+
+    class Manual(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch: object, batch_idx: int) -> None:
+            steps = _optimizer_steps(self.trainer)
+            for _ in range(3):
+                steps.increment_ready()
+                steps.increment_completed()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self) -> list:
+            return [torch.zeros(1)] * 4
+
+    trainer = lightning.Trainer(
+        max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    try:
+        trainer.fit(Manual())
+    except AttributeError as err:  # pragma: no cover - only when Lightning moves it
+        pytest.fail(f"{VERSION}: {err}; reslab.module._optimizer_steps needs a new way")
+    assert trainer.global_step == 6, f"{VERSION} counts manual optimization steps elsewhere"

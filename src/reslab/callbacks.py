@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from reslab.module import logging_iteration
 from reslab.run_folder import RESPONSES_FILE, atomic_write
 from reslab.validation import require_int
 
@@ -282,7 +283,7 @@ class DivergenceGuard(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
-        if step % trainer.log_every_n_steps and step != trainer.max_steps:
+        if not logging_iteration(trainer, step):
             return
         value = trainer.callback_metrics.get(self.monitor)
         bad = value is not None and not math.isfinite(float(value))

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from reslab.checkpoints import check_ckpt_path
 from reslab.config import instantiate
 from reslab.launch import SUPPORTED_STRATEGIES, quiet_trainer, supported_strategy
+from reslab.module import check_fused_iterations
 
 # torch.optim's own messages ("Invalid learning rate: -0.1") → the optimizer's argument.
 _TORCH_OPTIMIZER_WORDS = {
@@ -64,6 +65,18 @@ def check_run(cfg: DictConfig) -> None:
             cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
         )
     module = instantiate(cfg.module, net=net)
+    check_fused_iterations(
+        module.fused_iterations,
+        datamodule,
+        {
+            "trainer.log_every_n_steps": trainer.log_every_n_steps,
+            "trainer.val_check_interval": trainer.val_check_interval,
+            source_key(cfg, "trainer.max_steps"): trainer.max_steps,
+            "callbacks.checkpoint.every_n_train_steps": OmegaConf.select(
+                cfg, "callbacks.checkpoint.every_n_train_steps"
+            ),
+        },
+    )
     try:
         optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:

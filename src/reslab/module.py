@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -59,6 +61,17 @@ class Classifier(L.LightningModule):
         warmup_window: iterations whose mean training error is compared with the threshold;
             the check reads one number from the device every ``warmup_window`` iterations, and
             only while warming up.
+        fused_iterations: K > 1 runs K iterations (forward, backward, SGD step, schedule step)
+            in one Lightning training step, over K batches indexed and augmented together
+            (:class:`reslab.data.base.BatchLoader` with ``fused``), so Lightning's loop, hooks
+            and the batch's preparation cost once per K iterations. Nothing a user sees
+            changes: ``trainer.global_step`` counts iterations, the schedule and the warm-up
+            step every iteration, and logging, validation and checkpoints come at the same
+            iterations as with K = 1 (given in iterations, as always: ``fit`` turns the
+            Trainer's ``val_check_interval`` into its steps of K, and refuses an interval that
+            K does not divide). K = 1 is Lightning's automatic
+            optimization; K > 1 its manual optimization (no gradient clipping or
+            accumulation), on in-memory datasets.
     """
 
     def __init__(
@@ -73,8 +86,13 @@ class Classifier(L.LightningModule):
         warmup_lr: float | None = None,
         warmup_until_error: float = 80.0,
         warmup_window: int = 10,
+        fused_iterations: int = 1,
     ) -> None:
         super().__init__()
+        require_int("module.fused_iterations", fused_iterations, 1)
+        self.fused_iterations = fused_iterations
+        self.automatic_optimization = fused_iterations == 1
+        self.log_every_n_iterations: int | None = None  # the Trainer's, once fit has begun
         require_number("optim.warmup.lr", warmup_lr, 0, low_open=True, optional=True)
         require_number("optim.warmup.until_train_error", warmup_until_error, 0, 100, low_open=True)
         require_int("optim.warmup.window", warmup_window, 1)
@@ -88,10 +106,13 @@ class Classifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.warmup_lr, self.warmup_until_error = warmup_lr, warmup_until_error
         self.warmup_window = warmup_window
-        # Accumulated on the device between logging steps: no host sync inside a step (the
-        # default nan check reads every update back; a nan must show, not be dropped).
-        self.train_loss = MeanMetric(nan_strategy="disable")
-        self.train_error = MeanMetric(nan_strategy="disable")
+        # (loss sum, wrong-image percent sum, iterations, images) of the current logging
+        # interval, accumulated on the device: no host sync inside an iteration, and a nan
+        # shows in the mean instead of being dropped. Each rank's own: not a buffer, which
+        # DDP would overwrite with rank 0's at every forward pass.
+        self._interval_sums = torch.zeros(4)
+        self._counts: dict[int, torch.Tensor] = {}  # (1 iteration, B images) for each B
+        # The evaluation errors: the default nan check reads every update back.
         self.val_error = MeanMetric(nan_strategy="disable")
         self.val_error_top5 = MeanMetric(nan_strategy="disable")
         self.test_error = MeanMetric(nan_strategy="disable")
@@ -123,6 +144,40 @@ class Classifier(L.LightningModule):
             self.net.compile(mode="reduce-overhead" if self.cuda_graphs and cuda else None)
         else:
             self._graph_pending = self.cuda_graphs and cuda
+        if stage == "fit":
+            self._count_trainer_steps()
+            if self.fused_iterations > 1 and getattr(self.trainer.precision_plugin, "scaler", None):
+                raise ValueError(
+                    f"module.fused_iterations={self.fused_iterations} runs under "
+                    f"trainer.precision=32-true or bf16-mixed, not {self.trainer.precision} "
+                    "(its gradient scaler steps with Lightning's own loop): use bf16-mixed, or "
+                    "module.fused_iterations=1"
+                )
+
+    def _count_trainer_steps(self) -> None:
+        """Lightning counts training steps (batches), reslab iterations: with K fused
+        iterations a step is K of them. The logging interval (``log_every_n_steps``, in
+        iterations) is kept here, the module logs at the iterations :func:`logging_iteration`
+        names, and the Trainer's logging and validation intervals become steps of K (Lightning
+        writes the logged values at the steps that end there). An interval or a training
+        length that K does not divide, or a dataset whose loader cannot fuse batches, is
+        refused."""
+        trainer, k = self.trainer, self.fused_iterations
+        self.log_every_n_iterations = trainer.log_every_n_steps
+        if k == 1:
+            return
+        check_fused_iterations(
+            k,
+            getattr(trainer, "datamodule", None),
+            {
+                "trainer.log_every_n_steps": trainer.log_every_n_steps,
+                "trainer.val_check_interval": trainer.val_check_interval,
+                "optim.max_steps": trainer.max_steps,
+            },
+        )
+        trainer.log_every_n_steps //= k
+        if isinstance(trainer.val_check_interval, int):
+            trainer.val_check_interval //= k
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() == 5:  # (B, crops, C, H, W): the mean softmax over the crops
@@ -136,8 +191,36 @@ class Classifier(L.LightningModule):
     # --- training -------------------------------------------------------------------------------
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         images, labels = batch
+        if self.automatic_optimization:  # Lightning steps the optimizer and the schedule
+            return self._iteration(images, labels)
+        # The iterations of a fused step call no Lightning hook each: the optimizer's own
+        # zero_grad and step, and the backward pass after the strategy's preparation (DDP:
+        # this backward pass all-reduces the gradients); trainer.global_step counts each step.
+        sgd = self.optimizers().optimizer
+        steps = _optimizer_steps(self.trainer)
+        schedulers = [
+            config.scheduler
+            for config in self.trainer.lr_scheduler_configs
+            if not isinstance(config.scheduler, ReduceLROnPlateau)  # (after validations)
+        ]
+        for k in range(labels.shape[0]):  # the K batches (K, B, ...) of a fused step
+            with self._iteration_lr(sgd):
+                loss = self._iteration(images[k], labels[k])
+                sgd.zero_grad()
+                self.trainer.strategy.pre_backward(loss)
+                loss.backward()
+                sgd.step()
+            steps.increment_ready()
+            steps.increment_completed()
+            for scheduler in schedulers:
+                self.lr_scheduler_step(scheduler, None)
+        return None
+
+    def _iteration(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One iteration's forward, its counts, the warm-up's check and, at a logging iteration,
+        the interval's means; returns the loss for the backward pass."""
         if self._graph_pending:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -146,19 +229,35 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         wrong = _wrong_percent(logits.detach(), labels)
-        self.train_loss.update(loss.detach())  # the batches are of one size: a plain mean
-        self.train_error.update(wrong)
+        counts = self._counts.get(len(labels))
+        if counts is None or counts.device != loss.device:
+            counts = self._counts[len(labels)] = loss.new_tensor([1.0, float(len(labels))])
+        if self._interval_sums.device != loss.device:  # once (and after a checkpoint loads)
+            self._interval_sums = self._interval_sums.to(loss.device)
+        self._interval_sums += torch.cat([torch.stack([loss.detach(), wrong.sum()]), counts])
         iteration = self.global_step + 1  # this step's number once the optimizer has stepped
         if self.warming_up:
             self._check_warmup(wrong, iteration)
-        if iteration % self.trainer.log_every_n_steps == 0 or iteration == self.trainer.max_steps:
-            self.log("step", float(iteration))  # the x-axis: iterations done, not Lightning's count
-            self.log("train/loss", self.train_loss.compute(), prog_bar=False)
-            self.log("train/error", self.train_error.compute(), prog_bar=True)
-            self.log("lr", self.optimizers().param_groups[0]["lr"])
-            self.train_loss.reset()
-            self.train_error.reset()
+        if logging_iteration(self.trainer, iteration):
+            self._log_interval(iteration)
         return loss
+
+    def _log_interval(self, iteration: int) -> None:
+        """Logs the means of the interval that ends at ``iteration`` (over every rank) and the
+        learning rate this iteration steps with, and starts the next interval."""
+        sums = self._interval_sums.clone()
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        self.log("step", float(iteration))  # the x-axis: iterations done, not Lightning's count
+        self.log("train/loss", sums[0] / sums[2], prog_bar=False)
+        self.log("train/error", sums[1] / sums[3], prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        every = self.log_every_n_iterations or 1
+        if self.warmup_ended_at is not None and (iteration - 1) // every * every < (
+            self.warmup_ended_at
+        ) <= iteration:  # it ended in this interval
+            self.log("warmup_ended_at", float(self.warmup_ended_at))
+        self._interval_sums.zero_()
 
     def _check_warmup(self, wrong: torch.Tensor, iteration: int) -> None:
         """Count this batch into the warm-up window; at the window's end, end the warm-up if
@@ -172,8 +271,7 @@ class Classifier(L.LightningModule):
         self._warmup_wrong = torch.zeros_like(self._warmup_wrong)
         if error < self.warmup_until_error:
             self.warming_up = False
-            self.warmup_ended_at = iteration
-            self.log("warmup_ended_at", float(iteration))
+            self.warmup_ended_at = iteration  # logged with its interval's means
             rank_zero_info(
                 f"[reslab] warm-up ended at iteration {iteration}: training error {error:.1f}% "
                 f"< {self.warmup_until_error:g}%; lr back to the schedule"
@@ -186,16 +284,22 @@ class Classifier(L.LightningModule):
         optimizer: Any,
         optimizer_closure: Callable[[], Any] | None = None,
     ) -> None:
-        if not self.warming_up:
+        with self._iteration_lr(optimizer):  # (the closure runs the iteration's forward)
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+    @contextmanager
+    def _iteration_lr(self, optimizer: Any) -> Iterator[None]:
+        """The learning rate of one iteration: the scheduled one, or during the warm-up
+        ``warmup_lr``; the scheduled lr is put back afterwards, so the schedule itself never
+        sees the warm-up and resumes exactly where it stands."""
+        if not self.warming_up:
+            yield
             return
-        # During the warm-up the step uses warmup_lr; the scheduled lr is put back afterwards,
-        # so the schedule itself never sees the warm-up and resumes exactly where it stands.
         scheduled = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:
             group["lr"] = self.warmup_lr
         try:
-            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            yield
         finally:
             for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
                 group["lr"] = lr
@@ -226,6 +330,12 @@ class Classifier(L.LightningModule):
             return
         if self.best_val_error is None or float(value) < self.best_val_error:
             self.best_val_error, self.best_val_step = float(value), self.global_step
+        if not self.automatic_optimization and self.trainer.state.fn == TrainerFn.FITTING:
+            # Lightning steps a plateau schedule after each validation in automatic
+            # optimization only; fused iterations step it at the same point
+            for config in self.trainer.lr_scheduler_configs:
+                if isinstance(config.scheduler, ReduceLROnPlateau):
+                    self.lr_scheduler_step(config.scheduler, value)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
@@ -274,7 +384,7 @@ class Classifier(L.LightningModule):
     # --- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything that shapes what comes next, including what the current logging interval
-        # (train_loss, train_error) and warm-up window have accumulated so far: a checkpoint
+        # (train/loss, train/error) and warm-up window have accumulated so far: a checkpoint
         # in the middle of either resumes to the same numbers. Callbacks keep their own
         # (their state_dict). The sums are over all ranks; rank 0 gets them back.
         checkpoint["reslab"] = {
@@ -286,8 +396,8 @@ class Classifier(L.LightningModule):
             "best_val_error": self.best_val_error,
             "best_val_step": self.best_val_step,
             "warmup_wrong": _summed_over_ranks(self._warmup_wrong),
-            "train_loss": _metric_sums(self.train_loss),
-            "train_error": _metric_sums(self.train_error),
+            "interval_sums": _summed_over_ranks(self._interval_sums),
+            "fused_iterations": self.fused_iterations,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -302,9 +412,15 @@ class Classifier(L.LightningModule):
         first = self.global_rank == 0  # the other ranks start their share from zero
         if "warmup_wrong" in state:
             self._warmup_wrong = state["warmup_wrong"].cpu() * float(first)
-        for name in ("train_loss", "train_error"):
-            if name in state:
-                _set_metric_sums(getattr(self, name), state[name], keep=first)
+        if "interval_sums" in state:
+            self._interval_sums = state["interval_sums"].cpu() * float(first)
+        fused = state.get("fused_iterations", 1)
+        if fused != self.fused_iterations:
+            raise ValueError(
+                f"module.fused_iterations={self.fused_iterations}, but the checkpoint was "
+                f"trained with module.fused_iterations={fused} (Lightning counts its progress "
+                f"differently for each): resume with module.fused_iterations={fused}"
+            )
 
     def on_train_start(self) -> None:
         # As late as possible before the first batch of a resumed run: the augmentation's next
@@ -348,20 +464,44 @@ def _summed_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.cpu()
 
 
-def _metric_sums(metric: MeanMetric) -> dict[str, torch.Tensor]:
-    """A mean metric's running sums (``mean_value``: the weighted sum, ``weight``), over all
-    ranks: what its next ``compute`` averages."""
-    return {name: _summed_over_ranks(value) for name, value in metric.metric_state.items()}
-
-
-def _set_metric_sums(metric: MeanMetric, sums: dict[str, torch.Tensor], keep: bool) -> None:
-    """Puts back what :func:`_metric_sums` saved (``keep``), or zeros of the same shapes."""
-    metric.reset()
-    for name, value in sums.items():
-        current = getattr(metric, name)
-        setattr(metric, name, (value if keep else torch.zeros_like(value)).to(current.device))
-
-
 def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """100 for every misclassified image, 0 for every correct one."""
     return (logits.argmax(dim=1) != labels).float() * 100.0
+
+
+def logging_iteration(trainer: L.Trainer, iteration: int) -> bool:
+    """Whether ``iteration`` (counted from 1) ends a logging interval: a multiple of
+    ``log_every_n_steps`` iterations, or the last iteration (``max_steps``). The Classifier
+    logs there, and the callbacks that read what it logged (the divergence guard; the signal
+    stop's agreement between DDP ranks) look there, whatever the fused iterations."""
+    every = getattr(trainer.lightning_module, "log_every_n_iterations", None)
+    every = trainer.log_every_n_steps if every is None else every
+    return every > 0 and (iteration % every == 0 or iteration == trainer.max_steps)
+
+
+def check_fused_iterations(fused: int, datamodule: Any, intervals: dict[str, Any]) -> None:
+    """Refuses ``module.fused_iterations=fused`` (K > 1) with a dataset whose loader cannot
+    group batches (``fuses_iterations``: the in-memory ones), and with an interval in
+    iterations (``{setting: value}``: logging, validation, checkpoints, the run's length) that
+    K does not divide: a fused step ends only at multiples of K. Raises ``ValueError``."""
+    if fused == 1:
+        return
+    if datamodule is not None and not getattr(datamodule, "fuses_iterations", False):
+        raise ValueError(
+            f"module.fused_iterations={fused} needs an in-memory dataset (cifar10, cifar100, "
+            f"fashion_mnist, synthetic); {type(datamodule).__name__} loads its batches one at "
+            "a time: use module.fused_iterations=1"
+        )
+    for key, value in intervals.items():
+        if isinstance(value, int) and value > 0 and value % fused:
+            raise ValueError(
+                f"{key}={value} is not a multiple of module.fused_iterations={fused}: a fused "
+                f"step of {fused} iterations ends only at multiples of {fused}; valid: {key} a "
+                f"multiple of {fused}, or fused_iterations a divisor of {value}"
+            )
+
+
+def _optimizer_steps(trainer: L.Trainer) -> Any:
+    """The progress counter that ``trainer.global_step`` reads under manual optimization
+    (Lightning's ``_ManualOptimization.optim_step_progress``; tests/test_upstream.py)."""
+    return trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress

@@ -44,15 +44,24 @@ def _crop_flip_index(
     """Draws each image's crop and flip, and returns them as an int64 (N, 1, H*W) index into
     its zero-padded image flattened to (H+2p)*(W+2p) pixels: output pixel (i, j) of image k
     comes from padded row ``top[k] + i``, column ``left[k] + j`` (``left[k] + w-1-j`` when
-    mirrored). ``top`` and ``left`` are uniform in [0, 2p], mirrored has probability 1/2, and
-    they are drawn in that order, as (N, 1) tensors, from ``generator`` on ``device``. ``out``:
-    an int64 (N, H, W) tensor to write the index into."""
-    top = torch.randint(0, 2 * padding + 1, (n, 1), device=device, generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (n, 1), device=device, generator=generator)
+    mirrored). ``out``: an int64 (N, H, W) tensor to write the index into.
+
+    One draw per image, ``torch.randint`` uniform in [0, (2p+1)² · 2) (without ``flip``:
+    (2p+1)²), from ``generator`` on ``device``, decoded as ``mirrored = v % 2``, then
+    ``left = (v // 2) % (2p+1)``, ``top = (v // 2) // (2p+1)``: ``top`` and ``left`` uniform
+    in [0, 2p] and the flip with probability 1/2, all independent. One draw per image makes
+    the draws of a batch of N·K images those of K batches of N drawn in turn (on the CPU), so
+    fused iterations (``module.fused_iterations``) augment exactly as single ones."""
+    side = 2 * padding + 1
+    v = torch.randint(
+        0, side * side * (2 if flip else 1), (n, 1), device=device, generator=generator
+    )
     cols = torch.arange(w, device=device)
     if flip:
-        mirrored = torch.rand((n, 1), device=device, generator=generator) < 0.5
+        mirrored = (v % 2).bool()
+        v = v // 2
         cols = torch.where(mirrored, cols.flip(0), cols)  # (n, w)
+    top, left = v // side, v % side
     cols = cols + left  # (n, w)
     rows = (top + torch.arange(h, device=device)) * (w + 2 * padding)  # (n, h): row starts
     return torch.add(rows[:, :, None], cols[:, None, :], out=out).view(n, 1, h * w)

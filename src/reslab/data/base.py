@@ -43,6 +43,12 @@ class BatchLoader:
     So the data order is a function of the iteration alone, and a run resumed from a
     checkpoint at iteration k sees exactly the batches an uninterrupted run sees after k.
     Without it, each pass is the next epoch from 0.
+
+    ``fused`` > 1 (``module.fused_iterations``): each item is the next ``fused`` batches of
+    that same sequence stacked, images (K, B, C, H, W) and labels (K, B), for one training
+    step of K iterations; a group may run on into the next epoch's order. A pass yields the
+    groups that start in its epoch, and none past ``stop_at()`` batches (``trainer.max_steps``;
+    -1 or None: no end): the last group is cut there.
     """
 
     def __init__(
@@ -57,33 +63,67 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         batches_done: Callable[[], int] | None = None,
+        fused: int = 1,
+        stop_at: Callable[[], int | None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if fused < 1:
+            raise ValueError(f"fused must be a positive integer, got {fused}")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.batches_done = batches_done
+        self.batches_done, self.fused, self.stop_at = batches_done, fused, stop_at
         self.epoch = 0
+        self._orders: dict[int, torch.Tensor] = {}
 
-    def __len__(self) -> int:
+    def _batches(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def __len__(self) -> int:
+        return math.ceil(self._batches() / self.fused)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The image order of ``epoch`` on the images' device (the last two kept)."""
+        if epoch not in self._orders:
+            n = len(self.labels)
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                order = torch.randperm(n, generator=g)
+            else:
+                order = torch.arange(n)
+            # once per epoch; indexing stays on the device
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = order.to(self.images.device)
+        return self._orders[epoch]
+
+    def _index(self, batch: int) -> torch.Tensor:
+        """This rank's image indices of batch number ``batch`` of the whole sequence."""
+        epoch, i = divmod(batch, self._batches())
+        index = self._order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        return index[self.rank :: self.world_size]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, first = len(self.labels), 0
-        if self.batches_done is not None and len(self):
-            self.epoch, first = divmod(self.batches_done(), len(self))
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        order = order.to(self.images.device)  # once per epoch; indexing stays on the device
-        self.epoch += 1
-        for i in range(first, len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            index = index[self.rank :: self.world_size]
+        per_epoch = self._batches()
+        if not per_epoch:
+            return
+        first = self.epoch * per_epoch
+        if self.batches_done is not None:
+            first = self.batches_done()
+        self.epoch = first // per_epoch + 1
+        end = (first // per_epoch + 1) * per_epoch  # the groups that start in this epoch
+        stop = self.stop_at() if self.stop_at is not None else None
+        if self.fused == 1:
+            for batch in range(first, end):
+                index = self._index(batch)
+                yield self.images[index], self.labels[index]
+            return
+        for start in range(first, end, self.fused):
+            last = start + self.fused if stop is None or stop < 0 else min(start + self.fused, stop)
+            if last <= start:
+                return
+            index = torch.stack([self._index(b) for b in range(start, last)])  # (K, B)
             yield self.images[index], self.labels[index]
 
     # Lightning checks that a loader can resume mid-epoch through this interface; the position
@@ -120,6 +160,7 @@ class InMemoryDataModule(L.LightningDataModule):
     """
 
     name: str = "dataset"
+    fuses_iterations = True  # its loader serves module.fused_iterations (see BatchLoader)
     num_classes: int = 10
     in_channels: int = 3
     image_size: int = 32  # side of the (square) images the network sees
@@ -209,6 +250,15 @@ class InMemoryDataModule(L.LightningDataModule):
     def _batches_done(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0
 
+    def _fused(self) -> int:
+        """Batches per training step: the module's ``fused_iterations`` (1 without one)."""
+        trainer = self.trainer
+        module = trainer.lightning_module if trainer is not None else None
+        return int(getattr(module, "fused_iterations", 1))
+
+    def _stop_at(self) -> int | None:
+        return self.trainer.max_steps if self.trainer is not None else None
+
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -224,7 +274,7 @@ class InMemoryDataModule(L.LightningDataModule):
         return BatchLoader(
             splits.train_images, splits.train_labels, self.batch_size,
             shuffle=True, drop_last=True, seed=self.seed, rank=rank, world_size=world,
-            batches_done=self._batches_done,
+            batches_done=self._batches_done, fused=self._fused(), stop_at=self._stop_at,
         )  # fmt: skip
 
     def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> BatchLoader:
@@ -250,8 +300,11 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.mean.device != images.device:
             self.mean = self.mean.to(images.device)  # once, not every batch
         if self.augment and self.trainer is not None and self.trainer.training:
-            # = random_crop_flip(subtract_mean(...)), bit for bit, in fewer passes
-            images = subtract_mean_crop_flip(images, self.mean, self.padding)
+            # = random_crop_flip(subtract_mean(...)), bit for bit, in fewer passes; the K
+            # batches of a fused step (K, B, C, H, W) at once, drawn as K batches in turn
+            group = images.shape[:-3]
+            images = subtract_mean_crop_flip(images.flatten(0, -4), self.mean, self.padding)
+            images = images.view(*group, *images.shape[1:])
         else:
             images = subtract_mean(images, self.mean)
         return images, labels
