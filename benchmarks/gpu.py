@@ -66,13 +66,14 @@ TARGET_SECONDS = {20: (60.0, 30.0), 110: (300.0, None)}
 FAST_MODULE = {"channels_last": True, "compile": True, "cuda_graphs": True, "batchnorm_fp32": True}
 FAST_TRAINER = {"precision": "bf16-mixed", "benchmark": True}
 PATHS = {
-    # name: (Classifier options, Trainer options), as conf/speed/{eager,fast}.yaml set them;
-    # "fast + fused" adds fused_iterations (--fused, 10)
+    # name: (Classifier options, Trainer options), as conf/speed/{eager,fast}.yaml set them:
+    # "fast + fused" is speed=fast (fused_iterations: --fused, 10 as there), "fast" the same
+    # one iteration per Lightning step
     "eager fp32": (
-        {"channels_last": False, "compile": False, "cuda_graphs": False},
+        {"channels_last": False, "compile": False, "cuda_graphs": False, "fused_iterations": 1},
         {"precision": "32-true", "benchmark": None},
     ),
-    "fast": (FAST_MODULE, FAST_TRAINER),
+    "fast": ({**FAST_MODULE, "fused_iterations": 1}, FAST_TRAINER),
     "fast + fused": (FAST_MODULE, FAST_TRAINER),
 }
 PART_FILES = ("1-correctness.md", "2-speed.md", "3-demo.md", "4-memory.md")
@@ -268,14 +269,19 @@ def reset_torch_state(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def classifier(net: nn.Module, **options: Any) -> Classifier:
-    """The Classifier with the paper's SGD and schedule; ``options`` are its speed options."""
+def classifier(
+    net: nn.Module, milestones: Sequence[int] = (32_000, 48_000), **options: Any
+) -> Classifier:
+    """The Classifier with the paper's SGD and schedule (lr / 10 at each of ``milestones``);
+    ``options`` are its speed options."""
     if "fused_iterations" in options and not has_fused_iterations():
-        raise Skipped("this reslab's Classifier has no fused_iterations yet")
+        if options["fused_iterations"] != 1:
+            raise Skipped("this reslab's Classifier has no fused_iterations yet")
+        options = {k: v for k, v in options.items() if k != "fused_iterations"}
     return Classifier(
         net,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4),
-        scheduler=lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, [32_000, 48_000], 0.1),
+        scheduler=lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), 0.1),
         **options,
     )
 
@@ -344,7 +350,9 @@ def run(depth: int, path: str, ctx: Context, activation_checkpointing: bool = Fa
     net = build_network("cifar", depth, "A", activation_checkpointing=activation_checkpointing)
     module = classifier(net, **module_options)
     timer = Timer(args.warmup)
-    fit(ctx, module, args.warmup + args.steps, callbacks=[timer], **trainer_options)
+    k = module_options.get("fused_iterations", 1)  # intervals: multiples of it
+    fit(ctx, module, args.warmup + args.steps, log_every=k * max(1, 50 // k), callbacks=[timer],
+        **trainer_options)  # fmt: skip
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return Result(timer.ms_per_iteration, timer.warmup_seconds, peak)
 
@@ -396,8 +404,8 @@ def speed_part(ctx: Context, part: Part) -> None:
     fused = f"fused_iterations={args.fused}" if has_fused_iterations() else "not in this reslab yet"
     part.note(
         f"{args.warmup} warm-up + {args.steps} timed iterations per run, batch "
-        f"{args.batch_size}; warm-up s: compilation and graph capture included; fast + fused: "
-        f"{fused}"
+        f"{args.batch_size}; warm-up s: compilation and graph capture included; fast: "
+        f"speed=fast with fused_iterations=1; fast + fused: {fused}"
     )
     if args.dry_run:
         part.note("dry run: fp32 and no compiling on the CPU")
@@ -471,7 +479,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = {  # (on a GPU, --dry-run)
         "depths": ([20, 110], [8]), "memory_depth": (1202, 14), "steps": (200, 2),
         "warmup": (30, 2), "fused": (10, 2), "memory_steps": (3, 1), "batch_size": (128, 16),
-        "demo_steps": (300, 4),
+        "demo_steps": (300, 20),
         "budget": (270.0 if args.check else 0.0, 0.0),
     }  # fmt: skip
     for key, (gpu, dry) in defaults.items():
@@ -480,6 +488,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("steps", "warmup", "fused", "memory_steps", "batch_size", "demo_steps"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if (args.warmup + args.steps) % args.fused:
+        parser.error(f"--warmup + --steps must be a multiple of --fused ({args.fused})")
+    if args.demo_steps % 10 or args.demo_steps < 20:  # speed=fast: fused_iterations 10
+        parser.error(f"--demo-steps must be a multiple of 10 from 20 on, got {args.demo_steps}")
     if args.parts and not args.check:
         parser.error("--parts goes with --check")
     if args.check and args.memory_only:
@@ -494,6 +506,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
+    if args.dry_run:  # its timings mean nothing; one thread stays quick on a busy machine
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # and in the demo's reslab-train
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     for message in (".*does not have many workers.*", ".*LeafSpec.*", ".*cuda_graphs needs.*",
                     ".*srun.*"):  # fmt: skip
