@@ -34,7 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gpu
 import lightning as L
 import numpy as np
 import torch
@@ -61,6 +60,7 @@ def correctness_part(ctx: Context, part: Part) -> None:
     depth = 8 if ctx.args.dry_run else 20
     checks: list[tuple[str, Callable[[Context, int], tuple[bool, str]]]] = [
         ("(a) cuda_graphs BN stats", check_cuda_graphs),
+        ("(a) step graph BN stats", check_step_graph),
         ("(b) bf16 BN in fp32", check_bf16_batchnorm),
         ("(c) compile eval outputs", check_compile),
         ("(d) fused_iterations", check_fused),
@@ -89,15 +89,22 @@ def batch_norms(net: nn.Module) -> dict[str, nn.BatchNorm2d]:
     return {name: m for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)}
 
 
-def check_cuda_graphs(ctx: Context, depth: int) -> tuple[bool, str]:
+def check_step_graph(ctx: Context, depth: int) -> tuple[bool, str]:
+    """(a): the same with fused_iterations=5, where cuda_graphs=True captures each whole fused
+    step in one CUDA graph (the first step eager, then three replays)."""
+    return check_cuda_graphs(ctx, depth, fused=5)
+
+
+def check_cuda_graphs(ctx: Context, depth: int, fused: int = 1) -> tuple[bool, str]:
     """(a): 20 iterations with cuda_graphs=True against 20 eager ones from the same seed."""
     states = []
     for graphs in (False, True):
         reset_torch_state(ctx.device)
         torch.backends.cudnn.deterministic = True
         L.seed_everything(0, verbose=False)
-        module = classifier(build_network("cifar", depth, "A"), cuda_graphs=graphs)
-        fit(ctx, module, GRAPH_ITERATIONS)
+        options = {"cuda_graphs": True, "fused_iterations": fused} if graphs else {}
+        module = classifier(build_network("cifar", depth, "A"), **options)
+        fit(ctx, module, GRAPH_ITERATIONS, log_every=fused)
         states.append({
             name: [t.detach().cpu().clone() for t in
                    (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
@@ -271,8 +278,6 @@ class MemoryLogger(Logger):
 
 def check_fused(ctx: Context, depth: int) -> tuple[bool, str]:
     """(d): the rows logged with fused_iterations=1 and =K."""
-    if not gpu.has_fused_iterations():
-        raise Skipped("this reslab's Classifier has no fused_iterations yet")
     k, iterations, log_every = FUSED["dry" if ctx.args.dry_run else "gpu"]
     logged = []
     for fused in (1, k):

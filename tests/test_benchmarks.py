@@ -2,7 +2,6 @@
 but every number is there, positive, and agrees with the others (img/s × ms per iteration =
 images per iteration, a ratio = one column over the other), within the rounding printed."""
 
-import inspect
 import os
 import re
 import subprocess
@@ -126,38 +125,29 @@ def run_gpu_sh(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def fused_in_reslab() -> bool:
-    from reslab.module import Classifier
-
-    return "fused_iterations" in inspect.signature(Classifier).parameters
-
-
 def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     result = run_gpu_sh("--check", "--dry-run", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "DRY RUN" in out
-    fused = fused_in_reslab()
-
-    # 1: every correctness check passes (fused iterations: once reslab has them)
+    # 1: every correctness check passes
     checks = table_rows(out, "correctness")
-    assert list(checks) == ["(a) cuda_graphs BN stats", "(b) bf16 BN in fp32",
-                            "(c) compile eval outputs", "(d) fused_iterations"]  # fmt: skip
+    assert list(checks) == ["(a) cuda_graphs BN stats", "(a) step graph BN stats",
+                            "(b) bf16 BN in fp32", "(c) compile eval outputs",
+                            "(d) fused_iterations"]  # fmt: skip
     for name, (verdict, detail) in checks.items():
-        expected = "skipped" if name.startswith("(d)") and not fused else "PASS"
-        assert verdict == expected, f"{name}: {verdict} {detail}"
+        assert verdict == "PASS", f"{name}: {verdict} {detail}"
     assert "num_batches_tracked 20" in checks["(a) cuda_graphs BN stats"][1]
+    assert "num_batches_tracked 20" in checks["(a) step graph BN stats"][1]
     assert "batch_norm input float32" in checks["(b) bf16 BN in fp32"][1]
 
     # 2: ms/iteration of every path, the 64k projection, no targets on the CPU
     speed = table_body(out, "ms per iteration and the paper's 64k iterations")
     assert [row[:2] for row in speed] == [
-        ["ResNet-8", "eager fp32"], ["ResNet-8", "fast"], ["ResNet-8", "fast + fused"]
+        ["ResNet-8", "eager fp32"], ["ResNet-8", "fast"], ["ResNet-8", "fast + fused"],
+        ["ResNet-8", "fast + fused, step graph"],
     ]  # fmt: skip
-    for _, path, ms, projected, warmup, peak, target in speed:
-        if path == "fast + fused" and not fused:
-            assert target.startswith("skipped: ") and ms == "-"
-            continue
+    for _, _, ms, projected, warmup, peak, target in speed:
         assert number(ms) > 0 and number(warmup) >= 0
         assert shown(projected, number(ms) * 64_000 / 1000)  # the paper's 64k iterations
         assert (peak, target) == ("-", "")  # no CUDA memory on the CPU; no target
@@ -197,7 +187,9 @@ def test_gpu_check_says_failed_and_goes_on(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     speed = table_body(result.stdout, "ms per iteration and the paper's 64k iterations")
     failed = [row for row in speed if row[2] == "FAILED"]
-    assert [row[1] for row in failed] == ["eager fp32", "fast", "fast + fused"]  # before fused
+    assert [row[1] for row in failed] == [
+        "eager fp32", "fast", "fast + fused", "fast + fused, step graph"
+    ]  # fmt: skip
     assert all(row[-1].startswith("ValueError: ") for row in failed)
     memory = table_rows(result.stdout, "ResNet-14, batch 16: memory")
     assert list(memory) == ["off", "on"] and number(memory["on"][0]) > 0
