@@ -161,3 +161,20 @@ def test_the_fused_loader_groups_the_single_loaders_batches() -> None:
     assert done[0] == 13  # cut at stop_at
     assert all(torch.equal(a, b) for a, b in zip(groups, single[:13], strict=True))
     assert len(loader(3, None)) == 2  # 5 batches an epoch: groups starting in it
+
+
+@pytest.mark.parametrize("fused", [1, 2])
+def test_the_last_iteration_is_logged_between_logging_iterations(
+    tmp_path: Path, hydra_cfg, fused: int
+) -> None:
+    """max_steps=6 with a row every 4 iterations: rows at 4 and at 6 (the mean of 5 and 6),
+    whatever the fused iterations."""
+    run = [
+        *RUN, "optim.max_steps=6", "trainer.val_check_interval=2",
+        "callbacks.checkpoint.every_n_train_steps=2", f"module.fused_iterations={fused}",
+    ]  # fmt: skip
+    train(hydra_cfg(tmp_path, run))
+    rows = [r.split(",") for r in metrics(tmp_path).splitlines()]
+    header = rows[0]
+    logged = [r[header.index("step")] for r in rows[1:] if r[header.index("train/loss")]]
+    assert logged == ["4", "6"]

@@ -329,6 +329,8 @@ class Classifier(L.LightningModule):
         self.log("train/error", sums[1] / sums[3], prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"] if lr is None else lr)
         every = self.log_every_n_iterations or 1
+        if iteration % every:  # the run's last iteration, inside an interval: Lightning writes
+            self.trainer.log_every_n_steps = 1  # rows at its logging steps only; this one too
         if self.warmup_ended_at is not None and (iteration - 1) // every * every < (
             self.warmup_ended_at
         ) <= iteration:  # it ended in this interval
