@@ -146,6 +146,9 @@ class Classifier(L.LightningModule):
                 f"{self.trainer.strategy.root_device.type} without CUDA graphs"
             )
         if self.compile_net:
+            # A sweep trains its nets one after another in one process: each compiles afresh,
+            # not against the recompile limit that the nets before it used up
+            torch.compiler.reset()
             self.net.compile(mode="reduce-overhead" if self.cuda_graphs and cuda else None)
         elif self.cuda_graphs and self.fused_iterations > 1 and stage == "fit":
             if self.trainer.world_size == 1:  # (off CUDA: the same steps without a graph)
