@@ -24,22 +24,18 @@ def run_script(name: str, *args: str) -> str:
     return result.stdout
 
 
-def table_body(out: str, title: str) -> list[list[str]]:
-    """The body rows of the rich table titled ``title``, as lists of cells."""
+def table_rows(out: str, title: str) -> dict[str, list[str]]:
+    """The body rows of the rich table titled ``title``: first cell → the other cells."""
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip() == title)
-    rows = []
+    rows = {}
     for line in lines[start + 1 :]:
         if line.startswith("└"):
             return rows
         if line.startswith("│"):
-            rows.append([c.strip() for c in line.strip("│").split("│")])
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            rows[cells[0]] = cells[1:]
     raise AssertionError(f"table {title!r} has no end in:\n{out}")
-
-
-def table_rows(out: str, title: str) -> dict[str, list[str]]:
-    """The body rows of the rich table titled ``title``: first cell → the other cells."""
-    return {cells[0]: cells[1:] for cells in table_body(out, title)}
 
 
 def number(cell: str) -> float:
@@ -153,24 +149,63 @@ def test_data_tiny(args: tuple[str, ...], training: str) -> None:
     assert summary and summary.groups() == (rows[torchvision][2], rows[train][2])
 
 
-def test_gpu_script_dry_run_on_the_cpu() -> None:
-    # gpu.sh runs .venv/bin/python, else `python`: here, this test's interpreter
+def table_body(out: str, title: str) -> list[list[str]]:
+    """Every body row of the rich table titled ``title``, in order (first cells may repeat)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == title)
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("└"):
+            return rows
+        if line.startswith("│"):
+            rows.append([c.strip() for c in line.strip("│").split("│")])
+    raise AssertionError(f"table {title!r} has no end in:\n{out}")
+
+
+def run_gpu_sh(*args: str) -> subprocess.CompletedProcess:
+    # gpu.sh runs .venv/bin/python, else python3, else python: here this test's interpreter
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    result = subprocess.run(
-        ["bash", str(BENCHMARKS / "gpu.sh"), "--dry-run"],
+    return subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), *args],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": path},
     )  # fmt: skip
+
+
+def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
+    result = run_gpu_sh("--check", "--dry-run", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "DRY RUN" in out
-    assert "met" not in out and "missed" not in out  # no targets in a dry run
-    lines = [line for line in out.splitlines() if line.startswith("│ ResNet-8 ")]
-    speed = [[c.strip() for c in line.strip("│").split("│")] for line in lines]
-    assert [row[:2] for row in speed] == [["ResNet-8", "eager fp32"], ["ResNet-8", "fast"]]
-    for _, _, ms, projected, peak, target in speed:
-        assert number(ms) > 0
+    # 1: every correctness check passes
+    checks = table_rows(out, "correctness")
+    assert list(checks) == ["(a) cuda_graphs BN stats", "(a) step graph BN stats",
+                            "(b) bf16 BN in fp32", "(c) compile eval outputs",
+                            "(d) fused_iterations"]  # fmt: skip
+    for name, (verdict, detail) in checks.items():
+        assert verdict == "PASS", f"{name}: {verdict} {detail}"
+    assert "num_batches_tracked 20" in checks["(a) cuda_graphs BN stats"][1]
+    assert "num_batches_tracked 20" in checks["(a) step graph BN stats"][1]
+    assert "batch_norm input float32" in checks["(b) bf16 BN in fp32"][1]
+
+    # 2: ms/iteration of every path, the 64k projection, no targets on the CPU
+    speed = table_body(out, "ms per iteration and the paper's 64k iterations")
+    assert [row[:2] for row in speed] == [
+        ["ResNet-8", "eager fp32"], ["ResNet-8", "fast"], ["ResNet-8", "fast + fused"],
+        ["ResNet-8", "fast + fused, step graph"],
+    ]  # fmt: skip
+    for _, _, ms, projected, warmup, peak, target in speed:
+        assert number(ms) > 0 and number(warmup) >= 0
         assert shown(projected, number(ms) * 64_000 / 1000)  # the paper's 64k iterations
         assert (peak, target) == ("-", "")  # no CUDA memory on the CPU; no target
+
+    # 3: the demo's smallest net through reslab-train, both speeds
+    demo = table_body(out, "Fashion-MNIST demo through reslab-train")
+    assert [row[:2] for row in demo] == [["plain-8", "eager"], ["plain-8", "fast"]]
+    for _, _, ms, warmup, error, iterations, peak in demo:
+        assert number(ms) > 0 and number(warmup) >= 0 and 0 <= number(error) <= 100
+        assert (iterations, peak) == ("20", "-")
+
+    # 4: activations kept, with and without checkpointing
     memory = table_rows(out, "ResNet-14, batch 16: memory")
     assert list(memory) == ["off", "on"]
     assert all(number(c) > 0 for cells in memory.values() for c in cells[:2])
@@ -178,10 +213,44 @@ def test_gpu_script_dry_run_on_the_cpu() -> None:
     # activation checkpointing keeps fewer activations for the backward pass
     assert number(memory["on"][0]) < number(memory["off"][0])
 
+    # each part's table is in its own markdown file; nothing failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "1-correctness.md", "2-speed.md", "3-demo.md", "4-memory.md"
+    ]  # fmt: skip
+    for name in ("1-correctness.md", "2-speed.md", "3-demo.md", "4-memory.md"):
+        text = (tmp_path / name).read_text()
+        assert "DRY RUN" in text and "| --- |" in text and "in progress" not in text
+    assert "| (a) cuda_graphs BN stats | PASS |" in (tmp_path / "1-correctness.md").read_text()
+    assert "| plain-8 | eager | " in (tmp_path / "3-demo.md").read_text()
 
-def test_gpu_script_refuses_to_time_without_a_gpu() -> None:
+
+def test_gpu_check_says_failed_and_goes_on(tmp_path: Path) -> None:
+    # ResNet-7 does not exist: every row of part 2 raises (the network is built first); part 4
+    # runs all the same
+    result = run_gpu_sh(
+        "--check", "--dry-run", "--parts", "2", "4", "--depths", "7", "--out", str(tmp_path)
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    speed = table_body(result.stdout, "ms per iteration and the paper's 64k iterations")
+    failed = [row for row in speed if row[2] == "FAILED"]
+    assert [row[1] for row in failed] == [
+        "eager fp32", "fast", "fast + fused", "fast + fused, step graph"
+    ]  # fmt: skip
+    assert all(row[-1].startswith("ValueError: ") for row in failed)
+    memory = table_rows(result.stdout, "ResNet-14, batch 16: memory")
+    assert list(memory) == ["off", "on"] and number(memory["on"][0]) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2-speed.md", "4-memory.md", "failures.md"
+    ]  # fmt: skip
+    failures = (tmp_path / "failures.md").read_text()
+    assert failures.count("## speed, ResNet-7") == len(failed)
+    assert "Traceback" in failures and "ValueError: " in failures
+
+
+@pytest.mark.parametrize("args", [(), ("--check",)])
+def test_gpu_script_refuses_to_time_without_a_gpu(args: tuple[str, ...]) -> None:
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu.py")],
+        [sys.executable, str(BENCHMARKS / "gpu.py"), *args],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no GPU, even on a machine with one
     )  # fmt: skip

@@ -32,10 +32,16 @@ def metrics(folder: Path) -> str:
     return (folder / "metrics.csv").read_text()
 
 
-def test_fused_iterations_write_the_metrics_of_single_ones(tmp_path: Path, hydra_cfg) -> None:
+@pytest.mark.parametrize("graphed", [False, True])
+def test_fused_iterations_write_the_metrics_of_single_ones(
+    tmp_path: Path, hydra_cfg, graphed: bool
+) -> None:
+    """Also along the path of whole-step CUDA graphs (module.cuda_graphs: the first step
+    eager, then the step's device work replayed with each iteration's learning rate from the
+    host's schedule), which on a CPU runs the same steps without a graph."""
     single, fused = tmp_path / "k1", tmp_path / "k4"
     train(hydra_cfg(single, RUN))
-    train(hydra_cfg(fused, [*RUN, "module.fused_iterations=4"]))
+    train(hydra_cfg(fused, [*RUN, "module.fused_iterations=4", f"module.cuda_graphs={graphed}"]))
     text = metrics(single)
     assert metrics(fused) == text
     rows = [r.split(",") for r in text.splitlines()]
@@ -63,8 +69,10 @@ def test_ten_fused_iterations_with_the_warmup_and_plateau_free_schedule(
     ]  # fmt: skip
     train(hydra_cfg(tmp_path / "k1", run))
     train(hydra_cfg(tmp_path / "k10", [*run, "module.fused_iterations=10"]))
+    graphed = [*run, "module.fused_iterations=10", "module.cuda_graphs=true"]
+    train(hydra_cfg(tmp_path / "graphed", graphed))  # eager while warming up, then replayed
     text = metrics(tmp_path / "k1")
-    assert metrics(tmp_path / "k10") == text
+    assert metrics(tmp_path / "k10") == metrics(tmp_path / "graphed") == text
     assert "warmup_ended_at" in text.splitlines()[0]
 
 
@@ -153,3 +161,20 @@ def test_the_fused_loader_groups_the_single_loaders_batches() -> None:
     assert done[0] == 13  # cut at stop_at
     assert all(torch.equal(a, b) for a, b in zip(groups, single[:13], strict=True))
     assert len(loader(3, None)) == 2  # 5 batches an epoch: groups starting in it
+
+
+@pytest.mark.parametrize("fused", [1, 2])
+def test_the_last_iteration_is_logged_between_logging_iterations(
+    tmp_path: Path, hydra_cfg, fused: int
+) -> None:
+    """max_steps=6 with a row every 4 iterations: rows at 4 and at 6 (the mean of 5 and 6),
+    whatever the fused iterations."""
+    run = [
+        *RUN, "optim.max_steps=6", "trainer.val_check_interval=2",
+        "callbacks.checkpoint.every_n_train_steps=2", f"module.fused_iterations={fused}",
+    ]  # fmt: skip
+    train(hydra_cfg(tmp_path, run))
+    rows = [r.split(",") for r in metrics(tmp_path).splitlines()]
+    header = rows[0]
+    logged = [r[header.index("step")] for r in rows[1:] if r[header.index("train/loss")]]
+    assert logged == ["4", "6"]

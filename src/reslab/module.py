@@ -4,10 +4,10 @@ which network it trains."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
-from reslab.fast import batchnorm_in_fp32, cuda_graph_network
+from reslab.fast import StepGraph, batchnorm_in_fp32, cuda_graph_network
 from reslab.validation import require_int, require_number
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -48,10 +48,14 @@ class Classifier(L.LightningModule):
         channels_last: keep weights and activations in NHWC memory order (faster on recent CPUs
             and GPUs); the same model and arithmetic up to float rounding.
         compile: ``torch.compile`` the network (fused kernels; the first iterations compile).
-        cuda_graphs: on a CUDA device, replay each training iteration's forward and backward
-            from CUDA graphs instead of launching every kernel from Python (with ``compile``,
-            the compiler's own CUDA graphs: mode ``reduce-overhead``). Elsewhere it does
-            nothing, and says so.
+        cuda_graphs: on a CUDA device, launch from CUDA graphs instead of every kernel from
+            Python: with ``fused_iterations`` > 1 on one device, the whole fused step (K
+            forwards, backward passes and SGD steps, the interval's counts) is one graph, one
+            launch per K iterations (:class:`reslab.fast.StepGraph`: the learning rate is read
+            from the device, so the schedule needs no new capture; the warm-up runs eagerly);
+            otherwise each iteration's forward and backward (with ``compile``, the compiler's
+            own CUDA graphs: mode ``reduce-overhead``). Elsewhere it launches kernels, and
+            says so.
         batchnorm_fp32: under mixed precision (``trainer.precision=bf16-mixed``), batch norm
             computes in fp32 (see :class:`reslab.fast.FP32BatchNorm2d`); no effect in fp32.
         warmup_lr: the paper's warm-up for its 110- and 1202-layer nets (section 4.2): train at
@@ -102,6 +106,7 @@ class Classifier(L.LightningModule):
         self.batchnorm_fp32 = batchnorm_fp32
         self._prepared = False  # setup() applies the options once
         self._graph_pending = False  # the CUDA graphs are captured at the first training batch
+        self._step_graph: StepGraph | None = None  # the whole fused step's, on one CUDA device
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.warmup_lr, self.warmup_until_error = warmup_lr, warmup_until_error
@@ -141,7 +146,19 @@ class Classifier(L.LightningModule):
                 f"{self.trainer.strategy.root_device.type} without CUDA graphs"
             )
         if self.compile_net:
+            # A sweep trains its nets one after another in one process: each compiles afresh,
+            # not against the recompile limit that the nets before it used up
+            torch.compiler.reset()
             self.net.compile(mode="reduce-overhead" if self.cuda_graphs and cuda else None)
+        elif self.cuda_graphs and self.fused_iterations > 1 and stage == "fit":
+            if self.trainer.world_size == 1:  # (off CUDA: the same steps without a graph)
+                self._step_graph = StepGraph()  # the whole step: one launch for K iterations
+            else:
+                rank_zero_warn(
+                    "module.cuda_graphs captures a whole fused step on one device; under DDP "
+                    "each iteration's forward and backward are graphed instead"
+                )
+                self._graph_pending = True
         else:
             self._graph_pending = self.cuda_graphs and cuda
         if stage == "fit":
@@ -195,16 +212,31 @@ class Classifier(L.LightningModule):
         images, labels = batch
         if self.automatic_optimization:  # Lightning steps the optimizer and the schedule
             return self._iteration(images, labels)
-        # The iterations of a fused step call no Lightning hook each: the optimizer's own
-        # zero_grad and step, and the backward pass after the strategy's preparation (DDP:
-        # this backward pass all-reduces the gradients); trainer.global_step counts each step.
+        graph = self._step_graph
+        if graph is not None and graph.captured and not self.warming_up:
+            self._graphed_step(images, labels)
+        else:
+            self._fused_step(images, labels)
+        return None
+
+    def _fused_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """A fused step run eagerly; with whole-step CUDA graphs, the first one after any
+        warm-up runs on a side stream and the step's graph is captured after it."""
+        graph = self._step_graph
+        capture = graph is not None and not graph.captured and not self.warming_up
+        with graph.warm_up(images.device) if capture else contextlib.nullcontext():
+            self._eager_step(images, labels)
+        if capture:
+            graph.capture(self._device_step, images, labels, self.optimizers().optimizer)
+
+    def _eager_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """The K iterations of a fused step, each as :meth:`_iteration` and a backward pass,
+        the optimizer's step and the schedule's. They call no Lightning hook each: the
+        optimizer's own zero_grad and step, and the backward pass after the strategy's
+        preparation (DDP: this backward pass all-reduces the gradients); trainer.global_step
+        counts each iteration."""
         sgd = self.optimizers().optimizer
         steps = _optimizer_steps(self.trainer)
-        schedulers = [
-            config.scheduler
-            for config in self.trainer.lr_scheduler_configs
-            if not isinstance(config.scheduler, ReduceLROnPlateau)  # (after validations)
-        ]
         for k in range(labels.shape[0]):  # the K batches (K, B, ...) of a fused step
             with self._iteration_lr(sgd):
                 loss = self._iteration(images[k], labels[k])
@@ -214,18 +246,53 @@ class Classifier(L.LightningModule):
                 sgd.step()
             steps.increment_ready()
             steps.increment_completed()
-            for scheduler in schedulers:
+            for scheduler in self._iteration_schedulers():
                 self.lr_scheduler_step(scheduler, None)
-        return None
 
-    def _iteration(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One iteration's forward, its counts, the warm-up's check and, at a logging iteration,
-        the interval's means; returns the loss for the backward pass."""
-        if self._graph_pending:
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            self.net = cuda_graph_network(self.net, images)
-            self._graph_pending = False
+    def _iteration_schedulers(self) -> list[Any]:
+        """The schedules stepped every iteration (a plateau schedule: after validations)."""
+        return [
+            config.scheduler
+            for config in self.trainer.lr_scheduler_configs
+            if not isinstance(config.scheduler, ReduceLROnPlateau)
+        ]
+
+    def _device_step(
+        self, images: torch.Tensor, labels: torch.Tensor, sgd: torch.optim.Optimizer
+    ) -> None:
+        """A fused step's device work only, as a CUDA graph captures it: for each batch, the
+        forward, the interval's counts, the backward pass and the optimizer's step (at the
+        learning rate the graph reads for that iteration)."""
+        for k in range(labels.shape[0]):
+            self._step_graph.use_lr(sgd, k)
+            loss, _ = self._forward_and_count(images[k], labels[k])
+            sgd.zero_grad(set_to_none=True)
+            loss.backward()
+            sgd.step()
+
+    def _graphed_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """A fused step replayed from its CUDA graph: the host steps the schedule through the
+        K iterations first (each one's learning rate goes to the graph), then one launch runs
+        them, and the logging iteration (a step's last, as K divides the interval) logs."""
+        sgd = self.optimizers().optimizer
+        lrs = []
+        for _ in range(labels.shape[0]):
+            lrs.append([group["lr"] for group in sgd.param_groups])
+            for scheduler in self._iteration_schedulers():
+                self.lr_scheduler_step(scheduler, None)
+        self._step_graph.replay(images, labels, lrs)
+        steps = _optimizer_steps(self.trainer)
+        for _ in range(labels.shape[0]):
+            steps.increment_ready()
+            steps.increment_completed()
+        if logging_iteration(self.trainer, self.global_step):
+            self._log_interval(self.global_step, lr=lrs[-1][0])
+
+    def _forward_and_count(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward pass, the loss, each image's wrong percent (0 or 100), and the
+        interval's counts, all on the device."""
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         wrong = _wrong_percent(logits.detach(), labels)
@@ -235,6 +302,17 @@ class Classifier(L.LightningModule):
         if self._interval_sums.device != loss.device:  # once (and after a checkpoint loads)
             self._interval_sums = self._interval_sums.to(loss.device)
         self._interval_sums += torch.cat([torch.stack([loss.detach(), wrong.sum()]), counts])
+        return loss, wrong
+
+    def _iteration(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One iteration's forward, its counts, the warm-up's check and, at a logging iteration,
+        the interval's means; returns the loss for the backward pass."""
+        if self._graph_pending:
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            self.net = cuda_graph_network(self.net, images)
+            self._graph_pending = False
+        loss, wrong = self._forward_and_count(images, labels)
         iteration = self.global_step + 1  # this step's number once the optimizer has stepped
         if self.warming_up:
             self._check_warmup(wrong, iteration)
@@ -242,17 +320,20 @@ class Classifier(L.LightningModule):
             self._log_interval(iteration)
         return loss
 
-    def _log_interval(self, iteration: int) -> None:
+    def _log_interval(self, iteration: int, lr: float | None = None) -> None:
         """Logs the means of the interval that ends at ``iteration`` (over every rank) and the
-        learning rate this iteration steps with, and starts the next interval."""
+        learning rate this iteration steps with (``lr``, or the optimizer's now), and starts
+        the next interval."""
         sums = self._interval_sums.clone()
         if self.trainer.world_size > 1:
             sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         self.log("step", float(iteration))  # the x-axis: iterations done, not Lightning's count
         self.log("train/loss", sums[0] / sums[2], prog_bar=False)
         self.log("train/error", sums[1] / sums[3], prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        self.log("lr", self.optimizers().param_groups[0]["lr"] if lr is None else lr)
         every = self.log_every_n_iterations or 1
+        if iteration % every:  # the run's last iteration, inside an interval: Lightning writes
+            self.trainer.log_every_n_steps = 1  # rows at its logging steps only; this one too
         if self.warmup_ended_at is not None and (iteration - 1) // every * every < (
             self.warmup_ended_at
         ) <= iteration:  # it ended in this interval
@@ -287,7 +368,7 @@ class Classifier(L.LightningModule):
         with self._iteration_lr(optimizer):  # (the closure runs the iteration's forward)
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
 
-    @contextmanager
+    @contextlib.contextmanager
     def _iteration_lr(self, optimizer: Any) -> Iterator[None]:
         """The learning rate of one iteration: the scheduled one, or during the warm-up
         ``warmup_lr``; the scheduled lr is put back afterwards, so the schedule itself never
