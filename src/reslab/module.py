@@ -301,7 +301,8 @@ class Classifier(L.LightningModule):
             counts = self._counts[len(labels)] = loss.new_tensor([1.0, float(len(labels))])
         if self._interval_sums.device != loss.device:  # once (and after a checkpoint loads)
             self._interval_sums = self._interval_sums.to(loss.device)
-        self._interval_sums += torch.cat([torch.stack([loss.detach(), wrong.sum()]), counts])
+        # (add_: an in-place update, not an attribute set through nn.Module.__setattr__)
+        self._interval_sums.add_(torch.cat([torch.stack([loss.detach(), wrong.sum()]), counts]))
         return loss, wrong
 
     def _iteration(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
