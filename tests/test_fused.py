@@ -178,3 +178,39 @@ def test_the_last_iteration_is_logged_between_logging_iterations(
     header = rows[0]
     logged = [r[header.index("step")] for r in rows[1:] if r[header.index("train/loss")]]
     assert logged == ["4", "6"]
+
+
+def test_every_interval_the_fused_iterations_do_not_divide_is_named_at_once(
+    tmp_path: Path, hydra_cfg
+) -> None:
+    """debug=smoke's intervals of 2 with speed=fast's 10: one message for all four."""
+    cfg = hydra_cfg(tmp_path, ["model.depth=8", "data=synthetic", "debug=smoke", "speed=fast"])
+    with pytest.raises(ValueError) as refused:
+        check_run(cfg)
+    message = str(refused.value)
+    for said in ("trainer.log_every_n_steps=2", "trainer.val_check_interval=2",
+                 "optim.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2"):  # fmt: skip
+        assert said in message, message
+    assert "are not a multiple of module.fused_iterations=10" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("trainer.max_epochs=2", "trainer.max_epochs=2 (epochs of fused steps end elsewhere"),
+        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=1.0"),
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2"),
+    ],
+)
+def test_settings_a_fused_step_cannot_keep_are_refused_before_data_loads(
+    tmp_path: Path, hydra_cfg, override: str, said: str
+) -> None:
+    cfg = hydra_cfg(tmp_path, [*RUN, "module.fused_iterations=4", override])
+    with pytest.raises(ValueError, match=r"module\.fused_iterations=4 cannot run with") as err:
+        check_run(cfg)
+    assert said in str(err.value)
+
+
+def test_a_time_interval_for_validation_passes_the_checks(tmp_path: Path, hydra_cfg) -> None:
+    """Lightning sets no val_check_interval attribute for a time ("00:00:10:00")."""
+    check_run(hydra_cfg(tmp_path, [*RUN, "trainer.val_check_interval=00:00:10:00"]))

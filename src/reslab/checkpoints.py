@@ -325,8 +325,9 @@ def stop_status() -> str:
 class StopOnSignal(L.Callback):
     """SIGINT (Ctrl-C) or SIGTERM (and, in a SLURM job, SIGUSR2: submitit's warning before the
     time limit) stops training at a whole iteration with a checkpoint there: the iteration in
-    progress (with ``module.fused_iterations``: the fused step's K iterations) finishes, ``last.ckpt`` is saved at it (through the run's :class:`RunCheckpoint`,
-    at the point of its own checkpoints), its logging and a validation due at it run, and
+    progress (with ``module.fused_iterations``: the fused step's K iterations) finishes,
+    ``last.ckpt`` is saved at it (through the run's :class:`RunCheckpoint`, at the point of
+    its own checkpoints), its logging and a validation due at it run, and
     training stops before the next one with :class:`RunInterrupted`. The resumed run repeats
     nothing and skips nothing. A second Ctrl-C stops at once (KeyboardInterrupt); a
     scheduler's further signals (SIGTERM, then USR2) change nothing.

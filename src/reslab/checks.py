@@ -70,12 +70,14 @@ def check_run(cfg: DictConfig) -> None:
         datamodule,
         {
             "trainer.log_every_n_steps": trainer.log_every_n_steps,
-            "trainer.val_check_interval": trainer.val_check_interval,
+            # (unset for a time interval, "00:00:10:00")
+            "trainer.val_check_interval": getattr(trainer, "val_check_interval", None),
             source_key(cfg, "trainer.max_steps"): trainer.max_steps,
             "callbacks.checkpoint.every_n_train_steps": OmegaConf.select(
                 cfg, "callbacks.checkpoint.every_n_train_steps"
             ),
         },
+        trainer,
     )
     try:
         optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])

@@ -5,6 +5,7 @@ which network it trains."""
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -163,13 +164,6 @@ class Classifier(L.LightningModule):
             self._graph_pending = self.cuda_graphs and cuda
         if stage == "fit":
             self._count_trainer_steps()
-            if self.fused_iterations > 1 and getattr(self.trainer.precision_plugin, "scaler", None):
-                raise ValueError(
-                    f"module.fused_iterations={self.fused_iterations} runs under "
-                    f"trainer.precision=32-true or bf16-mixed, not {self.trainer.precision} "
-                    "(its gradient scaler steps with Lightning's own loop): use bf16-mixed, or "
-                    "module.fused_iterations=1"
-                )
 
     def _count_trainer_steps(self) -> None:
         """Lightning counts training steps (batches), reslab iterations: with K fused
@@ -188,12 +182,13 @@ class Classifier(L.LightningModule):
             getattr(trainer, "datamodule", None),
             {
                 "trainer.log_every_n_steps": trainer.log_every_n_steps,
-                "trainer.val_check_interval": trainer.val_check_interval,
+                "trainer.val_check_interval": getattr(trainer, "val_check_interval", None),
                 "optim.max_steps": trainer.max_steps,
             },
+            trainer,
         )
         trainer.log_every_n_steps //= k
-        if isinstance(trainer.val_check_interval, int):
+        if isinstance(getattr(trainer, "val_check_interval", None), int):  # (not a time)
             trainer.val_check_interval //= k
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -561,11 +556,16 @@ def logging_iteration(trainer: L.Trainer, iteration: int) -> bool:
     return every > 0 and (iteration % every == 0 or iteration == trainer.max_steps)
 
 
-def check_fused_iterations(fused: int, datamodule: Any, intervals: dict[str, Any]) -> None:
+def check_fused_iterations(
+    fused: int, datamodule: Any, intervals: dict[str, Any], trainer: L.Trainer | None = None
+) -> None:
     """Refuses ``module.fused_iterations=fused`` (K > 1) with a dataset whose loader cannot
-    group batches (``fuses_iterations``: the in-memory ones), and with an interval in
-    iterations (``{setting: value}``: logging, validation, checkpoints, the run's length) that
-    K does not divide: a fused step ends only at multiples of K. Raises ``ValueError``."""
+    group batches (``fuses_iterations``: the in-memory ones); with intervals in iterations
+    (``{setting: value}``: logging, validation, checkpoints, the run's length) that K does not
+    divide, as a fused step ends only at multiples of K (all of them named at once); and with
+    ``trainer``'s settings that Lightning's manual optimization or a fused step cannot keep:
+    a length in epochs, gradient clipping or accumulation, fp16's gradient scaler. Raises
+    ``ValueError``."""
     if fused == 1:
         return
     if datamodule is not None and not getattr(datamodule, "fuses_iterations", False):
@@ -574,13 +574,40 @@ def check_fused_iterations(fused: int, datamodule: Any, intervals: dict[str, Any
             f"fashion_mnist, synthetic); {type(datamodule).__name__} loads its batches one at "
             "a time: use module.fused_iterations=1"
         )
-    for key, value in intervals.items():
-        if isinstance(value, int) and value > 0 and value % fused:
-            raise ValueError(
-                f"{key}={value} is not a multiple of module.fused_iterations={fused}: a fused "
-                f"step of {fused} iterations ends only at multiples of {fused}; valid: {key} a "
-                f"multiple of {fused}, or fused_iterations a divisor of {value}"
-            )
+    bad = {
+        key: value
+        for key, value in intervals.items()
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % fused
+    }
+    if bad:
+        said = ", ".join(f"{key}={value}" for key, value in bad.items())
+        raise ValueError(
+            f"{said} {'is' if len(bad) == 1 else 'are'} not a multiple of "
+            f"module.fused_iterations={fused}: a fused step of {fused} iterations ends only at "
+            f"multiples of {fused}; valid: multiples of {fused}, or fused_iterations a divisor "
+            f"of {math.gcd(*bad.values())}"
+        )
+    if trainer is None:
+        return
+    refused = []
+    if trainer.max_epochs not in (None, -1):
+        refused.append(
+            f"trainer.max_epochs={trainer.max_epochs} (epochs of fused steps end elsewhere: "
+            "train by optim.max_steps, with trainer.max_epochs=-1)"
+        )
+    if trainer.gradient_clip_val:
+        refused.append(f"trainer.gradient_clip_val={trainer.gradient_clip_val}")
+    if trainer.accumulate_grad_batches != 1:
+        refused.append(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}")
+    if getattr(trainer.precision_plugin, "scaler", None) is not None:
+        refused.append(
+            f"trainer.precision={trainer.precision} (its gradient scaler; bf16-mixed needs none)"
+        )
+    if refused:
+        raise ValueError(
+            f"module.fused_iterations={fused} cannot run with {'; '.join(refused)}: use "
+            "module.fused_iterations=1 for those"
+        )
 
 
 def _optimizer_steps(trainer: L.Trainer) -> Any:
