@@ -50,6 +50,14 @@ def signed(cell: str) -> float:
     return -number(cell[1:]) if cell.startswith("-") else number(cell)
 
 
+def rounding(cell: str) -> float:
+    """The relative rounding error of a printed number: half a unit of its last digit over it
+    (``41`` img/s may be 41.49: 1.2%)."""
+    digits = cell.split(".")[1] if "." in cell else ""
+    decimals = len(re.match(r"[0-9]*", digits).group())
+    return 0.5 * 10**-decimals / abs(signed(cell))
+
+
 def shown(cell: str, exact: float, rel: float = 0.01) -> bool:
     """``cell`` is ``exact`` as printed: within half a unit of its last digit, plus ``rel`` for
     the rounding of the printed numbers ``exact`` was computed from."""
@@ -139,8 +147,9 @@ def test_data_tiny(args: tuple[str, ...], training: str) -> None:
     assert all(number(c) > 0 for cells in rows.values() for c in cells)
     reslab_rate = number(rows[reslab][0])
     for img_s, ms_per_batch, vs_reslab in rows.values():
-        assert shown(ms_per_batch, 128 * 1000 / number(img_s))  # batch 128
-        assert shown(vs_reslab, reslab_rate / number(img_s))
+        # batch 128; the printed img/s is rounded (a slow machine prints few digits)
+        assert shown(ms_per_batch, 128 * 1000 / number(img_s), 0.01 + rounding(img_s))
+        assert shown(vs_reslab, reslab_rate / number(img_s), 0.01 + rounding(img_s))
     assert rows[reslab][2] == "1.0x"
     if training == "given":
         assert rows[train][0] == "500"
