@@ -231,7 +231,7 @@ class Classifier(L.LightningModule):
         preparation (DDP: this backward pass all-reduces the gradients); trainer.global_step
         counts each iteration."""
         sgd = self.optimizers().optimizer
-        steps = _optimizer_steps(self.trainer)
+        schedulers = self._iteration_schedulers()  # once a step, not once an iteration
         for k in range(labels.shape[0]):  # the K batches (K, B, ...) of a fused step
             with self._iteration_lr(sgd):
                 loss = self._iteration(images[k], labels[k])
@@ -239,10 +239,16 @@ class Classifier(L.LightningModule):
                 self.trainer.strategy.pre_backward(loss)
                 loss.backward()
                 sgd.step()
+            self._count_iterations(1)
+            for scheduler in schedulers:
+                self.lr_scheduler_step(scheduler, None)
+
+    def _count_iterations(self, n: int) -> None:
+        """Advances ``trainer.global_step`` by ``n`` optimizer steps."""
+        steps = _optimizer_steps(self.trainer)
+        for _ in range(n):
             steps.increment_ready()
             steps.increment_completed()
-            for scheduler in self._iteration_schedulers():
-                self.lr_scheduler_step(scheduler, None)
 
     def _iteration_schedulers(self) -> list[Any]:
         """The schedules stepped every iteration (a plateau schedule: after validations)."""
@@ -270,16 +276,13 @@ class Classifier(L.LightningModule):
         K iterations first (each one's learning rate goes to the graph), then one launch runs
         them, and the logging iteration (a step's last, as K divides the interval) logs."""
         sgd = self.optimizers().optimizer
-        lrs = []
+        schedulers, lrs = self._iteration_schedulers(), []
         for _ in range(labels.shape[0]):
             lrs.append([group["lr"] for group in sgd.param_groups])
-            for scheduler in self._iteration_schedulers():
+            for scheduler in schedulers:
                 self.lr_scheduler_step(scheduler, None)
         self._step_graph.replay(images, labels, lrs)
-        steps = _optimizer_steps(self.trainer)
-        for _ in range(labels.shape[0]):
-            steps.increment_ready()
-            steps.increment_completed()
+        self._count_iterations(labels.shape[0])
         if logging_iteration(self.trainer, self.global_step):
             self._log_interval(self.global_step, lr=lrs[-1][0])
 
