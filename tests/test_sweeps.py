@@ -31,7 +31,7 @@ from reslab.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("[!_]*.yaml"))
 # Top-level keys of wandb's sweep config schema (the `sweeps` package's config/schema.json).
 WANDB_SWEEP_KEYS = {
     "apiVersion", "kind", "controller", "description", "program", "job", "image_uri", "entity",
