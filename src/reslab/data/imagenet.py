@@ -4,16 +4,15 @@
     data_dir/val/<class>/*.JPEG      50k images, sorted into the same class folders
 
 Classes are the sorted folder names; a label is a class's index. Worker processes decode each
-image and do the geometric work (scale, crop, flip) in uint8; on the training device
-``on_after_batch_transfer`` subtracts the mean, divides by 255 and adds the colour augmentation
-to whole batches.
+image and do the geometry (scale, crop, flip) in uint8; ``on_after_batch_transfer`` subtracts
+the mean, divides by 255 and adds the colour noise on the training device, batch by batch.
 
 Training: shorter side resized to a random size in ``scale`` ([256, 480]), a random
 ``crop_size`` (224) square, a random horizontal flip, the per-pixel mean subtracted, and the
 PCA lighting noise of Krizhevsky et al. 2012 (alpha ~ N(0, 0.1)).
-Evaluation: shorter side resized to ``eval_resize`` (256), then the centre crop (1 crop) or the
-10 crops in the order of ``TEN_CROP_ORDER``. The paper's ImageNet errors are on the val set, so
-``test/error`` is the val folder again, with ``test_crops`` (10) crops.
+Evaluation: shorter side resized to ``eval_resize`` (256), then the centre crop or the 10 crops
+of ``TEN_CROP_ORDER``. The paper reports on the val set, so ``test/error`` is the val folder
+again, with ``test_crops`` (10) crops.
 """
 
 from __future__ import annotations
@@ -37,22 +36,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from reslab.validation import is_int, require_choice, require_int
 
-
 log = logging.getLogger(__name__)
 
 # torchvision's ImageFolder extensions, all decoded by Pillow
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 NORMALIZE = ("pixel_mean", "channel")
 CROPS = (1, 10)
-# The order of the 10 evaluation crops (torchvision's ten_crop order): crop k + 5 is the mirror
-# image of crop k, and crop 4 is the single centre crop.
+# The 10 evaluation crops (torchvision's ten_crop order): crop k + 5 mirrors crop k; 4 is the centre.
 _CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
 # The usual per-channel statistics of ImageNet (torchvision, fb.resnet.torch), pixels in [0, 1].
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
 CHANNEL_STD = (0.229, 0.224, 0.225)
-# Principal components of ImageNet's RGB pixel values (pixels in [0, 1]), as fb.resnet.torch
-# uses them for Krizhevsky et al.'s colour augmentation: eigenvalues and eigenvectors (columns).
+# Principal components of ImageNet's RGB pixels in [0, 1] (fb.resnet.torch's): eigenvalues and
+# eigenvectors (columns), for Krizhevsky et al.'s colour augmentation.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
@@ -60,18 +57,17 @@ PCA_EIGVEC = (
     (-0.5836, -0.6948, 0.4203),
 )
 LIGHTING_STD = 0.1  # alpha ~ N(0, 0.1), Krizhevsky et al. 2012
-# How the decoding workers start, chosen here rather than inherited: inside a joblib (loky)
-# worker, as ``hydra/launcher=local`` runs a job, the process's default context is loky's, whose
-# processes cannot start DataLoader workers. Linux forks (the workers share the file lists
-# without copying them, and start at once); elsewhere, spawn (macOS's and Windows' default).
+# How the decoding workers start, not inherited: in a joblib (loky) worker, as
+# hydra/launcher=local runs a job, the default context cannot start DataLoader workers. Linux
+# forks (the file lists are shared, not copied); elsewhere spawn.
 WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 # --- the folders -----------------------------------------------------------------------------
 @dataclass
 class ImageList:
-    """The image files of a split: paths relative to ``root`` and int64 labels, both numpy
-    arrays, so that forked worker processes share them without copying (no Python objects)."""
+    """A split's files (relative to ``root``) and int64 labels, as numpy arrays: forked
+    workers share them without copying."""
 
     root: Path
     files: np.ndarray
@@ -84,8 +80,8 @@ class ImageList:
         return self.root / os.fsdecode(self.files[i])
 
     def subset(self, n: int | None, seed: int) -> ImageList:
-        """A fixed random subset of ``n`` images (all of them when ``n`` is None or larger),
-        chosen with ``seed`` and kept in folder order."""
+        """A fixed random subset of ``n`` images drawn with ``seed``, in folder order (all of
+        them when ``n`` is None or larger)."""
         if n is None or n >= len(self):
             return self
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
@@ -95,10 +91,8 @@ class ImageList:
 
 def scan_class_folders(folder: Path) -> tuple[list[str], ImageList]:
     """Sorted class folder names of ``folder`` and its images (``IMAGE_EXTENSIONS``, any case).
-
-    Other files are skipped with a warning that names them; a class folder left without images,
-    or a folder without class folders, is an error. Hidden entries (``.name``) are ignored.
-    """
+    Other files are skipped with a warning naming them, hidden ones silently; a class folder
+    without images, or no class folders, is an error."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"ImageNet folder '{folder}' is missing: expected '{folder}/<class>/*.JPEG' with one "
@@ -119,37 +113,26 @@ def scan_class_folders(folder: Path) -> tuple[list[str], ImageList]:
             f"no class folders in '{folder}': expected '{folder}/<class>/*.JPEG', e.g. "
             f"'{folder}/n01440764/n01440764_10026.JPEG'{hint}"
         )
-    files: list[str] = []
-    labels: list[int] = []
-    skipped: list[str] = []
-    empty: list[str] = []
+    files, labels, skipped, empty = [], [], [], []
     for label, name in enumerate(classes):
-        found = 0
-        for entry in sorted(os.scandir(folder / name), key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_file() and _is_image(entry.name):
-                files.append(f"{name}/{entry.name}")
-                labels.append(label)
-                found += 1
-            else:
-                skipped.append(f"{name}/{entry.name}")
-        if not found:
+        inside = sorted(os.scandir(folder / name), key=lambda e: e.name)
+        inside = [(e.name, e.is_file() and _is_image(e.name)) for e in inside if e.name[0] != "."]
+        files += [f"{name}/{entry}" for entry, image in inside if image]
+        skipped += [f"{name}/{entry}" for entry, image in inside if not image]
+        labels += [label] * (len(files) - len(labels))
+        if not any(image for _, image in inside):
             empty.append(name)
+    extensions = f"{', '.join(IMAGE_EXTENSIONS)}, in any case"
     if skipped:
-        shown = ", ".join(f"'{folder / s}'" for s in skipped[:5])
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.warn(
-            f"skipping {len(skipped)} non-image entries in '{folder}': {shown}{more} (images "
-            f"end in {', '.join(IMAGE_EXTENSIONS)}, in any case)",
+            f"skipping {len(skipped)} non-image entries in '{folder}': "
+            f"{_some(folder, skipped)} (images end in {extensions})",
             stacklevel=2,
         )
     if empty:
-        shown = ", ".join(f"'{folder / e}'" for e in empty[:5])
-        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
         raise ValueError(
-            f"{len(empty)} class folder(s) without images: {shown}{more}; every class folder "
-            f"needs at least one image ({', '.join(IMAGE_EXTENSIONS)}, in any case)"
+            f"{len(empty)} class folder(s) without images: {_some(folder, empty)}; every class "
+            f"folder needs at least one image ({extensions})"
         )
     paths = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
     return classes, ImageList(folder, paths, np.array(labels, dtype=np.int64))
@@ -159,11 +142,15 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _some(folder: Path, names: list[str]) -> str:
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(f"'{folder / n}'" for n in names[:5]) + more
+
+
 def read_image(path: Path) -> torch.Tensor:
-    """An image file as a uint8 RGB tensor (3, H, W), whatever its format says (ImageNet has a
-    PNG named .JPEG); grey and CMYK images become RGB. Pillow decodes it (torchvision.io's
-    decoders are deprecated). The tensor keeps Pillow's H, W, C memory order, which resizes
-    fastest."""
+    """An image file as uint8 RGB (3, H, W), whatever its format (ImageNet has a PNG named
+    .JPEG; grey and CMYK become RGB), decoded by Pillow; kept in its H, W, C memory order,
+    which resizes fastest."""
     try:
         with Image.open(path) as image:
             pixels = np.array(image.convert("RGB"))
@@ -172,9 +159,9 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
-# --- per-image geometry (in the worker processes) --------------------------------------------
+# --- per-image geometry (in the workers) ----------------------------------------------------
 def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
-    """``image`` (C, H, W) resized (bilinear, antialiased) so that its shorter side is ``size``."""
+    """``image`` (C, H, W) resized (bilinear, antialiased) to a shorter side of ``size``."""
     if min(image.shape[-2:]) == size:
         return image
     return TF.resize(image, [size], antialias=True)
@@ -188,8 +175,7 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The 4 corner crops, the centre crop, then their horizontal flips: (10, C, size, size),
-    in the order of ``TEN_CROP_ORDER``."""
+    """(10, C, size, size): the crops of ``TEN_CROP_ORDER``."""
     h, w = image.shape[-2:]
     corners = [
         image[..., :size, :size],
@@ -202,11 +188,9 @@ def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class TrainCrop:
-    """The paper's scale augmentation: shorter side resized to a size drawn uniformly from the
-    integers in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2.
-
-    Draws from torch's default generator, which DataLoader seeds per worker and per epoch.
-    """
+    """The paper's scale augmentation: shorter side resized to a uniform integer in ``scale``,
+    a random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
+    generator, which DataLoader seeds per worker and epoch."""
 
     def __init__(self, crop_size: int, scale: tuple[int, int], flip: bool = True) -> None:
         self.crop_size, self.scale, self.flip = crop_size, scale, flip
@@ -221,8 +205,7 @@ class TrainCrop:
 
 
 class EvalCrops:
-    """Shorter side resized to ``resize``, then the centre crop (3, c, c) or ten crops
-    (10, 3, c, c)."""
+    """Shorter side resized to ``resize``, then the centre crop (3, c, c) or 10 (10, 3, c, c)."""
 
     def __init__(self, crop_size: int, resize: int, crops: int) -> None:
         self.crop_size, self.resize, self.crops = crop_size, resize, crops
@@ -250,10 +233,9 @@ class ImageFolderDataset(Dataset):
 
 
 class EvalShard(DistributedSampler):
-    """Rank ``rank`` of ``num_replicas`` evaluates images rank, rank + num_replicas, ... in
-    order: every image once over the ranks. (Lightning's DistributedSampler pads the ranks to
-    equal shares, counting some images twice; a DistributedSampler subclass is kept as it is.)
-    The ranks' batch counts may differ by one; evaluation runs no collective per batch."""
+    """Rank r of n evaluates images r, r + n, ...: every image once over the ranks (Lightning's
+    DistributedSampler pads to equal shares, counting some twice; it keeps a subclass as it
+    is). Batch counts may differ by one: evaluation runs no collective per batch."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
@@ -270,51 +252,30 @@ class EvalShard(DistributedSampler):
 
 # --- batched colour augmentation (on the training device) ------------------------------------
 def pca_lighting_basis(device: torch.device | str = "cpu") -> torch.Tensor:
-    """(3, 3) matrix B with B[i, j] = eigvec[i, j] * eigval[j] * 255: noise = alpha @ B.T in
-    pixel units (0..255)."""
+    """(3, 3) B = eigvec * eigval * 255 (column j scaled): noise = alpha @ B.T in pixel units."""
     return torch.tensor(PCA_EIGVEC, device=device) * torch.tensor(PCA_EIGVAL, device=device) * 255
 
 
 def pca_lighting_noise(
     n: int, basis: torch.Tensor, std: float = LIGHTING_STD, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """(n, 3) RGB offsets, one per image: sum_j alpha_j * eigval_j * eigvec_j with alpha_j ~
-    N(0, std), drawn on ``basis``'s device."""
+    """(n, 3) RGB offsets, one per image: sum_j alpha_j eigval_j eigvec_j, alpha_j ~ N(0, std)."""
     alpha = torch.randn((n, 3), device=basis.device, generator=generator) * std
     return alpha @ basis.T
 
 
 # --- the DataModule --------------------------------------------------------------------------
 class ImageNetDataModule(L.LightningDataModule):
-    """ImageNet from ``data_dir/train`` and ``data_dir/val`` class folders.
+    """ImageNet from ``data_dir/train`` and ``data_dir/val`` class folders (the options are
+    conf/data/imagenet.yaml's, which says what each does).
 
-    Args:
-        data_dir: the folder with ``train/`` and ``val/``; the mean cache is written here.
-        batch_size: global training batch (256 in the paper); each of the trainer's
-            ``world_size`` processes loads ``batch_size // world_size``.
-        val_size: None: the whole val folder; N: a fixed random subset of N val images (seeded
-            by ``split_seed``; all of them when N is larger), for quick runs; 0: no validation.
-        split_seed: seed of the val, training and mean subsets.
-        train_subset: None: every training image; N: a fixed random subset of N (all when N is
-            larger).
-        augment: scale augmentation, random crop, flip and colour augmentation in training;
-            false trains on the evaluation's centre crop.
-        crop_size: side of the square crops (224).
-        scale: inclusive range of the random shorter side in training ([256, 480]).
-        eval_resize: shorter side before the evaluation crops (256).
-        normalize: "pixel_mean" subtracts the per-pixel mean of the training images (the
-            paper's); "channel" uses the usual ImageNet per-channel mean and std.
-        mean_images: training images (a fixed random subset) whose centre crops give the
-            per-pixel mean; it is cached as a .pt file in ``data_dir`` when that is writable.
-        color_augment: Krizhevsky et al.'s PCA lighting noise in training.
-        val_crops: crops per validation image: 1 (centre) or 10.
-        test_crops: crops per test image: 10 (the paper's comparisons) or 1.
-        eval_batch_size: images per validation or test batch, per process (×10 crops).
-        num_workers: decoding processes per loader (persistent when > 0); 0 decodes in-process.
-        download: accepted for symmetry with the other datasets; ImageNet cannot be downloaded.
-        seed: seed of the training order.
-        padding: ignored; the CIFAR crop padding does not apply to ImageNet (accepted so that
-            presets that set it on every dataset work).
+    ``batch_size`` is the global batch: each of the trainer's processes loads its share.
+    ``val_size``: None, the whole val folder; N, a fixed random N of it (``split_seed``); 0, no
+    validation (the test still reads the whole folder). ``train_subset`` likewise (None: all).
+    ``normalize``: "pixel_mean" (the paper's; the mean of ``mean_images`` centre crops, cached
+    in ``data_dir`` when writable) or "channel" (the usual per-channel mean and std).
+    ``eval_batch_size`` is per process, in images (×10 with 10 crops); ``num_workers`` 0
+    decodes in the main process.
     """
 
     name: str = "imagenet"
@@ -340,9 +301,7 @@ class ImageNetDataModule(L.LightningDataModule):
         test_crops: int = 10,
         eval_batch_size: int = 50,
         num_workers: int = 4,
-        download: bool = False,
         seed: int = 0,
-        padding: int | None = None,
     ) -> None:
         super().__init__()
         for key, value, low in (
@@ -373,12 +332,12 @@ class ImageNetDataModule(L.LightningDataModule):
         self.scale, self.eval_resize = (pair[0], pair[1]), eval_resize
         self.normalize, self.mean_images = normalize, mean_images
         self.val_crops, self.test_crops = val_crops, test_crops
-        self.num_workers, self.download, self.seed = num_workers, download, seed
+        self.num_workers, self.seed = num_workers, seed
         self.classes: list[str] = []
         self.train_images: ImageList | None = None
         self.val_images: ImageList | None = None
         self.test_images: ImageList | None = None
-        # Subtracted from / divided into float pixels (0..255) on the training device.
+        # float pixels (0..255) on the training device: (x - mean) / std
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.lighting = pca_lighting_basis()
@@ -388,17 +347,13 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.train_images is not None:
             return
         if not self.data_dir.is_dir():
-            cannot = (
-                " ImageNet cannot be downloaded automatically (data.download=true changes "
-                "nothing): get ILSVRC2012 from https://image-net.org after accepting its terms."
-                if self.download
-                else ""
-            )
             raise FileNotFoundError(
                 f"ImageNet not found: data.data_dir '{self.data_dir}' does not exist. Put the "
                 f"images in '{self.data_dir}/train/<class>/*.JPEG' and "
                 f"'{self.data_dir}/val/<class>/*.JPEG' (class folders such as n01440764; the val "
-                f"images sorted into the same class folders), or set data.data_dir.{cannot}"
+                "images sorted into the same class folders), or set data.data_dir. ImageNet "
+                "cannot be downloaded automatically: get ILSVRC2012 from https://image-net.org "
+                "after accepting its terms."
             )
         classes, train = scan_class_folders(self.data_dir / "train")
         val_classes, val = scan_class_folders(self.data_dir / "val")
@@ -427,7 +382,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.train_images = train
 
     def check_processes(self, world_size: int) -> None:
-        """Before a run on ``world_size`` processes: each of them needs an evaluation image."""
+        """Before a run on ``world_size`` processes (checks.py): each needs an evaluation image."""
         if self.val_size is not None and 0 < self.val_size < world_size:
             raise ValueError(
                 f"data.val_size={self.val_size} evaluation images cannot be shared by "
@@ -436,7 +391,7 @@ class ImageNetDataModule(L.LightningDataModule):
 
     @property
     def has_val(self) -> bool:
-        """Whether there are validation images (known once ``setup`` has run)."""
+        """Whether there are validation images (known after ``setup``)."""
         return self.val_images is not None and len(self.val_images) > 0
 
     def train_dataloader(self) -> DataLoader:
@@ -461,14 +416,13 @@ class ImageNetDataModule(L.LightningDataModule):
         return self._loader(images, crops, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """The val images (the same subset as validation; the whole val folder when
-        ``val_size`` is 0) with ``test_crops`` crops."""
+        """The validation images (all of the val folder when ``val_size`` is 0), ``test_crops`` each."""
         crops = EvalCrops(self.crop_size, self.eval_resize, self.test_crops)
         return self._loader(self._ready(self.test_images), crops, self.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
-        """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 with the mean subtracted and
-        divided by 255 (or the channel std); in training also the PCA lighting noise."""
+        """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 (x - mean) / std, with the PCA
+        lighting noise in training."""
         images, labels = batch
         if self.mean is None or self.std is None:
             raise RuntimeError("ImageNetDataModule: call setup() before using its batches")
@@ -484,7 +438,7 @@ class ImageNetDataModule(L.LightningDataModule):
     # --- helpers ---------------------------------------------------------------------------
     def pixel_mean(self, train: ImageList) -> torch.Tensor:
         """Per-pixel mean (3, c, c) of the centre crops of up to ``mean_images`` of ``train``,
-        read from or written to a cache file in ``data_dir`` keyed by the images and sizes."""
+        cached in ``data_dir`` under a key of the images and sizes."""
         images = train.subset(self.mean_images, self.split_seed)
         key = hashlib.sha1(f"{self.crop_size} {self.eval_resize}\n".encode())
         for f in images.files:
@@ -539,8 +493,7 @@ class ImageNetDataModule(L.LightningDataModule):
         persistent: bool = True,
         shard: bool = True,
     ) -> DataLoader:
-        """An evaluation loader (``train`` false) of a distributed trainer takes this rank's
-        ``EvalShard``, unless ``shard`` is false (every rank reads every image)."""
+        """A distributed evaluation loader takes this rank's ``EvalShard`` (with ``shard``)."""
         dataset = ImageFolderDataset(images, transform)
         world = self.trainer.world_size if self.trainer is not None else 1
         sampler = None
