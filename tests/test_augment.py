@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reslab.data.augment import random_crop_flip, subtract_mean, subtract_mean_crop_flip
+from reslab.data.augment import subtract_mean, subtract_mean_crop_flip
 
 H = W = 8
 PAD = 4
@@ -11,6 +11,14 @@ PAD = 4
 def _pattern(n: int) -> torch.Tensor:
     """n copies of an image whose pixel (r, c) holds 1 + r*W + c: every value names its pixel."""
     return (1 + torch.arange(H * W, dtype=torch.int64).reshape(1, 1, H, W)).repeat(n, 2, 1, 1)
+
+
+def crop_flip(
+    images: torch.Tensor, padding: int = PAD, flip: bool = True, generator=None
+) -> torch.Tensor:
+    """The crop and flip alone: subtract_mean_crop_flip with a zero mean and scale 1."""
+    zero = torch.zeros(images.shape[1:])
+    return subtract_mean_crop_flip(images, zero, padding, flip, generator, scale=1.0)
 
 
 def _expected(top: int, left: int, flip: bool) -> torch.Tensor:
@@ -28,7 +36,7 @@ CANDIDATES = {
 def _recover(out: torch.Tensor) -> list[tuple[int, int, int]]:
     """For each augmented image, the (top, left, flip) that produced it; exactly one must match."""
     found = []
-    for img in out:
+    for img in out.long():
         assert torch.equal(img[0], img[1]), "both channels get the same crop"
         matches = [key for key, ref in CANDIDATES.items() if torch.equal(img[0], ref)]
         assert len(matches) == 1, f"augmented image matches {len(matches)} crops"
@@ -36,22 +44,22 @@ def _recover(out: torch.Tensor) -> list[tuple[int, int, int]]:
     return found
 
 
-def test_shape_and_dtype_are_kept() -> None:
+def test_shape_is_kept_and_the_result_is_float32() -> None:
     for dtype in (torch.uint8, torch.float32):
         x = torch.zeros(5, 3, 32, 32, dtype=dtype)
-        y = random_crop_flip(x, 4)
-        assert y.shape == x.shape and y.dtype == dtype
+        y = crop_flip(x, 4)
+        assert y.shape == x.shape and y.dtype == torch.float32
 
 
 def test_every_output_is_a_padded_crop_possibly_mirrored() -> None:
     torch.manual_seed(0)
-    found = _recover(random_crop_flip(_pattern(64), PAD))
+    found = _recover(crop_flip(_pattern(64), PAD))
     assert len(found) == 64
 
 
 def test_offsets_and_flips_vary_per_image_and_cover_the_range() -> None:
     torch.manual_seed(1)
-    found = _recover(random_crop_flip(_pattern(1500), PAD))
+    found = _recover(crop_flip(_pattern(1500), PAD))
     tops = {t for t, _, _ in found}
     lefts = {left for _, left, _ in found}
     assert tops == set(range(2 * PAD + 1)) and lefts == set(range(2 * PAD + 1))
@@ -66,7 +74,7 @@ def test_offsets_and_flips_vary_per_image_and_cover_the_range() -> None:
 
 def test_padding_is_zeros() -> None:
     torch.manual_seed(2)
-    out = random_crop_flip(_pattern(300), PAD)
+    out = crop_flip(_pattern(300), PAD)
     for img, (top, left, _) in zip(out, _recover(out), strict=True):
         inside_rows = min(top + H, PAD + H) - max(top, PAD)
         inside_cols = min(left + W, PAD + W) - max(left, PAD)
@@ -76,24 +84,17 @@ def test_padding_is_zeros() -> None:
 
 def test_no_flip_and_no_padding() -> None:
     x = _pattern(20)
-    assert torch.equal(random_crop_flip(x, padding=0, flip=False), x)
+    assert torch.equal(crop_flip(x, padding=0, flip=False), x.float())
     torch.manual_seed(3)
-    assert all(f == 0 for _, _, f in _recover(random_crop_flip(x, PAD, flip=False)))
+    assert all(f == 0 for _, _, f in _recover(crop_flip(x, PAD, flip=False)))
 
 
 def test_generator_makes_it_repeatable() -> None:
     x = _pattern(50)
-    a = random_crop_flip(x, PAD, generator=torch.Generator().manual_seed(7))
-    b = random_crop_flip(x, PAD, generator=torch.Generator().manual_seed(7))
-    c = random_crop_flip(x, PAD, generator=torch.Generator().manual_seed(8))
+    a = crop_flip(x, PAD, generator=torch.Generator().manual_seed(7))
+    b = crop_flip(x, PAD, generator=torch.Generator().manual_seed(7))
+    c = crop_flip(x, PAD, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_bad_shapes_and_padding_are_refused() -> None:
-    with pytest.raises(ValueError, match="expected a batch of shape"):
-        random_crop_flip(torch.zeros(3, 32, 32))
-    with pytest.raises(ValueError, match="padding must be >= 0"):
-        random_crop_flip(torch.zeros(1, 3, 32, 32), padding=-1)
 
 
 def test_subtract_mean() -> None:
@@ -130,11 +131,9 @@ def test_equals_the_per_image_reference_for_a_fixed_generator(padding: int, flip
     centred = subtract_mean(images, mean)
     for seed in range(3):
         expected = _per_image(images, padding, flip, seed)
-        got = random_crop_flip(images, padding, flip, torch.Generator().manual_seed(seed))
-        assert got.dtype == torch.uint8 and torch.equal(got, expected)
+        got = crop_flip(images, padding, flip, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, expected.float())
         expected = _per_image(centred, padding, flip, seed)  # padded after the mean subtraction
-        got = random_crop_flip(centred, padding, flip, torch.Generator().manual_seed(seed))
-        assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
         fused = subtract_mean_crop_flip(
             images, mean, padding, flip, torch.Generator().manual_seed(seed)
         )
@@ -147,15 +146,13 @@ def test_equals_the_per_image_reference_for_a_fixed_generator(padding: int, flip
     [(torch.uint8, torch.float32), (torch.uint8, torch.float64), (torch.float64, torch.float32),
      (torch.int64, torch.float64)],
 )  # fmt: skip
-def test_fused_is_subtract_mean_then_random_crop_flip(
+def test_fused_is_subtract_mean_then_the_per_image_crop_and_flip(
     dtype: torch.dtype, mean_dtype: torch.dtype
 ) -> None:
     images = (torch.rand(64, 3, 32, 32, dtype=torch.float64) * 255).to(dtype)
     mean = images.double().mean(0).to(mean_dtype)
     for scale in (255.0, 1.0, 3.5):
-        a = random_crop_flip(
-            subtract_mean(images, mean, scale), generator=torch.Generator().manual_seed(5)
-        )
+        a = _per_image(subtract_mean(images, mean, scale), PAD, True, 5)
         b = subtract_mean_crop_flip(
             images, mean, scale=scale, generator=torch.Generator().manual_seed(5)
         )
@@ -187,9 +184,7 @@ def test_fused_returns_new_tensors_and_stays_exact_call_after_call() -> None:
             got = subtract_mean_crop_flip(
                 images, mean, generator=torch.Generator().manual_seed(seed)
             )
-        expected = random_crop_flip(
-            subtract_mean(images, mean), generator=torch.Generator().manual_seed(seed)
-        )
+        expected = _per_image(subtract_mean(images, mean), PAD, True, seed)
         assert torch.equal(got, expected)
         results.append((got, expected))
     for got, expected in results:  # later calls did not overwrite earlier results

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision import transforms
 
 from reslab.config import instantiate
-from reslab.data.augment import random_crop_flip
+from reslab.data.augment import subtract_mean_crop_flip
 from reslab.fast import FP32BatchNorm2d, batchnorm_in_fp32, bytes_kept_for_backward
 from reslab.networks import build_network
 from reslab.train import train
@@ -55,9 +55,8 @@ def test_batched_augmentation_has_the_per_image_paths_distribution() -> None:
     at rate 1/2 in both, and the two histograms indistinguishable (chi-square, 80 dof)."""
     n = 8100
     image = coded_image()
-    batch = random_crop_flip(
-        image.expand(n, -1, -1, -1).contiguous(), PAD, generator=torch.Generator().manual_seed(0)
-    )
+    zero, g = torch.zeros(image.shape), torch.Generator().manual_seed(0)
+    batch = subtract_mean_crop_flip(image.expand(n, -1, -1, -1), zero, PAD, True, g, scale=1.0)
     fast_offsets, fast_flips = decode(batch)
     plain = transforms.Compose(
         [transforms.RandomCrop(SIDE, padding=PAD), transforms.RandomHorizontalFlip()]

@@ -1,8 +1,6 @@
-"""In-memory datasets: every image of a split in one uint8 tensor, batches sliced from it.
-
-No per-image Python, no PIL, no worker processes: a batch is one index into a tensor, and the
-augmentation runs on the whole batch on the training device (``on_after_batch_transfer``).
-"""
+"""In-memory datasets: every image of a split in one uint8 tensor, a batch one index into it,
+augmented whole on the training device (``on_after_batch_transfer``): no per-image Python, no
+PIL, no worker processes."""
 
 from __future__ import annotations
 
@@ -34,15 +32,14 @@ class Splits:
 class BatchLoader:
     """Batches of (images, labels) sliced from in-memory tensors.
 
-    With ``shuffle`` every epoch draws a new permutation from ``seed`` and the epoch number, the
-    same on every rank; rank r of ``world_size`` takes every world_size-th image of each global
-    batch, so the ranks together see exactly the batch a single process would.
+    With ``shuffle`` each epoch's permutation comes from ``seed`` and the epoch number, the same
+    on every rank; rank r of ``world_size`` takes every world_size-th image of each global
+    batch, so the ranks together see the batch one process would.
 
-    ``batches_done`` (a callable: the training batches consumed so far, i.e. the trainer's
-    iteration) places each new pass: it starts in epoch ``done // len`` at batch ``done % len``.
-    So the data order is a function of the iteration alone, and a run resumed from a
-    checkpoint at iteration k sees exactly the batches an uninterrupted run sees after k.
-    Without it, each pass is the next epoch from 0.
+    ``batches_done()`` (the trainer's iteration) places each new pass at epoch ``done // len``,
+    batch ``done % len``: the data order is a function of the iteration alone, so a run resumed
+    at iteration k sees the batches an uninterrupted one sees. Without it, each pass is the
+    next epoch from 0.
 
     ``fused`` > 1 (``module.fused_iterations``): each item is the next ``fused`` batches of
     that same sequence stacked, images (K, B, C, H, W) and labels (K, B), for one training
@@ -126,8 +123,8 @@ class BatchLoader:
             index = torch.stack([self._index(b) for b in range(start, last)])  # (K, B)
             yield self.images[index], self.labels[index]
 
-    # Lightning checks that a loader can resume mid-epoch through this interface; the position
-    # itself comes from ``batches_done``, and the state checks that the order is the same one.
+    # Lightning resumes a loader mid-epoch through this interface; the position comes from
+    # ``batches_done``, the state only checks that the order is the same.
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "batches_per_epoch": len(self), "images": len(self.labels)}
 
@@ -141,22 +138,13 @@ class BatchLoader:
 
 class InMemoryDataModule(L.LightningDataModule):
     """Base of every CIFAR-size dataset: subclasses implement ``load`` and set the class facts.
+    The options are conf/data/_in_memory.yaml's, which says what each does.
 
-    Args:
-        data_dir: folder that holds (or will hold) the dataset's files.
-        batch_size: global training batch (split over DDP ranks), 128 in the paper.
-        val_size: images held out of the training set for validation (5k of CIFAR-10's 50k in
-            the paper); 0 trains on all of them and leaves ``test/error`` as the only error.
-        split_seed: seed of the train/val split, fixed so every run holds out the same images.
-        train_subset: keep only the first N training images (after the split); None keeps all.
-        augment: pad, random crop and flip during training (the paper's CIFAR augmentation).
-        padding: pixels of zero padding for the random crop.
-        eval_batch_size: batch size for validation and test.
-        download: fetch the files when they are missing (needs network).
-        seed: seed of the training order.
-        on_device: keep the whole dataset (uint8) on the training GPU, so a batch is an index
-            on the device and no copy or host sync happens per step (CIFAR-10 takes 180 MB).
-            On a CPU it changes nothing.
+    ``batch_size`` is the global batch (split over DDP ranks); ``val_size`` images are held
+    out of the training set by ``split_seed`` (0: none, ``test/error`` is the only error);
+    ``train_subset`` keeps the first N training images after the split. With ``on_device`` the
+    whole dataset (uint8; CIFAR-10 takes 180 MB) moves to the training GPU once, so a batch is
+    an index on the device, with no copy or host sync per step.
     """
 
     name: str = "dataset"
@@ -196,12 +184,10 @@ class InMemoryDataModule(L.LightningDataModule):
         self.splits: Splits | None = None
         self.mean: torch.Tensor | None = None
 
-    # --- what a dataset provides -----------------------------------------------------------
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(train images, train labels, test images, test labels): uint8 (N, C, H, W), int64."""
         raise NotImplementedError
 
-    # --- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
@@ -211,29 +197,18 @@ class InMemoryDataModule(L.LightningDataModule):
                 f"data.val_size={self.val_size} leaves no training images "
                 f"({self.name} has {len(train_y)}); use a value below {len(train_y)}"
             )
-        order = torch.randperm(
-            len(train_y), generator=torch.Generator().manual_seed(self.split_seed)
-        )
-        val_idx, train_idx = (
-            order[: self.val_size].sort().values,
-            order[self.val_size :].sort().values,
-        )
-        if self.train_subset is not None:
-            train_idx = train_idx[: self.train_subset]
-        self.splits = Splits(
-            train_x[train_idx],
-            train_y[train_idx],
-            train_x[val_idx],
-            train_y[val_idx],
-            test_x,
-            test_y,
-        )
+        g = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(len(train_y), generator=g)
+        val, train = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        train = train[: self.train_subset]
+        splits = train_x[train], train_y[train], train_x[val], train_y[val], test_x, test_y
+        self.splits = Splits(*splits)
         # The paper's only normalisation: the per-pixel mean of the training images.
         self.mean = self.splits.train_images.float().mean(0)
 
     @property
     def has_val(self) -> bool:
-        """Whether there is a validation split (known once ``setup`` has run)."""
+        """Whether there is a validation split (known after ``setup``)."""
         return self.splits is not None and len(self.splits.val_labels) > 0
 
     def _placed(self) -> Splits:
@@ -300,8 +275,7 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.mean.device != images.device:
             self.mean = self.mean.to(images.device)  # once, not every batch
         if self.augment and self.trainer is not None and self.trainer.training:
-            # = random_crop_flip(subtract_mean(...)), bit for bit, in fewer passes; the K
-            # batches of a fused step (K, B, C, H, W) at once, drawn as K batches in turn
+            # the K batches of a fused step (K, B, C, H, W) at once, drawn as K batches in turn
             group = images.shape[:-3]
             images = subtract_mean_crop_flip(images.flatten(0, -4), self.mean, self.padding)
             images = images.view(*group, *images.shape[1:])
@@ -309,7 +283,6 @@ class InMemoryDataModule(L.LightningDataModule):
             images = subtract_mean(images, self.mean)
         return images, labels
 
-    # --- helpers for subclasses ----------------------------------------------------------------
     def require_dir(self) -> Path:
         """The data folder; created when downloading is allowed, else a clear error."""
         if not self.data_dir.is_dir():

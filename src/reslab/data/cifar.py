@@ -1,11 +1,8 @@
 """CIFAR-10 and CIFAR-100 from the standard python pickles (``cifar-10-batches-py``,
-``cifar-100-python``).
-
-Each file is a pickled dict with ``data`` (N×3072 uint8, the red, green and blue planes of a
-32×32 image in turn) and ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100's 100 classes; its
-20 ``coarse_labels`` are not used). They are read with a restricted unpickler that
-accepts only the few types the format needs, so a crafted file cannot run code.
-"""
+``cifar-100-python``): each file a dict of ``data`` (N×3072 uint8, a 32×32 image's red, green
+and blue planes in turn) and ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100's 100
+classes), read by an unpickler that accepts only the types the format needs, so a crafted file
+cannot run code."""
 
 from __future__ import annotations
 
@@ -54,11 +51,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of one CIFAR pickle batch; CIFAR-100's
-    labels are its fine labels."""
+    """Images uint8 (N, 3, 32, 32) and labels int64 (N,) of one CIFAR pickle batch."""
     try:
-        raw = path.read_bytes()
-        batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        batch = _RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except UnsafePickleError as err:
         raise ValueError(f"CIFAR batch '{path}' is not safe to load: {err}") from err
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as err:
@@ -90,8 +85,6 @@ class CIFAR10DataModule(InMemoryDataModule):
     """CIFAR-10: 50k training and 10k test 32×32 colour images of 10 classes."""
 
     name = "cifar10"
-    num_classes = 10
-    in_channels = 3
     url, md5, folder = CIFAR10_URL, CIFAR10_MD5, CIFAR10_FOLDER
     train_files, test_files = CIFAR10_TRAIN, CIFAR10_TEST
 
@@ -139,8 +132,7 @@ class CIFAR10DataModule(InMemoryDataModule):
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
-    """CIFAR-100: 50k training and 10k test 32×32 colour images of 100 classes (the fine labels),
-    from the files ``train`` and ``test`` of ``cifar-100-python``."""
+    """CIFAR-100: 50k training and 10k test 32×32 colour images of 100 classes (fine labels)."""
 
     name = "cifar100"
     num_classes = 100

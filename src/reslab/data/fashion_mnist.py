@@ -21,37 +21,32 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}  # fmt: skip
+UINT8 = 0x08  # the idx type code of every Fashion-MNIST file
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """The array stored in an idx file (``.gz`` or not), checked against its own header."""
+    """The uint8 array of an idx file (``.gz`` or not), checked against its own header."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:  # gzip raises these for truncated or non-gzip files
         raise ValueError(f"idx file '{path}' cannot be read: {err}") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    if len(raw) < 4 or raw[:3] != bytes((0, 0, UINT8)):
         raise ValueError(
             f"idx file '{path}' has magic number {raw[:4].hex() or 'none'}; expected 0000 then a "
             "type code (08 for uint8) and the number of dimensions, e.g. 00000803 for images"
         )
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + int(np.prod(shape))
     if len(raw) != expected:
         raise ValueError(
             f"idx file '{path}' is {len(raw)} bytes but its header {shape} needs {expected}: "
             "the file is truncated or corrupt"
         )
-    return (
-        np.frombuffer(raw, dtype=dtype, offset=header)
-        .reshape(shape)
-        .astype(dtype.newbyteorder("="))
-    )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 class FashionMNISTDataModule(InMemoryDataModule):
@@ -66,7 +61,7 @@ class FashionMNISTDataModule(InMemoryDataModule):
         return [self.data_dir, self.data_dir / "FashionMNIST" / "raw", DEBIAN_DIR]
 
     def find_files(self) -> dict[str, Path] | None:
-        """The four files, from the first folder that has all of them."""
+        """The four files (plain or .gz), from the first folder that has all of them."""
         for folder in self.candidate_dirs():
             found = {}
             for key, stem in FILES.items():

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 NORMALIZE = ("pixel_mean", "channel")
 CROPS = (1, 10)
-# The 10 evaluation crops (torchvision's ten_crop order): crop k + 5 mirrors crop k; 4 is the centre.
+# The 10 evaluation crops (torchvision's ten_crop order): k + 5 mirrors crop k; 4 is the centre.
 _CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
 # The usual per-channel statistics of ImageNet (torchvision, fb.resnet.torch), pixels in [0, 1].
@@ -320,7 +320,8 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"data.scale must be two integers [min, max] with data.crop_size={crop_size} <= "
                 f"min <= max (the paper: [256, 480]), got {scale!r}"
             )
-        require_int("data.eval_resize", eval_resize, crop_size, note=f"(data.crop_size={crop_size})")
+        note = f"(data.crop_size={crop_size})"
+        require_int("data.eval_resize", eval_resize, crop_size, note=note)
         require_choice("data.normalize", normalize, NORMALIZE)
         require_choice("data.val_crops", val_crops, CROPS)
         require_choice("data.test_crops", test_crops, CROPS)
@@ -416,7 +417,7 @@ class ImageNetDataModule(L.LightningDataModule):
         return self._loader(images, crops, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """The validation images (all of the val folder when ``val_size`` is 0), ``test_crops`` each."""
+        """The val images (the whole folder when ``val_size`` is 0), ``test_crops`` crops each."""
         crops = EvalCrops(self.crop_size, self.eval_resize, self.test_crops)
         return self._loader(self._ready(self.test_images), crops, self.eval_batch_size, train=False)
 

@@ -11,10 +11,7 @@ from reslab.validation import require_int
 
 
 class SyntheticDataModule(InMemoryDataModule):
-    """``num_train`` + ``num_test`` uniformly random uint8 images with random labels.
-
-    Nothing is learnable here; it measures speed and exercises the whole pipeline offline.
-    """
+    """``num_train`` + ``num_test`` uniformly random uint8 images and labels (``data_seed``)."""
 
     name = "synthetic"
     image_size = 32  # the instance's is the configured size
@@ -29,9 +26,7 @@ class SyntheticDataModule(InMemoryDataModule):
         data_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("data_dir", ".")
-        kwargs.setdefault("download", False)
-        super().__init__(**kwargs)
+        super().__init__(kwargs.pop("data_dir", "."), **kwargs)
         for key, value in (
             ("num_train", num_train),
             ("num_test", num_test),
