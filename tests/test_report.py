@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -76,7 +77,10 @@ def write_run(
         fields |= {k: v for k, v in finals.items() if v is not None}
     if error:
         fields = {"status": status, "name": name, "error": error}
-    (folder / "status.json").write_text(json.dumps(fields))
+    non_finite = [k for k, v in fields.items() if isinstance(v, float) and not math.isfinite(v)]
+    if non_finite:  # as write_status writes them: null, named in non_finite
+        fields |= {k: None for k in non_finite} | {"non_finite": non_finite}
+    (folder / "status.json").write_text(json.dumps(fields, allow_nan=False))
     if responses:
         with open(folder / "responses.csv", "w", newline="") as f:
             writer = csv.writer(f)

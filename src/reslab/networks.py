@@ -1,12 +1,11 @@
-"""The paper's networks, residual and plain, from one builder: stem → stages of blocks → head.
+"""The paper's networks, residual and plain, from one builder: stem → stages of blocks → head;
+and their names (``network_name``, ``parse_network_name``: the one grammar of names).
 
-A plain net is the residual net with its shortcuts removed (``shortcut="none"``): same layers,
-same parameters under option A, so the two are exactly comparable (section 3.3 of the paper).
-
-Two families: ``cifar`` (section 4.2: depth 6n+2, three stages of basic blocks) and ``imagenet``
-(Table 1: depth 18/34 with basic blocks, 50/101/152 with bottleneck blocks). Blocks:
-:class:`BasicBlock` (the paper's Figure 2, left), :class:`Bottleneck` (Figure 5, right) and,
-for the block-length study beyond the paper, :class:`LayersBlock` (1 or 3 conv layers).
+A plain net is the residual net without shortcuts (``shortcut="none"``): same layers, and under
+option A the same parameters (section 3.3). Families: ``cifar`` (section 4.2: depth 6n+2, three
+stages of basic blocks) and ``imagenet`` (Table 1: 18/34 basic blocks, 50/101/152 bottlenecks).
+Blocks: :class:`BasicBlock` (Figure 2), :class:`Bottleneck` (Figure 5) and, for the
+block-length study beyond the paper, :class:`LayersBlock` (1 or 3 conv layers).
 """
 
 from __future__ import annotations
@@ -35,10 +34,9 @@ IMAGENET_STAGES: dict[int, tuple[tuple[int, ...], bool]] = {
     152: ((3, 8, 36, 3), True),
 }
 BLOCK_LAYERS = (1, 2, 3)
-# Where a downsampling bottleneck puts its stride: "1x1" is the paper's (the first 1×1 conv),
-# "3x3" is torchvision's "v1.5" (same parameters, more multiply-adds).
+# A downsampling bottleneck's stride: on the first 1×1 (the paper's) or the 3×3 (v1.5).
 BOTTLENECK_STRIDES = ("1x1", "3x3")
-# What each family builds, in network names: the hint when a net= name is refused.
+# What each family builds, in names: the hint when a net= name is refused.
 VALID_NAMES = {
     "cifar": "plain-N or resnet-N with shortcut A, B or C and N = 6n+2 (20, 32, 44, 56, 110, "
     "1202, ...), optionally -1layer or -3layer (3: n a multiple of 3) and @seed, e.g. plain-20, "
@@ -55,7 +53,7 @@ def network_name(
     block_layers: int | str = 2,
     bottleneck_stride: str = "1x1",
 ) -> str:
-    """The name users see in wandb, run folders and reports: ``plain-56``, ``resnet-56A``,
+    """The name of wandb, run folders and reports: ``plain-56``, ``resnet-56A``,
     ``resnet-56A-1layer`` (blocks of one layer), ``resnet-50B-v1.5`` (stride on the 3×3)."""
     name = f"plain-{depth}" if shortcut == "none" else f"resnet-{depth}{shortcut}"
     if int(block_layers) != 2:
@@ -66,13 +64,9 @@ def network_name(
 
 
 def parse_network_name(spec: str, family: str | None = None) -> dict[str, Any]:
-    """The inverse of ``network_name``, for experiment sweeps over whole networks:
-    ``"plain-20"``, ``"resnet-56A"``, ``"resnet-56A-1layer"``, ``"resnet-50B-v1.5"``, with an
-    optional ``@seed`` (``"resnet-110A@3"``). Returns depth, shortcut, block_layers,
-    bottleneck_stride and seed (0 when not given).
-
-    With ``family`` (``"cifar"`` or ``"imagenet"``) the name must also be one that family
-    builds, else a ValueError naming the family's valid names."""
+    """The inverse of ``network_name``, with an optional ``@seed`` (``"resnet-110A@3"``): depth,
+    shortcut, block_layers, bottleneck_stride and seed (0 when not given). With ``family`` the
+    name must be one that family builds, else a ValueError naming its valid names."""
     match = _NETWORK_SPEC.fullmatch(str(spec).strip())
     if match is None:
         raise ValueError(
@@ -121,8 +115,8 @@ def cifar_blocks_per_stage(depth: int) -> int:
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option A: a parameter-free identity. Where the block downsamples it keeps every other
-    pixel, and where the channel count grows it appends zero channels."""
+    """Option A: a parameter-free identity that keeps every other pixel where the block
+    downsamples and appends zero channels where the channel count grows."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -165,8 +159,8 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -
 
 
 class BasicBlock(nn.Module):
-    """The paper's building block (Figure 2): 3×3 conv, BN, ReLU, 3×3 conv, BN, add the
-    shortcut, ReLU. The stride sits on the first conv; ``shortcut=None`` is a plain block."""
+    """Figure 2: 3×3 conv, BN, ReLU, 3×3 conv, BN, add the shortcut, ReLU; the stride on the
+    first conv; ``shortcut=None`` is a plain block."""
 
     expansion = 1
 
@@ -193,14 +187,11 @@ class BasicBlock(nn.Module):
 
 
 class LayersBlock(nn.Module):
-    """A basic block of ``layers`` 3×3 conv layers (1, 2 or 3), BN after each and ReLU between
-    them, the last ReLU after the addition: the block-length study (``model.block_layers``,
-    experiment=block_length), not in the paper. Two layers compute what :class:`BasicBlock`
-    computes; the stride sits on the first conv.
-
-    Submodules are registered conv1, bn1, ..., conv<layers>, bn<layers>, shortcut: each conv's
-    BN right after it, as Figure 7's response layers are found.
-    """
+    """``layers`` 3×3 conv layers (1, 2 or 3), BN after each, ReLU between them and after the
+    addition; the stride on the first conv. Not in the paper: ``model.block_layers``,
+    experiment=block_length. Two layers compute what :class:`BasicBlock` computes.
+    Submodules conv1, bn1, ..., conv<layers>, bn<layers>, shortcut, in that order (Figure 7's
+    response layers are found so)."""
 
     expansion = 1
 
@@ -232,12 +223,9 @@ class LayersBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1×1 (reduce), 3×3, 1×1 (restore, ×``expansion``) conv layers, BN after each; the last
-    ReLU comes after the addition. The stride sits on the first 1×1 (the paper's placement,
-    ``stride_on="1x1"``) or on the 3×3 (torchvision's "v1.5", ``stride_on="3x3"``).
-
-    Submodules are registered conv1, bn1, conv2, bn2, conv3, bn3, shortcut.
-    """
+    """Figure 5: 1×1 (reduce), 3×3, 1×1 (restore, ×``expansion``) convs, BN after each, the
+    last ReLU after the addition; the stride on the first 1×1 (``stride_on="1x1"``, the
+    paper's) or on the 3×3 (torchvision's v1.5). Submodules conv1, bn1, ..., bn3, shortcut."""
 
     expansion = 4
 
@@ -276,10 +264,9 @@ class Bottleneck(nn.Module):
 
 @contextmanager
 def _running_stats_frozen(block: nn.Module) -> Iterator[None]:
-    """BN layers of ``block`` normalise with the batch statistics as in training, but their
-    running statistics (and ``num_batches_tracked``) come out unchanged: the recomputation of
-    an activation-checkpointed block must not count the batch twice. The updates go to
-    scratch copies, so the recomputation runs the very same operations as the forward."""
+    """BN layers of ``block`` train on the batch statistics, but their running statistics come
+    out unchanged: an activation-checkpointed block's recomputation must not count the batch
+    twice. The updates go to scratch copies, so it runs the very operations of the forward."""
     names = ("running_mean", "running_var", "num_batches_tracked")
     kept = []
     for bn in block.modules():
@@ -296,13 +283,10 @@ def _running_stats_frozen(block: nn.Module) -> Iterator[None]:
 
 
 class ResNet(nn.Module):
-    """stem → stages → global average pooling → fully connected layer (logits).
-
-    With ``activation_checkpointing`` a training forward keeps only each block's input and
-    recomputes the block's inside during the backward pass: activation memory falls from
-    every layer's outputs to one tensor per block, for one more forward pass of compute. The
-    result is the same to the bit (the recomputation freezes BN's running statistics).
-    """
+    """stem → stages → global average pooling → fully connected layer (logits). With
+    ``activation_checkpointing`` training keeps only each block's input and recomputes the
+    rest in the backward pass: one tensor per block instead of every layer's, for one more
+    forward of compute, the same result to the bit."""
 
     def __init__(self, stem: nn.Module, stages: nn.Sequential, features: int, num_classes: int):
         super().__init__()
@@ -332,9 +316,8 @@ Block = type[BasicBlock] | type[LayersBlock] | type[Bottleneck]
 def _blocks(
     family: str, depth: int, block_layers: int, bottleneck_stride: str
 ) -> tuple[Block, tuple[int, ...], dict[str, Any]]:
-    """The block class, blocks per stage and block options of a ``family`` net. Depth, block
-    layers and stride placement are checked here, once: a ValueError names the config key,
-    the bad value and what is valid."""
+    """The block class, blocks per stage and block options of a ``family`` net; a bad depth,
+    block_layers or bottleneck_stride is a ValueError naming the key and what is valid."""
     if family == "cifar":
         n = cifar_blocks_per_stage(depth)  # each of the three stages has 2n conv layers
         layers = [k for k in BLOCK_LAYERS if (2 * n) % k == 0]
@@ -397,8 +380,7 @@ def _make_stage(
     shortcut: str,
     **options: Any,
 ) -> nn.Sequential:
-    """One stage (conv2_x ... of Table 1): ``blocks`` blocks of ``width`` filters, the first
-    with ``stride`` and the shortcut that matches its change of shape."""
+    """One stage (conv2_x ... of Table 1): ``blocks`` blocks, the first with ``stride``."""
     out_channels = width * block.expansion
     stage = []
     for j in range(blocks):
@@ -436,29 +418,18 @@ def build_network(
     bottleneck_stride: str = "1x1",
     activation_checkpointing: bool = False,
 ) -> nn.Module:
-    """A network of the paper as a plain ``nn.Module`` returning logits. Every argument is
-    checked here, and a bad one is a ValueError naming its config key and what is valid.
+    """A network of the paper, an ``nn.Module`` returning logits; a bad argument is a
+    ValueError naming its config key and what is valid.
 
-    Args:
-        family: ``"cifar"``: depth 6n+2, three stages of 2n 3×3 layers (section 4.2);
-            ``"imagenet"``: depth 18, 34 (basic blocks), 50, 101, 152 (bottlenecks), Table 1.
-        depth: number of weighted layers (convolutions and the fully connected layer).
-        shortcut: ``"none"`` (plain net), ``"A"`` (zero-padding identity), ``"B"`` (projection
-            where dimensions grow), ``"C"`` (projection on every shortcut).
-        num_classes: size of the output layer.
-        in_channels: channels of the input images (3 for CIFAR, 1 for Fashion-MNIST).
-        widths: filters per stage; None is the family's: 16/32/64 (cifar), 64/128/256/512
-            (imagenet; a bottleneck stage outputs 4× its width).
-        zero_init_residual: start every block's last BN at zero (not in the paper).
-        block_layers: conv layers per basic block, CIFAR family only (not in the paper, which
-            uses 2 and reports no gain for 1); each stage keeps its 2n layers, so 2n must be
-            divisible by it.
-        bottleneck_stride: where a downsampling bottleneck puts its stride: ``"1x1"`` (the
-            paper's) or ``"3x3"`` (torchvision's "v1.5"); nets without bottlenecks take
-            ``"1x1"`` only.
-        activation_checkpointing: recompute each block's activations in the backward pass
-            instead of keeping them (see :class:`ResNet`): the same training, much less memory
-            (ResNet-1202 at batch 128 fits a 16 GB GPU), about a third more compute.
+    ``family`` "cifar" (depth 6n+2, section 4.2) or "imagenet" (18, 34, 50, 101, 152; Table 1);
+    ``depth`` counts the weighted layers. ``shortcut``: "none" (plain), "A" (zero-padding
+    identity), "B" (projection where dimensions grow), "C" (projection everywhere). ``widths``:
+    filters per stage, None for the family's (a bottleneck stage outputs 4×). Not in the
+    paper: ``zero_init_residual`` (every block's last BN starts at zero), ``block_layers``
+    (conv layers per basic block, cifar only: 2n must be divisible by it).
+    ``bottleneck_stride`` "1x1" (the paper's) or "3x3" (torchvision's v1.5; bottleneck nets
+    only). ``activation_checkpointing``: see :class:`ResNet` (ResNet-1202 at batch 128 fits a
+    16 GB GPU, for about a third more compute).
     """
     require_choice("model.family", family, FAMILIES)
     require_choice("shortcut", shortcut, SHORTCUTS, "(none: the plain net)")
@@ -498,11 +469,10 @@ _TORCHVISION_RENAMES = (
 
 
 def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``, our ImageNet
-    network of the same depth with option B, and for 50/101/152 ``bottleneck_stride="3x3"``
-    (torchvision's "v1.5": the paper's placement has the same shapes but computes another
-    function, so it is refused). Then ``net`` gives torchvision's outputs. Strict: every key
-    and shape must match."""
+    """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``, our ImageNet net of
+    the same depth with option B (and for 50/101/152 ``bottleneck_stride="3x3"``: the paper's
+    placement has the same shapes but another function, so it is refused); then ``net`` gives
+    torchvision's outputs. Every key and shape must match."""
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         new = key

@@ -1,35 +1,28 @@
-"""The paper's published numbers, in one place, keyed by network name as
-:func:`reslab.networks.network_name` spells it (``"resnet-20A"``, ``"plain-34"``, ``"resnet-50B"``).
+"""The paper's published numbers, keyed by network name as :func:`reslab.networks.network_name`
+spells it ("resnet-20A", "plain-34", "resnet-50B"). He, Zhang, Ren, Sun, *Deep Residual Learning
+for Image Recognition*, CVPR 2016 (arXiv 1512.03385). Exact unless marked approximate:
 
-Source: He, Zhang, Ren, Sun, *Deep Residual Learning for Image Recognition*, CVPR 2016 (arXiv
-1512.03385). Exact, unless said otherwise:
-
-- Parameter counts (``PARAMS``): exact integers, counted from the paper's architectures; the
-  paper prints only rounded ones. CIFAR (section 4.2; Table 6 prints 0.27M, 0.46M, 0.66M, 0.85M,
-  1.7M, 19.4M): option A or plain, 10 classes, 3×32×32 input (97,216·n − 21,926); option B
-  (section 3.3: projections where dimensions grow) adds 2,752. ImageNet (Table 1's networks,
-  the shortcut options of Table 3 and section 4.1): 1000 classes; option B equals torchvision's
-  models; plain = option A.
-- Multiply-adds of one forward pass of one image (``MULTIPLY_ADDS``): convolutions and the fully
-  connected layer only. ImageNet (224×224): Table 1 prints 1.8, 3.6, 3.8, 7.6, 11.3 ×10⁹; we keep
-  the counts of its networks to more digits, 1.814, 3.664, 3.858, 7.57, 11.28 ×10⁹ (with the
-  stride on the bottleneck's first 1×1, as the paper places it). CIFAR (32×32): the paper gives
-  none; counted from section 4.2's networks, to the digits shown. A plain net and its option-A
-  ResNet share the number (additions are not counted; section 3.2).
-- CIFAR-10 test errors of Table 6 (``TABLE6_TEST_ERROR``; section 4.2): exact, in percent.
-  ResNet-110 is the best of 5 runs; the mean and standard deviation are ``RESNET110_MEAN_STD``.
-- Plain-net CIFAR-10 test errors of Figure 6 (``FIGURE6_PLAIN_TEST_ERROR_APPROX``): APPROXIMATE,
-  read off the plot by others, not published as numbers. Plain-110's training error above 60%:
-  Figure 6's caption.
-- ImageNet validation errors of Tables 2, 3 (10-crop) and 4 (single model, multi-scale), section
-  4.1: exact, top-1 and top-5 in percent; Table 2 gives top-1 only.
+- ``PARAMS``: exact integers counted from the paper's architectures (it prints rounded ones).
+  CIFAR (section 4.2, Table 6's 0.27M ... 19.4M): option A or plain, 10 classes, 97,216·n −
+  21,926; option B adds 2,752. ImageNet (Table 1, Table 3): 1000 classes; option B equals
+  torchvision's models; plain = option A.
+- ``MULTIPLY_ADDS`` of one image, convolutions and the fully connected layer only; a plain net
+  and its option-A ResNet share the number (section 3.2). ImageNet (224×224): Table 1's 1.8,
+  3.6, 3.8, 7.6, 11.3 ×10⁹ to more digits (stride on the bottleneck's first 1×1, as the paper
+  places it). CIFAR (32×32): the paper gives none; counted from section 4.2's networks.
+- ``TABLE6_TEST_ERROR``: CIFAR-10 test error (%); ResNet-110 is the best of 5 runs, whose mean
+  and std are ``RESNET110_MEAN_STD``. ``FIGURE6_PLAIN_TEST_ERROR_APPROX``: APPROXIMATE, read
+  off Figure 6 by others; plain-110's training error is above 60% (its caption).
+- ImageNet val error (%), top-1 and top-5, section 4.1: Tables 2 (top-1 only) and 3 (10-crop),
+  4 (single model, multi-scale).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from reslab.networks import network_name, parse_network_name
 
 
 class TopErrors(NamedTuple):
@@ -141,10 +134,15 @@ class Published:
 
 
 def published(name: str) -> Published:
-    """The paper's numbers for ``name`` (e.g. ``"resnet-56A"``); all None for an unknown name.
-    Depths 50 and 152 are also valid CIFAR depths: check ``family`` before comparing."""
-    match = re.fullmatch(r"(?:plain|resnet)-(\d+)[ABC]?", name)
-    depth = int(match.group(1)) if match else None
+    """The paper's numbers for ``name`` (e.g. ``"resnet-56A"``); all None for a name of none of
+    its networks. Depths 50 and 152 are also valid CIFAR depths: check ``family`` first."""
+    try:
+        parsed = parse_network_name(name)
+    except ValueError:
+        parsed = {"depth": None}
+    if parsed["depth"] is not None and network_name(parsed["depth"], parsed["shortcut"]) != name:
+        parsed = {"depth": None}  # -1layer, -v1.5, @seed: not the paper's
+    depth = parsed["depth"]
     family = "cifar" if depth in CIFAR_DEPTHS else "imagenet" if depth in IMAGENET_DEPTHS else None
     ten_crop = TABLE3_10CROP.get(name)
     if ten_crop is None and name in TABLE2_TOP1:

@@ -28,6 +28,7 @@ import math
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -88,21 +89,7 @@ def load_run(folder: Path) -> Run:
     if state not in STATUSES:
         valid = ", ".join(STATUSES)
         raise ValueError(f"{folder}/status.json: status {state!r} is not one of {valid}")
-    hparams = _read_yaml(folder / HPARAMS_FILE) or {}
-    provenance = read_provenance(folder)
-    choices, overrides = _hydra_choices(folder) if not hparams else ({}, {})
-    name = str(hparams.get("network") or status.get("name") or folder.name.split("_", 1)[-1])
-    try:
-        parsed = parse_network_name(name)
-    except ValueError:
-        parsed = {}
-    shortcut = hparams.get("shortcut", parsed.get("shortcut"))
-    seed = hparams.get("seed", overrides.get("seed"))
-    if seed is None and "net" in overrides:
-        try:
-            seed = parse_network_name(overrides["net"])["seed"]
-        except ValueError:
-            seed = None  # the bad net= that made the run fail
+    hparams = _read_yaml(folder / HPARAMS_FILE) or _hparams_from_hydra(folder, status["name"])
     metrics = read_metrics(folder / METRICS_FILE)
     final = {k: metrics[k][-1][1] for k in FINAL_ERRORS if metrics.get(k)}
     for key in (k for k in FINAL_ERRORS if k in status):  # status.json's word is the last
@@ -110,19 +97,19 @@ def load_run(folder: Path) -> Run:
             final.pop(key, None)
         else:
             final[key] = float(status[key])
-    nan = status.get("non_finite") or not all(math.isfinite(v) for v in final.values())
-    if state == "finished" and nan:  # (an older reslab wrote a bare NaN)
+    if state == "finished" and status.get("non_finite"):
         state = "diverged"
     steps = [s for series in metrics.values() for s, _ in series]
     responses, split = read_responses(folder / RESPONSES_FILE)
+    seed = hparams.get("seed")
     return Run(
         path=folder,
-        name=name,
-        dataset=hparams.get("dataset", choices.get("data")),
-        family=hparams.get("family", choices.get("model")),
-        depth=hparams.get("depth", parsed.get("depth")),
-        shortcut=shortcut,
-        residual=bool(hparams.get("residual", shortcut != "none" if shortcut else False)),
+        name=str(hparams.get("network") or status["name"]),
+        dataset=hparams.get("dataset"),
+        family=hparams.get("family"),
+        depth=hparams.get("depth"),
+        shortcut=hparams.get("shortcut"),
+        residual=bool(hparams.get("residual")),
         seed=None if seed is None else int(seed),
         params=hparams.get("parameters"),
         status=state,
@@ -132,14 +119,33 @@ def load_run(folder: Path) -> Run:
         responses=responses,
         responses_split=split,
         error=status.get("error"),
-        code=code_label(provenance),
+        code=code_label(read_provenance(folder)),
     )
+
+
+def _hparams_from_hydra(folder: Path, name: str) -> dict[str, Any]:
+    """For a run that failed before it wrote hparams.yaml: what its name, Hydra's config group
+    choices (``data`` is the dataset, ``model`` the family) and the job's overrides say."""
+    hydra = _read_yaml(folder / ".hydra" / "hydra.yaml") or {}
+    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    lines = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
+    overrides = dict(str(o).split("=", 1) for o in lines if "=" in str(o))
+    found: dict[str, Any] = {"dataset": choices.get("data"), "family": choices.get("model")}
+    with suppress(ValueError):
+        parsed = parse_network_name(name)
+        found |= {"depth": parsed["depth"], "shortcut": parsed["shortcut"]}
+        found["residual"] = parsed["shortcut"] != "none"
+    found["seed"] = overrides.get("seed")
+    if found["seed"] is None and "net" in overrides:
+        with suppress(ValueError):  # else the bad net= that made the run fail
+            found["seed"] = parse_network_name(overrides["net"])["seed"]
+    return found
 
 
 def code_label(provenance: dict[str, Any]) -> str | None:
     """The code a run ran: its commit (10 digits), ``+dirty <diff hash>`` for uncommitted
     changes, or ``reslab <version>`` where the commit is unknown (an installed wheel); None
-    for a run that recorded nothing (an older reslab, a run failed before training)."""
+    for a run without provenance.json (it failed before training)."""
     if not provenance:
         return None
     commit = str(provenance.get("commit") or "unknown")
@@ -157,16 +163,6 @@ def _read_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from None
-
-
-def _hydra_choices(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """For a run that failed before it wrote hparams.yaml: Hydra's config group choices (the
-    ``data`` choice is the dataset's name, ``model`` the family's) and the job's overrides."""
-    hydra = _read_yaml(folder / ".hydra" / "hydra.yaml") or {}
-    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    lines = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
-    overrides = dict(str(o).split("=", 1) for o in lines if "=" in str(o))
-    return {k: str(v) for k, v in choices.items()}, overrides
 
 
 # --- tables --------------------------------------------------------------------------------------
