@@ -29,9 +29,8 @@ def count_parameters(net: nn.Module) -> int:
 def _trace(
     net: nn.Module, input_shape: Sequence[int], watch: dict[str, nn.Module]
 ) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
-    """One forward pass of one zero image in eval mode (no running statistics change):
-    multiply-adds per conv/linear module name, and the output shape of each module in
-    ``watch``."""
+    """One forward pass of one zero image in eval mode (BN statistics unchanged): multiply-adds
+    per conv/linear module name, and the output shape of each module in ``watch``."""
     if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
     names = {m: name for name, m in net.named_modules()}
@@ -53,20 +52,12 @@ def _trace(
 
         return hook
 
-    handles = [
-        m.register_forward_hook(count)
-        for m in net.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(count) for m in layers]
     handles += [m.register_forward_hook(shape(key)) for key, m in watch.items()]
     modes = {m: m.training for m in net.modules()}
-    param = next(net.parameters(), None)
-    x = torch.zeros(
-        1,
-        *(int(s) for s in input_shape),
-        device=param.device if param is not None else None,
-        dtype=param.dtype if param is not None else None,
-    )
+    param = next(net.parameters(), torch.zeros(()))
+    x = torch.zeros(1, *map(int, input_shape), device=param.device, dtype=param.dtype)
     try:
         net.eval()
         with torch.no_grad():
@@ -80,17 +71,15 @@ def _trace(
 
 
 def count_multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-adds of one forward pass of one image of ``input_shape`` (C, H, W): for each
-    ``nn.Conv2d`` output elements × in_channels/groups × kh × kw, for each ``nn.Linear``
-    in × out; nothing for BN, ReLU, pooling and additions (the paper's convention). A network
-    on the ``meta`` device is counted from shapes alone, without any arithmetic."""
+    """Multiply-adds of one image of ``input_shape`` (C, H, W): output elements × in_channels /
+    groups × kh × kw per ``nn.Conv2d``, in × out per ``nn.Linear``."""
     macs, _ = _trace(net, input_shape, {})
     return sum(macs.values())
 
 
 def parts(net: nn.Module, input_shape: Sequence[int]) -> list[Part]:
-    """Parameters and multiply-adds per part: each top-level child of ``net``, with the
-    children of ``stages`` as ``stage 1``, ``stage 2``, ... and ``pool`` + ``fc`` as ``head``."""
+    """Parameters and multiply-adds per top-level child of ``net``; ``stages``' children are
+    ``stage 1``, ``stage 2``, ..., and ``pool`` + ``fc`` the ``head``."""
     groups: dict[str, list[tuple[str, nn.Module]]] = {}
     for name, child in net.named_children():
         if name == "stages":
@@ -104,14 +93,9 @@ def parts(net: nn.Module, input_shape: Sequence[int]) -> list[Part]:
     for label, members in groups.items():
         prefixes = [p for p, _ in members]
         inside = [n for n in macs if any(n == p or n.startswith(p + ".") for p in prefixes)]
-        result.append(
-            Part(
-                name=label,
-                output_shape=shapes.get(prefixes[-1], ()),
-                params=sum(count_parameters(m) for _, m in members),
-                multiply_adds=sum(macs[n] for n in inside),
-            )
-        )
+        params = sum(count_parameters(m) for _, m in members)
+        shape = shapes.get(prefixes[-1], ())
+        result.append(Part(label, shape, params, sum(macs[n] for n in inside)))
     return result
 
 

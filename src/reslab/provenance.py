@@ -1,10 +1,6 @@
-"""What produced a run: reslab's version and git commit (and the uncommitted changes of a dirty
-tree), the versions of the libraries that decide its numbers, the device, the host and the
-command line. train.py writes it in the run folder (run_folder.write_provenance) and in the
-wandb config; reslab-report shows the commit of each table's runs.
-
-    record, diff = provenance(*trainer_device(trainer))
-"""
+"""What produced a run: reslab's version and git commit (with a dirty tree's diff), the versions
+of the libraries that decide its numbers, the device, host and command line. train.py writes
+it to the run folder and the wandb config: ``record, diff = provenance(*trainer_device(t))``."""
 
 from __future__ import annotations
 
@@ -35,8 +31,7 @@ UNTRACKED_DIFF_BYTES = 1 << 20  # an untracked file larger than this is named, n
 
 
 def versions() -> dict[str, str]:
-    """Python's version and those of :data:`LIBRARIES`, as importlib.metadata has them
-    ("unknown" for one that is not installed)."""
+    """Python's version and those of :data:`LIBRARIES` ("unknown" when not installed)."""
     found = {"python": platform.python_version()}
     for key, distribution in LIBRARIES:
         try:
@@ -53,8 +48,7 @@ def _git(root: Path, *args: str) -> str:
 
 
 def reslab_checkout() -> Path | None:
-    """The git checkout reslab runs from (its ``src/reslab`` is this package), else None: an
-    installed wheel, even one inside somebody else's repository."""
+    """The git checkout whose ``src/reslab`` is this package; None for an installed wheel."""
     try:
         top = Path(_git(PACKAGE_DIR, "rev-parse", "--show-toplevel").strip())
     except (OSError, subprocess.SubprocessError):
@@ -63,9 +57,9 @@ def reslab_checkout() -> Path | None:
 
 
 def git_state(root: Path | None) -> tuple[dict[str, Any], str | None]:
-    """The checkout at ``root``: ``{"commit", "dirty"}`` (and ``diff_sha256`` when dirty), with
-    the uncommitted changes as one diff (``git diff HEAD``, then the untracked files as new
-    files); commit "unknown" and dirty None when ``root`` is None or not a git checkout."""
+    """``{"commit", "dirty"}`` (and ``diff_sha256``) of the checkout at ``root``, and its
+    uncommitted changes as one diff (``git diff HEAD``, then untracked files as new ones);
+    commit "unknown" and dirty None when ``root`` is None or not a git checkout."""
     unknown = {"commit": UNKNOWN, "dirty": None}
     if root is None:
         return unknown, None
@@ -102,8 +96,7 @@ def trainer_device(trainer: L.Trainer) -> tuple[str, int]:
 
 
 def provenance(device: str, device_count: int) -> tuple[dict[str, Any], str | None]:
-    """The run's record (reslab's version, commit and dirty flag, the library versions, the
-    device, host and command line) and the diff of a dirty tree (None when clean or unknown)."""
+    """The run's record and the diff of a dirty tree (None when clean or unknown)."""
     found = versions()
     git, diff = git_state(reslab_checkout())
     record = {
@@ -116,3 +109,17 @@ def provenance(device: str, device_count: int) -> tuple[dict[str, Any], str | No
         "command": shlex.join(sys.orig_argv),
     }
     return record, diff
+
+
+def code_label(provenance: dict[str, Any]) -> str | None:
+    """The code a run ran: its commit (10 digits), ``+dirty <diff hash>`` for uncommitted
+    changes, or ``reslab <version>`` where the commit is unknown (an installed wheel); None
+    for a run without provenance.json (it failed before training)."""
+    if not provenance:
+        return None
+    commit = str(provenance.get("commit") or "unknown")
+    if commit == "unknown":
+        return f"reslab {provenance.get('reslab', 'unknown')} (commit unknown)"
+    if provenance.get("dirty"):
+        return f"{commit[:10]}+dirty {str(provenance.get('diff_sha256', ''))[:8]}".rstrip()
+    return commit[:10]

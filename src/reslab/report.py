@@ -3,22 +3,18 @@
   reslab-report outputs/multiruns/2026-11-27_08-48-11_fig6
   reslab-report SWEEP RUN_FOLDER ANOTHER_SWEEP --out results/
 
-Reads sweep folders and single run folders (any mix; every folder holding a ``status.json``
-under each PATH is a run) and writes into ``--out`` (default: ``<first PATH>/report``):
+Every folder holding a status.json under each PATH is a run. Writes into --out (default
+<first PATH>/report), and prints the tables:
 
-  curves_<dataset>_<family>.png     Figures 1/4/6: error against iterations, dashed = training
-                                    error, solid = val error (● = final test error), one colour
-                                    per depth, plain nets left and residual nets right
-  responses_<dataset>_<family>.png  Figure 7, when runs hold responses.csv: std of each 3×3
-                                    layer's response in network order (top) and sorted (bottom)
-  report.md                         the figures and Table 2/3/6-style tables: final training,
-                                    validation and test error (mean ± std over seeds), the
-                                    paper's number beside the test error
+  curves_<dataset>_<family>.png     Figures 1/4/6: error against iterations (dashed: training,
+                                    solid: val, dot: final test), plain left, residual right
+  responses_<dataset>_<family>.png  Figure 7 (runs with responses.csv): each 3×3 layer's
+                                    response std, in network order and sorted
+  report.md                         the figures and Table 2/3/6-style tables: final errors
+                                    (mean ± std over seeds) beside the paper's
 
-and prints the tables. Runs that did not finish (running, failed, diverged, interrupted,
-preempted) are drawn as far as they got, listed with their status, and left out of the means.
-Under each table: the commit its runs ran (provenance.json), or a warning when they ran
-different code. Nothing is trained; no network, no wandb.
+Unfinished runs are drawn as far as they got, listed with their status, and left out of the
+means. Under each table: the commit its runs ran, or a warning when they ran different code.
 """
 
 from __future__ import annotations
@@ -40,6 +36,7 @@ from rich.table import Table as RichTable
 
 from reslab.networks import parse_network_name
 from reslab.paper import RESNET110_MEAN_STD, published
+from reslab.provenance import code_label
 from reslab.report_figures import curves_figure, network_order, responses_figure
 from reslab.run_folder import (
     FINAL_ERRORS,
@@ -62,7 +59,6 @@ DATASET_NAMES = {
     "imagenet": "ImageNet",
     "synthetic": "synthetic data",
 }
-# What the final training and validation errors of a table are.
 EXPLAINED = {
     "train/error": "train error: the mean over the training batches of the last logging "
     "interval (the network in training mode)",
@@ -142,20 +138,6 @@ def _hparams_from_hydra(folder: Path, name: str) -> dict[str, Any]:
     return found
 
 
-def code_label(provenance: dict[str, Any]) -> str | None:
-    """The code a run ran: its commit (10 digits), ``+dirty <diff hash>`` for uncommitted
-    changes, or ``reslab <version>`` where the commit is unknown (an installed wheel); None
-    for a run without provenance.json (it failed before training)."""
-    if not provenance:
-        return None
-    commit = str(provenance.get("commit") or "unknown")
-    if commit == "unknown":
-        return f"reslab {provenance.get('reslab', 'unknown')} (commit unknown)"
-    if provenance.get("dirty"):
-        return f"{commit[:10]}+dirty {str(provenance.get('diff_sha256', ''))[:8]}".rstrip()
-    return commit[:10]
-
-
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         return None
@@ -165,7 +147,6 @@ def _read_yaml(path: Path) -> Any:
         raise ValueError(f"{path} is not valid YAML: {err}") from None
 
 
-# --- tables --------------------------------------------------------------------------------------
 @dataclass
 class Table:
     """One Table 2/3/6-style table: a header, rows of text cells, and notes under it."""
@@ -232,13 +213,10 @@ def _status_cell(runs: list[Run]) -> str:
 
 
 def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) -> Table:
-    """Measured final errors per network (mean ± sample std over its finished runs): training
-    error (the last logging interval's), validation error and test error, so that plain and
-    residual nets compare in the table as in the curves; beside the test error the paper's
-    number where the setting is the paper's: CIFAR-10 with the cifar family (Table 6, and
-    Figure 6's approximate plain-net numbers), ImageNet with the imagenet family (Tables 2
-    and 3, 10-crop top-1 and top-5). A training or validation column that no run logged is
-    left out."""
+    """Final training, validation and test errors per network (mean ± sample std over its
+    finished runs); beside the test error the paper's number in its settings: CIFAR-10 with
+    the cifar family (Table 6; Figure 6's approximate plain nets), ImageNet with the imagenet
+    family (Tables 2 and 3). Columns no run logged are left out."""
     paper = (dataset, family) in PAPER_SETTINGS
     top5 = any("test/error_top5" in r.final for r in runs)
     top1 = top5 or dataset == "imagenet"  # ImageNet's test/error: 10-crop top-1
@@ -301,8 +279,8 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
 
 
 def code_notes(runs: Sequence[Run], listed: int = 4) -> list[str]:
-    """The commit the table's runs ran (:func:`code_label`), or a warning naming the runs of
-    each when they ran different code; and how many runs recorded none."""
+    """The commit the runs ran, or a warning naming each version's runs; and how many ran
+    without provenance.json."""
     by_code: dict[str, list[str]] = {}
     for run in runs:
         if run.code is not None:
@@ -352,12 +330,11 @@ def rich_table(table: Table) -> RichTable:
     return out
 
 
-# --- the report ----------------------------------------------------------------------------------
 def write_report(
     runs: Sequence[Run], out_dir: str | Path, sources: Sequence[str | Path] | None = None
 ) -> Path:
-    """Figures (PNG) and report.md for ``runs`` into ``out_dir``; returns report.md's path.
-    ``sources``: the folders named in the report as read (default: the runs' parents)."""
+    """Figures (PNG) and report.md into ``out_dir``, named as read from ``sources`` (default:
+    the runs' parents); returns report.md's path."""
     if not runs:
         raise ValueError("no runs to report")
     out = Path(out_dir)
@@ -368,12 +345,7 @@ def write_report(
     read = ", ".join(f"`{s}`" for s in sources)
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     now = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    text = [
-        "# reslab report",
-        "",
-        f"Read {read} on {now}: {len(runs)} runs ({summary}).",
-        "",
-    ]
+    text = ["# reslab report", "", f"Read {read} on {now}: {len(runs)} runs ({summary}).", ""]
     for (dataset, family), members in group_runs(runs).items():
         title = setting_title(dataset, family)
         slug = f"{dataset or 'unknown'}_{family or 'unknown'}"

@@ -50,8 +50,8 @@ def _xy(series: Series, scale: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _y_top(runs: Sequence[Run], last: int) -> float:
-    """The top of the error axis: the largest error after the first 5% of the iterations (the
-    first few, near chance, would squash the rest), plus a margin; at most 100."""
+    """The error axis's top: the largest error after the first 5% of the iterations (those
+    near chance would squash the rest), plus a margin; at most 100."""
     values = [
         v
         for r in runs
@@ -63,11 +63,9 @@ def _y_top(runs: Sequence[Run], last: int) -> float:
 
 
 def curves_figure(runs: Sequence[Run], title: str) -> Figure:
-    """Figures 1/4/6: error (%) against iterations, plain nets (left) and residual nets (right)
-    on one y scale. Dashed: train/error; solid, bold: val/error; a dot: the final test/error
-    (the only solid mark when there is no validation split). One colour per depth; the legend
-    names each network, with its status unless finished; an unfinished run is drawn as far as
-    it got."""
+    """Figures 1/4/6: error (%) against iterations, plain nets left and residual nets right on
+    one y scale; dashed train/error, bold val/error, a dot for the final test/error; one
+    colour per depth; the legend names each network, with its status unless finished."""
     if not runs:
         raise ValueError("no runs to draw")
     panels = [
@@ -107,9 +105,8 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
 
 
 def responses_figure(runs: Sequence[Run], title: str) -> Figure:
-    """Figure 7: the std of each 3×3 layer's response, by layer index in network order (top)
-    and sorted in descending order (bottom); one line per network (the mean over its runs);
-    plain nets dashed. Runs without responses are skipped."""
+    """Figure 7: each 3×3 layer's response std in network order (top) and sorted (bottom), one
+    line per network (the mean over its runs), plain nets dashed."""
     by_name: dict[str, list[Run]] = {}
     for run in sorted((r for r in runs if r.responses), key=network_order):
         by_name.setdefault(run.name, []).append(run)

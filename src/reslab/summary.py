@@ -7,19 +7,12 @@ paper's numbers.
   reslab-summary model.depth=20,56 shortcut=none,A  # a sweep on the command line: four rows
   reslab-summary --layers model.depth=110           # plus stem / stage / head breakdown
 
-Overrides are reslab-train's: the config is composed as reslab-train composes it, and a sweep
-(an experiment's ``hydra.sweeper.params``, or comma lists on the command line, which take
-precedence) gives one row per network. Nothing is trained, no data is loaded, no folder is
-made. The input is ``data.crop_size`` (or the dataset's image size, else 32) square, with the
-dataset's channels and classes. ``-m``/``--multirun`` is accepted and changes nothing.
-
-Options:
-  --layers   also print, per network, the breakdown into stem, each stage and the head.
-
-Counting follows the paper: multiply-adds of the convolutions and fully connected layer for one
-image; BN, ReLU, pooling and shortcut additions count nothing. The paper's numbers are shown
-only where the setting is the paper's (CIFAR: 3×32×32 input, 10 classes; ImageNet: 3×224×224,
-1000 classes; default widths).
+Overrides are reslab-train's; a sweep (an experiment's ``hydra.sweeper.params``, or comma lists
+on the command line, which win) gives one row per network. Nothing is trained or loaded. The
+input is ``data.crop_size`` (else the dataset's image size, else 32) square, with the dataset's
+channels and classes; ``-m`` changes nothing. Multiply-adds of one image, as the paper counts
+them (convolutions and the fully connected layer); the paper's numbers only in its setting
+(CIFAR: 3×32×32, 10 classes; ImageNet: 3×224×224, 1000 classes; default widths).
 """
 
 from __future__ import annotations
@@ -53,7 +46,7 @@ PAPER_SETTING = {"cifar": (3, 32, 10), "imagenet": (3, 224, 1000)}
 
 @dataclass(frozen=True)
 class Summary:
-    """What one row of the table shows about one network of a config."""
+    """One row of the table: one network of a config."""
 
     name: str
     input_shape: tuple[int, int, int]
@@ -77,16 +70,9 @@ def summarize(cfg: DictConfig) -> Summary:
     breakdown = parts(net, input_shape)
 
     model = cfg.model
-    paper = published(
-        network_name(
-            model.depth,
-            model.shortcut,
-            model.get("block_layers", 2),
-            model.get("bottleneck_stride", "1x1"),
-        )
-    )
-    family = model.get("family")
-    widths = model.get("widths")
+    paper = published(network_name(model.depth, model.shortcut, model.block_layers,
+                                   model.bottleneck_stride))  # fmt: skip
+    family, widths = model.get("family"), model.get("widths")
     paper_setting = (
         paper.family is not None
         and paper.family == family
@@ -106,9 +92,9 @@ def summarize(cfg: DictConfig) -> Summary:
 
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
-    """The overrides of each job, as Hydra's basic sweeper makes them: the composed config's
-    ``hydra.sweeper.params`` first, then ``overrides`` (which win on the same key), comma
-    lists expanded into their product. Call inside an initialised Hydra context."""
+    """Each job's overrides as Hydra's basic sweeper makes them: ``hydra.sweeper.params``, then
+    ``overrides`` (which win on a key), comma lists expanded into their product. Call inside an
+    initialised Hydra context."""
     loader = GlobalHydra.instance().config_loader()
     parser = OverridesParser.create(config_loader=loader)
     fixed = [

@@ -38,15 +38,13 @@ def sweep_table(sweep_dir: Path) -> Table:
 
 
 class SweepFailed(SystemExit):
-    """Some jobs of a sweep failed; the others ran to their end. A SystemExit, because Hydra
-    turns a callback's ordinary exceptions into warnings: this one prints its message and
-    makes the command exit with status 1."""
+    """Some jobs of a sweep failed (the others ran to their end): a SystemExit, since Hydra
+    turns a callback's other exceptions into warnings; the command exits with status 1."""
 
 
 class SweepSummary(Callback):
-    """Prints the table of :func:`sweep_table` when a multirun ends; then, if jobs failed
-    (train.py lets the other jobs run), raises :class:`SweepFailed` naming them, so the command
-    exits non-zero."""
+    """Prints :func:`sweep_table` when a multirun ends, then raises :class:`SweepFailed` naming
+    the failed jobs, if any."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -1,10 +1,6 @@
-"""One way to check a value where it is consumed: an integer or a number in a range, or one of
-a few choices. Each raises a ``ValueError`` that names the setting as the user writes it
-(``data.batch_size``, ``model.depth``), the bad value and what is valid.
-
-    require_int("data.batch_size", 0, low=1)
-    ValueError: data.batch_size=0 is not valid; valid: an integer >= 1
-"""
+"""Checks of a value where it is consumed, each a ``ValueError`` naming the setting as the user
+writes it, the bad value and what is valid: ``require_int("data.batch_size", 0, low=1)`` raises
+``data.batch_size=0 is not valid; valid: an integer >= 1``."""
 
 from __future__ import annotations
 
@@ -36,8 +32,7 @@ def require_int(
     optional: bool = False,
     note: str = "",
 ) -> int | None:
-    """``value`` when it is an integer in [low, high] (or None with ``optional``); else a
-    ValueError: ``<key>=<value> is not valid; valid: an integer >= <low> [<note>]``."""
+    """``value`` when it is an integer in [low, high] (or None with ``optional``)."""
     if value is None and optional:
         return None
     if is_int(value) and (low is None or value >= low) and (high is None or value <= high):
@@ -56,9 +51,8 @@ def require_number(
     optional: bool = False,
     note: str = "",
 ) -> float | None:
-    """``value`` when it is a finite number (int or float, not bool) in its range (``low``
-    excluded with ``low_open``), or None with ``optional``; else a ValueError as
-    :func:`require_int`'s."""
+    """``value`` when it is a finite int or float in its range (``low`` excluded with
+    ``low_open``), or None with ``optional``."""
     if value is None and optional:
         return None
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -74,9 +68,9 @@ def require_number(
 
 
 def require_choice(key: str, value: Any, choices: Iterable[Any], note: str = "") -> Any:
-    """``value`` when it is one of ``choices``; else a ValueError naming them."""
+    """``value`` when it is one of ``choices`` (of its type: True is not 1)."""
     choices = tuple(choices)
-    if any(type(value) is type(c) and value == c for c in choices):  # True is not 1
+    if any(type(value) is type(c) and value == c for c in choices):
         return value
     shown = ", ".join(str(c) for c in choices)
     raise ValueError(f"{key}={value!r} is not valid; valid: {shown}{' ' + note if note else ''}")
