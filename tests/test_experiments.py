@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import InterpolationResolutionError
 
 from reslab.config import CONFIG_DIR
-from reslab.networks import Bottleneck, LayersBlock, parse_network_name
+from reslab.networks import BasicBlock, Bottleneck, parse_network_name
 
 EXPERIMENTS = {
     "fig1": ["plain-20", "plain-56"],
@@ -142,7 +142,7 @@ def test_a_one_layer_name_builds_one_layer_blocks_in_fig6(tmp_path: Path, hydra_
     cfg = hydra_cfg(tmp_path, ["experiment=fig6", "net=resnet-20A-1layer"])
     assert (cfg.name, cfg.model.depth, cfg.model.block_layers) == ("resnet-20A-1layer", 20, 1)
     net = instantiate(cfg.model)
-    blocks = [m for m in net.modules() if isinstance(m, LayersBlock)]
+    blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
     assert len(blocks) == 18 and all(b.layers == 1 for b in blocks)
 
 

@@ -8,7 +8,6 @@ import torchvision
 from reslab.networks import (
     BasicBlock,
     Bottleneck,
-    LayersBlock,
     ZeroPadShortcut,
     build_network,
     cifar_blocks_per_stage,
@@ -154,9 +153,8 @@ def test_block_layers_keep_the_layers_and_parameters(block_layers: int, shortcut
     """Each stage keeps its 2n conv layers, only grouped differently: same parameter count."""
     net = build_network("cifar", 20, shortcut, block_layers=block_layers)
     assert n_params(net) == PAPER_PARAMS[20]
-    assert not any(isinstance(m, BasicBlock) for m in net.modules())
-    blocks = [m for m in net.modules() if isinstance(m, LayersBlock)]
-    assert len(blocks) == 3 * 6 // block_layers
+    blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 3 * 6 // block_layers and all(b.layers == block_layers for b in blocks)
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 19  # stem + 18
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -171,12 +169,11 @@ def test_block_layers_2_is_the_default_network() -> None:
     pairs = zip(default.state_dict().values(), two.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     assert "stages.2.2.conv2.weight" in default.state_dict()
-    assert all(type(b) is BasicBlock for stage in default.stages for b in stage)
+    assert all(type(b) is BasicBlock and b.layers == 2 for stage in default.stages for b in stage)
 
 
 def test_basic_block_is_figure_2() -> None:
-    """conv, BN, ReLU, conv, BN, add the shortcut, ReLU: torchvision's BasicBlock, and what a
-    LayersBlock of two layers computes."""
+    """conv, BN, ReLU, conv, BN, add the shortcut, ReLU: torchvision's BasicBlock."""
     block = BasicBlock(8, 8, 1, torch.nn.Identity()).eval()
     names = [name for name, _ in block.named_children()]
     assert names == ["conv1", "bn1", "conv2", "bn2", "shortcut"]
@@ -185,18 +182,15 @@ def test_basic_block_is_figure_2() -> None:
             torch.nn.init.normal_(m.weight)
             torch.nn.init.normal_(m.bias)
     x = torch.randn(3, 8, 6, 6)
-    two = LayersBlock(8, 8, 1, torch.nn.Identity(), layers=2).eval()
-    two.load_state_dict(block.state_dict())
     with torch.no_grad():
         expected = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
         assert torch.allclose(block(x), torch.relu(expected + x), atol=1e-6)
-        assert torch.equal(two(x), block(x))
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_layers_block_adds_its_input_after_its_last_bn(layers: int) -> None:
     """relu(bnK(convK(...relu(bn1(conv1(x)))...)) + x): the shortcut spans exactly `layers`."""
-    block = LayersBlock(8, 8, 1, torch.nn.Identity(), layers=layers).eval()
+    block = BasicBlock(8, 8, 1, torch.nn.Identity(), layers=layers).eval()
     names = [name for name, _ in block.named_children()]
     assert names == [f"{p}{k}" for k in range(1, layers + 1) for p in ("conv", "bn")] + ["shortcut"]
     for m in block.modules():  # BN that is not the identity, so a misplaced ReLU shows
@@ -232,7 +226,7 @@ def test_bad_block_layers_combinations_name_what_works() -> None:
 
 def test_zero_init_residual_zeroes_every_last_bn() -> None:
     net = build_network("cifar", 20, "A", block_layers=3, zero_init_residual=True)
-    for block in (m for m in net.modules() if isinstance(m, LayersBlock)):
+    for block in (m for m in net.modules() if isinstance(m, BasicBlock)):
         assert torch.all(block.bn3.weight == 0)
         assert torch.all(block.bn1.weight == 1) and torch.all(block.bn2.weight == 1)
     net = build_network("imagenet", 50, "B", zero_init_residual=True)

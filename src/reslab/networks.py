@@ -4,8 +4,8 @@ and their names (``network_name``, ``parse_network_name``: the one grammar of na
 A plain net is the residual net without shortcuts (``shortcut="none"``): same layers, and under
 option A the same parameters (section 3.3). Families: ``cifar`` (section 4.2: depth 6n+2, three
 stages of basic blocks) and ``imagenet`` (Table 1: 18/34 basic blocks, 50/101/152 bottlenecks).
-Blocks: :class:`BasicBlock` (Figure 2), :class:`Bottleneck` (Figure 5) and, for the
-block-length study beyond the paper, :class:`LayersBlock` (1 or 3 conv layers).
+Blocks: :class:`BasicBlock` (Figure 2; of 1 or 3 layers for the block-length study beyond the
+paper) and :class:`Bottleneck` (Figure 5).
 """
 
 from __future__ import annotations
@@ -136,23 +136,14 @@ class ZeroPadShortcut(nn.Module):
         return f"stride={self.stride}, extra_channels={self.extra_channels}"
 
 
-class Projection(nn.Sequential):
-    """Options B and C: a 1×1 convolution (with the block's stride) followed by BN."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
-
-
 def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
     """The shortcut of one block (``kind`` one of SHORTCUTS); None for a plain block."""
     if kind == "none":
         return None
     grows = stride != 1 or in_channels != out_channels
-    if kind == "C" or (kind == "B" and grows):
-        return Projection(in_channels, out_channels, stride)
+    if kind == "C" or (kind == "B" and grows):  # a 1×1 conv with the block's stride, and BN
+        conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
     if grows:
         return ZeroPadShortcut(in_channels, out_channels, stride)
     return nn.Identity()
@@ -160,43 +151,15 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -
 
 class BasicBlock(nn.Module):
     """Figure 2: 3×3 conv, BN, ReLU, 3×3 conv, BN, add the shortcut, ReLU; the stride on the
-    first conv; ``shortcut=None`` is a plain block."""
+    first conv; ``shortcut=None`` is a plain block. ``layers`` 1 or 3 (not in the paper:
+    ``model.block_layers``, experiment=block_length) has that many conv layers, BN after each
+    and ReLU between them. Submodules conv1, bn1, ..., conv<layers>, bn<layers>, shortcut, in
+    that order (as Figure 7's response layers are found)."""
 
     expansion = 1
 
     def __init__(
-        self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.shortcut = shortcut
-
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.shortcut is not None:
-            out = out + self.shortcut(x)
-        return F.relu(out)
-
-
-class LayersBlock(nn.Module):
-    """``layers`` 3×3 conv layers (1, 2 or 3), BN after each, ReLU between them and after the
-    addition; the stride on the first conv. Not in the paper: ``model.block_layers``,
-    experiment=block_length. Two layers compute what :class:`BasicBlock` computes.
-    Submodules conv1, bn1, ..., conv<layers>, bn<layers>, shortcut, in that order (Figure 7's
-    response layers are found so)."""
-
-    expansion = 1
-
-    def __init__(
-        self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None, layers: int
+        self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None, layers: int = 2
     ) -> None:
         super().__init__()
         self.layers = layers
@@ -310,7 +273,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-Block = type[BasicBlock] | type[LayersBlock] | type[Bottleneck]
+Block = type[BasicBlock] | type[Bottleneck]
 
 
 def _blocks(
@@ -333,10 +296,7 @@ def _blocks(
             "model.bottleneck_stride", bottleneck_stride, ("1x1",),
             "(cifar nets have no bottleneck blocks)",
         )  # fmt: skip
-        per_stage = (2 * n // block_layers,) * 3
-        if block_layers == 2:
-            return BasicBlock, per_stage, {}
-        return LayersBlock, per_stage, {"layers": block_layers}
+        return BasicBlock, (2 * n // block_layers,) * 3, {"layers": block_layers}
     require_choice("model.depth", depth, tuple(IMAGENET_STAGES), "(the imagenet family, Table 1)")
     per_stage, bottleneck = IMAGENET_STAGES[depth]
     require_choice(
@@ -401,7 +361,7 @@ def _init_weights(net: nn.Module, zero_init_residual: bool) -> None:
             nn.init.zeros_(m.bias)
     if zero_init_residual:  # not in the paper: an option only, never a default
         for m in net.modules():
-            if isinstance(m, (BasicBlock, LayersBlock, Bottleneck)):
+            if isinstance(m, (BasicBlock, Bottleneck)):
                 nn.init.zeros_(m.last_bn.weight)
 
 

@@ -45,58 +45,37 @@ PARAMS: dict[str, int] = {
     **{f"resnet-{d}A": p for d, p in _CIFAR_PARAMS.items()},
     **{f"resnet-{d}B": p + CIFAR_OPTION_B_EXTRA_PARAMS for d, p in _CIFAR_PARAMS.items()},
     # ImageNet, 1000 classes
-    "plain-18": 11_515_688,
-    "resnet-18A": 11_515_688,
-    "resnet-18B": 11_689_512,
-    "plain-34": 21_623_848,
-    "resnet-34A": 21_623_848,
-    "resnet-34B": 21_797_672,
-    "resnet-34C": 22_716_840,
-    "resnet-50B": 25_557_032,
-    "resnet-101B": 44_549_160,
+    "plain-18": 11_515_688, "resnet-18A": 11_515_688, "resnet-18B": 11_689_512,
+    "plain-34": 21_623_848, "resnet-34A": 21_623_848, "resnet-34B": 21_797_672,
+    "resnet-34C": 22_716_840, "resnet-50B": 25_557_032, "resnet-101B": 44_549_160,
     "resnet-152B": 60_192_808,
-}
+}  # fmt: skip
 
+# ImageNet (Table 1): one number per depth; plain and option A nets have those of B.
 _IMAGENET_MULTIPLY_ADDS = {18: 1.814e9, 34: 3.664e9, 50: 3.858e9, 101: 7.57e9, 152: 11.28e9}
 MULTIPLY_ADDS: dict[str, float] = {
     **{f"plain-{d}": m for d, m in _CIFAR_MULTIPLY_ADDS.items()},
     **{f"resnet-{d}A": m for d, m in _CIFAR_MULTIPLY_ADDS.items()},
-    # ImageNet (Table 1): the paper gives one number per depth; plain and A have those FLOPs.
-    "plain-18": _IMAGENET_MULTIPLY_ADDS[18],
-    "resnet-18A": _IMAGENET_MULTIPLY_ADDS[18],
-    "plain-34": _IMAGENET_MULTIPLY_ADDS[34],
-    "resnet-34A": _IMAGENET_MULTIPLY_ADDS[34],
+    **{n: _IMAGENET_MULTIPLY_ADDS[d] for d in (18, 34) for n in (f"plain-{d}", f"resnet-{d}A")},
     **{f"resnet-{d}B": m for d, m in _IMAGENET_MULTIPLY_ADDS.items()},
 }
 
-# Table 6: CIFAR-10 test error (%), option A.
+# Table 6: CIFAR-10 test error (%), option A; ResNet-110's is the best of 5 runs.
 TABLE6_TEST_ERROR: dict[str, float] = {
-    "resnet-20A": 8.75,
-    "resnet-32A": 7.51,
-    "resnet-44A": 7.17,
-    "resnet-56A": 6.97,
-    "resnet-110A": 6.43,  # best of 5 runs
-    "resnet-1202A": 7.93,
-}
+    "resnet-20A": 8.75, "resnet-32A": 7.51, "resnet-44A": 7.17, "resnet-56A": 6.97,
+    "resnet-110A": 6.43, "resnet-1202A": 7.93,
+}  # fmt: skip
 RESNET110_MEAN_STD: tuple[float, float] = (6.61, 0.16)  # Table 6: mean ± std of 5 runs
 
-# Figure 6 (left), APPROXIMATE: read off the plot. Plain-110's training error stays above
-# 60% (Figure 6's caption: not displayed).
+# Figure 6 (left), APPROXIMATE: read off the plot (plain-110, above 60%, is not displayed).
 FIGURE6_PLAIN_TEST_ERROR_APPROX: dict[str, float] = {
-    "plain-20": 9.5,
-    "plain-32": 10.0,
-    "plain-44": 11.5,
-    "plain-56": 13.0,
-}
-PLAIN110_TRAIN_ERROR_ABOVE_APPROX = 60.0
+    "plain-20": 9.5, "plain-32": 10.0, "plain-44": 11.5, "plain-56": 13.0,
+}  # fmt: skip
 
 # Table 2: top-1 error (%), 10-crop, ImageNet validation; ResNets use option A.
 TABLE2_TOP1: dict[str, float] = {
-    "plain-18": 27.94,
-    "plain-34": 28.54,
-    "resnet-18A": 27.88,
-    "resnet-34A": 25.03,
-}
+    "plain-18": 27.94, "plain-34": 28.54, "resnet-18A": 27.88, "resnet-34A": 25.03,
+}  # fmt: skip
 
 # Table 3: top-1/top-5 error (%), 10-crop, ImageNet validation.
 TABLE3_10CROP: dict[str, TopErrors] = {

@@ -14,57 +14,43 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _range(kind: str, low: float | None, high: float | None, low_open: bool) -> str:
-    parts = []
-    if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
-    if high is not None:
-        parts.append(f"<= {high:g}")
-    return f"{kind} {' and '.join(parts)}" if parts else kind
+def _refuse(key: str, value: Any, valid: str, note: str) -> ValueError:
+    return ValueError(f"{key}={value!r} is not valid; valid: {valid}{' ' + note if note else ''}")
 
 
-def require_int(
-    key: str,
-    value: Any,
-    low: int | None = None,
-    high: int | None = None,
-    *,
-    optional: bool = False,
-    note: str = "",
-) -> int | None:
-    """``value`` when it is an integer in [low, high] (or None with ``optional``)."""
+def _in_range(
+    kind: str, key: str, value: Any, low: float | None, high: float | None, low_open: bool,
+    optional: bool, note: str,
+) -> Any:  # fmt: skip
     if value is None and optional:
         return None
-    if is_int(value) and (low is None or value >= low) and (high is None or value <= high):
-        return value
-    valid = _range("an integer", low, high, False) + (" or null" if optional else "")
-    raise ValueError(f"{key}={value!r} is not valid; valid: {valid}{' ' + note if note else ''}")
-
-
-def require_number(
-    key: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    optional: bool = False,
-    note: str = "",
-) -> float | None:
-    """``value`` when it is a finite int or float in its range (``low`` excluded with
-    ``low_open``), or None with ``optional``."""
-    if value is None and optional:
-        return None
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if (
-        number
-        and math.isfinite(value)
-        and (low is None or (value > low if low_open else value >= low))
+    number = kind == "a number" and isinstance(value, float) and math.isfinite(value)
+    if (number or is_int(value)) and (
+        (low is None or (value > low if low_open else value >= low))
         and (high is None or value <= high)
     ):
         return value
-    valid = _range("a number", low, high, low_open) + (" or null" if optional else "")
-    raise ValueError(f"{key}={value!r} is not valid; valid: {valid}{' ' + note if note else ''}")
+    bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
+    bounds += [f"<= {high:g}"] if high is not None else []
+    valid = " ".join([kind, " and ".join(bounds)]).strip() + (" or null" if optional else "")
+    raise _refuse(key, value, valid, note)
+
+
+def require_int(
+    key: str, value: Any, low: int | None = None, high: int | None = None, *,
+    optional: bool = False, note: str = "",
+) -> int | None:  # fmt: skip
+    """``value`` when it is an integer in [low, high] (or None with ``optional``)."""
+    return _in_range("an integer", key, value, low, high, False, optional, note)
+
+
+def require_number(
+    key: str, value: Any, low: float | None = None, high: float | None = None, *,
+    low_open: bool = False, optional: bool = False, note: str = "",
+) -> float | None:  # fmt: skip
+    """``value`` when it is a finite int or float in its range (``low`` excluded with
+    ``low_open``), or None with ``optional``."""
+    return _in_range("a number", key, value, low, high, low_open, optional, note)
 
 
 def require_choice(key: str, value: Any, choices: Iterable[Any], note: str = "") -> Any:
@@ -72,5 +58,4 @@ def require_choice(key: str, value: Any, choices: Iterable[Any], note: str = "")
     choices = tuple(choices)
     if any(type(value) is type(c) and value == c for c in choices):
         return value
-    shown = ", ".join(str(c) for c in choices)
-    raise ValueError(f"{key}={value!r} is not valid; valid: {shown}{' ' + note if note else ''}")
+    raise _refuse(key, value, ", ".join(str(c) for c in choices), note)

@@ -16,15 +16,6 @@ import torch
 
 from reslab.data.base import InMemoryDataModule
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR10_TEST = ("test_batch",)
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-CIFAR100_FOLDER = "cifar-100-python"
-
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -85,8 +76,9 @@ class CIFAR10DataModule(InMemoryDataModule):
     """CIFAR-10: 50k training and 10k test 32×32 colour images of 10 classes."""
 
     name = "cifar10"
-    url, md5, folder = CIFAR10_URL, CIFAR10_MD5, CIFAR10_FOLDER
-    train_files, test_files = CIFAR10_TRAIN, CIFAR10_TEST
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    md5, folder = "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"
+    train_files, test_files = tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",)
 
     def _missing(self) -> list[str]:
         folder = self.data_dir / self.folder
@@ -136,5 +128,6 @@ class CIFAR100DataModule(CIFAR10DataModule):
 
     name = "cifar100"
     num_classes = 100
-    url, md5, folder = CIFAR100_URL, CIFAR100_MD5, CIFAR100_FOLDER
+    url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    md5, folder = "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python"
     train_files, test_files = ("train",), ("test",)

@@ -343,7 +343,6 @@ class ImageNetDataModule(L.LightningDataModule):
         self.std: torch.Tensor | None = None
         self.lighting = pca_lighting_basis()
 
-    # --- Lightning hooks -------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.train_images is not None:
             return
@@ -436,7 +435,6 @@ class ImageNetDataModule(L.LightningDataModule):
             x = x + pca_lighting_noise(len(x), self.lighting)[:, :, None, None]
         return x / self.std, labels
 
-    # --- helpers ---------------------------------------------------------------------------
     def pixel_mean(self, train: ImageList) -> torch.Tensor:
         """Per-pixel mean (3, c, c) of the centre crops of up to ``mean_images`` of ``train``,
         cached in ``data_dir`` under a key of the images and sizes."""
@@ -445,7 +443,8 @@ class ImageNetDataModule(L.LightningDataModule):
         for f in images.files:
             key.update(f + b"\n")
         digest = key.hexdigest()[:12]
-        path = self.mean_cache_path(len(images), digest)
+        size = f"{self.crop_size}px_resize{self.eval_resize}"
+        path = self.data_dir / f"pixel_mean_{size}_{len(images)}images_{digest}.pt"
         if path.is_file():
             try:
                 cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -473,11 +472,6 @@ class ImageNetDataModule(L.LightningDataModule):
             log.info("mean not cached (%s): '%s' is not writable; it stays in memory", err, path)
             tmp.unlink(missing_ok=True)
         return mean
-
-    def mean_cache_path(self, n: int, digest: str) -> Path:
-        """Where the per-pixel mean of ``n`` images with this key is cached."""
-        name = f"pixel_mean_{self.crop_size}px_resize{self.eval_resize}_{n}images_{digest}.pt"
-        return self.data_dir / name
 
     def _ready(self, images: ImageList | None) -> ImageList:
         if images is None:
