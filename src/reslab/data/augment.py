@@ -63,9 +63,8 @@ _cpu_workspace = threading.local()
 def _buffers(
     n: int, c: int, h: int, w: int, padding: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A zero (N, C, H+2p, W+2p) buffer, whose border no caller writes, and an int64 (N, H, W)
-    index buffer: kept on the CPU; fresh elsewhere (no index buffer), where the caching
-    allocator keeps freed blocks itself."""
+    """A zero (N, C, H+2p, W+2p) buffer (no caller writes its border) and an int64 (N, H, W)
+    index buffer: kept on the CPU; elsewhere a fresh buffer (the caching allocator keeps it)."""
     size = (n, c, h + 2 * padding, w + 2 * padding)
     if device.type != "cpu":
         return torch.zeros(size, dtype=dtype, device=device), None
