@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -214,14 +214,26 @@ class LayerResponses(L.Callback):
         self._handles = []
 
 
-class IterationProgressBar(RichProgressBar):
-    """A rich progress bar over the run's iterations (``trainer.max_steps``), not its epochs:
-    reslab trains for a number of iterations, so one bar runs from 0 to max_steps across epoch
-    boundaries (Lightning's own bar restarts every epoch and shows ``Epoch 3/-2``). It shows
-    the logged metrics, without Lightning's ``v_num``."""
+class IterationProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar over the run's iterations (``trainer.max_steps``), not its epochs:
+    one bar runs from 0 to max_steps across epoch boundaries (Lightning's own restarts every
+    epoch), named ``Iterations``, with the logged metrics but not Lightning's ``v_num``."""
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        return f"{'Iterations':{len(self.validation_description)}}"
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        bar = self.train_progress_bar
+        if trainer.max_steps > 0 and bar.total != trainer.max_steps:  # this process's first
+            bar.reset(total=trainer.max_steps)
+            bar.set_description("Iterations")
+        self._show(trainer, {})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        self._show(trainer, self.get_metrics(trainer, pl_module))
+
+    def _show(self, trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+        bar = self.train_progress_bar
+        if not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix(metrics)  # and redraws
 
     def get_metrics(
         self, trainer: L.Trainer, pl_module: L.LightningModule
@@ -229,34 +241,6 @@ class IterationProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's version: a run id that says nothing here
         return metrics
-
-    @property
-    def total_train_batches(self) -> int | float:
-        max_steps = self.trainer.max_steps
-        return max_steps if max_steps is not None and max_steps > 0 else super().total_train_batches
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.is_disabled:
-            return
-        if self.progress is not None and self.train_progress_bar_id is None:
-            self.train_progress_bar_id = self._add_task(
-                self.total_train_batches, self._get_train_description(trainer.current_epoch)
-            )
-        self._update(self.train_progress_bar_id, trainer.global_step)
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        if not self.is_disabled and self.train_progress_bar_id is None:
-            self._initialize_train_progress_bar_id()  # resumed in the middle of an epoch
-        self._update(self.train_progress_bar_id, trainer.global_step)
-        self._update_metrics(trainer, pl_module)
-        self.refresh()
 
 
 class DivergenceGuard(L.Callback):

@@ -2,10 +2,9 @@
 device, precision, run folder), then the progress bar and train.py's result line.
 
 The libraries' own chatter is silenced at its source where they offer a public switch (the
-trainer config's ``enable_model_summary: false``; the wandb logger leaves out the
-``anonymous`` argument, see :func:`reslab.loggers.wandb_logger`); what has no switch is
-filtered here, in :func:`quiet_third_party`, message by message. Warnings about the user's own
-settings are left alone.
+trainer config's ``enable_model_summary: false``; :func:`reslab.loggers.wandb_logger` passes
+wandb no ``anonymous`` argument); what has no switch is filtered here, in
+:func:`quiet_third_party`, message by message. Warnings about the user's own settings stay.
 """
 
 from __future__ import annotations
