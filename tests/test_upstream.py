@@ -107,7 +107,7 @@ def test_hydra_names_the_key_and_the_target_it_could_not_instantiate() -> None:
     text = str(caught.value)
     for pattern in (cli._FULL_KEY, cli._TARGET):
         _hydra_says(pattern, text, "reslab.cli._explain_instantiation")
-    assert cli.explain(caught.value).startswith("optimizer (torch.optim.SGD): TypeError: ")
+    assert cli.explain(caught.value).startswith("module.optimizer (torch.optim.sgd.SGD): TypeError")
 
 
 def test_torch_names_the_global_that_makes_a_checkpoint_unsafe(tmp_path: Path) -> None:
