@@ -46,8 +46,9 @@ def check_run(cfg: DictConfig) -> None:
         accelerator = f"trainer.accelerator={OmegaConf.select(cfg, 'trainer.accelerator')}"
         gpus = torch.cuda.device_count()
         valid = "trainer=cpu" if gpus == 0 else f"trainer.devices from 1 to {gpus}, or auto"
+        why = " ".join(str(err.__cause__).split())  # Lightning's words, on one line
         raise ConfigError(
-            f"{accelerator} with {devices} cannot run here ({_one_line(str(err.__cause__))}); "
+            f"{accelerator} with {devices} cannot run here ({why}); "
             f"this machine has {gpus} GPUs; valid here: {valid}"
         ) from err
     if not supported_strategy(trainer):
@@ -127,6 +128,3 @@ def source_key(cfg: DictConfig, key: str) -> str:
             return key
     return key
 
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())

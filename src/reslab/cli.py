@@ -1,14 +1,12 @@
-"""The ``reslab-*`` commands' entry points, and the one line a user reads when input is bad.
+"""The ``reslab-*`` commands' entry points, and the one line a user reads when input is bad:
 
     reslab-train model.depth=21
     reslab-train: error: model.depth=21 is not valid; valid: ... (6n+2: 8, 14, 20, ...)
     (HYDRA_FULL_ERROR=1 shows the full traceback)
 
-``reslab-train`` is Hydra's command line around :func:`hydra_task` (``python -m reslab.cli``
-is the same); ``reslab-resume RUN_FOLDER`` reruns a run folder's command there. Hydra prints
-its own partial traceback for an error unless ``HYDRA_FULL_ERROR=1``; reslab sets that
-variable for Hydra and says the error here instead, in a line. A user who sets
-``HYDRA_FULL_ERROR=1`` gets every traceback, as with Hydra.
+``reslab-train`` is Hydra's command line around :func:`hydra_task`; reslab sets
+``HYDRA_FULL_ERROR=1`` for Hydra (which then raises instead of printing a partial traceback)
+and says the error in a line. A user who sets it gets every traceback, as with Hydra.
 """
 
 from __future__ import annotations

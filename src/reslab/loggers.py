@@ -5,6 +5,7 @@ instead of deleting it."""
 from __future__ import annotations
 
 import csv
+import io
 import netrc
 import os
 import secrets
@@ -82,25 +83,23 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
     return run_id
 
 
-def last_step_file(save_dir: str | Path, run_id: str) -> Path:
-    """Where the wandb logger of run ``run_id`` records the last step it gave wandb."""
-    return Path(save_dir) / "wandb" / f"reslab-last-step-{run_id}.txt"
-
-
 class StepWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` whose history rows are stepped by the training iteration
     (wandb's ``_step``), not by wandb's own count of rows, which restarts at 0 in each process
     (``wandb sync`` then dropped a resumed offline run's rows).
 
-    ``after_step``: rows at this iteration or before are not logged. A resumed run sets it to
-    the last step its earlier pieces logged (``step_file``, written after each row), so the
-    iterations it redoes after its checkpoint keep the rows the interrupted run wrote (the
-    same numbers, as resuming is exact), as wandb itself does when an online run resumes."""
+    ``step_file`` holds the last step logged, written after each row. ``after_step``, the one
+    the file held when the logger started (a resumed run's earlier pieces): rows at it or
+    before are not logged, so the iterations a resumed run redoes after its checkpoint keep
+    the rows the interrupted run wrote (the same numbers, as resuming is exact), as wandb
+    itself does when an online run resumes."""
 
-    def __init__(self, *args: Any, after_step: int | None = None,
-                 step_file: Path | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(self, *args: Any, step_file: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.after_step, self.step_file, self._recorded = after_step, step_file, after_step
+        self.step_file, self.after_step = step_file, None
+        if step_file is not None and step_file.is_file():
+            self.after_step = int(step_file.read_text())
+        self._recorded = self.after_step
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -128,9 +127,7 @@ def wandb_logger(mode: str = "auto", save_dir: str | None = None, **kwargs: Any)
     own = {key: kwargs.pop(key) for key in _WANDB_LOGGER_ARGS if key in kwargs}
     wanted = save_dir and not kwargs.get("id") and resolved != "disabled"
     if wanted and (run_id := wandb_run_id(save_dir)):
-        kwargs["id"], own["step_file"] = run_id, last_step_file(save_dir, run_id)
-        if own["step_file"].is_file():
-            own["after_step"] = int(own["step_file"].read_text())
+        kwargs["id"], own["step_file"] = run_id, Path(save_dir, "wandb", f"reslab-step-{run_id}")
     run = None
     if rank_zero_only.rank == 0:
         import wandb
@@ -145,13 +142,14 @@ def wandb_logger(mode: str = "auto", save_dir: str | None = None, **kwargs: Any)
 class AppendingCSVLogger(Logger):
     """The run folder's metrics.csv and hparams.yaml, as Lightning's ``CSVLogger`` writes them
     (a column per metric, sorted, with ``step``; a new metric rewrites the file with the wider
-    header), but appended to: a resumed run adds its rows after those of the run it continues
-    (train.py has cut them back to its checkpoint). Each row is written when it is logged."""
+    header, here atomically), but appended to: a resumed run adds its rows after those of the
+    run it continues (train.py has cut them back to its checkpoint). A row is written when it
+    is logged."""
 
     def __init__(self, save_dir: str | Path) -> None:
         super().__init__()
         self._save_dir = str(save_dir)
-        self._keys: list[str] | None = None  # metrics.csv's header
+        self._keys: list[str] | None = None  # metrics.csv's header, once read
         self._hparams: dict[str, Any] = {}
 
     @property
@@ -166,10 +164,6 @@ class AppendingCSVLogger(Logger):
     def save_dir(self) -> str:
         return self._save_dir
 
-    @property
-    def log_dir(self) -> str:  # Trainer.log_dir
-        return self._save_dir
-
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | Any, *args: Any, **kwargs: Any) -> None:
         self._hparams.update(params if isinstance(params, Mapping) else vars(params))
@@ -180,25 +174,23 @@ class AppendingCSVLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
         row["step"] = step
-        path = Path(self._save_dir) / METRICS_FILE
-        rows: list[dict[str, Any]] = []
-        if self._keys is None:
-            self._keys = []
-            if path.is_file():
-                with open(path, newline="") as f:
-                    self._keys = sorted(csv.DictReader(f).fieldnames or [])
-        if not set(row) <= set(self._keys) and path.is_file():
+        path, rows = Path(self._save_dir) / METRICS_FILE, []
+        if self._keys is None and path.is_file():
+            with open(path, newline="") as f:
+                self._keys = list(csv.DictReader(f).fieldnames or [])
+        if path.is_file() and set(row) <= set(self._keys or ()):
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._keys).writerow(row)
+            return
+        if path.is_file():
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))  # written again below the wider header
-        keys = sorted(set(self._keys) | set(row))
-        fresh = rows or not path.is_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w" if fresh else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            if fresh:
-                writer.writeheader()
-            writer.writerows([*rows, row])
-        self._keys = keys
+        self._keys = sorted(set(self._keys or ()) | set(row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self._keys)
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        atomic_write(path, text.getvalue())
 
 
 def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: int) -> None:
