@@ -84,7 +84,6 @@ tracebacks. reslab-summary takes the same overrides and prints parameters and mu
 """
 
 
-
 def help_text() -> str:
     """reslab-train's --help: what it does, each config group with its choices, examples."""
     defaults: dict[str, str] = {}
