@@ -303,7 +303,7 @@ def reslab_fit(
         benchmark=None,
         deterministic=False,
         plugins=[AtomicCheckpointIO()],
-        logger=AppendingCSVLogger(log_dir, name="", version="", flush_logs_every_n_steps=1),
+        logger=AppendingCSVLogger(log_dir),
         callbacks=[callback, DivergenceGuard(), StopOnSignal()],
         enable_checkpointing=False,
         enable_progress_bar=False,

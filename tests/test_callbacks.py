@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
+from wandb_files import wandb_records
 
 from reslab.callbacks import LayerResponses, response_layers
 from reslab.data import SyntheticDataModule
@@ -181,6 +182,7 @@ def test_wandb_run_holds_the_responses_table(tmp_path: Path) -> None:
         wandb.finish()
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     (records,) = run.glob("run-*.wandb")
+    wandb_records(records)  # once wandb's service has written it all
     data = records.read_bytes()
     assert b"responses" in data and b"table-file" in data
     assert b"responses/test/mean_std" in data and b"responses/test/max_std" in data

@@ -44,8 +44,8 @@ class _Recorder(L.Callback):
         self.bar, self.seen = bar, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        task = self.bar.train_progress_bar
-        self.seen.append((trainer.current_epoch, task.completed, task.total, task.description))
+        bar = self.bar.train_progress_bar
+        self.seen.append((trainer.current_epoch, bar.n, bar.total, bar.desc))
 
 
 def test_progress_bar_runs_over_iterations_across_epochs(tmp_path: Path, hydra_cfg) -> None:

@@ -2,8 +2,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from omegaconf import OmegaConf
+from wandb_files import offline_runs, wandb_history, wandb_records
 
-from reslab.loggers import has_wandb_api_key, resolve_wandb_mode, wandb_logger
+from reslab.loggers import AppendingCSVLogger, has_wandb_api_key, resolve_wandb_mode, wandb_logger
 
 
 @pytest.fixture
@@ -44,8 +47,27 @@ def test_explicit_mode_and_bad_mode(no_wandb_credentials: Path) -> None:
 
 def test_logger_is_offline_without_credentials(no_wandb_credentials: Path) -> None:
     logger = wandb_logger(project="reslab", name="resnet-20A", save_dir=str(no_wandb_credentials))
-    assert logger._wandb_init["mode"] == "offline"
-    assert logger._wandb_init["name"] == "resnet-20A"
+    assert logger.experiment.offline and logger.experiment.name == "resnet-20A"
+    assert logger.experiment.project == "reslab"
+    logger.experiment.finish()
+    assert offline_runs(no_wandb_credentials)  # a run folder that `wandb sync` uploads
+
+
+def test_csv_logger_appends_to_the_metrics_of_the_run_it_continues(tmp_path: Path) -> None:
+    """Lightning's CSVLogger deletes an existing metrics.csv; the run folder's logger writes
+    the same file (sorted columns, a new column widens the header of every row) and appends."""
+    (tmp_path / "metrics.csv").write_text("lr,step\r\n0.1,1\r\n")
+    logger = AppendingCSVLogger(tmp_path)
+    logger.log_metrics({"lr": torch.tensor(0.25)}, step=2)  # a float32 tensor
+    logger.log_metrics({"val/error": 50.0}, step=2)
+    logger.log_hyperparams({"seed": 0})
+    logger.log_hyperparams({"network": "resnet-8A"})
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines == ["lr,step,val/error", "0.1,1,", "0.25,2,", ",2,50.0"]
+    assert OmegaConf.load(tmp_path / "hparams.yaml") == {"seed": 0, "network": "resnet-8A"}
+    fresh = AppendingCSVLogger(tmp_path / "new")
+    fresh.log_metrics({"train/loss": 2.5}, step=1)
+    assert (tmp_path / "new" / "metrics.csv").read_bytes() == b"step,train/loss\r\n1,2.5\r\n"
 
 
 def test_a_resumed_wandb_run_steps_by_iteration_above_its_earlier_pieces(
@@ -53,10 +75,6 @@ def test_a_resumed_wandb_run_steps_by_iteration_above_its_earlier_pieces(
 ) -> None:
     """The second piece of a run folder's wandb run logs only the iterations above the rows
     its first piece holds (a run killed after its checkpoint at 4 wrote 6; it redoes 5-6)."""
-    from wandb_files import offline_runs, wandb_history, wandb_records
-
-    from reslab.loggers import last_wandb_step
-
     folder = no_wandb_credentials
     first = wandb_logger(project="reslab", save_dir=str(folder))
     assert first.after_step is None
@@ -66,11 +84,10 @@ def test_a_resumed_wandb_run_steps_by_iteration_above_its_earlier_pieces(
     run_id = (folder / "wandb_id.txt").read_text().strip()
     (piece,) = offline_runs(folder)
     wandb_records(piece / f"run-{run_id}.wandb")  # once wandb's service has written it all
-    assert last_wandb_step(folder, run_id) == 6 and last_wandb_step(folder, "other") is None
 
     time.sleep(1.1)  # a piece's folder is named by its start, to the second
     second = wandb_logger(project="reslab", save_dir=str(folder))
-    assert second.after_step == 6 and second._wandb_init["id"] == run_id
+    assert second.after_step == 6 and second.experiment.id == run_id
     for step in (6, 8):  # 6 redone: its row is the first piece's
         second.log_metrics({"train/loss": float(step)}, step=step)
         second.log_metrics({"val/error": 50.0}, step=step)

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -25,13 +25,10 @@ RESPONSE_COLUMNS = ("step", "split", "index", "layer", "std")
 
 
 def response_layers(net: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
-    """The BN after every 3×3 conv layer of ``net``, in network order, with its module name.
-
-    A 3×3 layer's BN is the module registered right after its conv (leaf modules in
-    ``named_modules()`` order): ``conv1, bn1, conv2, bn2`` in a block, ``Conv2d, BatchNorm2d``
-    in the CIFAR stem. Other kernels (1×1 projections and bottleneck layers, the 7×7 ImageNet
-    stem) are not 3×3 layers. A 3×3 conv with no BN right after it is an error, not a gap.
-    """
+    """The BN after every 3×3 conv of ``net`` (the leaf module registered right after it:
+    ``conv1, bn1`` in a block, ``Conv2d, BatchNorm2d`` in the CIFAR stem), in network order,
+    with its module name. 1×1 and 7×7 convs are not 3×3 layers; a 3×3 conv with no BN right
+    after it is an error, not a gap."""
     leaves = [(name, m) for name, m in net.named_modules() if not any(m.children())]
     layers = []
     for i, (name, module) in enumerate(leaves):
@@ -49,40 +46,22 @@ def response_layers(net: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
 
 
 class LayerResponses(L.Callback):
-    """Figure 7: the standard deviation of the response of every 3×3 layer.
+    """Figure 7: the standard deviation of the response of every 3×3 layer (its BN's output,
+    before the ReLU or the addition), the population std (divisor N) over every image ×
+    channel × position of the evaluation set, pooled across DDP ranks: N, Σx and Σx² per layer
+    accumulate in float64 on the device, std = sqrt(Σx²/N - (Σx/N)²).
 
-    The response of a 3×3 layer is the output of its BN, before the ReLU or the addition (see
-    :func:`response_layers`). Its standard deviation is the population std (divisor N, not
-    N - 1) over all N values of the response: every image × channel × position of the whole
-    evaluation set, pooled across DDP ranks. Per layer, N, Σx and Σx² accumulate in float64 on
-    the device (each batch adds its per-channel ``var_mean`` in float32, combined exactly), and
-    std = sqrt(Σx²/N - (Σx/N)²).
-
-    Measured during ``trainer.test`` on the test set (at the end of training, as train.py
-    always tests after fit), and with ``every_n_steps`` also during each validation whose
-    ``global_step`` is a multiple of it, on the validation set. No extra pass over the data:
-    forward hooks ride along the evaluation batches (eval mode, mean-subtracted images; 10-crop
-    batches count as more images).
-
-    Each measurement appends rows ``step,split,index,layer,std`` (index 1..L in network order,
-    layer = the BN's module name in ``pl_module.net``) to ``<trainer.default_root_dir>/
-    <filename>`` (rank zero, atomically), logs ``responses/<split>/mean_std``, ``.../max_std``
-    and ``.../min_std`` to every logger at the iteration, and a wandb Table ``responses`` with
-    the same columns to a ``WandbLogger``. ``last`` holds the latest (index, layer, std) rows.
-
-    Args:
-        every_n_steps: also measure on the validation runs at multiples of this many
-            iterations; None measures only on the test set.
-        filename: the CSV file in the run folder.
-    """
+    Measured by forward hooks on the evaluation batches (no extra pass): on the test set
+    during ``trainer.test``, and with ``every_n_steps`` also on the validation set at each
+    validation whose ``global_step`` is a multiple of it. Each measurement appends rows
+    ``step,split,index,layer,std`` (index 1..L in network order, layer the BN's name in
+    ``pl_module.net``) to ``<trainer.default_root_dir>/<filename>`` (rank zero, atomically),
+    logs ``responses/<split>/{mean,max,min}_std`` to every logger, and a wandb Table
+    ``responses``. ``last`` holds the latest (index, layer, std) rows."""
 
     def __init__(self, every_n_steps: int | None = None, filename: str = RESPONSES_FILE) -> None:
         require_int("every_n_steps", every_n_steps, 1, optional=True, note="(iterations)")
-        if (
-            not isinstance(filename, str)
-            or not filename.endswith(".csv")
-            or Path(filename).name != filename
-        ):
+        if not isinstance(filename, str) or not filename.endswith(".csv") or "/" in filename:
             raise ValueError(
                 f"filename must be a plain file name ending in .csv (it is written in the run "
                 f"folder), e.g. 'responses.csv'; got {filename!r}"
@@ -94,7 +73,6 @@ class LayerResponses(L.Callback):
         self._handles: list[RemovableHandle] = []
         self._sums: torch.Tensor | None = None  # (L, 3) float64: N, Σx, Σx² per layer
 
-    # --- Lightning hooks -----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         net = getattr(pl_module, "net", None)
         if not isinstance(net, nn.Module):
@@ -142,7 +120,6 @@ class LayerResponses(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._remove_hooks()
 
-    # --- measuring -----------------------------------------------------------------------------
     def _start(self, pl_module: L.LightningModule) -> None:
         self._remove_hooks()
         sums = torch.zeros(len(self._layers), 3, dtype=torch.float64, device=pl_module.device)
@@ -153,7 +130,7 @@ class LayerResponses(L.Callback):
                 x = output.detach()
                 if x.dtype not in (torch.float32, torch.float64):
                     x = x.float()  # half precision would lose the small differences
-                # Per channel in the batch's precision, without a float64 copy of the batch.
+                # per channel, without a float64 copy of the batch
                 var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
                 n = x.numel() // x.shape[1]  # values per channel
                 var, mean = var.double(), mean.double()
@@ -197,8 +174,7 @@ class LayerResponses(L.Callback):
                 )
 
     def _append_csv(self, folder: Path, step: int, split: str) -> None:
-        """Appends this measurement to the CSV, written whole to a temporary file and renamed,
-        so a reader never sees half of it; the header only when the file is new."""
+        """Appends this measurement, the header when the file is new (written whole, atomically)."""
         path = folder / self.filename
         old = path.read_text() if path.is_file() else ""
         buffer = io.StringIO()
@@ -214,14 +190,26 @@ class LayerResponses(L.Callback):
         self._handles = []
 
 
-class IterationProgressBar(RichProgressBar):
-    """A rich progress bar over the run's iterations (``trainer.max_steps``), not its epochs:
-    reslab trains for a number of iterations, so one bar runs from 0 to max_steps across epoch
-    boundaries (Lightning's own bar restarts every epoch and shows ``Epoch 3/-2``). It shows
-    the logged metrics, without Lightning's ``v_num``."""
+class IterationProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar over the run's iterations (``trainer.max_steps``), not its epochs:
+    one bar runs from 0 to max_steps across epoch boundaries (Lightning's own restarts every
+    epoch), named ``Iterations``, with the logged metrics but not Lightning's ``v_num``."""
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        return f"{'Iterations':{len(self.validation_description)}}"
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        bar = self.train_progress_bar
+        if trainer.max_steps > 0 and bar.total != trainer.max_steps:  # this process's first
+            bar.reset(total=trainer.max_steps)
+            bar.set_description("Iterations")
+        self._show(trainer, {})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        self._show(trainer, self.get_metrics(trainer, pl_module))
+
+    def _show(self, trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+        bar = self.train_progress_bar
+        if not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix(metrics)  # and redraws
 
     def get_metrics(
         self, trainer: L.Trainer, pl_module: L.LightningModule
@@ -230,44 +218,12 @@ class IterationProgressBar(RichProgressBar):
         metrics.pop("v_num", None)  # the logger's version: a run id that says nothing here
         return metrics
 
-    @property
-    def total_train_batches(self) -> int | float:
-        max_steps = self.trainer.max_steps
-        return max_steps if max_steps is not None and max_steps > 0 else super().total_train_batches
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.is_disabled:
-            return
-        if self.progress is not None and self.train_progress_bar_id is None:
-            self.train_progress_bar_id = self._add_task(
-                self.total_train_batches, self._get_train_description(trainer.current_epoch)
-            )
-        self._update(self.train_progress_bar_id, trainer.global_step)
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        if not self.is_disabled and self.train_progress_bar_id is None:
-            self._initialize_train_progress_bar_id()  # resumed in the middle of an epoch
-        self._update(self.train_progress_bar_id, trainer.global_step)
-        self._update_metrics(trainer, pl_module)
-        self.refresh()
-
 
 class DivergenceGuard(L.Callback):
-    """Stops a run whose training loss has become NaN or infinite.
-
-    At every logging iteration (``trainer.log_every_n_steps``, and the last) it reads
-    ``train/loss``, the mean over the interval, so a non-finite loss anywhere in the interval
-    shows; one host read per interval, none in between. On every DDP rank at once, it then
-    stops the training, records ``diverged_at`` (the iteration) and says so; train.py marks the
-    run ``diverged`` (status.json, the wandb summary) and skips the final evaluations.
-    """
+    """Stops a run whose training loss has become NaN or infinite: at every logging iteration
+    it reads ``train/loss`` (the interval's mean, so a non-finite loss anywhere in it shows;
+    one host read per interval) and, on every DDP rank at once, stops the training and records
+    ``diverged_at``; train.py marks the run ``diverged`` and skips the final evaluations."""
 
     def __init__(self, monitor: str = "train/loss") -> None:
         self.monitor = monitor

@@ -19,13 +19,8 @@ from reslab.config import instantiate
 from reslab.launch import SUPPORTED_STRATEGIES, quiet_trainer, supported_strategy
 from reslab.module import check_fused_iterations
 
-# torch.optim's own messages ("Invalid learning rate: -0.1") → the optimizer's argument.
-_TORCH_OPTIMIZER_WORDS = {
-    "learning rate": "lr",
-    "momentum value": "momentum",
-    "weight_decay value": "weight_decay",
-    "dampening value": "dampening",
-}
+# The optimizer's arguments that torch.optim refuses below 0, as reslab says it.
+_NON_NEGATIVE = ("lr", "momentum", "weight_decay", "dampening")
 
 
 class ConfigError(ValueError):
@@ -51,8 +46,9 @@ def check_run(cfg: DictConfig) -> None:
         accelerator = f"trainer.accelerator={OmegaConf.select(cfg, 'trainer.accelerator')}"
         gpus = torch.cuda.device_count()
         valid = "trainer=cpu" if gpus == 0 else f"trainer.devices from 1 to {gpus}, or auto"
+        why = " ".join(str(err.__cause__).split())  # Lightning's words, on one line
         raise ConfigError(
-            f"{accelerator} with {devices} cannot run here ({_one_line(str(err.__cause__))}); "
+            f"{accelerator} with {devices} cannot run here ({why}); "
             f"this machine has {gpus} GPUs; valid here: {valid}"
         ) from err
     if not supported_strategy(trainer):
@@ -102,14 +98,16 @@ def _strategy_error(cfg: DictConfig, strategy: str) -> str:
 
 
 def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
-    """torch's refusal of an optimizer argument, said with the key the user set."""
+    """torch's refusal of the optimizer's arguments, said with the key the user set: a negative
+    one of :data:`_NON_NEGATIVE` (read from the config, not from torch's message), else the
+    optimizer's key with torch's words."""
     target = OmegaConf.select(cfg, "module.optimizer._target_", default="?")
-    match = re.match(r"Invalid ([\w ]+?): (.+)$", str(err))
-    argument = _TORCH_OPTIMIZER_WORDS.get(match.group(1)) if match else None
-    if argument is None:
-        return f"{source_key(cfg, 'module.optimizer')} ({target}): {err}"
-    key = source_key(cfg, f"module.optimizer.{argument}")
-    return f"{key}={match.group(2)} is not valid; valid: a number >= 0 ({target}: {err})"
+    for argument in _NON_NEGATIVE:
+        value = OmegaConf.select(cfg, f"module.optimizer.{argument}")
+        if isinstance(value, int | float) and value < 0:
+            key = source_key(cfg, f"module.optimizer.{argument}")
+            return f"{key}={value} is not valid; valid: a number >= 0 ({target}: {err})"
+    return f"{source_key(cfg, 'module.optimizer')} ({target}): {err}"
 
 
 def source_key(cfg: DictConfig, key: str) -> str:
@@ -130,6 +128,3 @@ def source_key(cfg: DictConfig, key: str) -> str:
             return key
     return key
 
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())

@@ -1,14 +1,12 @@
-"""The ``reslab-*`` commands' entry points, and the one line a user reads when input is bad.
+"""The ``reslab-*`` commands' entry points, and the one line a user reads when input is bad:
 
     reslab-train model.depth=21
     reslab-train: error: model.depth=21 is not valid; valid: ... (6n+2: 8, 14, 20, ...)
     (HYDRA_FULL_ERROR=1 shows the full traceback)
 
-``reslab-train`` is Hydra's command line around :func:`hydra_task` (``python -m reslab.cli``
-is the same); ``reslab-resume RUN_FOLDER`` reruns a run folder's command there. Hydra prints
-its own partial traceback for an error unless ``HYDRA_FULL_ERROR=1``; reslab sets that
-variable for Hydra and says the error here instead, in a line. A user who sets
-``HYDRA_FULL_ERROR=1`` gets every traceback, as with Hydra.
+``reslab-train`` is Hydra's command line around :func:`hydra_task`; reslab sets
+``HYDRA_FULL_ERROR=1`` for Hydra (which then raises instead of printing a partial traceback)
+and says the error in a line. A user who sets it gets every traceback, as with Hydra.
 """
 
 from __future__ import annotations
@@ -84,7 +82,6 @@ More: --cfg job [--resolve] prints the config without running, --info shows Hydr
 path, -m/--multirun sweeps, --hydra-help is Hydra's own help. HYDRA_FULL_ERROR=1 shows
 tracebacks. reslab-summary takes the same overrides and prints parameters and multiply-adds.
 """
-
 
 
 def help_text() -> str:
@@ -222,6 +219,17 @@ def resume_main(argv: list[str] | None = None) -> None:
 
 
 # --- the short message ---------------------------------------------------------------------------
+# Other libraries' wording that explain() reads where no attribute holds it (tests/test_upstream.py
+# pins each): Hydra's failed override and instantiation, torch's refusal of an unsafe checkpoint,
+# and the traceback that a DataLoader worker's error carries in its message.
+_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+_FULL_KEY = re.compile(r"full_key: (\S+)")
+_TARGET = re.compile(r"target '([^']+)'")
+_WEIGHTS_ONLY = "Weights only load failed"
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+)")
+_WORKER_TRACEBACK = "Traceback (most recent call last)"
+
+
 def explain(err: BaseException) -> str | None:
     """The message ``reslab-train`` prints for ``err``: one or a few lines naming the bad
     value and the valid choices. None for an error that is not about the input (a bug, a
@@ -261,8 +269,7 @@ def _explain_missing_config(err: MissingConfigException) -> str:
 
 
 def _explain_override(err: ConfigCompositionException) -> str:
-    cause = err.__cause__
-    match = re.match(r"Could not override '([^']+)'", str(err))
+    cause, match = err.__cause__, _OVERRIDE.match(str(err))
     if (
         match is None
         or not isinstance(cause, (ConfigKeyError, ConfigAttributeError))
@@ -274,30 +281,28 @@ def _explain_override(err: ConfigCompositionException) -> str:
     parent, _, key = bad.rpartition(".")
     valid = [str(k) for k in cause.parent_node]
     if not parent:  # at the top: config groups are chosen there too (shortcut=A, debug=smoke)
-        valid = sorted(set(valid) | {g.split('/')[0] for g in config_groups()})
+        valid = sorted(set(valid) | {g.split("/")[0] for g in config_groups()})
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     if rest := override[len(bad) + 1 :].split(".")[0]:  # modle.depth: model has a depth
-        close = [c for c in close if _has_key(cause.parent_node, c, rest)] or close
-    close = close[:2]
-    full = [f"{parent}.{c}" if parent else c for c in close]
-    hint = f"; did you mean {' or '.join(repr(f) for f in full)}?" if close else ""
+        children = OmegaConf.to_container(cause.parent_node, resolve=False)
+        close = [c for c in close if rest in _keys(children.get(c))] or close
+    full = [f"{parent}.{c}" if parent else c for c in close[:2]]
+    hint = f"; did you mean {' or '.join(repr(f) for f in full)}?" if full else ""
     where = f"valid keys under {parent}" if parent else "valid top-level keys and groups"
     of = f" (in {override}=...)" if override != bad else ""
     return f"unknown config key '{bad}'{of}{hint} {where}: {', '.join(valid)}"
 
 
-def _has_key(node: DictConfig, key: str, sub: str) -> bool:
-    child = OmegaConf.to_container(node, resolve=False).get(key)
-    return isinstance(child, dict) and sub in child
+def _keys(node: object) -> list:
+    return list(node) if isinstance(node, dict) else []
 
 
 def _explain_instantiation(err: InstantiationException) -> str:
-    match = re.search(r"full_key: (\S+)", str(err))
-    key = match.group(1) if match else None
-    target = re.search(r"target '([^']+)'", str(err))
-    where = f"{key} ({target.group(1)})" if key and target else key or "instantiating the config"
-    cause = err.__cause__
-    if cause is not None:
+    key, target = _FULL_KEY.search(str(err)), _TARGET.search(str(err))
+    where = key.group(1) if key else "instantiating the config"
+    if key and target:
+        where += f" ({target.group(1)})"
+    if (cause := err.__cause__) is not None:
         return f"{where}: {explain(cause) or f'{type(cause).__name__}: {cause}'}"
     return f"{where}: {_first_lines(str(err), 2)}"
 
@@ -313,8 +318,7 @@ def _explain_omegaconf(err: OmegaConfBaseException) -> str:
 
 def _explain_unpickling(err: pickle.UnpicklingError) -> str:
     text = str(err)
-    unsafe = re.search(r"GLOBAL (\S+)", text)
-    if unsafe or "Weights only load failed" in text:
+    if (unsafe := _UNSAFE_GLOBAL.search(text)) or _WEIGHTS_ONLY in text:
         what = f"it refers to {unsafe.group(1)}" if unsafe else "it holds objects beyond tensors"
         return f"a checkpoint is not safe to load: {what}; refusing to load it"
     return _first_lines(text, 2)
@@ -322,12 +326,11 @@ def _explain_unpickling(err: pickle.UnpicklingError) -> str:
 
 def _worker_error(text: str) -> str:
     """An error raised in a DataLoader worker carries the worker's traceback in its message:
-    keep its last line, without the exception's type name."""
-    if "Traceback (most recent call last)" not in text:
+    its last line, without the exception's type name."""
+    if _WORKER_TRACEBACK not in text:
         return text.strip()
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else text
-    return re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
+    last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
 
 
 def _first_lines(text: str, n: int) -> str:

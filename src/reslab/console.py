@@ -2,10 +2,9 @@
 device, precision, run folder), then the progress bar and train.py's result line.
 
 The libraries' own chatter is silenced at its source where they offer a public switch (the
-trainer config's ``enable_model_summary: false``; the wandb logger leaves out the
-``anonymous`` argument, see :func:`reslab.loggers.wandb_logger`); what has no switch is
-filtered here, in :func:`quiet_third_party`, message by message. Warnings about the user's own
-settings are left alone.
+trainer config's ``enable_model_summary: false``; :func:`reslab.loggers.wandb_logger` passes
+wandb no ``anonymous`` argument); what has no switch is filtered here, in
+:func:`quiet_third_party`, message by message. Warnings about the user's own settings stay.
 """
 
 from __future__ import annotations
@@ -32,8 +31,7 @@ _LIGHTNING_INFO = re.compile(
     r"|LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: "  # on GPUs; the header names the device
 )
 _LIGHTNING_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.pytorch.accelerators.cuda",
+    "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"
 )
 
 # Warnings from inside the libraries, none about a setting of the user's: (message regex,
@@ -53,12 +51,8 @@ _WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 )
 
 
-class _DropLightningInfo(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not _LIGHTNING_INFO.match(record.getMessage())
-
-
-_DROP_LIGHTNING_INFO = _DropLightningInfo()
+def _drop_lightning_info(record: logging.LogRecord) -> bool:
+    return not _LIGHTNING_INFO.match(record.getMessage())
 
 
 def quiet_third_party() -> None:
@@ -67,73 +61,43 @@ def quiet_third_party() -> None:
     for message, category in _WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in _LIGHTNING_LOGGERS:
-        logging.getLogger(name).addFilter(_DROP_LIGHTNING_INFO)  # added once
+        logging.getLogger(name).addFilter(_drop_lightning_info)  # added once
 
 
 def split_sizes(datamodule: L.LightningDataModule) -> tuple[int, int, int] | None:
     """Images in the (train, val, test) splits of a datamodule after ``setup``; None when it
     does not say. In-memory datasets hold ``splits``, ImageNet ``{train,val,test}_images``."""
-    splits = getattr(datamodule, "splits", None)
-    if splits is not None:
+    if (splits := getattr(datamodule, "splits", None)) is not None:
         return len(splits.train_labels), len(splits.val_labels), len(splits.test_labels)
     lists = [getattr(datamodule, f"{split}_images", None) for split in ("train", "val", "test")]
-    if all(images is not None for images in lists):
-        return len(lists[0]), len(lists[1]), len(lists[2])
-    return None
+    return None if None in lists else (len(lists[0]), len(lists[1]), len(lists[2]))
 
 
-def device_text(trainer: L.Trainer) -> str:
-    """``cpu``, ``NVIDIA H200``, or ``8 × NVIDIA H200`` over all nodes."""
-    name, devices = trainer_device(trainer)
-    return name if devices == 1 else f"{devices} × {name}"
-
-
-def header(
-    name: str,
-    parameters: int,
-    multiply_adds: str,
-    dataset: str,
-    sizes: Sequence[int] | None,
-    device: str,
-    precision: str,
-    run_dir: str | Path,
-) -> str:
-    """The run's header line, in the words of train.py's result line:
-
-    ``[reslab] resnet-20A: 269,722 parameters, 40.55M multiply-adds | cifar10: 45,000 train /
-    5,000 val / 10,000 test images | cpu, precision 32-true | outputs/runs/...``
-    """
-    data = dataset
+def header(name: str, parameters: int, multiply_adds: str, dataset: str,
+           sizes: Sequence[int] | None, device: str, precision: str,
+           run_dir: str | Path) -> str:  # fmt: skip
+    """The run's header line, in the words of train.py's result line: ``[reslab] resnet-20A:
+    269,722 parameters, 40.55M multiply-adds | cifar10: 45,000 train / 5,000 val / 10,000 test
+    images | cpu, precision 32-true | outputs/runs/...``"""
     if sizes is not None:
-        train, val, test = sizes
-        data += f": {train:,} train / {val:,} val / {test:,} test images"
+        dataset += ": {:,} train / {:,} val / {:,} test images".format(*sizes)
     return (
-        f"[reslab] {name}: {parameters:,} parameters, {multiply_adds} multiply-adds | {data} | "
+        f"[reslab] {name}: {parameters:,} parameters, {multiply_adds} multiply-adds | {dataset} | "
         f"{device}, precision {precision} | {run_dir}"
     )
 
 
 @rank_zero_only
-def print_header(
-    name: str,
-    net: nn.Module,
-    datamodule: L.LightningDataModule,
-    trainer: L.Trainer,
-    run_dir: str | Path,
-) -> None:
+def print_header(name: str, net: nn.Module, datamodule: L.LightningDataModule,
+                 trainer: L.Trainer, run_dir: str | Path) -> None:  # fmt: skip
     """Print :func:`header` for a run (rank 0 only): ``datamodule`` set up, ``trainer`` built.
-    Multiply-adds are of one image of the size the network sees, counted as reslab-summary
-    counts them."""
+    Multiply-adds of one image of the size the network sees, as reslab-summary counts them;
+    the device as ``cpu``, ``NVIDIA H200`` or ``8 × NVIDIA H200`` (over all nodes)."""
     shape = (datamodule.in_channels, datamodule.image_size, datamodule.image_size)
     macs = count_multiply_adds(copy.deepcopy(net).to("meta"), shape)  # shapes only, no arithmetic
-    line = header(
-        name,
-        count_parameters(net),
-        human(macs),
-        datamodule.name,
-        split_sizes(datamodule),
-        device_text(trainer),
-        str(trainer.precision),
-        run_dir,
-    )
+    device, devices = trainer_device(trainer)
+    device = device if devices == 1 else f"{devices} × {device}"
+    sizes, precision = split_sizes(datamodule), str(trainer.precision)
+    line = header(name, count_parameters(net), human(macs), datamodule.name, sizes, device,
+                  precision, run_dir)  # fmt: skip
     print(line, flush=True)

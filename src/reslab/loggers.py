@@ -5,24 +5,27 @@ instead of deleting it."""
 from __future__ import annotations
 
 import csv
+import io
 import netrc
 import os
 import secrets
 import socket
 import string
-import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+import torch
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from reslab.run_folder import WANDB_ID_FILE, atomic_write
+from reslab.run_folder import METRICS_FILE, WANDB_ID_FILE, atomic_write
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+# WandbLogger's own arguments; the others go to wandb.init
+_WANDB_LOGGER_ARGS = ("log_model", "prefix", "checkpoint_name")
 
 
 def _wandb_host() -> str:
@@ -80,58 +83,23 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
     return run_id
 
 
-def read_wandb_records(path: str | Path) -> list[Any]:
-    """The records of a wandb ``.wandb`` file (what ``wandb sync`` uploads), as wandb's
-    protobuf ``Record`` messages. The file is a LevelDB-style log: a 7-byte header, then 32 KiB
-    blocks of chunks, each a 7-byte header (crc32, length, type: 1 whole record, 2 first, 3
-    middle, 4 last piece) and its bytes. A file cut short (a killed run, or one wandb's service
-    is still writing) is read up to its last whole record."""
-    from wandb.proto.wandb_internal_pb2 import Record
-
-    data, block = Path(path).read_bytes(), 32768
-    position, records, pending = 7, [], b""
-    while position + 7 <= len(data):
-        left = block - position % block
-        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
-        if left < 7 or kind == 0:  # a block's padding
-            position += left
-            continue
-        if position + 7 + length > len(data):
-            break
-        pending += data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            records.append(Record.FromString(pending))
-            pending = b""
-    return records
-
-
-def last_wandb_step(save_dir: str | Path, run_id: str) -> int | None:
-    """The last history step that the pieces of wandb run ``run_id`` already in the run folder
-    ``save_dir`` hold (its ``wandb/*run-*-<id>/run-<id>.wandb`` files); None without any."""
-    steps = [
-        record.history.step.num
-        for path in sorted(Path(save_dir).glob(f"wandb/*run-*-{run_id}/run-{run_id}.wandb"))
-        for record in read_wandb_records(path)
-        if record.HasField("history")
-    ]
-    return max(steps, default=None)
-
-
 class StepWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` whose history rows are stepped by the training iteration
-    (wandb's ``_step``), not by wandb's own count of rows. Lightning logs ``trainer/
-    global_step`` as a column and lets wandb count ``_step`` from 0 in each process, so a
-    resumed offline run restarted at 0 and ``wandb sync`` dropped or replaced the rows.
+    (wandb's ``_step``), not by wandb's own count of rows, which restarts at 0 in each process
+    (``wandb sync`` then dropped a resumed offline run's rows).
 
-    ``after_step``: rows at this iteration or before are not logged. A resumed run sets it to
-    the last row its earlier wandb pieces hold, so its steps go on above theirs: the
-    iterations it redoes after its checkpoint keep the rows the interrupted run wrote (the
-    same numbers, as resuming is exact), as wandb itself does when an online run resumes."""
+    ``step_file`` holds the last step logged, written after each row. ``after_step``, the one
+    the file held when the logger started (a resumed run's earlier pieces): rows at it or
+    before are not logged, so the iterations a resumed run redoes after its checkpoint keep
+    the rows the interrupted run wrote (the same numbers, as resuming is exact), as wandb
+    itself does when an online run resumes."""
 
-    def __init__(self, *args: Any, after_step: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, step_file: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.after_step = after_step
+        self.step_file, self.after_step = step_file, None
+        if step_file is not None and step_file.is_file():
+            self.after_step = int(step_file.read_text())
+        self._recorded = self.after_step
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -141,44 +109,88 @@ class StepWandbLogger(WandbLogger):
         if self.after_step is not None and step <= self.after_step:
             return
         self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
+        if self.step_file is not None and step != self._recorded:
+            atomic_write(self.step_file, f"{step}\n")
+            self._recorded = step
 
 
-def wandb_logger(mode: str = "auto", **kwargs: Any) -> WandbLogger:
-    """A :class:`StepWandbLogger` whose ``mode`` is resolved by :func:`resolve_wandb_mode`;
-    offline runs are real run folders that ``wandb sync`` uploads later. With ``save_dir`` (the
-    run folder) and no ``id``, the run's id is the folder's (:func:`wandb_run_id`) and a
-    resumed run continues it, its history above the rows the folder's wandb pieces hold."""
+def wandb_logger(mode: str = "auto", save_dir: str | None = None, **kwargs: Any) -> WandbLogger:
+    """A :class:`StepWandbLogger` over a run made with ``wandb.init(**kwargs)`` (rank 0 only),
+    its ``mode`` resolved by :func:`resolve_wandb_mode`; offline runs are real run folders that
+    ``wandb sync`` uploads later. With ``save_dir`` (the run folder) and no ``id``, the run's
+    id is the folder's (:func:`wandb_run_id`) and a resumed run continues it (``resume=allow``),
+    its history above the rows the folder's earlier pieces logged.
+
+    reslab calls ``wandb.init`` itself, as Lightning's logger would, only without the
+    ``anonymous=None`` that Lightning passes and that wandb warns about on every run."""
     resolved = resolve_wandb_mode(mode)
-    wanted = kwargs.get("save_dir") and not kwargs.get("id") and resolved != "disabled"
-    if wanted and (run_id := wandb_run_id(save_dir := kwargs["save_dir"])):
-        kwargs.update(id=run_id, resume="allow", after_step=last_wandb_step(save_dir, run_id))
-    logger = StepWandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
-    # Lightning passes wandb.init(anonymous=None) whatever it is given, and wandb warns that
-    # the setting has no effect whenever it is passed at all: leave it out.
-    logger._wandb_init.pop("anonymous", None)
-    return logger
+    own = {key: kwargs.pop(key) for key in _WANDB_LOGGER_ARGS if key in kwargs}
+    wanted = save_dir and not kwargs.get("id") and resolved != "disabled"
+    if wanted and (run_id := wandb_run_id(save_dir)):
+        kwargs["id"], own["step_file"] = run_id, Path(save_dir, "wandb", f"reslab-step-{run_id}")
+    run = None
+    if rank_zero_only.rank == 0:
+        import wandb
+
+        run = wandb.init(dir=save_dir, mode=resolved, resume="allow", **kwargs)
+        run.define_metric("trainer/global_step")  # the x axis, as Lightning's logger sets it
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    names = {"project": kwargs.get("project"), "name": kwargs.get("name")}
+    return StepWandbLogger(experiment=run, save_dir=save_dir, **names, **own)
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, minus deleting an existing metrics.csv: it appends to it, with
-    the header it already has (train.py has cut it back to the checkpoint when resuming)."""
+class AppendingCSVLogger(Logger):
+    """The run folder's metrics.csv and hparams.yaml, as Lightning's ``CSVLogger`` writes them
+    (a column per metric, sorted, with ``step``; a new metric rewrites the file with the wider
+    header, here atomically), but appended to: a resumed run adds its rows after those of the
+    run it continues (train.py has cut them back to its checkpoint). A row is written when it
+    is logged."""
 
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
-
-
-class AppendingCSVLogger(CSVLogger):
-    """``CSVLogger`` whose metrics.csv survives a restart in the same folder: a resumed run
-    adds its rows after those of the run it continues."""
+    def __init__(self, save_dir: str | Path) -> None:
+        super().__init__()
+        self._save_dir = str(save_dir)
+        self._keys: list[str] | None = None  # metrics.csv's header, once read
+        self._hparams: dict[str, Any] = {}
 
     @property
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Mapping[str, Any] | Any, *args: Any, **kwargs: Any) -> None:
+        self._hparams.update(params if isinstance(params, Mapping) else vars(params))
+        Path(self._save_dir).mkdir(parents=True, exist_ok=True)
+        save_hparams_to_yaml(Path(self._save_dir) / "hparams.yaml", self._hparams)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        row["step"] = step
+        path, rows = Path(self._save_dir) / METRICS_FILE, []
+        if self._keys is None and path.is_file():
+            with open(path, newline="") as f:
+                self._keys = list(csv.DictReader(f).fieldnames or [])
+        if path.is_file() and set(row) <= set(self._keys or ()):
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._keys).writerow(row)
+            return
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))  # written again below the wider header
+        self._keys = sorted(set(self._keys or ()) | set(row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self._keys)
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        atomic_write(path, text.getvalue())
 
 
 def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: int) -> None:
