@@ -1,12 +1,6 @@
-"""The paper's networks, residual and plain, from one builder: stem → stages of blocks → head;
-and their names (``network_name``, ``parse_network_name``: the one grammar of names).
-
-A plain net is the residual net without shortcuts (``shortcut="none"``): same layers, and under
-option A the same parameters (section 3.3). Families: ``cifar`` (section 4.2: depth 6n+2, three
-stages of basic blocks) and ``imagenet`` (Table 1: 18/34 basic blocks, 50/101/152 bottlenecks).
-Blocks: :class:`BasicBlock` (Figure 2; of 1 or 3 layers for the block-length study beyond the
-paper) and :class:`Bottleneck` (Figure 5).
-"""
+"""The paper's networks from one builder, stem → stages of blocks → head: ``cifar`` (section
+4.2) and ``imagenet`` (Table 1); a plain net is the residual one without shortcuts. And their
+names (``network_name``, ``parse_network_name``: the one grammar of names)."""
 
 from __future__ import annotations
 
@@ -151,10 +145,9 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -
 
 class BasicBlock(nn.Module):
     """Figure 2: 3×3 conv, BN, ReLU, 3×3 conv, BN, add the shortcut, ReLU; the stride on the
-    first conv; ``shortcut=None`` is a plain block. ``layers`` 1 or 3 (not in the paper:
-    ``model.block_layers``, experiment=block_length) has that many conv layers, BN after each
-    and ReLU between them. Submodules conv1, bn1, ..., conv<layers>, bn<layers>, shortcut, in
-    that order (as Figure 7's response layers are found)."""
+    first conv; ``shortcut=None`` is a plain block. ``layers`` 1 or 3 (not in the paper,
+    experiment=block_length) has that many convs. Submodules conv1, bn1, ..., shortcut, in that
+    order (as Figure 7's response layers are found)."""
 
     expansion = 1
 
@@ -247,9 +240,8 @@ def _running_stats_frozen(block: nn.Module) -> Iterator[None]:
 
 class ResNet(nn.Module):
     """stem → stages → global average pooling → fully connected layer (logits). With
-    ``activation_checkpointing`` training keeps only each block's input and recomputes the
-    rest in the backward pass: one tensor per block instead of every layer's, for one more
-    forward of compute, the same result to the bit."""
+    ``activation_checkpointing`` training keeps only each block's input and recomputes the rest
+    in the backward pass (one more forward of compute, the same result to the bit)."""
 
     def __init__(self, stem: nn.Module, stages: nn.Sequential, features: int, num_classes: int):
         super().__init__()
@@ -378,19 +370,12 @@ def build_network(
     bottleneck_stride: str = "1x1",
     activation_checkpointing: bool = False,
 ) -> nn.Module:
-    """A network of the paper, an ``nn.Module`` returning logits; a bad argument is a
-    ValueError naming its config key and what is valid.
-
-    ``family`` "cifar" (depth 6n+2, section 4.2) or "imagenet" (18, 34, 50, 101, 152; Table 1);
-    ``depth`` counts the weighted layers. ``shortcut``: "none" (plain), "A" (zero-padding
-    identity), "B" (projection where dimensions grow), "C" (projection everywhere). ``widths``:
-    filters per stage, None for the family's (a bottleneck stage outputs 4×). Not in the
-    paper: ``zero_init_residual`` (every block's last BN starts at zero), ``block_layers``
-    (conv layers per basic block, cifar only: 2n must be divisible by it).
-    ``bottleneck_stride`` "1x1" (the paper's) or "3x3" (torchvision's v1.5; bottleneck nets
-    only). ``activation_checkpointing``: see :class:`ResNet` (ResNet-1202 at batch 128 fits a
-    16 GB GPU, for about a third more compute).
-    """
+    """A network of the paper returning logits; a bad argument is a ValueError naming its
+    config key and what is valid. ``depth`` counts the weighted layers; ``shortcut`` "none"
+    (plain), "A" (zero-padding identity), "B" (projections where dimensions grow) or "C" (all
+    projections); ``widths``: filters per stage (None: the family's; a bottleneck outputs 4×).
+    Not in the paper: ``zero_init_residual``, ``block_layers`` (cifar only),
+    ``bottleneck_stride="3x3"`` (torchvision's v1.5) and ``activation_checkpointing``."""
     require_choice("model.family", family, FAMILIES)
     require_choice("shortcut", shortcut, SHORTCUTS, "(none: the plain net)")
     block, blocks_per_stage, options = _blocks(family, depth, block_layers, bottleneck_stride)
@@ -429,10 +414,9 @@ _TORCHVISION_RENAMES = (
 
 
 def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``, our ImageNet net of
-    the same depth with option B (and for 50/101/152 ``bottleneck_stride="3x3"``: the paper's
-    placement has the same shapes but another function, so it is refused); then ``net`` gives
-    torchvision's outputs. Every key and shape must match."""
+    """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``: our ImageNet net of
+    the same depth, option B, and for 50-152 ``bottleneck_stride="3x3"``; every key and shape
+    must match. Then ``net`` gives torchvision's outputs."""
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         new = key

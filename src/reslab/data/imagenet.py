@@ -1,19 +1,7 @@
-"""ImageNet (ILSVRC 2012) from the standard folder layout, with the paper's recipe (section 3.4).
-
-    data_dir/train/<class>/*.JPEG    1.28M images in 1000 class folders such as n01440764
-    data_dir/val/<class>/*.JPEG      50k images, sorted into the same class folders
-
-Classes are the sorted folder names; a label is a class's index. Worker processes decode each
-image and do the geometry (scale, crop, flip) in uint8; ``on_after_batch_transfer`` subtracts
-the mean, divides by 255 and adds the colour noise on the training device, batch by batch.
-
-Training: shorter side resized to a random size in ``scale`` ([256, 480]), a random
-``crop_size`` (224) square, a random horizontal flip, the per-pixel mean subtracted, and the
-PCA lighting noise of Krizhevsky et al. 2012 (alpha ~ N(0, 0.1)).
-Evaluation: shorter side resized to ``eval_resize`` (256), then the centre crop or the 10 crops
-of ``TEN_CROP_ORDER``. The paper reports on the val set, so ``test/error`` is the val folder
-again, with ``test_crops`` (10) crops.
-"""
+"""ImageNet (ILSVRC 2012) from ``data_dir/{train,val}/<class>/*.JPEG`` (labels: the sorted
+class folders' indices), with the paper's recipe (section 3.4). Workers decode and crop in uint8;
+``on_after_batch_transfer`` normalises and adds the colour noise on the training device. The
+paper reports on the val set, so ``test/error`` is the val folder again, with 10 crops."""
 
 from __future__ import annotations
 
@@ -57,9 +45,8 @@ PCA_EIGVEC = (
     (-0.5836, -0.6948, 0.4203),
 )
 LIGHTING_STD = 0.1  # alpha ~ N(0, 0.1), Krizhevsky et al. 2012
-# How the decoding workers start, not inherited: in a joblib (loky) worker, as
-# hydra/launcher=local runs a job, the default context cannot start DataLoader workers. Linux
-# forks (the file lists are shared, not copied); elsewhere spawn.
+# Set, not inherited: in a joblib (loky) job of hydra/launcher=local the default context cannot
+# start DataLoader workers. Linux forks (the file lists are shared, not copied).
 WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
@@ -148,9 +135,8 @@ def _some(folder: Path, names: list[str]) -> str:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """An image file as uint8 RGB (3, H, W), whatever its format (ImageNet has a PNG named
-    .JPEG; grey and CMYK become RGB), decoded by Pillow; kept in its H, W, C memory order,
-    which resizes fastest."""
+    """An image file as uint8 RGB (3, H, W) in H, W, C memory order (it resizes fastest), whatever
+    its format (ImageNet has a PNG named .JPEG; grey and CMYK become RGB)."""
     try:
         with Image.open(path) as image:
             pixels = np.array(image.convert("RGB"))
@@ -240,14 +226,11 @@ class EvalShard(DistributedSampler):
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
-    def _indices(self) -> range:
-        return range(self.rank, len(self.dataset), self.num_replicas)
-
     def __iter__(self):
-        return iter(self._indices())
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 # --- batched colour augmentation (on the training device) ------------------------------------
@@ -266,17 +249,9 @@ def pca_lighting_noise(
 
 # --- the DataModule --------------------------------------------------------------------------
 class ImageNetDataModule(L.LightningDataModule):
-    """ImageNet from ``data_dir/train`` and ``data_dir/val`` class folders (the options are
-    conf/data/imagenet.yaml's, which says what each does).
-
-    ``batch_size`` is the global batch: each of the trainer's processes loads its share.
-    ``val_size``: None, the whole val folder; N, a fixed random N of it (``split_seed``); 0, no
-    validation (the test still reads the whole folder). ``train_subset`` likewise (None: all).
-    ``normalize``: "pixel_mean" (the paper's; the mean of ``mean_images`` centre crops, cached
-    in ``data_dir`` when writable) or "channel" (the usual per-channel mean and std).
-    ``eval_batch_size`` is per process, in images (×10 with 10 crops); ``num_workers`` 0
-    decodes in the main process.
-    """
+    """ImageNet's DataModule; conf/data/imagenet.yaml says what each option does.
+    ``batch_size`` is global, ``eval_batch_size`` per process and in images (×10 with 10 crops);
+    ``val_size`` None is the whole val folder, N a fixed random N of it, 0 no validation."""
 
     name: str = "imagenet"
     in_channels: int = 3
@@ -446,14 +421,11 @@ class ImageNetDataModule(L.LightningDataModule):
         size = f"{self.crop_size}px_resize{self.eval_resize}"
         path = self.data_dir / f"pixel_mean_{size}_{len(images)}images_{digest}.pt"
         if path.is_file():
-            try:
-                cached = torch.load(path, map_location="cpu", weights_only=True)
-                mean = cached["mean"]
-                if cached["key"] == digest and mean.shape == (3, self.crop_size, self.crop_size):
+            try:  # the name holds the images' and sizes' key
+                mean = torch.load(path, map_location="cpu", weights_only=True)["mean"]
+                if mean.shape == (3, self.crop_size, self.crop_size):
                     return mean.float()
-                warnings.warn(
-                    f"mean cache '{path}' does not match these images; recomputing", stacklevel=2
-                )
+                raise ValueError(f"a mean of shape {tuple(mean.shape)}")
             except Exception as err:  # a truncated or foreign file: recompute and replace it
                 why = str(err).splitlines()[0] if str(err) else type(err).__name__
                 warnings.warn(f"cannot read mean cache '{path}' ({why}); recomputing", stacklevel=2)
