@@ -1,20 +1,8 @@
-"""The paper's published numbers, keyed by network name as :func:`reslab.networks.network_name`
-spells it ("resnet-20A", "plain-34", "resnet-50B"). He, Zhang, Ren, Sun, *Deep Residual Learning
-for Image Recognition*, CVPR 2016 (arXiv 1512.03385). Exact unless marked approximate:
-
-- ``PARAMS``: exact integers counted from the paper's architectures (it prints rounded ones).
-  CIFAR (section 4.2, Table 6's 0.27M ... 19.4M): option A or plain, 10 classes, 97,216·n −
-  21,926; option B adds 2,752. ImageNet (Table 1, Table 3): 1000 classes; option B equals
-  torchvision's models; plain = option A.
-- ``MULTIPLY_ADDS`` of one image, convolutions and the fully connected layer only; a plain net
-  and its option-A ResNet share the number (section 3.2). ImageNet (224×224): Table 1's 1.8,
-  3.6, 3.8, 7.6, 11.3 ×10⁹ to more digits (stride on the bottleneck's first 1×1, as the paper
-  places it). CIFAR (32×32): the paper gives none; counted from section 4.2's networks.
-- ``TABLE6_TEST_ERROR``: CIFAR-10 test error (%); ResNet-110 is the best of 5 runs, whose mean
-  and std are ``RESNET110_MEAN_STD``. ``FIGURE6_PLAIN_TEST_ERROR_APPROX``: APPROXIMATE, read
-  off Figure 6 by others; plain-110's training error is above 60% (its caption).
-- ImageNet val error (%), top-1 and top-5, section 4.1: Tables 2 (top-1 only) and 3 (10-crop),
-  4 (single model, multi-scale).
+"""The paper's published numbers (He et al., CVPR 2016, arXiv 1512.03385), keyed by network name
+as :func:`reslab.networks.network_name` spells it ("resnet-20A", "plain-34"). ``PARAMS`` are
+exact counts of its architectures (it prints rounded ones); ``MULTIPLY_ADDS`` of one image count
+convolutions and the FC layer (Table 1's to more digits; CIFAR's, which it does not give, counted
+from section 4.2). Errors are in percent; Figure 6's are APPROXIMATE, read off the plot.
 """
 
 from __future__ import annotations

@@ -3,18 +3,10 @@
   reslab-report outputs/multiruns/2026-11-27_08-48-11_fig6
   reslab-report SWEEP RUN_FOLDER ANOTHER_SWEEP --out results/
 
-Every folder holding a status.json under each PATH is a run. Writes into --out (default
-<first PATH>/report), and prints the tables:
-
-  curves_<dataset>_<family>.png     Figures 1/4/6: error against iterations (dashed: training,
-                                    solid: val, dot: final test), plain left, residual right
-  responses_<dataset>_<family>.png  Figure 7 (runs with responses.csv): each 3×3 layer's
-                                    response std, in network order and sorted
-  report.md                         the figures and Table 2/3/6-style tables: final errors
-                                    (mean ± std over seeds) beside the paper's
-
-Unfinished runs are drawn as far as they got, listed with their status, and left out of the
-means. Under each table: the commit its runs ran, or a warning when they ran different code.
+Every folder holding a status.json under each PATH is a run. Writes curves_*.png (Figures
+1/4/6), responses_*.png (Figure 7, from responses.csv) and report.md (the figures, and Table
+2/3/6-style tables of final errors beside the paper's) into --out, and prints the tables.
+Unfinished runs are drawn as far as they got and left out of the means.
 """
 
 from __future__ import annotations
@@ -66,6 +58,7 @@ EXPLAINED = {
 }
 # The settings the paper's error numbers belong to: (dataset, network family).
 PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
+
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Every run under ``paths`` (sweep folders or run folders), each folder once."""
@@ -205,10 +198,9 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _status_cell(runs: list[Run]) -> str:
+def _statuses(runs: Sequence[Run]) -> str:
+    """``3 finished, 1 failed``."""
     counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
-    if max(counts.values()) == len(runs):
-        return runs[0].status
     return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
 
 
@@ -254,7 +246,8 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
                 if number is not None and values:
                     delta = f"{sign}{statistics.mean(values) - number:+.2f}"
                 row += [shown or "—", delta]
-        row.append(_status_cell(members))
+        same = all(r.status == members[0].status for r in members)
+        row.append(members[0].status if same else _statuses(members))
         rows.append(row)
         for r in members:
             if r.status != "finished":
@@ -304,11 +297,6 @@ def code_notes(runs: Sequence[Run], listed: int = 4) -> list[str]:
     return notes
 
 
-def report_tables(runs: Sequence[Run]) -> list[Table]:
-    """One table per (dataset, family) of ``runs``."""
-    return [build_table(d, f, members) for (d, f), members in group_runs(runs).items()]
-
-
 def markdown_table(table: Table) -> str:
     """The table in Markdown, its notes as a list under it."""
 
@@ -341,11 +329,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     if sources is None:
         sources = list(dict.fromkeys(r.path.parent for r in runs))
-    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
-    read = ", ".join(f"`{s}`" for s in sources)
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     now = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    text = ["# reslab report", "", f"Read {read} on {now}: {len(runs)} runs ({summary}).", ""]
+    read = f"Read {', '.join(f'`{s}`' for s in sources)} on {now}"
+    text = ["# reslab report", "", f"{read}: {len(runs)} runs ({_statuses(runs)}).", ""]
     for (dataset, family), members in group_runs(runs).items():
         title = setting_title(dataset, family)
         slug = f"{dataset or 'unknown'}_{family or 'unknown'}"
@@ -381,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     console = Console()
     console.width = max(console.width, 120)  # pipes and logs get 80 columns otherwise
-    for table in report_tables(runs):
+    for (dataset, family), members in group_runs(runs).items():
+        table = build_table(dataset, family, members)
         console.print(rich_table(table))
         console.print("\n".join(table.notes), markup=False, highlight=False)
     console.print(f"wrote {path}")

@@ -1,18 +1,11 @@
-"""reslab-summary: parameters and multiply-adds of the networks a config describes, beside the
-paper's numbers.
+"""reslab-summary: parameters and multiply-adds (of one image: convs and the FC layer) of the
+networks a config describes, beside the paper's numbers in its setting. Nothing is trained.
 
   reslab-summary                                    # the default: ResNet-20 (A) on CIFAR-10
-  reslab-summary model.depth=56 shortcut=none       # plain-56
-  reslab-summary experiment=demo                    # one row per network of the experiment's sweep
-  reslab-summary model.depth=20,56 shortcut=none,A  # a sweep on the command line: four rows
+  reslab-summary model.depth=20,56 shortcut=none,A  # a sweep: four rows (so is experiment=demo)
   reslab-summary --layers model.depth=110           # plus stem / stage / head breakdown
 
-Overrides are reslab-train's; a sweep (an experiment's ``hydra.sweeper.params``, or comma lists
-on the command line, which win) gives one row per network. Nothing is trained or loaded. The
-input is ``data.crop_size`` (else the dataset's image size, else 32) square, with the dataset's
-channels and classes; ``-m`` changes nothing. Multiply-adds of one image, as the paper counts
-them (convolutions and the fully connected layer); the paper's numbers only in its setting
-(CIFAR: 3×32×32, 10 classes; ImageNet: 3×224×224, 1000 classes; default widths).
+Overrides are reslab-train's; the input is data.crop_size (else the dataset's image size) square.
 """
 
 from __future__ import annotations
