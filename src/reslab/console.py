@@ -1,11 +1,6 @@
-"""What a run prints: one header line of its own (network, parameters, multiply-adds, data,
-device, precision, run folder), then the progress bar and train.py's result line.
-
-The libraries' own chatter is silenced at its source where they offer a public switch (the
-trainer config's ``enable_model_summary: false``; :func:`reslab.loggers.wandb_logger` passes
-wandb no ``anonymous`` argument); what has no switch is filtered here, in
-:func:`quiet_third_party`, message by message. Warnings about the user's own settings stay.
-"""
+"""What a run prints: one header line (network, size, data, device, run folder), then the
+progress bar and train.py's result line; and the libraries' messages that no public switch
+silences, filtered one by one (warnings about the user's own settings stay)."""
 
 from __future__ import annotations
 
@@ -43,8 +38,7 @@ _WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # Lightning counts log_every_n_steps per epoch here, but logs by the global iteration
     # (across epochs): with fewer batches per epoch than the interval, logging still happens.
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
-    # Fused iterations (manual optimization) checkpoint the state after an iteration's
-    # optimizer step, as reslab means to: the iteration is done, the next one starts there.
+    # Manual optimization checkpoints after an iteration's optimizer step, as reslab means to.
     (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", UserWarning),
     # torch deprecated LeafSpec; Lightning's own _pytree.py still builds one.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),

@@ -1,12 +1,6 @@
-"""The paper's CIFAR augmentation as a few batched tensor ops on the device that holds the batch.
-
-Section 4.2: "4 pixels are padded on each side, and a 32×32 crop is randomly sampled from the
-padded image or its horizontal flip." Each image gets its own crop offset and its own flip.
-
-The crop and the flip are one ``gather`` on each padded image seen as a flat row of pixels,
-and the mean-subtracted images are written straight into the zero-padded buffer the crop
-reads from, instead of subtracting, padding and cropping in turn.
-"""
+"""The paper's CIFAR augmentation (section 4.2: "4 pixels are padded on each side, and a 32×32
+crop is randomly sampled from the padded image or its horizontal flip"), batched on the batch's
+device: each image its own offset and flip, both one ``gather`` from a zero-padded buffer."""
 
 from __future__ import annotations
 
@@ -31,14 +25,10 @@ def _crop_flip_index(
     out: torch.Tensor | None,
 ) -> torch.Tensor:
     """Each image's crop and flip as an int64 (N, 1, H*W) index into its zero-padded image
-    flattened to (H+2p)*(W+2p) pixels: output pixel (i, j) is padded pixel (top + i, left + j),
-    or (top + i, left + w-1-j) when mirrored. ``out``: an int64 (N, H, W) tensor to write into.
-
-    One draw per image, ``torch.randint`` uniform in [0, (2p+1)² · 2) (without ``flip``:
-    (2p+1)²), decoded as ``mirrored = v % 2``, ``left = (v // 2) % (2p+1)``, ``top = (v // 2)
-    // (2p+1)``. One draw per image makes the draws of a batch of N·K images those of K
-    batches of N drawn in turn, so fused iterations (``module.fused_iterations``) augment
-    exactly as single ones."""
+    flattened to (H+2p)*(W+2p) pixels (``out``: an int64 (N, H, W) tensor to write into).
+    One ``randint`` v per image in [0, (2p+1)² · 2) (without ``flip``: (2p+1)²): mirrored =
+    v % 2, left = (v // 2) % (2p+1), top = (v // 2) // (2p+1). One draw per image makes the
+    draws of N·K images those of K batches of N drawn in turn."""
     side = 2 * padding + 1
     v = torch.randint(
         0, side * side * (2 if flip else 1), (n, 1), device=device, generator=generator

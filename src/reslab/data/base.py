@@ -137,15 +137,9 @@ class BatchLoader:
 
 
 class InMemoryDataModule(L.LightningDataModule):
-    """Base of every CIFAR-size dataset: subclasses implement ``load`` and set the class facts.
-    The options are conf/data/_in_memory.yaml's, which says what each does.
-
-    ``batch_size`` is the global batch (split over DDP ranks); ``val_size`` images are held
-    out of the training set by ``split_seed`` (0: none, ``test/error`` is the only error);
-    ``train_subset`` keeps the first N training images after the split. With ``on_device`` the
-    whole dataset (uint8; CIFAR-10 takes 180 MB) moves to the training GPU once, so a batch is
-    an index on the device, with no copy or host sync per step.
-    """
+    """Base of every CIFAR-size dataset: subclasses implement ``load`` and set the class facts;
+    conf/data/_in_memory.yaml says what each option does. With ``on_device`` the whole dataset
+    (uint8; CIFAR-10 takes 180 MB) moves to the training GPU once: a batch is an index there."""
 
     name: str = "dataset"
     fuses_iterations = True  # its loader serves module.fused_iterations (see BatchLoader)

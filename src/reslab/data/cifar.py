@@ -1,8 +1,6 @@
-"""CIFAR-10 and CIFAR-100 from the standard python pickles (``cifar-10-batches-py``,
-``cifar-100-python``): each file a dict of ``data`` (N×3072 uint8, a 32×32 image's red, green
-and blue planes in turn) and ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100's 100
-classes), read by an unpickler that accepts only the types the format needs, so a crafted file
-cannot run code."""
+"""CIFAR-10 and CIFAR-100 from the standard python pickles (dicts of ``data``: N×3072 uint8, the
+red, green and blue planes, and ``labels`` or CIFAR-100's ``fine_labels``), read by an unpickler
+that accepts only the types the format needs, so a crafted file cannot run code."""
 
 from __future__ import annotations
 

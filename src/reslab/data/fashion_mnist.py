@@ -1,8 +1,5 @@
-"""Fashion-MNIST from its four standard idx files (plain or gzipped).
-
-They are looked for in ``data_dir``, in torchvision's layout under it, and where Debian's
-``dataset-fashion-mnist`` package installs them; downloaded only when none of those has them.
-"""
+"""Fashion-MNIST from its four idx files (plain or gzipped), found in ``data_dir``, torchvision's
+layout under it or Debian's ``dataset-fashion-mnist``; downloaded only when none has them."""
 
 from __future__ import annotations
 

@@ -249,9 +249,8 @@ def pca_lighting_noise(
 
 # --- the DataModule --------------------------------------------------------------------------
 class ImageNetDataModule(L.LightningDataModule):
-    """ImageNet's DataModule; conf/data/imagenet.yaml says what each option does.
-    ``batch_size`` is global, ``eval_batch_size`` per process and in images (×10 with 10 crops);
-    ``val_size`` None is the whole val folder, N a fixed random N of it, 0 no validation."""
+    """ImageNet's DataModule; conf/data/imagenet.yaml says what each option does (``batch_size``
+    is global, ``eval_batch_size`` per process)."""
 
     name: str = "imagenet"
     in_channels: int = 3
