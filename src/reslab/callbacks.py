@@ -25,10 +25,8 @@ RESPONSE_COLUMNS = ("step", "split", "index", "layer", "std")
 
 
 def response_layers(net: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
-    """The BN after every 3×3 conv of ``net`` (the leaf module registered right after it:
-    ``conv1, bn1`` in a block, ``Conv2d, BatchNorm2d`` in the CIFAR stem), in network order,
-    with its module name. 1×1 and 7×7 convs are not 3×3 layers; a 3×3 conv with no BN right
-    after it is an error, not a gap."""
+    """(name, BN) after every 3×3 conv of ``net`` (the leaf module registered right after it), in
+    network order; a 3×3 conv with no BN right after it is a ValueError."""
     leaves = [(name, m) for name, m in net.named_modules() if not any(m.children())]
     layers = []
     for i, (name, module) in enumerate(leaves):
@@ -46,18 +44,12 @@ def response_layers(net: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
 
 
 class LayerResponses(L.Callback):
-    """Figure 7: the standard deviation of the response of every 3×3 layer (its BN's output,
-    before the ReLU or the addition), the population std (divisor N) over every image ×
-    channel × position of the evaluation set, pooled across DDP ranks: N, Σx and Σx² per layer
-    accumulate in float64 on the device, std = sqrt(Σx²/N - (Σx/N)²).
-
-    Measured by forward hooks on the evaluation batches (no extra pass): on the test set
-    during ``trainer.test``, and with ``every_n_steps`` also on the validation set at each
-    validation whose ``global_step`` is a multiple of it. Each measurement appends rows
-    ``step,split,index,layer,std`` (index 1..L in network order, layer the BN's name in
-    ``pl_module.net``) to ``<trainer.default_root_dir>/<filename>`` (rank zero, atomically),
-    logs ``responses/<split>/{mean,max,min}_std`` to every logger, and a wandb Table
-    ``responses``. ``last`` holds the latest (index, layer, std) rows."""
+    """Figure 7: the std of every 3×3 layer's response (its BN's output), over every image ×
+    channel × position of the test set (and with ``every_n_steps`` of the val set at validations
+    on multiples of it), pooled over DDP ranks from float64 N, Σx, Σx² per layer. Forward hooks
+    on the evaluation batches; each measurement appends ``step,split,index,layer,std`` rows to
+    the run folder's ``filename``, logs ``responses/<split>/{mean,max,min}_std`` and a wandb
+    Table. ``last`` holds the latest (index, layer, std) rows."""
 
     def __init__(self, every_n_steps: int | None = None, filename: str = RESPONSES_FILE) -> None:
         require_int("every_n_steps", every_n_steps, 1, optional=True, note="(iterations)")
@@ -174,7 +166,7 @@ class LayerResponses(L.Callback):
                 )
 
     def _append_csv(self, folder: Path, step: int, split: str) -> None:
-        """Appends this measurement, the header when the file is new (written whole, atomically)."""
+        """Appends this measurement (the header first in a new file), atomically."""
         path = folder / self.filename
         old = path.read_text() if path.is_file() else ""
         buffer = io.StringIO()
@@ -191,9 +183,8 @@ class LayerResponses(L.Callback):
 
 
 class IterationProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar over the run's iterations (``trainer.max_steps``), not its epochs:
-    one bar runs from 0 to max_steps across epoch boundaries (Lightning's own restarts every
-    epoch), named ``Iterations``, with the logged metrics but not Lightning's ``v_num``."""
+    """Lightning's tqdm bar over the run's iterations (0 to ``trainer.max_steps`` across epochs;
+    Lightning's restarts every epoch), named ``Iterations``, without Lightning's ``v_num``."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         bar = self.train_progress_bar

@@ -68,10 +68,8 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
 
 
 def wandb_run_id(save_dir: str | Path) -> str | None:
-    """The wandb run id of the run folder ``save_dir``: read from its ``wandb_id.txt``, or made
-    and written there the first time (by rank 0; other DDP ranks log nothing to wandb), so a
-    resumed run (same folder) continues the same wandb run, online or offline (``wandb sync``
-    joins the pieces by id)."""
+    """The wandb run id of the run folder ``save_dir``, from its ``wandb_id.txt`` (made by rank 0
+    the first time): a resumed run continues the same wandb run, online or offline."""
     path = Path(save_dir) / WANDB_ID_FILE
     if path.is_file() and (run_id := path.read_text().strip()):
         return run_id
@@ -84,15 +82,10 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
 
 
 class StepWandbLogger(WandbLogger):
-    """Lightning's ``WandbLogger`` whose history rows are stepped by the training iteration
-    (wandb's ``_step``), not by wandb's own count of rows, which restarts at 0 in each process
-    (``wandb sync`` then dropped a resumed offline run's rows).
-
-    ``step_file`` holds the last step logged, written after each row. ``after_step``, the one
-    the file held when the logger started (a resumed run's earlier pieces): rows at it or
-    before are not logged, so the iterations a resumed run redoes after its checkpoint keep
-    the rows the interrupted run wrote (the same numbers, as resuming is exact), as wandb
-    itself does when an online run resumes."""
+    """Lightning's ``WandbLogger`` whose rows are stepped by the training iteration, not by
+    wandb's count of rows (which restarts in each process, so ``wandb sync`` dropped a resumed
+    offline run's rows). ``step_file`` holds the last step logged; rows up to the step it held
+    at the start are skipped: the iterations a resumed run redoes keep their first rows."""
 
     def __init__(self, *args: Any, step_file: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,14 +108,10 @@ class StepWandbLogger(WandbLogger):
 
 
 def wandb_logger(mode: str = "auto", save_dir: str | None = None, **kwargs: Any) -> WandbLogger:
-    """A :class:`StepWandbLogger` over a run made with ``wandb.init(**kwargs)`` (rank 0 only),
-    its ``mode`` resolved by :func:`resolve_wandb_mode`; offline runs are real run folders that
-    ``wandb sync`` uploads later. With ``save_dir`` (the run folder) and no ``id``, the run's
-    id is the folder's (:func:`wandb_run_id`) and a resumed run continues it (``resume=allow``),
-    its history above the rows the folder's earlier pieces logged.
-
-    reslab calls ``wandb.init`` itself, as Lightning's logger would, only without the
-    ``anonymous=None`` that Lightning passes and that wandb warns about on every run."""
+    """A :class:`StepWandbLogger` over ``wandb.init(**kwargs)`` (rank 0 only) in the mode
+    :func:`resolve_wandb_mode` picks; with ``save_dir`` (the run folder) and no ``id``, the
+    folder's run id (:func:`wandb_run_id`). reslab calls ``wandb.init`` itself, without the
+    ``anonymous=None`` that Lightning passes and wandb warns about."""
     resolved = resolve_wandb_mode(mode)
     own = {key: kwargs.pop(key) for key in _WANDB_LOGGER_ARGS if key in kwargs}
     wanted = save_dir and not kwargs.get("id") and resolved != "disabled"
@@ -140,11 +129,9 @@ def wandb_logger(mode: str = "auto", save_dir: str | None = None, **kwargs: Any)
 
 
 class AppendingCSVLogger(Logger):
-    """The run folder's metrics.csv and hparams.yaml, as Lightning's ``CSVLogger`` writes them
-    (a column per metric, sorted, with ``step``; a new metric rewrites the file with the wider
-    header, here atomically), but appended to: a resumed run adds its rows after those of the
-    run it continues (train.py has cut them back to its checkpoint). A row is written when it
-    is logged."""
+    """The run folder's metrics.csv and hparams.yaml as Lightning's ``CSVLogger`` writes them (a
+    sorted column per metric, and ``step``), but appended to, row by row: a resumed run adds its
+    rows after those of the run it continues. A new metric rewrites the file atomically."""
 
     def __init__(self, save_dir: str | Path) -> None:
         super().__init__()
@@ -194,10 +181,8 @@ class AppendingCSVLogger(Logger):
 
 
 def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: int) -> None:
-    """Puts the run's final numbers (status, iterations, final and best errors) in each wandb
-    run's summary, where the dashboard's tables and filters find them, and logs them as a
-    one-row wandb Table ``final`` at the last iteration. Other loggers are left alone: their
-    numbers are in metrics.csv and status.json."""
+    """The run's final numbers (status, iterations, errors) into each wandb run's summary, where
+    the dashboard finds them, and as a one-row wandb Table ``final`` at the last iteration."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
             row = [list(final.values())]
