@@ -1,13 +1,6 @@
-"""The ``reslab-*`` commands' entry points, and the one line a user reads when input is bad:
-
-    reslab-train model.depth=21
-    reslab-train: error: model.depth=21 is not valid; valid: ... (6n+2: 8, 14, 20, ...)
-    (HYDRA_FULL_ERROR=1 shows the full traceback)
-
-``reslab-train`` is Hydra's command line around :func:`hydra_task`; reslab sets
-``HYDRA_FULL_ERROR=1`` for Hydra (which then raises instead of printing a partial traceback)
-and says the error in a line. A user who sets it gets every traceback, as with Hydra.
-"""
+"""The ``reslab-train`` and ``reslab-resume`` entry points, and the one line a user reads when
+input is bad (``reslab-train: error: model.depth=21 is not valid; valid: ...``): reslab sets
+``HYDRA_FULL_ERROR=1`` so that Hydra raises, and :func:`explain` says the error in a line."""
 
 from __future__ import annotations
 
