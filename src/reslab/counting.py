@@ -27,15 +27,14 @@ def count_parameters(net: nn.Module) -> int:
 
 
 def _trace(
-    net: nn.Module, input_shape: Sequence[int], watch: dict[str, nn.Module]
-) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    net: nn.Module, input_shape: Sequence[int], watch: Sequence[nn.Module] = ()
+) -> tuple[dict[nn.Module, int], dict[nn.Module, tuple[int, ...]]]:
     """One forward pass of one zero image in eval mode (BN statistics unchanged): multiply-adds
-    per conv/linear module name, and the output shape of each module in ``watch``."""
+    per conv/linear module, and the per-image output shape of each module in ``watch``."""
     if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
-    names = {m: name for name, m in net.named_modules()}
-    macs: dict[str, int] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    macs: dict[nn.Module, int] = {}
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
 
     def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         per_image = output.numel() // output.shape[0]
@@ -44,17 +43,14 @@ def _trace(
             n = per_image * (module.in_channels // module.groups) * kh * kw
         else:  # nn.Linear
             n = per_image * module.in_features
-        macs[names[module]] = macs.get(names[module], 0) + n
+        macs[module] = macs.get(module, 0) + n
 
-    def shape(key: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            shapes[key] = tuple(output.shape[1:])
-
-        return hook
+    def shape(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        shapes[module] = tuple(output.shape[1:])
 
     layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     handles = [m.register_forward_hook(count) for m in layers]
-    handles += [m.register_forward_hook(shape(key)) for key, m in watch.items()]
+    handles += [m.register_forward_hook(shape) for m in watch]
     modes = {m: m.training for m in net.modules()}
     param = next(net.parameters(), torch.zeros(()))
     x = torch.zeros(1, *map(int, input_shape), device=param.device, dtype=param.dtype)
@@ -73,30 +69,29 @@ def _trace(
 def count_multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-adds of one image of ``input_shape`` (C, H, W): output elements × in_channels /
     groups × kh × kw per ``nn.Conv2d``, in × out per ``nn.Linear``."""
-    macs, _ = _trace(net, input_shape, {})
-    return sum(macs.values())
+    return sum(_trace(net, input_shape)[0].values())
 
 
 def parts(net: nn.Module, input_shape: Sequence[int]) -> list[Part]:
     """Parameters and multiply-adds per top-level child of ``net``; ``stages``' children are
     ``stage 1``, ``stage 2``, ..., and ``pool`` + ``fc`` the ``head``."""
-    groups: dict[str, list[tuple[str, nn.Module]]] = {}
+    groups: dict[str, list[nn.Module]] = {}
     for name, child in net.named_children():
         if name == "stages":
-            for i, (sub, stage) in enumerate(child.named_children()):
-                groups[f"stage {i + 1}"] = [(f"stages.{sub}", stage)]
+            for i, stage in enumerate(child.children()):
+                groups[f"stage {i + 1}"] = [stage]
         else:
-            groups.setdefault("head" if name in ("pool", "fc") else name, []).append((name, child))
-    watch = {prefix: m for members in groups.values() for prefix, m in members}
-    macs, shapes = _trace(net, input_shape, watch)
-    result = []
-    for label, members in groups.items():
-        prefixes = [p for p, _ in members]
-        inside = [n for n in macs if any(n == p or n.startswith(p + ".") for p in prefixes)]
-        params = sum(count_parameters(m) for _, m in members)
-        shape = shapes.get(prefixes[-1], ())
-        result.append(Part(label, shape, params, sum(macs[n] for n in inside)))
-    return result
+            groups.setdefault("head" if name in ("pool", "fc") else name, []).append(child)
+    macs, shapes = _trace(net, input_shape, [m for members in groups.values() for m in members])
+    return [
+        Part(
+            label,
+            shapes.get(members[-1], ()),
+            sum(count_parameters(m) for m in members),
+            sum(macs.get(m, 0) for member in members for m in member.modules()),
+        )
+        for label, members in groups.items()
+    ]
 
 
 def human(n: float) -> str:
