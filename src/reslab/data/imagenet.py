@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -173,34 +174,22 @@ def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([five, five.flip(-1)])
 
 
-class TrainCrop:
-    """The paper's scale augmentation: shorter side resized to a uniform integer in ``scale``,
-    a random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
+def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> torch.Tensor:
+    """The paper's scale augmentation: shorter side resized to a uniform integer in ``scale``, a
+    random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
     generator, which DataLoader seeds per worker and epoch."""
-
-    def __init__(self, crop_size: int, scale: tuple[int, int], flip: bool = True) -> None:
-        self.crop_size, self.scale, self.flip = crop_size, scale, flip
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        c = self.crop_size
-        image = resize_shorter(image, int(torch.randint(self.scale[0], self.scale[1] + 1, ())))
-        h, w = image.shape[-2:]
-        top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
-        crop = image[:, top : top + c, left : left + c]
-        return crop.flip(-1) if self.flip and torch.rand(()) < 0.5 else crop
+    c = crop_size
+    image = resize_shorter(image, int(torch.randint(scale[0], scale[1] + 1, ())))
+    h, w = image.shape[-2:]
+    top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
+    crop = image[:, top : top + c, left : left + c]
+    return crop.flip(-1) if torch.rand(()) < 0.5 else crop
 
 
-class EvalCrops:
+def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
     """Shorter side resized to ``resize``, then the centre crop (3, c, c) or 10 (10, 3, c, c)."""
-
-    def __init__(self, crop_size: int, resize: int, crops: int) -> None:
-        self.crop_size, self.resize, self.crops = crop_size, resize, crops
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = resize_shorter(image, self.resize)
-        if self.crops == 1:
-            return center_crop(image, self.crop_size)
-        return ten_crop(image, self.crop_size)
+    image = resize_shorter(image, resize)
+    return center_crop(image, crop_size) if crops == 1 else ten_crop(image, crop_size)
 
 
 class ImageFolderDataset(Dataset):
@@ -231,20 +220,6 @@ class EvalShard(DistributedSampler):
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.dataset), self.num_replicas))
-
-
-# --- batched colour augmentation (on the training device) ------------------------------------
-def pca_lighting_basis(device: torch.device | str = "cpu") -> torch.Tensor:
-    """(3, 3) B = eigvec * eigval * 255 (column j scaled): noise = alpha @ B.T in pixel units."""
-    return torch.tensor(PCA_EIGVEC, device=device) * torch.tensor(PCA_EIGVAL, device=device) * 255
-
-
-def pca_lighting_noise(
-    n: int, basis: torch.Tensor, std: float = LIGHTING_STD, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """(n, 3) RGB offsets, one per image: sum_j alpha_j eigval_j eigvec_j, alpha_j ~ N(0, std)."""
-    alpha = torch.randn((n, 3), device=basis.device, generator=generator) * std
-    return alpha @ basis.T
 
 
 # --- the DataModule --------------------------------------------------------------------------
@@ -315,7 +290,8 @@ class ImageNetDataModule(L.LightningDataModule):
         # float pixels (0..255) on the training device: (x - mean) / std
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
-        self.lighting = pca_lighting_basis()
+        # (3, 3): column j is eigenvector j × eigenvalue j, in pixels: noise = alpha @ lighting.T
+        self.lighting = torch.tensor(PCA_EIGVEC) * torch.tensor(PCA_EIGVAL) * 255
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_images is not None:
@@ -376,23 +352,19 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"data.batch_size={self.batch_size} (the global batch) is not divisible by the "
                 f"{world} processes; choose a multiple of {world}"
             )
-        if self.augment:
-            transform = TrainCrop(self.crop_size, self.scale)
-        else:
-            transform = EvalCrops(self.crop_size, self.eval_resize, 1)
-        return self._loader(images, transform, self.batch_size // world, train=True)
+        crops = None if self.augment else 1
+        return self._loader(images, crops, self.batch_size // world, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         images = self._ready(self.val_images)
         if not len(images):
             return []
-        crops = EvalCrops(self.crop_size, self.eval_resize, self.val_crops)
-        return self._loader(images, crops, self.eval_batch_size, train=False)
+        return self._loader(images, self.val_crops, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
         """The val images (the whole folder when ``val_size`` is 0), ``test_crops`` crops each."""
-        crops = EvalCrops(self.crop_size, self.eval_resize, self.test_crops)
-        return self._loader(self._ready(self.test_images), crops, self.eval_batch_size, train=False)
+        images = self._ready(self.test_images)
+        return self._loader(images, self.test_crops, self.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 (x - mean) / std, with the PCA
@@ -406,7 +378,8 @@ class ImageNetDataModule(L.LightningDataModule):
         x = images.float() - self.mean
         training = self.trainer is not None and self.trainer.training
         if training and self.augment and self.color_augment:
-            x = x + pca_lighting_noise(len(x), self.lighting)[:, :, None, None]
+            alpha = torch.randn((len(x), 3), device=x.device) * LIGHTING_STD  # one per image
+            x = x + (alpha @ self.lighting.T)[:, :, None, None]
         return x / self.std, labels
 
     def pixel_mean(self, train: ImageList) -> torch.Tensor:
@@ -429,8 +402,7 @@ class ImageNetDataModule(L.LightningDataModule):
                 why = str(err).splitlines()[0] if str(err) else type(err).__name__
                 warnings.warn(f"cannot read mean cache '{path}' ({why}); recomputing", stacklevel=2)
         log.info("computing the per-pixel mean of %d training images", len(images))
-        crops = EvalCrops(self.crop_size, self.eval_resize, 1)
-        loader = self._loader(images, crops, 64, train=False, persistent=False, shard=False)
+        loader = self._loader(images, 1, 64, train=False, persistent=False, shard=False)
         total = torch.zeros(3, self.crop_size, self.crop_size, dtype=torch.float64)
         for batch, _ in loader:
             total += batch.double().sum(0)
@@ -452,14 +424,20 @@ class ImageNetDataModule(L.LightningDataModule):
     def _loader(
         self,
         images: ImageList,
-        transform: Callable[[torch.Tensor], torch.Tensor],
+        crops: int | None,
         batch_size: int,
         *,
         train: bool,
         persistent: bool = True,
         shard: bool = True,
     ) -> DataLoader:
-        """A distributed evaluation loader takes this rank's ``EvalShard`` (with ``shard``)."""
+        """``crops`` None: the training crop, else 1 or 10 evaluation crops. A distributed
+        evaluation loader takes this rank's ``EvalShard`` (with ``shard``)."""
+        if crops is None:
+            transform = partial(train_crop, crop_size=self.crop_size, scale=self.scale)
+        else:
+            size, resize = self.crop_size, self.eval_resize
+            transform = partial(eval_crops, crop_size=size, resize=resize, crops=crops)
         dataset = ImageFolderDataset(images, transform)
         world = self.trainer.world_size if self.trainer is not None else 1
         sampler = None
