@@ -114,8 +114,6 @@ class ZeroPadShortcut(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
-        if out_channels < in_channels:
-            raise ValueError(f"option A cannot shrink channels ({in_channels} → {out_channels})")
         self.extra_channels = out_channels - in_channels
         self.stride = stride
 
@@ -163,10 +161,6 @@ class BasicBlock(nn.Module):
             self.add_module(f"bn{k}", nn.BatchNorm2d(width))
         self.shortcut = shortcut
 
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        return getattr(self, f"bn{self.layers}")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         for k in range(1, self.layers + 1):
@@ -183,7 +177,7 @@ class Bottleneck(nn.Module):
     last ReLU after the addition; the stride on the first 1×1 (``stride_on="1x1"``, the
     paper's) or on the 3×3 (torchvision's v1.5). Submodules conv1, bn1, ..., bn3, shortcut."""
 
-    expansion = 4
+    expansion, layers = 4, 3
 
     def __init__(
         self,
@@ -204,10 +198,6 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.shortcut = shortcut
-
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -354,7 +344,7 @@ def _init_weights(net: nn.Module, zero_init_residual: bool) -> None:
     if zero_init_residual:  # not in the paper: an option only, never a default
         for m in net.modules():
             if isinstance(m, (BasicBlock, Bottleneck)):
-                nn.init.zeros_(m.last_bn.weight)
+                nn.init.zeros_(getattr(m, f"bn{m.layers}").weight)  # the last BN
 
 
 def build_network(
