@@ -73,25 +73,17 @@ class LayerResponses(L.Callback):
                 "`net` module; use reslab.module.Classifier or give the module a `net`"
             )
         self._layers = response_layers(net)  # a bad network fails here, before training
-        interval = trainer.val_check_interval
-        if (
-            stage == "fit"
-            and self.every_n_steps is not None
-            and isinstance(interval, int)
-            and self.every_n_steps % interval
-        ):
+        interval, every = trainer.val_check_interval, self.every_n_steps
+        if stage == "fit" and every is not None and isinstance(interval, int) and every % interval:
             rank_zero_warn(
-                f"LayerResponses(every_n_steps={self.every_n_steps}) is not a multiple of "
+                f"LayerResponses(every_n_steps={every}) is not a multiple of "
                 f"trainer.val_check_interval={interval}: responses are measured only at "
-                f"validations on multiples of {math.lcm(self.every_n_steps, interval)} iterations"
+                f"validations on multiples of {math.lcm(every, interval)} iterations"
             )
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (
-            self.every_n_steps is not None
-            and not trainer.sanity_checking
-            and trainer.global_step % self.every_n_steps == 0
-        ):
+        every = self.every_n_steps
+        if every is not None and not trainer.sanity_checking and trainer.global_step % every == 0:
             self._start(pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
