@@ -66,13 +66,7 @@ class LayerResponses(L.Callback):
         self._sums: torch.Tensor | None = None  # (L, 3) float64: N, Σx, Σx² per layer
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        net = getattr(pl_module, "net", None)
-        if not isinstance(net, nn.Module):
-            raise ValueError(
-                f"LayerResponses measures `pl_module.net`, but {type(pl_module).__name__} has no "
-                "`net` module; use reslab.module.Classifier or give the module a `net`"
-            )
-        self._layers = response_layers(net)  # a bad network fails here, before training
+        self._layers = response_layers(pl_module.net)  # a bad network fails here, before training
         interval, every = trainer.val_check_interval, self.every_n_steps
         if stage == "fit" and every is not None and isinstance(interval, int) and every % interval:
             rank_zero_warn(
