@@ -53,21 +53,16 @@ def load_pickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(batch, dict):
         raise ValueError(f"CIFAR batch '{path}' holds a {type(batch).__name__}, not a dict")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    label_key = "labels" if "labels" in batch else "fine_labels"
-    if "data" not in batch or label_key not in batch:
+    data = np.asarray(batch.get("data", ()))
+    labels = np.asarray(batch.get("labels", batch.get("fine_labels", ())))
+    expected = (*data.shape[:1], 3 * 32 * 32)
+    if data.dtype != np.uint8 or data.shape != expected or labels.shape != expected[:1]:
         raise ValueError(
-            f"CIFAR batch '{path}' has keys {sorted(batch)}; expected 'data' and 'labels' "
-            "(CIFAR-10) or 'fine_labels' (CIFAR-100)"
+            f"CIFAR batch '{path}' holds keys {sorted(batch)}, data {data.dtype} {data.shape} and "
+            f"labels {labels.shape}; expected 'data' and 'labels' (CIFAR-10) or 'fine_labels' "
+            "(CIFAR-100): uint8 (N, 3072) and (N,)"
         )
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch[label_key], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(
-            f"CIFAR batch '{path}': data is {data.dtype} {data.shape}, expected uint8 (N, 3072)"
-        )
-    if len(labels) != len(data):
-        raise ValueError(f"CIFAR batch '{path}': {len(data)} images but {len(labels)} labels")
-    return data.reshape(-1, 3, 32, 32), labels
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 class CIFAR10DataModule(InMemoryDataModule):
