@@ -78,8 +78,8 @@ class FashionMNISTDataModule(InMemoryDataModule):
                 from torchvision.datasets import FashionMNIST
 
                 try:
-                    FashionMNIST(str(root), train=True, download=True)
-                    FashionMNIST(str(root), train=False, download=True)
+                    for train in (True, False):
+                        FashionMNIST(str(root), train=train, download=True)
                 except Exception as err:
                     raise FileNotFoundError(
                         self._where_message(f"downloading failed ({err})")
@@ -87,20 +87,17 @@ class FashionMNISTDataModule(InMemoryDataModule):
             files = self.find_files()
             if files is None:
                 raise FileNotFoundError(self._where_message("the four idx files are missing"))
-        arrays = {key: read_idx(path) for key, path in files.items()}
+        tensors = []
         for split in ("train", "test"):
-            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            images, labels = read_idx(files[f"{split}_images"]), read_idx(files[f"{split}_labels"])
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                 raise ValueError(
                     f"Fashion-MNIST {split} files hold images {images.shape} and labels "
                     f"{labels.shape}; expected (N, 28, 28) and (N,)"
                 )
-        return (
-            torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
-            torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-            torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
-            torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        )
+            tensors += [torch.from_numpy(images.copy()).unsqueeze(1)]
+            tensors += [torch.from_numpy(labels.astype(np.int64))]
+        return tuple(tensors)
 
     def _where_message(self, why: str) -> str:
         searched = ", ".join(f"'{d}'" for d in self.candidate_dirs())
