@@ -278,16 +278,13 @@ def _explain_override(err: ConfigCompositionException) -> str:
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     if rest := override[len(bad) + 1 :].split(".")[0]:  # modle.depth: model has a depth
         children = OmegaConf.to_container(cause.parent_node, resolve=False)
-        close = [c for c in close if rest in _keys(children.get(c))] or close
+        inside = [c for c in close if isinstance(children.get(c), dict) and rest in children[c]]
+        close = inside or close
     full = [f"{parent}.{c}" if parent else c for c in close[:2]]
     hint = f"; did you mean {' or '.join(repr(f) for f in full)}?" if full else ""
     where = f"valid keys under {parent}" if parent else "valid top-level keys and groups"
     of = f" (in {override}=...)" if override != bad else ""
     return f"unknown config key '{bad}'{of}{hint} {where}: {', '.join(valid)}"
-
-
-def _keys(node: object) -> list:
-    return list(node) if isinstance(node, dict) else []
 
 
 def _explain_instantiation(err: InstantiationException) -> str:

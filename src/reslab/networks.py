@@ -42,10 +42,7 @@ VALID_NAMES = {
 
 
 def network_name(
-    depth: int | str,
-    shortcut: str,
-    block_layers: int | str = 2,
-    bottleneck_stride: str = "1x1",
+    depth: int | str, shortcut: str, block_layers: int | str = 2, bottleneck_stride: str = "1x1"
 ) -> str:
     """The name of wandb, run folders and reports: ``plain-56``, ``resnet-56A``,
     ``resnet-56A-1layer`` (blocks of one layer), ``resnet-50B-v1.5`` (stride on the 3×3)."""

@@ -269,8 +269,7 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"data.scale must be two integers [min, max] with data.crop_size={crop_size} <= "
                 f"min <= max (the paper: [256, 480]), got {scale!r}"
             )
-        note = f"(data.crop_size={crop_size})"
-        require_int("data.eval_resize", eval_resize, crop_size, note=note)
+        require_int("data.eval_resize", eval_resize, crop_size, note=f"(data.crop_size={crop_size})")
         require_choice("data.normalize", normalize, NORMALIZE)
         require_choice("data.val_crops", val_crops, CROPS)
         require_choice("data.test_crops", test_crops, CROPS)
@@ -462,4 +461,3 @@ class ImageNetDataModule(L.LightningDataModule):
             persistent_workers=persistent and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
-
