@@ -311,14 +311,9 @@ def _stem(family: str, in_channels: int, width: int) -> nn.Sequential:
 
 
 def _make_stage(
-    block: Block,
-    in_channels: int,
-    width: int,
-    blocks: int,
-    stride: int,
-    shortcut: str,
+    block: Block, in_channels: int, width: int, blocks: int, stride: int, shortcut: str,
     **options: Any,
-) -> nn.Sequential:
+) -> nn.Sequential:  # fmt: skip
     """One stage (conv2_x ... of Table 1): ``blocks`` blocks, the first with ``stride``."""
     out_channels = width * block.expansion
     stage = []

@@ -15,15 +15,9 @@ def subtract_mean(images: torch.Tensor, mean: torch.Tensor, scale: float = 255.0
 
 
 def _crop_flip_index(
-    n: int,
-    h: int,
-    w: int,
-    padding: int,
-    flip: bool,
-    generator: torch.Generator | None,
-    device: torch.device,
-    out: torch.Tensor | None,
-) -> torch.Tensor:
+    n: int, h: int, w: int, padding: int, flip: bool, generator: torch.Generator | None,
+    device: torch.device, out: torch.Tensor | None,
+) -> torch.Tensor:  # fmt: skip
     """Each image's crop and flip as an int64 (N, 1, H*W) index into its zero-padded image
     flattened to (H+2p)*(W+2p) pixels (``out``: an int64 (N, H, W) tensor to write into).
     One ``randint`` v per image in [0, (2p+1)² · 2) (without ``flip``: (2p+1)²): mirrored =

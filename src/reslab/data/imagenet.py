@@ -421,15 +421,9 @@ class ImageNetDataModule(L.LightningDataModule):
         return images
 
     def _loader(
-        self,
-        images: ImageList,
-        crops: int | None,
-        batch_size: int,
-        *,
-        train: bool,
-        persistent: bool = True,
-        shard: bool = True,
-    ) -> DataLoader:
+        self, images: ImageList, crops: int | None, batch_size: int, *, train: bool,
+        persistent: bool = True, shard: bool = True,
+    ) -> DataLoader:  # fmt: skip
         """``crops`` None: the training crop, else 1 or 10 evaluation crops. A distributed
         evaluation loader takes this rank's ``EvalShard`` (with ``shard``)."""
         if crops is None:
