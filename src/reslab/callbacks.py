@@ -136,31 +136,25 @@ class LayerResponses(L.Callback):
         names = [name for name, _ in self._layers]
         self.last = list(zip(range(1, len(std) + 1), names, std, strict=True))
         step = trainer.global_step
-        if trainer.is_global_zero:
-            self._append_csv(Path(trainer.default_root_dir), step, split)
+        rows = [[step, split, index, name, s] for index, name, s in self.last]
+        if trainer.is_global_zero:  # appended atomically, the header first in a new file
+            path = Path(trainer.default_root_dir) / self.filename
+            old = path.read_text() if path.is_file() else ""
+            text = io.StringIO()
+            header = [] if old else [RESPONSE_COLUMNS]
+            csv.writer(text, lineterminator="\n").writerows([*header, *rows])
+            atomic_write(path, old + text.getvalue())
         scalars = {
             f"responses/{split}/mean_std": sum(std) / len(std),
             f"responses/{split}/max_std": max(std),
             f"responses/{split}/min_std": min(std),
         }
-        rows = [[step, split, index, name, s] for index, name, s in self.last]
         for logger in trainer.loggers:  # rank-zero-only methods: the other ranks do nothing
             logger.log_metrics(scalars, step=step)
             if isinstance(logger, WandbLogger):
                 logger.log_table(
                     key="responses", columns=list(RESPONSE_COLUMNS), data=rows, step=step
                 )
-
-    def _append_csv(self, folder: Path, step: int, split: str) -> None:
-        """Appends this measurement (the header first in a new file), atomically."""
-        path = folder / self.filename
-        old = path.read_text() if path.is_file() else ""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        if not old:
-            writer.writerow(RESPONSE_COLUMNS)
-        writer.writerows((step, split, index, name, repr(s)) for index, name, s in self.last)
-        atomic_write(path, old + buffer.getvalue())
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
