@@ -94,10 +94,7 @@ def load_run(folder: Path) -> Run:
     return Run(
         path=folder,
         name=str(hparams.get("network") or status["name"]),
-        dataset=hparams.get("dataset"),
-        family=hparams.get("family"),
-        depth=hparams.get("depth"),
-        shortcut=hparams.get("shortcut"),
+        **{key: hparams.get(key) for key in ("dataset", "family", "depth", "shortcut")},
         residual=bool(hparams.get("residual")),
         seed=None if seed is None else int(seed),
         params=hparams.get("parameters"),
