@@ -55,8 +55,7 @@ def summarize(cfg: DictConfig) -> Summary:
     """Build the network ``cfg`` describes (no data loaded) and count it."""
     data_class = get_class(cfg.data._target_)
     num_classes, in_channels = data_class.num_classes, data_class.in_channels
-    size = cfg.data.get("crop_size") or cfg.data.get("image_size")
-    size = size or getattr(data_class, "image_size", None) or 32
+    size = cfg.data.get("crop_size") or cfg.data.get("image_size") or data_class.image_size
     input_shape = (in_channels, int(size), int(size))
     with torch.device("meta"):  # shapes only: no memory for weights, no arithmetic
         net = instantiate(cfg.model, num_classes=num_classes, in_channels=in_channels)

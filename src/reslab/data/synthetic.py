@@ -14,7 +14,6 @@ class SyntheticDataModule(InMemoryDataModule):
     """``num_train`` + ``num_test`` uniformly random uint8 images and labels (``data_seed``)."""
 
     name = "synthetic"
-    image_size = 32  # the instance's is the configured size
 
     def __init__(
         self,
