@@ -42,14 +42,6 @@ def has_wandb_api_key() -> bool:
         return False
 
 
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def resolve_wandb_mode(mode: str = "auto") -> str:
     """The mode wandb will run in. ``auto`` honours ``WANDB_MODE``; without it, it goes online
     only with an API key and a reachable server, and offline otherwise (never prompting)."""
@@ -61,7 +53,9 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
         return "offline" if env == "dryrun" else env
     if not has_wandb_api_key():
         return "offline"
-    if not _reachable(_wandb_host()):
+    try:
+        socket.create_connection((_wandb_host(), 443), timeout=3.0).close()
+    except OSError:
         rank_zero_warn(f"wandb server {_wandb_host()} is unreachable: logging offline")
         return "offline"
     return "online"
