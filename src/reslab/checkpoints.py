@@ -38,16 +38,13 @@ class DamagedCheckpointError(ValueError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made atomic for local files: temporary file, fsync,
-    rename. Other file systems (fsspec URLs) are written as Lightning writes them."""
+    """Lightning's checkpoint writer, atomic for local files (fsspec URLs: as Lightning)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
         if "://" in str(path) and not str(path).startswith("file://"):
-            super().save_checkpoint(checkpoint, path)
+            super().save_checkpoint(checkpoint, path, storage_options)
             return
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # fails here, before any file is touched, if it must
@@ -87,9 +84,8 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 def check_ckpt_path(ckpt_path: Any) -> None:
-    """``ckpt_path`` must be null, one of Lightning's keywords (last, best, hpc), a URL, or an
-    existing, whole checkpoint file that holds only what ``torch.load(weights_only=True)``
-    loads. Raises FileNotFoundError, DamagedCheckpointError or UnsafeCheckpointError."""
+    """``ckpt_path`` must be null, one of Lightning's keywords (last, best, hpc), a URL, or a
+    whole checkpoint file that holds only what ``torch.load(weights_only=True)`` loads."""
     if ckpt_path is None:
         return
     text = str(ckpt_path)
@@ -133,9 +129,8 @@ def verify_checkpoint(path: str | Path) -> None:
 
 
 def unsafe_globals(path: Path) -> list[str]:
-    """The Python globals (functions, classes) that the checkpoint at ``path`` refers to and
-    ``torch.load(weights_only=True)`` would refuse; read from its pickle without running it.
-    Empty when torch cannot tell (not a zip checkpoint): loading decides."""
+    """The globals the checkpoint at ``path`` refers to that ``torch.load(weights_only=True)``
+    refuses, read without running its pickle; [] when torch cannot tell."""
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # not a torch zip file: torch.load says what is wrong with it

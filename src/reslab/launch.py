@@ -1,11 +1,6 @@
-"""Which strategies a run may use, and a multirun job whose DDP ranks Lightning would start by
-running the command line again, run as its own ``reslab-train`` process.
-
-Lightning's ``ddp`` starts ranks 1..N-1 by running ``sys.argv`` again with ``hydra.run.dir``
-added. In a multirun, ``sys.argv`` is the whole sweep, so each new rank would run the sweep
-again (in step with rank 0 only while no job fails). Such a job runs instead as a one-job
-``reslab-train`` in RUN mode in a process of its own, which starts its ranks as for one run.
-"""
+"""Which strategies a run may use, and how a multirun job with DDP ranks starts: Lightning's
+``ddp`` starts ranks 1..N-1 by running ``sys.argv`` again, which in a multirun is the whole
+sweep; such a job runs instead as a one-job ``reslab-train`` in a process of its own."""
 
 from __future__ import annotations
 
@@ -92,9 +87,8 @@ def job_command(output_dir: str | Path) -> list[str]:
 
 
 def run_ddp_job_alone(cfg: DictConfig) -> float | None:
-    """In a multirun whose trainer would re-run the command line for its DDP ranks, run this job
-    as its own ``reslab-train`` process and return its metric as ``train`` does; None
-    otherwise, and the job trains in this process."""
+    """In a multirun whose trainer would re-run the command line for its DDP ranks, runs this
+    job as its own ``reslab-train`` and returns its metric; None otherwise (train here)."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     if not reruns_command_line(quiet_trainer(cfg.trainer)):

@@ -1,11 +1,6 @@
-"""Which checkpoint a run continues from, and ``reslab-resume RUN_FOLDER``'s command.
-
-The Classifier's part of a checkpoint holds the random number generators, and the data order
-is a function of the iteration (``BatchLoader``), so training from a checkpoint at iteration k
-repeats, number for number, what the interrupted run did after k. Resuming cuts the run
-folder's metrics.csv back to k (train.prepare_folder); the wandb run continues through the
-folder's ``wandb_id.txt`` (reslab.loggers).
-"""
+"""Which checkpoint a run continues from, and ``reslab-resume RUN_FOLDER``'s command. A
+checkpoint holds the random number generators and the data order is a function of the
+iteration, so training on from iteration k repeats what the interrupted run did after k."""
 
 from __future__ import annotations
 
@@ -23,13 +18,10 @@ TRAIN_MODULE = "reslab.cli"  # the module `python -m` runs for reslab-train
 
 
 def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """The checkpoint file a run in ``run_dir`` continues from, or None for a fresh start.
-
-    ``ckpt_path=last`` is the run folder's own ``checkpoints/last.ckpt``. A SLURM job that was
-    requeued (``SLURM_RESTART_COUNT`` > 0) with no ``ckpt_path`` continues from it too, or
-    starts afresh if it has none yet. Raises FileNotFoundError or ValueError (see
-    :func:`reslab.checkpoints.check_ckpt_path`) for a checkpoint that cannot be resumed from.
-    """
+    """The checkpoint file a run in ``run_dir`` continues from, or None for a fresh start:
+    ``ckpt_path=last`` is the folder's own ``checkpoints/last.ckpt``, as is no ``ckpt_path``
+    in a requeued SLURM job (``SLURM_RESTART_COUNT`` > 0) once it has one. Raises as
+    :func:`reslab.checkpoints.check_ckpt_path` does."""
     requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
     if ckpt_path is None and not requeued:
         return None
@@ -51,8 +43,7 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 def run_complete(run_dir: Path, max_steps: int) -> str | None:
     """What to say when the run in ``run_dir`` has finished at ``max_steps`` iterations or
-    more, so that resuming it would only redo its end (and change its files); None when
-    training to ``max_steps`` has something to do (a higher max_steps extends a run)."""
+    more (resuming would only redo its end); None when there is training to do."""
     status = read_status(run_dir)
     iterations = status.get("iterations")
     if status.get("status") != "finished" or not isinstance(iterations, int):
@@ -67,10 +58,9 @@ def run_complete(run_dir: Path, max_steps: int) -> str | None:
 
 
 def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> list[str]:
-    """The ``reslab-train`` command that resumes the run in ``run_dir`` from its last
-    checkpoint: the run's own overrides (``.hydra/overrides.yaml``), then ``extra``, in that
-    folder, with ``ckpt_path=last``. FileNotFoundError or DamagedCheckpointError when it
-    cannot, said before Hydra writes anything."""
+    """The ``reslab-train`` command that resumes the run in ``run_dir``: its own overrides,
+    then ``extra``, in that folder, ``ckpt_path=last``. FileNotFoundError or
+    DamagedCheckpointError when it cannot, before Hydra writes anything."""
     run_dir = Path(run_dir).expanduser().absolute()
     if not (run_dir / OVERRIDES_FILE).is_file():
         raise FileNotFoundError(

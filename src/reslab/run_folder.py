@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +85,9 @@ def _finite(value: Any) -> Any:
 
 
 def write_status(run_dir: str | Path, status: str, **fields: Any) -> None:
-    """``status.json``: ``{"status": status, **fields}`` (name, iterations, final errors...),
-    strict JSON. A field that is nan or infinite is written null and named in ``non_finite``,
-    so the file says why it holds no number (train.py writes a diverged run's errors null
-    itself, with ``diverged_at``)."""
+    """``status.json``: ``{"status": status, **fields}``, strict JSON. A field that is nan or
+    infinite is written null and named in ``non_finite``, so the file says why it holds no
+    number."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     non_finite = [k for k, v in fields.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -116,31 +114,27 @@ def write_provenance(
 
 
 def read_provenance(run_dir: str | Path) -> dict[str, Any]:
-    """The run's provenance.json as a dict; {} when there is none (a run that failed before it
-    started training)."""
-    path = Path(run_dir) / PROVENANCE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    return record if isinstance(record, dict) else {}
+    """The run's provenance.json; {} when there is none (a run that failed before training)."""
+    return _read_json(Path(run_dir) / PROVENANCE_FILE)
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
-    """The run's status.json as a dict; {} when there is none yet. A ValueError naming the
-    file when it is not a JSON object."""
-    path = Path(run_dir) / STATUS_FILE
+    """The run's status.json; {} when there is none yet."""
+    return _read_json(Path(run_dir) / STATUS_FILE)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; {} without the file; a ValueError naming it when it holds
+    no JSON object."""
     if not path.is_file():
         return {}
     try:
-        status = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(status, dict):
+    if not isinstance(value, dict):
         raise ValueError(f"{path} does not hold a JSON object")
-    return status
+    return value
 
 
 def final_metric(status: dict[str, Any]) -> float:
@@ -158,15 +152,11 @@ def cut_metrics(run_dir: str | Path, step: int) -> int:
         return 0
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or [], list(reader)
+        rows = list(reader)
     kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
-    atomic_write(path, _csv_text(fields, kept))
-    return len(rows) - len(kept)
-
-
-def _csv_text(fields: list[str], rows: Iterable[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\r\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=reader.fieldnames or [], lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    writer.writerows(kept)
+    atomic_write(path, text.getvalue())
+    return len(rows) - len(kept)

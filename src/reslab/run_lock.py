@@ -77,10 +77,11 @@ class RunFolderGuard(Callback):
         self._claim(config, "sweep")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._release()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._release()
+    on_multirun_end = on_run_end
 
     def _claim(self, config: DictConfig, mode: str) -> None:
         if rank_zero_only.rank != 0:
@@ -96,8 +97,3 @@ class RunFolderGuard(Callback):
         except FolderInUse as err:  # a SystemExit: Hydra turns callbacks' exceptions into warnings
             sys.stderr.write(f"reslab-train: error: {err}\n")
             raise SystemExit(1) from None
-
-    def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None

@@ -18,9 +18,9 @@ _SIGUSR2 = getattr(signal, "SIGUSR2", -1)
 
 
 class RunInterrupted(BaseException):
-    """A run stopped by a signal after its checkpoint at iteration ``step`` (None: stopped at
-    once by a second signal, nothing saved). A BaseException like KeyboardInterrupt: it stops a
-    sweep too. ``exit_code`` is the shell's: 130 for SIGINT, 143 for SIGTERM and SIGUSR2."""
+    """A run stopped by a signal after its checkpoint at iteration ``step`` (None: at once, by a
+    second signal). A BaseException, so it stops a sweep too; ``exit_code`` is the shell's
+    (130 for SIGINT, 143 for SIGTERM and SIGUSR2)."""
 
     def __init__(self, signum: int, step: int | None) -> None:
         self.signum, self.step = signum, step
@@ -29,8 +29,7 @@ class RunInterrupted(BaseException):
 
 
 def stop_status() -> str:
-    """status.json's word for a run stopped by a signal: ``preempted`` in a SLURM job (it is
-    requeued, or resumed), else ``interrupted``."""
+    """status.json's word for a stop: ``preempted`` in a SLURM job, else ``interrupted``."""
     return "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
 
 
@@ -97,8 +96,8 @@ class StopOnSignal(L.Callback):
             raise RunInterrupted(self.signum or signal.SIGTERM, self.stopped_at)
 
     def pass_on(self) -> None:
-        """Calls the handler that was there before fit for the signal received, when it is a
-        Python function (submitit's: it requeues the job and exits), not Python's Ctrl-C."""
+        """Calls the handler there before fit for the signal received (submitit's: it requeues
+        the job and exits), unless it is Python's own Ctrl-C or none."""
         handler = self._before.get(self.signum)
         if callable(handler) and handler is not signal.default_int_handler:
             handler(self.signum, None)
