@@ -109,7 +109,7 @@ def help_text() -> str:
 def hydra_task(cfg: DictConfig) -> float:
     """One job of ``reslab-train``: the checks before a run, then the run (alone in its own
     process when a multirun job's DDP ranks need that: reslab.launch). A failure marks a new
-    run folder failed (one that already records how a run ended keeps it: record_failure).
+    run folder failed (one that already says something keeps it: record.record_failure).
     In a sweep, one failed job must not stop the others (Hydra's sweeper would raise as soon
     as its batch is done): its traceback goes beside it, the sweep's summary names the
     failures at the end and exits non-zero."""

@@ -105,6 +105,6 @@ def run_ddp_job_alone(cfg: DictConfig) -> float | None:
     if code != 0 or status.get("status") in (None, "running", "failed"):
         error = RuntimeError(f"{cfg.name}: its DDP run exited with code {code}: "
                              f"{' '.join(command)}; see {output_dir}")  # fmt: skip
-        record_failure(output_dir, cfg.name, error)  # killed, or failed before train() began
+        record_failure(output_dir, cfg.name, error, started=True)  # killed, or before train()
         raise error
     return final_metric(status)

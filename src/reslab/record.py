@@ -47,7 +47,7 @@ def record(
             stopper.pass_on()  # submitit's handler: it requeues the job
         raise RunInterrupted(signum, step) from None
     if error is not None or trainer is None:
-        record_failure(output_dir, name, error or RuntimeError("no trainer"))
+        record_failure(output_dir, name, error or RuntimeError("no trainer"), started=True)
         _finish_wandb(exit_code=1)
         return math.nan
     diverged = _diverged_at(trainer)
@@ -77,10 +77,14 @@ def record(
 
 
 @rank_zero_only
-def record_failure(output_dir: Path, name: str | None, err: BaseException) -> None:
-    """status.json ``failed`` with ``err``, unless the folder already records how a run ended
-    (a finished or interrupted run that a resume could not continue; a DDP job's own)."""
-    if run_folder.read_status(output_dir).get("status") in (None, "running"):
+def record_failure(
+    output_dir: Path, name: str | None, err: BaseException, *, started: bool = False
+) -> None:
+    """status.json ``failed`` with ``err``. A run that did not start leaves the status.json a
+    folder has (a finished or interrupted run that a resume could not continue); a started
+    one keeps the failure it recorded itself (a DDP job's own)."""
+    status = run_folder.read_status(output_dir).get("status")
+    if status is None or (started and status != "failed"):
         error = f"{type(err).__name__}: {err}"
         run_folder.write_status(output_dir, "failed", name=name, error=error)
 
