@@ -116,8 +116,7 @@ def hydra_task(cfg: DictConfig) -> float:
     from reslab import console
     from reslab.checks import check_run
     from reslab.launch import run_ddp_job_alone
-    from reslab.record import record_failure
-    from reslab.train import train
+    from reslab.train import record_failure, train  # record_failure: reslab.record's
 
     console.quiet_third_party()  # before the first Trainer is built
     output_dir = Path(cfg.paths.output_dir)
