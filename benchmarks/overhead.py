@@ -56,12 +56,13 @@ from rich.table import Table
 from torch import nn
 
 from reslab.callbacks import DivergenceGuard
-from reslab.checkpoints import AtomicCheckpointIO, StopOnSignal
+from reslab.checkpoints import AtomicCheckpointIO
 from reslab.data.augment import subtract_mean_crop_flip
 from reslab.data.synthetic import SyntheticDataModule
 from reslab.loggers import AppendingCSVLogger
 from reslab.module import Classifier
 from reslab.networks import build_network
+from reslab.signals import StopOnSignal
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
