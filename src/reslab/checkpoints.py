@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from reslab.module import check_fused_iterations, logging_iteration
+from reslab.module import logging_iteration
 from reslab.run_folder import CHECKSUM_SUFFIX, LAST_CHECKPOINT, atomic_write, read_status
 
 # ckpt_path values Lightning resolves itself rather than as a file
@@ -123,15 +123,6 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.saved_step: int | None = None
         self.every_n_iterations: int | None = kwargs.get("every_n_train_steps")
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":  # it would skip the checkpoints not at the end of a fused step
-            check_fused_iterations(
-                getattr(pl_module, "fused_iterations", 1),
-                None,
-                {"callbacks.checkpoint.every_n_train_steps": self.every_n_iterations},
-            )
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

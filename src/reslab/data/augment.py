@@ -51,7 +51,7 @@ def _crop_flip_index(
     ``left = (v // 2) % (2p+1)``, ``top = (v // 2) // (2p+1)``: ``top`` and ``left`` uniform
     in [0, 2p] and the flip with probability 1/2, all independent. One draw per image makes
     the draws of a batch of N·K images those of K batches of N drawn in turn (on the CPU), so
-    fused iterations (``module.fused_iterations``) augment exactly as single ones."""
+    K batches augmented at once are augmented exactly as one at a time."""
     side = 2 * padding + 1
     v = torch.randint(
         0, side * side * (2 if flip else 1), (n, 1), device=device, generator=generator
