@@ -34,14 +34,9 @@ def batchnorm_in_fp32(net: nn.Module) -> int:
 
 def cuda_graph_network(net: nn.Module, sample: torch.Tensor) -> nn.Module:
     """``net`` with its training forward and backward captured in CUDA graphs
-    (``torch.cuda.make_graphed_callables``) for inputs shaped like ``sample``: each training
-    iteration replays two graphs instead of launching every kernel from Python. Evaluation (the
-    module in eval mode) runs eagerly. Capturing runs the network a few times on ``sample``;
-    its BN running statistics are put back afterwards, so training is not changed by it.
-
-    The input of every training step must have ``sample``'s shape, dtype and memory format
-    (the training batches are of one size: the last partial batch is dropped).
-    """
+    (``torch.cuda.make_graphed_callables``) for inputs of ``sample``'s shape, dtype and memory
+    format (training batches are of one size); evaluation runs eagerly. The capture's runs on
+    ``sample`` leave the BN running statistics as they were."""
     if not sample.is_cuda:
         raise ValueError(f"CUDA graphs need a CUDA device; the batch is on {sample.device}")
     buffers = [b.detach().clone() for b in net.buffers()]

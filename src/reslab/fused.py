@@ -1,13 +1,8 @@
 """Fused iterations: K iterations (forward, backward, optimizer step, schedule step) in one
 Lightning training step, over K batches indexed and augmented together
-(:class:`reslab.data.base.BatchLoader` with ``fused``), so that Lightning's loop, hooks and the
-batch's preparation cost once per K iterations; with ``module.cuda_graphs`` on one CUDA device
-the whole step is one CUDA graph (:class:`StepGraph`). Nothing a user sees changes:
-``trainer.global_step`` counts iterations, every iteration's optimizer step runs Lightning's
-``on_before_optimizer_step`` hooks, the schedule steps every iteration, and logging,
-validation and checkpoints come at the same iterations as with K = 1 (given in iterations:
-:func:`trainer` turns them into Lightning's steps of K, and refuses one that K does not divide).
-"""
+(:class:`reslab.data.base.BatchLoader` with ``fused``): Lightning's loop and the batch's
+preparation cost once per K iterations. With ``module.cuda_graphs`` on one CUDA device the
+whole step is one CUDA graph (:class:`StepGraph`)."""
 
 from __future__ import annotations
 
@@ -19,22 +14,21 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from reslab.module import Classifier
 from reslab.validation import require_int
 
-Step = Callable[[torch.Tensor, torch.Tensor, torch.optim.Optimizer], None]
+Step = Callable[[torch.Tensor, torch.Tensor, Any], None]
 
 
 def trainer(
     fused_iterations: int = 1, checkpoint_every_n_steps: int | None = None, **kwargs: Any
 ) -> L.Trainer:
-    """Lightning's ``Trainer(**kwargs)`` with ``log_every_n_steps`` and an integer
-    ``val_check_interval`` given in iterations, turned into its training steps of
-    ``fused_iterations`` each. Refuses (``ValueError``) what :func:`check_fused_iterations`
-    refuses; ``checkpoint_every_n_steps`` (the checkpoint callback's interval) only for that."""
+    """Lightning's ``Trainer(**kwargs)``, its ``log_every_n_steps`` and integer
+    ``val_check_interval`` given in iterations and turned into its steps of ``fused_iterations``.
+    Refuses what :func:`check_fused_iterations` refuses, ``checkpoint_every_n_steps`` (the
+    checkpoint callback's interval) included."""
     k = fused_iterations
     intervals = {
         "trainer.log_every_n_steps": kwargs.get("log_every_n_steps"),
@@ -58,12 +52,10 @@ def _is_int(value: Any) -> bool:
 def check_fused_iterations(
     fused: int, datamodule: Any, intervals: dict[str, Any], trainer: L.Trainer | None = None
 ) -> None:
-    """Refuses ``module.fused_iterations=fused`` (K > 1) with a dataset whose loader cannot
-    group batches (``fuses_iterations``: the in-memory ones); with intervals in iterations
-    (``{key: value}``) that K does not divide, as a fused step ends only at multiples of K
-    (all of them named at once); and with ``trainer``'s settings that Lightning's manual
-    optimization or a fused step cannot keep: a length in epochs, gradient clipping or
-    accumulation, fp16's gradient scaler. Raises ``ValueError``."""
+    """Refuses (``ValueError``) ``module.fused_iterations=fused`` > 1 with a dataset whose
+    loader cannot group batches (not ``fuses_iterations``); with intervals in iterations
+    (``{key: value}``) that it does not divide, all named at once; and with ``trainer``'s
+    settings that a fused step cannot keep."""
     if fused == 1:
         return
     if datamodule is not None and not getattr(datamodule, "fuses_iterations", False):
@@ -83,21 +75,18 @@ def check_fused_iterations(
         )
     if trainer is None:
         return
-    refused = []
-    if trainer.max_epochs not in (None, -1):
-        refused.append(
-            f"trainer.max_epochs={trainer.max_epochs} (epochs of fused steps end elsewhere: "
-            "train by optim.max_steps, with trainer.max_epochs=-1)"
-        )
-    if trainer.gradient_clip_val:
-        refused.append(f"trainer.gradient_clip_val={trainer.gradient_clip_val}")
-    if trainer.accumulate_grad_batches != 1:
-        refused.append(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}")
-    if getattr(trainer.precision_plugin, "scaler", None) is not None:
-        refused.append(
-            f"trainer.precision={trainer.precision} (its gradient scaler; bf16-mixed needs none)"
-        )
-    if refused:
+    settings = {  # what a fused step cannot keep: {said: refused}
+        f"trainer.max_epochs={trainer.max_epochs} (epochs of fused steps end elsewhere: train "
+        "by optim.max_steps, with trainer.max_epochs=-1)": trainer.max_epochs not in (None, -1),
+        f"trainer.gradient_clip_val={trainer.gradient_clip_val}": bool(trainer.gradient_clip_val),
+        f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}": (
+            trainer.accumulate_grad_batches != 1
+        ),
+        f"trainer.precision={trainer.precision} (its gradient scaler; bf16-mixed needs none)": (
+            getattr(trainer.precision_plugin, "scaler", None) is not None
+        ),
+    }
+    if refused := [said for said, bad in settings.items() if bad]:
         raise ValueError(
             f"module.fused_iterations={fused} cannot run with {'; '.join(refused)}: use "
             "module.fused_iterations=1 for those"
@@ -106,18 +95,18 @@ def check_fused_iterations(
 
 class FusedClassifier(Classifier):
     """The :class:`reslab.module.Classifier` with ``fused_iterations`` (K) iterations per
-    Lightning training step; K = 1 is the Classifier (Lightning's automatic optimization), K > 1
-    Lightning's manual optimization, on in-memory datasets, in a Trainer built by
-    :func:`trainer`.
+    Lightning training step, in a Trainer built by :func:`trainer`: K = 1 is the Classifier
+    (automatic optimization), K > 1 manual optimization. Nothing a user sees changes: each
+    iteration's optimizer step goes through Lightning (``trainer.global_step`` counts it, its
+    ``on_before_optimizer_step`` hooks run), the schedule steps every iteration, and logging,
+    validation and checkpoints come at the same iterations as with K = 1.
 
-    With ``cuda_graphs`` and without ``compile``, on one device, a step's device work (its K
-    forwards, counts, backward passes and optimizer steps) is captured once in a
-    :class:`StepGraph` and replayed: the host first runs the K iterations' optimizer steps
-    without gradients (each counts its iteration and runs its hooks) and the schedule, and
-    the graph reads each iteration's learning rate as they left it. A step replays only when
-    the step before it ran every iteration at the learning rate its schedule set: while a
-    callback sets its own in ``on_before_optimizer_step`` from what the iteration computed,
-    the steps run eagerly. (Off CUDA the replay runs the same steps without a graph.)"""
+    With ``cuda_graphs``, without ``compile``, on one device, the step's device work is
+    captured in a :class:`StepGraph`: the host runs the K optimizer steps without gradients
+    first (each counts its iteration and runs its hooks) and the schedule, and the graph
+    replays with each iteration's learning rate as they left it. A step replays only when the
+    step before it ran every iteration at its schedule's lr: while a callback sets the lr from
+    what the iteration computed (``on_before_optimizer_step``), the steps run eagerly."""
 
     def __init__(self, *args: Any, fused_iterations: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -125,7 +114,7 @@ class FusedClassifier(Classifier):
         self.fused_iterations = fused_iterations
         self.automatic_optimization = fused_iterations == 1
         self._step_graph: StepGraph | None = None
-        self._stepped_lr: list[float] = []  # the learning rates of the last optimizer step
+        self._stepped_lr: list[Any] = []  # the learning rates of the last optimizer step
         self._lr_followed_schedule = True  # in every iteration of the last step
 
     @property
@@ -138,39 +127,41 @@ class FusedClassifier(Classifier):
         if not first or stage != "fit" or self.fused_iterations == 1:
             return
         check_fused_iterations(self.fused_iterations, getattr(self.trainer, "datamodule", None), {})
-        if not self.cuda_graphs or self.compile_net:
-            return
-        if self.trainer.world_size == 1:
+        # (under DDP each iteration's forward and backward are graphed instead)
+        if self.cuda_graphs and not self.compile_net and self.trainer.world_size == 1:
             self._graph_pending = False  # the whole step's graph instead of the network's
             self._step_graph = StepGraph()
-        else:
-            rank_zero_warn(
-                "module.cuda_graphs captures a whole fused step on one device; under DDP each "
-                "iteration's forward and backward are graphed instead"
-            )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         if self.automatic_optimization:
             return super().training_step(batch, batch_idx)
         images, labels = batch  # (K, B, ...): K batches
-        graph = self._step_graph
+        graph, optimizer = self._step_graph, self.optimizers()
+        schedulers = [c.scheduler for c in self.trainer.lr_scheduler_configs]
+        schedulers = [s for s in schedulers if not isinstance(s, ReduceLROnPlateau)]
         if graph is not None and graph.captured and self._lr_followed_schedule:
-            self._graphed_step(images, labels)
+            optimizer.optimizer.zero_grad(set_to_none=True)  # the steps below update nothing
+            self._lr_followed_schedule = True
+            lrs = [self._step(optimizer, schedulers) for _ in range(labels.shape[0])]
+            graph.replay(images, labels, lrs)
+            self.log_interval(self.global_step)
             return None
         capture = graph is not None and self._lr_followed_schedule
+        self._lr_followed_schedule = True
         with graph.side_stream(images.device) if capture else contextlib.nullcontext():
-            self._eager_step(images, labels)
+            for k in range(labels.shape[0]):
+                loss = self.training_iteration(images[k], labels[k])
+                optimizer.optimizer.zero_grad()
+                self.trainer.strategy.pre_backward(loss)  # (DDP: this backward all-reduces)
+                loss.backward()
+                self._step(optimizer, schedulers)
         if capture and self._lr_followed_schedule:
-            graph.capture(self._device_step, images, labels, self.optimizers().optimizer)
+            graph.capture(self._device_step, images, labels, optimizer.optimizer)
         return None
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self._stepped_lr = [group["lr"] for group in optimizer.param_groups]
-        super().on_before_optimizer_step(optimizer)
-
-    def _step_iteration(self, optimizer: Any, schedulers: list[Any]) -> list[float]:
-        """The optimizer step of one iteration through Lightning (its hooks; global_step
-        counts it), then the schedule's; returns the learning rates the step used."""
+    def _step(self, optimizer: Any, schedulers: list[Any]) -> list[Any]:
+        """One iteration's optimizer step through Lightning, then its schedule's; returns the
+        learning rates the step used."""
         scheduled = [group["lr"] for group in optimizer.param_groups]
         optimizer.step()
         self._lr_followed_schedule &= self._stepped_lr == scheduled
@@ -178,27 +169,11 @@ class FusedClassifier(Classifier):
             self.lr_scheduler_step(scheduler, None)
         return self._stepped_lr
 
-    def _eager_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        optimizer, schedulers = self.optimizers(), self._iteration_schedulers()
-        self._lr_followed_schedule = True
-        for k in range(labels.shape[0]):
-            loss = self.training_iteration(images[k], labels[k])
-            optimizer.optimizer.zero_grad()
-            self.trainer.strategy.pre_backward(loss)  # (DDP: this backward all-reduces)
-            loss.backward()
-            self._step_iteration(optimizer, schedulers)
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._stepped_lr = [group["lr"] for group in optimizer.param_groups]
+        super().on_before_optimizer_step(optimizer)
 
-    def _graphed_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        optimizer, schedulers = self.optimizers(), self._iteration_schedulers()
-        optimizer.optimizer.zero_grad(set_to_none=True)  # its steps below update nothing
-        self._lr_followed_schedule = True
-        lrs = [self._step_iteration(optimizer, schedulers) for _ in range(labels.shape[0])]
-        self._step_graph.replay(images, labels, lrs)
-        self.log_interval(self.global_step)
-
-    def _device_step(
-        self, images: torch.Tensor, labels: torch.Tensor, sgd: torch.optim.Optimizer
-    ) -> None:
+    def _device_step(self, images: torch.Tensor, labels: torch.Tensor, sgd: Any) -> None:
         """A step's device work only, as its CUDA graph holds it; no gradients afterwards."""
         for k in range(labels.shape[0]):
             self._step_graph.use_lr(sgd, k)
@@ -208,18 +183,12 @@ class FusedClassifier(Classifier):
             sgd.step()
         sgd.zero_grad(set_to_none=True)
 
-    def _iteration_schedulers(self) -> list[Any]:
-        """The schedules stepped every iteration (a plateau schedule: after validations)."""
-        configs = self.trainer.lr_scheduler_configs
-        return [c.scheduler for c in configs if not isinstance(c.scheduler, ReduceLROnPlateau)]
-
     def on_validation_end(self) -> None:
         super().on_validation_end()
-        value = self.trainer.callback_metrics.get("val/error")
-        if self.automatic_optimization or value is None or self.trainer.sanity_checking:
-            return
-        if self.trainer.state.fn == TrainerFn.FITTING:  # as Lightning's automatic optimization
-            for config in self.trainer.lr_scheduler_configs:
+        value, trainer = self.trainer.callback_metrics.get("val/error"), self.trainer
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if not self.automatic_optimization and value is not None and fitting:
+            for config in trainer.lr_scheduler_configs:  # as Lightning in automatic optimization
                 if isinstance(config.scheduler, ReduceLROnPlateau):
                     self.lr_scheduler_step(config.scheduler, value)
 
@@ -239,34 +208,25 @@ class FusedClassifier(Classifier):
 
 
 class StepGraph:
-    """A whole fused training step captured once in one CUDA graph and replayed for every
-    later step: one launch instead of hundreds of kernel launches from Python.
+    """A training step captured once in one CUDA graph and replayed for every later step.
 
-    The step's inputs are copied into static tensors before each replay. Each iteration's
-    learning rate is read from a (K, param groups) device tensor that :meth:`replay` fills
-    (only when it changed), so the schedule goes on without a new capture; the optimizer must
-    have a fused implementation that takes a tensor learning rate (``torch.optim.SGD``). Batch
-    norm's running statistics are updated in place by the graph, as eagerly. The step before
-    the capture runs eagerly on a side stream (it creates the momentum buffers and lets cuDNN
-    choose its kernels); the capture trains nothing itself. Off CUDA there is no graph:
-    :meth:`replay` runs the step's Python on the static tensors with each iteration's learning
-    rate, the same work in the same order.
-
-    Use: ``with graph.side_stream(device): <the step, eagerly>``, then ``graph.capture(step,
-    images, labels, optimizer)`` where ``step(images, labels, optimizer)`` does the device work
-    and calls ``graph.use_lr(optimizer, k)`` before iteration k's optimizer step; then
-    ``graph.replay(images, labels, lrs)`` (``lrs``: K lists of each group's learning rate)."""
+    ``with graph.side_stream(device): <the step, eagerly>`` (it creates the momentum buffers
+    and lets cuDNN choose its kernels), then ``graph.capture(step, images, labels, optimizer)``,
+    where ``step(images, labels, optimizer)`` does the device work and calls
+    ``graph.use_lr(optimizer, k)`` before iteration k's optimizer step; the capture trains
+    nothing. Then ``graph.replay(images, labels, lrs)``: the inputs are copied into the
+    graph's, and ``lrs`` (K lists of each group's learning rate) into a device tensor that the
+    optimizer's fused implementation reads (``torch.optim.SGD``). Batch norm's statistics are
+    updated in place, as eagerly. Off CUDA there is no graph: the replay runs ``step``'s
+    Python on the same tensors with those learning rates."""
 
     def __init__(self) -> None:
         self.captured = False
+        self.lrs: Any = []  # K rows of each group's lr: a device tensor in a graph
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._step: Step | None = None
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._images: torch.Tensor | None = None
-        self._labels: torch.Tensor | None = None
-        self._lr: torch.Tensor | None = None  # (K, groups) on the device
-        self._lr_values: list[list[float]] = []
-        self._mode = ""  # "capture" or "replay" while the step's Python runs
+        self._run: Callable[[], None] = lambda: None
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._lr_values: list[list[Any]] = []  # what self.lrs holds on the device
 
     @contextlib.contextmanager
     def side_stream(self, device: torch.device) -> Iterator[None]:
@@ -280,27 +240,25 @@ class StepGraph:
             yield
         torch.cuda.current_stream(device).wait_stream(side)
 
-    def use_lr(self, optimizer: torch.optim.Optimizer, k: int) -> None:
-        """Iteration ``k``'s learning rates: read from the device tensor in the graph; the
-        host's values when the step runs without one."""
-        if self._mode == "capture":
-            assert self._lr is not None
-            for g, group in enumerate(optimizer.param_groups):
-                group["lr"] = self._lr[k, g]
-        elif self._mode == "replay":
-            for group, lr in zip(optimizer.param_groups, self._lr_values[k], strict=True):
-                group["lr"] = lr
+    def use_lr(self, optimizer: Any, k: int) -> None:
+        for g, group in enumerate(optimizer.param_groups):
+            group["lr"] = self.lrs[k][g]
 
     def capture(
         self, step: Step, images: torch.Tensor, labels: torch.Tensor, optimizer: Any
     ) -> None:
-        """Captures ``step`` on static copies of ``images`` (K, B, ...) and ``labels`` (K, B);
-        nothing is computed until :meth:`replay`."""
-        self._step, self._optimizer = step, optimizer
-        self._images, self._labels = images.detach().clone(), labels.detach().clone()
-        floats = [group["lr"] for group in optimizer.param_groups]
-        self._lr_values = [list(floats) for _ in range(labels.shape[0])]
-        self.captured = True
+        """Captures ``step`` on copies of ``images`` (K, B, ...) and ``labels`` (K, B)."""
+        self._inputs = images.detach().clone(), labels.detach().clone()
+
+        def run() -> None:  # the scheduled (float) lr put back after the step
+            floats = [group["lr"] for group in optimizer.param_groups]
+            try:
+                step(*self._inputs, optimizer)
+            finally:
+                for group, lr in zip(optimizer.param_groups, floats, strict=True):
+                    group["lr"] = lr
+
+        self._run, self.captured = run, True
         if not images.is_cuda:
             return
         if "fused" not in optimizer.defaults:
@@ -309,49 +267,36 @@ class StepGraph:
                 f"{type(optimizer).__name__} has none: use torch.optim.SGD, or "
                 "module.fused_iterations=1"
             )
-        self._lr = torch.tensor(self._lr_values, dtype=torch.float32, device=images.device)
+        floats = [group["lr"] for group in optimizer.param_groups]
+        self.lrs = torch.tensor([floats] * labels.shape[0], device=images.device)
+        self._lr_values = [list(floats) for _ in range(labels.shape[0])]
         for group in optimizer.param_groups:
             group["fused"] = True  # torch's fused SGD reads a tensor learning rate on the device
         dtype, autocast = torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda")
         self._graph = torch.cuda.CUDAGraph()
         optimizer.zero_grad(set_to_none=True)
-        self._mode = "capture"
-        try:
-            # autocast without its weight cache, which a graph must not hold across replays
-            with (
-                torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False),
-                torch.cuda.graph(self._graph),
-            ):
-                step(self._images, self._labels, optimizer)
-        finally:
-            self._mode = ""
-            for group, lr in zip(optimizer.param_groups, floats, strict=True):
-                group["lr"] = lr
+        # autocast without its weight cache, which a graph must not hold across replays
+        with (
+            torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False),
+            torch.cuda.graph(self._graph),
+        ):
+            run()
 
-    def replay(self, images: torch.Tensor, labels: torch.Tensor, lrs: list[list[float]]) -> None:
-        """Runs the captured step on ``images`` and ``labels`` with iteration k's learning
-        rates ``lrs[k]``."""
-        assert self._images is not None and self._labels is not None, "capture() first"
-        if images.shape != self._images.shape:
+    def replay(self, images: torch.Tensor, labels: torch.Tensor, lrs: list[list[Any]]) -> None:
+        """Runs the captured step on ``images`` and ``labels``, iteration k at ``lrs[k]``."""
+        assert self._inputs is not None, "capture() first"
+        if images.shape != self._inputs[0].shape:
             raise ValueError(
-                f"a captured step takes batches of shape {tuple(self._images.shape)}; got "
+                f"a captured step takes batches of shape {tuple(self._inputs[0].shape)}; got "
                 f"{tuple(images.shape)}"
             )
-        self._images.copy_(images)
-        self._labels.copy_(labels)
-        if lrs != self._lr_values:
-            self._lr_values = [list(row) for row in lrs]
-            if self._lr is not None:
-                self._lr.copy_(torch.tensor(lrs, dtype=torch.float32))
-        if self._graph is not None:
-            self._graph.replay()
+        self._inputs[0].copy_(images)
+        self._inputs[1].copy_(labels)
+        if self._graph is None:
+            self.lrs = lrs
+            self._run()
             return
-        assert self._step is not None and self._optimizer is not None
-        floats = [group["lr"] for group in self._optimizer.param_groups]
-        self._mode = "replay"
-        try:
-            self._step(self._images, self._labels, self._optimizer)
-        finally:
-            self._mode = ""
-            for group, lr in zip(self._optimizer.param_groups, floats, strict=True):
-                group["lr"] = lr
+        if lrs != self._lr_values:  # a copy to the device only when they changed
+            self._lr_values = [list(row) for row in lrs]
+            self.lrs.copy_(torch.tensor(lrs))
+        self._graph.replay()

@@ -29,26 +29,21 @@ class Classifier(L.LightningModule):
     """Trains ``net`` (images → logits) with cross-entropy.
 
     Logs, stepped by the global iteration: ``train/loss`` and ``train/error`` averaged over the
-    last ``log_every_n_iterations`` iterations (the smoothed curves of the paper's figures),
-    ``lr`` (the one that iteration's optimizer step used), and ``val/error`` / ``test/error``
-    over the whole evaluation set (plus ``val/error_top5`` and ``test/error_top5`` with 100
-    classes or more). Errors are in percent. An evaluation batch of shape (B, crops, C, H, W)
-    is classified by the mean softmax over its crops (the 10-crop testing of ImageNet).
+    last ``log_every_n_iterations`` iterations (the smoothed curves of the paper's figures), the
+    ``lr`` that iteration's optimizer step used, and ``val/error`` / ``test/error`` (with 100
+    classes or more also ``*/error_top5``), in percent. An evaluation batch (B, crops, C, H, W)
+    is classified by the mean softmax over its crops (ImageNet's 10-crop testing).
 
     Args:
-        net: the network.
         optimizer: builds the optimizer from the parameters (a ``_partial_`` config).
-        scheduler: builds the learning-rate schedule from the optimizer; it is stepped every
-            iteration, so its milestones are iterations, as in the paper. A
-            ``ReduceLROnPlateau`` is stepped once after each validation, on ``val/error``.
-        channels_last: keep weights and activations in NHWC memory order; the same model and
-            arithmetic up to float rounding.
-        compile: ``torch.compile`` the network (the first iterations compile).
+        scheduler: builds the schedule from the optimizer, stepped every iteration (its
+            milestones are iterations, as in the paper); a ``ReduceLROnPlateau`` once after
+            each validation, on ``val/error``.
+        channels_last: NHWC memory order: the same arithmetic up to float rounding.
+        compile: ``torch.compile`` the network.
         cuda_graphs: on a CUDA device, replay each training forward and backward from CUDA
-            graphs (with ``compile``, the compiler's own: mode ``reduce-overhead``); elsewhere
-            it trains without them, and says so.
-        batchnorm_fp32: under mixed precision, batch norm computes in fp32
-            (:class:`reslab.fast.FP32BatchNorm2d`); no effect in fp32.
+            graphs (with ``compile``, the compiler's: mode ``reduce-overhead``).
+        batchnorm_fp32: under mixed precision, batch norm in fp32 (``reslab.fast``).
     """
 
     def __init__(
@@ -69,9 +64,8 @@ class Classifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._prepared = False  # setup() applies the speed options once
         self._graph_pending = False  # the network's CUDA graphs: captured at the first batch
-        # (loss sum, wrong-image percent sum, iterations, images) of the current logging
-        # interval, on the device: no host sync inside an iteration, and a nan shows in the
-        # mean. Each rank's own: not a buffer, which DDP would overwrite with rank 0's.
+        # (loss sum, wrong-image percent sum, iterations, images) of the logging interval, on
+        # the device (no host sync; a nan shows in the mean); not a buffer, which DDP would sync
         self._interval_sums = torch.zeros(4)
         self._counts: dict[int, torch.Tensor] = {}  # (1 iteration, B images) for each B
         self.train_wrong: torch.Tensor | None = None  # the last training batch's wrong percents
@@ -88,8 +82,7 @@ class Classifier(L.LightningModule):
 
     @property
     def log_every_n_iterations(self) -> int:
-        """The logging interval in iterations: one iteration per Lightning training step."""
-        return self.trainer.log_every_n_steps
+        return self.trainer.log_every_n_steps  # one iteration per training step
 
     def setup(self, stage: str) -> None:
         """Applies the speed options once the device and precision are known."""
@@ -121,13 +114,11 @@ class Classifier(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    # --- training -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         return self.training_iteration(*batch)
 
     def training_iteration(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One iteration's forward and counts and, at a logging iteration, the interval's
-        means; returns the loss for the backward pass."""
+        """The forward, its counts and at a logging iteration the interval's means: the loss."""
         if self._graph_pending:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -153,9 +144,8 @@ class Classifier(L.LightningModule):
         return loss
 
     def log_interval(self, iteration: int) -> None:
-        """At a logging iteration, logs the means of the interval ending at ``iteration`` (over
-        every rank) and starts the next one. The run's last iteration stops the Trainer there,
-        so that Lightning writes its row even inside an interval."""
+        """At a logging iteration, logs the interval's means (over every rank) and starts the
+        next; the last iteration stops the Trainer, so that Lightning writes its row."""
         if not logging_iteration(self.trainer, iteration):
             return
         sums = self._interval_sums.clone()
@@ -173,7 +163,6 @@ class Classifier(L.LightningModule):
         if logging_iteration(self.trainer, self.global_step + 1):
             self.log("lr", float(optimizer.param_groups[0]["lr"]))
 
-    # --- evaluation -----------------------------------------------------------------------------
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
         images, labels = batch
         logits = self(images)
@@ -206,7 +195,6 @@ class Classifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log("step", float(self.global_step))
 
-    # --- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
@@ -214,8 +202,10 @@ class Classifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "step"}
         if isinstance(scheduler, ReduceLROnPlateau):
-            # Offered to lr_scheduler_step after every iteration; it steps after validations only.
+            # Offered to lr_scheduler_step after every iteration, it steps after validations
+            # only (the warning that it has no val/error before the first one is expected).
             config.update(monitor="val/error", strict=False)
+            warnings.filterwarnings("ignore", "ReduceLROnPlateau conditioned on metric val/error")
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
@@ -226,26 +216,19 @@ class Classifier(L.LightningModule):
             self.plateau_stepped_at = self.validated_at
 
     def on_fit_start(self) -> None:
-        for config in self.trainer.lr_scheduler_configs:
-            if not isinstance(config.scheduler, ReduceLROnPlateau):
-                continue
-            # Expected before the first validation: lr_scheduler_step waits for one.
-            warnings.filterwarnings(
-                "ignore", message="ReduceLROnPlateau conditioned on metric val/error which is not"
+        datamodule = getattr(self.trainer, "datamodule", None)
+        has_val = getattr(datamodule, "has_val", True) and self.trainer.limit_val_batches != 0
+        configs = self.trainer.lr_scheduler_configs
+        if not has_val and any(isinstance(c.scheduler, ReduceLROnPlateau) for c in configs):
+            raise ValueError(
+                "the learning rate decays on a plateau of val/error, but there is no "
+                "validation set: set data.val_size > 0, or use a schedule with milestones "
+                "(e.g. optim=paper_imagenet_steps)"
             )
-            datamodule = getattr(self.trainer, "datamodule", None)
-            if not getattr(datamodule, "has_val", True) or self.trainer.limit_val_batches == 0:
-                raise ValueError(
-                    "the learning rate decays on a plateau of val/error, but there is no "
-                    "validation set: set data.val_size > 0, or use a schedule with milestones "
-                    "(e.g. optim=paper_imagenet_steps)"
-                )
 
-    # --- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Everything that shapes what comes next, including what the current logging interval
-        # has accumulated (summed over the ranks; rank 0 gets it back): a checkpoint inside an
-        # interval resumes to the same numbers. Callbacks keep their own (their state_dict).
+        # All that shapes what comes next, the logging interval's sums too (over the ranks;
+        # rank 0 gets them back): a checkpoint inside an interval resumes to the same numbers.
         checkpoint["reslab"] = {
             "rng": rng_states(),
             "validated_at": self.validated_at,
@@ -272,9 +255,8 @@ class Classifier(L.LightningModule):
 
 
 def rng_states() -> dict[str, Any]:
-    """The states of every random number generator training draws from (torch on the CPU and
-    each CUDA device, numpy, Python), as plain types and tensors: a checkpoint that holds them
-    still loads with ``torch.load(weights_only=True)``."""
+    """The states of the random number generators training draws from (torch's, numpy's,
+    Python's), as plain types and tensors: ``torch.load(weights_only=True)`` loads them."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -311,9 +293,7 @@ def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def logging_iteration(trainer: L.Trainer, iteration: int) -> bool:
-    """Whether ``iteration`` (counted from 1) ends a logging interval: a multiple of the
-    module's ``log_every_n_iterations`` (the Trainer's ``log_every_n_steps`` for another
-    module), or the last iteration (``max_steps``). The Classifier logs there, and the
-    callbacks that read what it logged look there."""
+    """Whether ``iteration`` (from 1) ends a logging interval: a multiple of the module's
+    ``log_every_n_iterations`` (or the Trainer's ``log_every_n_steps``), or ``max_steps``."""
     every = getattr(trainer.lightning_module, "log_every_n_iterations", trainer.log_every_n_steps)
     return every > 0 and (iteration % every == 0 or iteration == trainer.max_steps)

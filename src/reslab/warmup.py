@@ -17,15 +17,13 @@ from reslab.validation import require_int, require_number
 class PaperWarmup(L.Callback):
     """Trains a net of ``depth`` >= ``min_depth`` at ``lr`` until the mean training error of a
     ``window`` of iterations falls below ``until_train_error`` (percent); the iteration that
-    ends it still runs at ``lr``. ``lr`` or ``min_depth`` None: no warm-up.
+    ends it still runs at ``lr``, and is logged as ``warmup_ended_at``. ``lr`` or ``min_depth``
+    None: no warm-up.
 
-    Each optimizer step's learning rate is set in ``on_before_optimizer_step`` and the
-    schedule's put back after the step (an optimizer step post-hook), so the schedule never
-    sees the warm-up and the logged ``lr`` is the one each step used. The window's error is
-    summed on the device from the module's ``train_wrong`` (each image's wrong percent in the
-    iteration's batch) and read once per window, over all ranks, only while warming up. The
-    iteration that ended it is logged as ``warmup_ended_at`` with its logging interval's means.
-    A checkpoint keeps the state (:meth:`state_dict`), inside a window too."""
+    The lr is set in ``on_before_optimizer_step`` and the schedule's put back after the step
+    (a step post-hook): the schedule never sees it, and the logged ``lr`` is the one used. The
+    window's error is summed on the device from the module's ``train_wrong`` and read once a
+    window, over all ranks. A checkpoint keeps the state, inside a window too."""
 
     def __init__(
         self,
@@ -90,8 +88,7 @@ class PaperWarmup(L.Callback):
             self._scheduled = None
 
     def _count(self, trainer: L.Trainer, wrong: torch.Tensor, iteration: int) -> None:
-        """Counts this iteration's batch into the window; at the window's end, ends the warm-up
-        if the window's training error (over all ranks) is below the threshold."""
+        """Counts the batch into the window; at its end, ends the warm-up below the threshold."""
         counts = torch.stack([wrong.sum() / 100.0, wrong.new_tensor(float(wrong.numel()))])
         self._window_wrong = self._window_wrong.to(wrong.device) + counts
         if iteration % self.window:
