@@ -35,10 +35,11 @@ def _crop_flip_index(
     or (top + i, left + w-1-j) when mirrored. ``out``: an int64 (N, H, W) tensor to write into.
 
     One draw per image, ``torch.randint`` uniform in [0, (2p+1)² · 2) (without ``flip``:
-    (2p+1)²), decoded as ``mirrored = v % 2``, ``left = (v // 2) % (2p+1)``, ``top = (v // 2)
-    // (2p+1)``. One draw per image makes the draws of a batch of N·K images those of K
-    batches of N drawn in turn, so fused iterations (``module.fused_iterations``) augment
-    exactly as single ones."""
+    (2p+1)²), from ``generator`` on ``device``, decoded as ``mirrored = v % 2``, then
+    ``left = (v // 2) % (2p+1)``, ``top = (v // 2) // (2p+1)``: ``top`` and ``left`` uniform
+    in [0, 2p] and the flip with probability 1/2, all independent. One draw per image makes
+    the draws of a batch of N·K images those of K batches of N drawn in turn (on the CPU), so
+    K batches augmented at once are augmented exactly as one at a time."""
     side = 2 * padding + 1
     v = torch.randint(
         0, side * side * (2 if flip else 1), (n, 1), device=device, generator=generator
