@@ -53,8 +53,7 @@ from rich.table import Table
 from torch import nn
 
 from reslab.data.synthetic import SyntheticDataModule
-from reslab.fast import bytes_kept_for_backward
-from reslab.module import Classifier
+from reslab.fused import FusedClassifier, trainer
 from reslab.networks import build_network
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,12 +265,28 @@ def reset_torch_state(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def bytes_kept_for_backward(net: nn.Module, images: torch.Tensor) -> int:
+    """Bytes of the tensors a training forward of ``net`` on ``images`` keeps for its backward
+    pass (every tensor autograd saves, counted as it is saved): the activation memory that
+    activation checkpointing trims. On the meta device it costs no memory and needs no GPU."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        net(images)
+    return total
+
+
 def classifier(
     net: nn.Module, milestones: Sequence[int] = (32_000, 48_000), **options: Any
-) -> Classifier:
+) -> FusedClassifier:
     """The Classifier with the paper's SGD and schedule (lr / 10 at each of ``milestones``);
     ``options`` are its speed options."""
-    return Classifier(
+    return FusedClassifier(
         net,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4),
         scheduler=lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), 0.1),
@@ -287,7 +302,7 @@ def synthetic_data(batch_size: int) -> SyntheticDataModule:
 
 def fit(
     ctx: Context,
-    module: Classifier,
+    module: FusedClassifier,
     max_steps: int,
     *,
     batch_size: int | None = None,
@@ -299,14 +314,15 @@ def fit(
     """``max_steps`` iterations of ``module`` on synthetic CIFAR-shaped data, with the Trainer
     settings of conf/trainer (no validation, no checkpoints, nothing printed)."""
     datamodule = synthetic_data(batch_size or ctx.args.batch_size)
-    trainer = L.Trainer(
+    built = trainer(  # its intervals in iterations, as conf/trainer's
+        fused_iterations=module.fused_iterations,
         accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
         devices=1,
         default_root_dir=ctx.log_dir,
         max_steps=max_steps,
         max_epochs=-1,
         check_val_every_n_epoch=None,
-        val_check_interval=10**9,
+        val_check_interval=module.fused_iterations * 10**8,  # (no validation)
         limit_val_batches=0,
         log_every_n_steps=log_every,
         num_sanity_val_steps=0,
@@ -317,8 +333,8 @@ def fit(
         enable_model_summary=False,
         **trainer_options,
     )
-    trainer.fit(module, datamodule=datamodule)
-    return trainer
+    built.fit(module, datamodule=datamodule)
+    return built
 
 
 @dataclass

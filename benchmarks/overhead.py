@@ -4,7 +4,7 @@ Where compute vanishes (a tiny net, small batches, one CPU thread) what is left 
 own time per iteration: Lightning's loop, hooks and logging, reslab's module and DataModule. Two
 parts:
 
-1. **In-process**: the real ``reslab.module.Classifier`` and ``SyntheticDataModule`` in a
+1. **In-process**: the real ``reslab.fused.FusedClassifier`` and ``SyntheticDataModule`` in a
    ``lightning.Trainer`` with the settings of ``conf/trainer`` (``_base.yaml`` + ``cpu.yaml``),
    reslab's CSV logger, its divergence guard and signal stop (no checkpointing, no progress bar:
    part 2 has them), against a hand-written loop of the same work: index a batch of the uint8
@@ -56,12 +56,13 @@ from rich.table import Table
 from torch import nn
 
 from reslab.callbacks import DivergenceGuard
-from reslab.checkpoints import AtomicCheckpointIO, StopOnSignal
+from reslab.checkpoints import AtomicCheckpointIO
 from reslab.data.augment import subtract_mean_crop_flip
 from reslab.data.synthetic import SyntheticDataModule
+from reslab.fused import FusedClassifier, trainer
 from reslab.loggers import AppendingCSVLogger
-from reslab.module import Classifier
 from reslab.networks import build_network
+from reslab.signals import StopOnSignal
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
@@ -285,11 +286,12 @@ def reslab_fit(
     """Trains ``name`` through reslab's path for ``max_steps`` iterations, with ``callback``."""
     torch.manual_seed(0)
     net = make_net(name, datamodule.in_channels)
-    module = Classifier(
+    module = FusedClassifier(
         net, optimizer=make_optimizer, scheduler=make_scheduler, fused_iterations=fused
     )
     # conf/trainer/_base.yaml + cpu.yaml; reslab's CSV logger, divergence guard and signal stop
-    trainer = L.Trainer(
+    built = trainer(
+        fused_iterations=fused,
         accelerator="cpu",
         devices=1,
         default_root_dir=log_dir,
@@ -309,7 +311,7 @@ def reslab_fit(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=datamodule)
+    built.fit(module, datamodule=datamodule)
 
 
 def round_iterations(hand: HandLoop, args: argparse.Namespace) -> int:
@@ -397,7 +399,7 @@ def reslab_train(fused: int, args: argparse.Namespace, folder: Path) -> tuple[fl
         **(KEEP_MEMORY_ENV if args.keep_memory else {}),
         # this benchmark's folder (the timer) and the reslab this process runs
         "PYTHONPATH": os.pathsep.join(
-            [str(BENCHMARKS), str(Path(inspect.getfile(Classifier)).parents[1])]
+            [str(BENCHMARKS), str(Path(inspect.getfile(FusedClassifier)).parents[1])]
         ),
     }
     result = subprocess.run(

@@ -71,7 +71,7 @@ def test_experiment_is_a_ready_multirun_whose_jobs_all_instantiate(
             assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.1
             _built[cfg.name] = sum(p.numel() for p in net.parameters())
         warms_up = family == "cifar" and cfg.model.depth >= 110
-        assert cfg.module.warmup_lr == (0.01 if warms_up else None)
+        assert instantiate(cfg.callbacks.warmup).lr == (0.01 if warms_up else None)
         if family == "imagenet":
             assert cfg.data.batch_size == 256 and cfg.trainer.max_steps == 600_000
             assert cfg.optim.scheduler._target_.endswith("ReduceLROnPlateau")

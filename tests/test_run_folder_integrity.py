@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,6 @@ from reslab.checkpoints import (
     AtomicCheckpointIO,
     DamagedCheckpointError,
     RunCheckpoint,
-    checksum_path,
     verify_checkpoint,
 )
 
@@ -85,7 +86,7 @@ def test_a_moved_run_folder_extends_from_its_own_last_checkpoint(
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming from {moved}/checkpoints/last.ckpt at iteration 4" in result.stdout
     assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == [
-        "last.ckpt", "last.ckpt.sha256",
+        "last.ckpt",
     ]  # fmt: skip
     assert global_step(moved / "checkpoints" / "last.ckpt") == 8
     # nothing in the checkpoint names the folder it was written in
@@ -98,22 +99,18 @@ def test_a_moved_run_folder_extends_from_its_own_last_checkpoint(
     assert global_step(moved / "checkpoints" / "last.ckpt") == 10
 
 
-def test_the_checkpoint_callbacks_state_moves_with_the_folder(tmp_path: Path) -> None:
-    """A checkpoint written before this state was relative (absolute paths of the folder it
-    was in) restores it in the folder it is in now."""
-    here = RunCheckpoint(dirpath=str(tmp_path / "new" / "checkpoints"), save_last=True)
-    old = str(tmp_path / "old" / "checkpoints")
-    here.load_state_dict(
-        {"monitor": None, "best_model_score": None, "best_model_path": "", "current_score": None,
-         "dirpath": old, "best_k_models": {}, "kth_best_model_path": "",
-         "kth_value": torch.tensor(float("inf")), "last_model_path": f"{old}/last.ckpt"}
-    )  # fmt: skip
-    assert here.last_model_path == str(tmp_path / "new" / "checkpoints" / "last.ckpt")
+def test_the_checkpoint_callbacks_state_names_no_folder(tmp_path: Path) -> None:
+    """Its state, written in one folder, names none of its paths, and restores in another
+    without Lightning's "dirpath has changed" warning."""
+    here = RunCheckpoint(dirpath=str(tmp_path / "old" / "checkpoints"), save_last=True)
+    here.last_model_path = str(tmp_path / "old" / "checkpoints" / "last.ckpt")
     state = here.state_dict()
-    assert (state["dirpath"], state["last_model_path"]) == ("", "last.ckpt")
-    again = RunCheckpoint(dirpath=str(tmp_path / "third"), save_last=True)
-    again.load_state_dict(state)
-    assert again.last_model_path == str(tmp_path / "third" / "last.ckpt")
+    assert str(tmp_path) not in str(state)
+    again = RunCheckpoint(dirpath=str(tmp_path / "new" / "checkpoints"), save_last=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.load_state_dict(state)
+    assert again.dirpath == str(tmp_path / "new" / "checkpoints")
 
 
 # --- 2. resuming a finished run changes nothing ----------------------------------------------
@@ -158,6 +155,18 @@ def damage(path: Path, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
+def damaged_line(prog: str, ckpt: Path, how: str) -> str:
+    """The one line that refuses checkpoint ``ckpt`` damaged ``how``, as a regex."""
+    what = (
+        r"it is not a whole torch checkpoint \(.+\)" if how == "truncated"
+        else r"its entry \S+ does not match its CRC-32"
+    )  # fmt: skip
+    return (
+        f"{prog}: error: checkpoint {re.escape(str(ckpt))} is damaged: {what}; start the run "
+        r"again \(ckpt_path=null, in a new folder\), or restore this file from a copy"
+    )
+
+
 @pytest.mark.parametrize("how", ["truncated", "overwritten"])
 def test_reslab_resume_refuses_a_damaged_checkpoint_in_one_line(
     finished: Path, tmp_path: Path, how: str
@@ -168,11 +177,8 @@ def test_reslab_resume_refuses_a_damaged_checkpoint_in_one_line(
     before = snapshot(run)
     result = reslab_resume(str(run), "optim.max_steps=8")
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
-        f"reslab-resume: error: checkpoint {ckpt} is damaged: its SHA-256 differs from the one "
-        "written with it (last.ckpt.sha256); no earlier checkpoint is kept: start the run again "
-        "(ckpt_path=null, in a new folder), or restore this file from a copy"
-    ]
+    [line] = result.stderr.splitlines()
+    assert re.fullmatch(damaged_line("reslab-resume", ckpt, how), line), line
     assert snapshot(run) == before  # status.json still says finished; nothing else moved either
 
 
@@ -192,47 +198,37 @@ def test_reslab_train_refuses_a_damaged_checkpoint_and_keeps_the_status(
                     "ckpt_path=last")  # fmt: skip
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert errors == [
-        f"reslab-train: error: checkpoint {ckpt} is damaged: its SHA-256 differs from the one "
-        "written with it (last.ckpt.sha256); no earlier checkpoint is kept: start the run again "
-        "(ckpt_path=null, in a new folder), or restore this file from a copy"
-    ]
+    assert len(errors) == 1 and re.fullmatch(damaged_line("reslab-train", ckpt, how), errors[0])
     assert "Traceback" not in result.stderr
     after = {k: v for k, v in snapshot(run).items() if not k.startswith(ours)}
     assert after == before
 
 
-def test_every_checkpoint_has_its_checksum_even_when_killed_between_the_renames(
+def test_a_checkpoint_is_whole_even_when_killed_after_its_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"global_step": 6, "w": torch.ones(3)}, path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert checksum_path(path).read_text() == f"{digest}  last.ckpt\n"  # as sha256sum writes it
     verify_checkpoint(path)
 
-    renames = []
-
-    def killed_after_the_checkpoints_rename(src: object, dst: object) -> None:
-        renames.append(dst)
-        if len(renames) == 3:  # the checksum file, the checkpoint, then the checksum file
-            raise KeyboardInterrupt
+    def killed_after_the_rename(src: object, dst: object) -> None:
         os.rename(src, dst)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(os, "replace", killed_after_the_checkpoints_rename)
+    monkeypatch.setattr(os, "replace", killed_after_the_rename)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"global_step": 9, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert global_step(path) == 9
-    verify_checkpoint(path)  # the checksum file still vouches for it
-
+    verify_checkpoint(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no .tmp left
     io.remove_checkpoint(path)
-    assert not path.exists() and not checksum_path(path).exists()
+    assert not any(path.parent.iterdir())
 
 
-def test_a_checkpoint_without_a_checksum_is_checked_by_its_crcs(tmp_path: Path) -> None:
-    """A checkpoint from elsewhere (no .sha256 beside it) is still read whole before loading:
-    each entry of torch's zip file has a CRC-32."""
+def test_a_damaged_checkpoint_is_refused_by_its_crcs(tmp_path: Path) -> None:
+    """Any torch checkpoint (reslab's or from elsewhere) is read whole before loading: each
+    entry of torch's zip file has a CRC-32, and 4 KB overwritten in tensor data fail it."""
     path = tmp_path / "other.ckpt"
     torch.save({"global_step": 3, "w": torch.arange(4096.0)}, path)
     verify_checkpoint(path)

@@ -18,12 +18,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from reslab.config import CONFIG_DIR
-from reslab.launch import RunFolderGuard
-from reslab.run_folder import LOCK_FILE, FolderInUse, claim_new_folder, lock
+from reslab.run_lock import LOCK_FILE, FolderInUse, RunFolderGuard, claim_new_folder, lock
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HOLD = (  # a process that holds a folder's lock for a minute
-    "import sys, time; from reslab.run_folder import lock; held = lock(sys.argv[1]); "
+    "import sys, time; from reslab.run_lock import lock; held = lock(sys.argv[1]); "
     "print('held', flush=True); time.sleep(60)"
 )
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab.config import paper_warmup_lr
+from reslab.config import instantiate
 from reslab.module import Classifier
 from reslab.networks import build_network
 from reslab.train import train
+from reslab.warmup import PaperWarmup
 
 
 def metric_rows(run_dir: Path, key: str) -> list[tuple[int, float]]:
@@ -35,7 +36,7 @@ def test_warmup_runs_at_0_01_until_training_error_is_below_80_then_returns_to_0_
     tmp_path: Path, hydra_cfg
 ) -> None:
     cfg = hydra_cfg(tmp_path, WARMUP_RUN)
-    assert cfg.module.warmup_lr == 0.01
+    assert instantiate(cfg.callbacks.warmup).lr == 0.01
     train(cfg)
     lrs = metric_rows(tmp_path, "lr")
     assert [s for s, _ in lrs] == list(range(1, 31))
@@ -66,40 +67,48 @@ def test_warmup_never_ends_while_the_error_stays_above_the_threshold(
     assert "warmup_ended_at" not in json.loads((tmp_path / "status.json").read_text())
 
 
+def warmup_of(cfg) -> PaperWarmup:
+    warmup = instantiate(cfg.callbacks.warmup)
+    assert isinstance(warmup, PaperWarmup) and warmup.warming_up == (warmup.lr is not None)
+    return warmup
+
+
 def test_the_paper_warms_up_its_110_and_1202_layer_nets_only(tmp_path: Path, hydra_cfg) -> None:
     for depth, expected in ((20, None), (56, None), (110, 0.01), (1202, 0.01)):
-        assert hydra_cfg(tmp_path, [f"model.depth={depth}"]).module.warmup_lr == expected
-    assert (
-        hydra_cfg(tmp_path, ["optim.warmup.min_depth=null", "model.depth=110"]).module.warmup_lr
-        is None
-    )
-    assert paper_warmup_lr(110, 110, None) is None and paper_warmup_lr(44, 20, 0.05) == 0.05
+        assert warmup_of(hydra_cfg(tmp_path, [f"model.depth={depth}"])).lr == expected
+    off = hydra_cfg(tmp_path, ["optim.warmup.min_depth=null", "model.depth=110"])
+    assert warmup_of(off).lr is None
+    assert PaperWarmup(110, lr=None, min_depth=110).lr is None
+    assert PaperWarmup(44, lr=0.05, min_depth=20).lr == 0.05
 
 
 def test_warmup_state_travels_in_checkpoints() -> None:
+    warmup = PaperWarmup(110, lr=0.01, min_depth=110)
+    assert warmup.warming_up
+    warmup.warming_up, warmup.ended_at = False, 40
+    resumed = PaperWarmup(110, lr=0.01, min_depth=110)
+    resumed.load_state_dict(warmup.state_dict())
+    assert (resumed.warming_up, resumed.ended_at) == (False, 40)
     net = build_network("cifar", 8, "A")
-    module = Classifier(net, functools.partial(torch.optim.SGD, lr=0.1), warmup_lr=0.01)
-    assert module.warming_up
-    module.warming_up, module.warmup_ended_at, module.validated_at = False, 40, 40
+    module = Classifier(net, functools.partial(torch.optim.SGD, lr=0.1))
+    module.validated_at = 40
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
-    resumed = Classifier(net, functools.partial(torch.optim.SGD, lr=0.1), warmup_lr=0.01)
-    resumed.on_load_checkpoint(checkpoint)
-    assert (resumed.warming_up, resumed.warmup_ended_at, resumed.validated_at) == (False, 40, 40)
+    resumed_module = Classifier(net, functools.partial(torch.optim.SGD, lr=0.1))
+    resumed_module.on_load_checkpoint(checkpoint)
+    assert resumed_module.validated_at == 40
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"warmup_lr": -0.01}, r"warmup.lr=-0.01 is not valid; valid: a number > 0 or null"),
-     ({"warmup_lr": 0.01, "warmup_until_error": 180},
+    [({"lr": -0.01}, r"warmup.lr=-0.01 is not valid; valid: a number > 0 or null"),
+     ({"lr": 0.01, "until_train_error": 180},
       r"until_train_error=180 is not valid; valid: a number > 0 and <= 100"),
-     ({"warmup_lr": 0.01, "warmup_window": 0}, r"warmup.window=0 is not valid; valid: an integer")],
+     ({"lr": 0.01, "window": 0}, r"warmup.window=0 is not valid; valid: an integer")],
 )  # fmt: skip
 def test_bad_warmup_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Classifier(
-            build_network("cifar", 8, "A"), functools.partial(torch.optim.SGD, lr=0.1), **kwargs
-        )
+        PaperWarmup(110, min_depth=110, **kwargs)
 
 
 PLATEAU_RUN = [

@@ -167,37 +167,64 @@ def test_an_interrupted_sweep_job_stops_the_sweep(tmp_path: Path) -> None:
     assert _stopped(sweep / jobs[0]) == 4
 
 
-def test_a_run_stopped_mid_fit_passes_the_signal_to_the_handler_before_lightnings(
+def test_a_stopped_fit_passes_the_signal_to_the_handler_there_before_lightnings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Stopped before its last iteration, fit ends in on_exception (no teardown hook): the
-    handlers there before are restored, and the signal goes to submitit's (it requeues the
-    job), not to Lightning's SIGTERM handler (which would stop a trainer that has stopped)."""
-    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
+    """A real fit: while it trains, a signal reaches StopOnSignal alone (not Lightning's SIGTERM
+    handler, which would stop without a checkpoint and call submitit's at once); once it has
+    stopped, the handlers there before fit are back and the signal goes to submitit's (it
+    requeues the job)."""
+    import lightning as L
 
-    from reslab.checkpoints import RunInterrupted, StopOnSignal
+    from reslab.signals import RunInterrupted, StopOnSignal
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self) -> torch.utils.data.DataLoader:
+            return torch.utils.data.DataLoader(torch.ones(64, 1), batch_size=2)
+
+    class SignalAt(L.Callback):
+        def __init__(self, signum: int) -> None:
+            self.signum = signum
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), self.signum)
 
     called: list = []
 
     def submitit(signum: int, frame: object) -> None:
         called.append(signum)
 
-    def lightning(signum: int, frame: object) -> None:
-        called.append("lightning")
-
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     before = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
     try:
         for signum in (signal.SIGUSR2, signal.SIGTERM):
-            signal.signal(signal.SIGUSR2, submitit)
-            signal.signal(signal.SIGTERM, _HandlersCompose([lightning, submitit]))  # Lightning's
+            for s in before:
+                signal.signal(s, submitit)
             stopper = StopOnSignal()
-            stopper.on_train_start(None, None)  # type: ignore[arg-type]
-            stopper.signum = signum
-            stopper.on_exception(None, None, RunInterrupted(signum, 4))  # type: ignore[arg-type]
-            assert signal.getsignal(signal.SIGUSR2) is submitit
+            trainer = L.Trainer(
+                max_steps=10, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False,
+                callbacks=[stopper, SignalAt(signum)],
+            )  # fmt: skip
+            with pytest.raises(RunInterrupted) as stop:
+                trainer.fit(Tiny())
+            assert (stop.value.signum, stop.value.step) == (signum, 3)  # the next whole one
+            assert called == [] and trainer.global_step == 3
+            assert all(signal.getsignal(s) is submitit for s in before)
             stopper.pass_on()
-        assert called == [signal.SIGUSR2, signal.SIGTERM]
+            assert called == [signum]
+            called.clear()
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from reslab.launch import quiet_slurm_polling
+from reslab.slurm import quiet_slurm_polling
 
 TESTS = Path(__file__).resolve().parent
 

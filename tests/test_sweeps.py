@@ -25,8 +25,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from reslab.checkpoints import resume_checkpoint
 from reslab.config import CONFIG_DIR
+from reslab.resume import resume_checkpoint
 from reslab.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

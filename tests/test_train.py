@@ -148,7 +148,7 @@ def test_trainer_presets_compose(
         accelerator, devices, strategy, num_nodes,
     )  # fmt: skip
     assert t.get("sync_batchnorm") is (False if strategy == "ddp" else None)  # the paper's BN
-    assert (t._target_, t.max_steps) == ("lightning.pytorch.Trainer", 64000)  # _base.yaml
+    assert (t._target_, t.max_steps) == ("reslab.fused.trainer", 64000)  # _base.yaml
     built = instantiate(t, logger=False, accelerator="cpu", enable_progress_bar=False)
     assert (built.max_steps, built.num_devices, built.num_nodes) == (64000, devices, num_nodes or 1)
     assert built.world_size == devices * (num_nodes or 1)

@@ -4,12 +4,8 @@ which reslab piece needs a new way; the rest of reslab uses public APIs only.
 
 - Lightning's ``_SubprocessScriptLauncher`` (reslab.launch.reruns_command_line): which DDP
   strategies start their ranks by running the command line again.
-- Lightning's ``_ManualOptimization.optim_step_progress`` (``trainer.fit_loop.epoch_loop.
-  manual_optimization``; reslab.module: fused iterations): the counter ``trainer.global_step``
-  reads under manual optimization, which a fused step advances once per iteration without
-  Lightning's per-iteration hooks.
 - submitit's class attribute ``SlurmJob.watcher`` and its watcher's ``_delay_s`` and
-  ``_registered`` (reslab.launch.quiet_slurm_polling): a SLURM sweep on a cluster without
+  ``_registered`` (reslab.slurm.quiet_slurm_polling): a SLURM sweep on a cluster without
   accounting asks squeue for its jobs' states instead of sacct's errors on every poll.
 
 Not in src, in the tests only: wandb's ``wandb.proto.wandb_internal_pb2.Record`` and the layout of
@@ -154,7 +150,7 @@ def test_a_dataloader_worker_error_carries_the_workers_traceback() -> None:
 def test_submitit_slurm_jobs_share_a_watcher_reslab_can_replace() -> None:
     from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-    user = "reslab.launch.quiet_slurm_polling"
+    user = "reslab.slurm.quiet_slurm_polling"
     assert isinstance(SlurmJob.__dict__.get("watcher"), SlurmInfoWatcher), (
         "submitit's SlurmJob has no class attribute watcher any more: " + user + " relies on it"
     )
@@ -167,11 +163,18 @@ def test_submitit_slurm_jobs_share_a_watcher_reslab_can_replace() -> None:
     assert info["7_1"]["State"] == "PENDING"  # what squeue's lines become
 
 
-def test_manual_optimization_counts_its_steps_where_fused_iterations_count_them() -> None:
-    """reslab.module._optimizer_steps advances the counter that trainer.global_step reads."""
+def test_each_manual_optimizer_step_counts_an_iteration_and_runs_its_hooks() -> None:
+    """reslab.fused counts K iterations per training step with Lightning's public optimizer
+    step (no private progress counter): each call advances trainer.global_step and runs every
+    callback's on_before_optimizer_step, and a step without gradients (a graphed step's
+    count) changes no parameter."""
     import torch
 
-    from reslab.module import _optimizer_steps
+    seen: list[int] = []
+
+    class Hooked(lightning.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            seen.append(trainer.global_step)
 
     class Manual(lightning.LightningModule):
         def __init__(self) -> None:
@@ -179,24 +182,27 @@ def test_manual_optimization_counts_its_steps_where_fused_iterations_count_them(
             self.automatic_optimization = False
             self.layer = torch.nn.Linear(1, 1)
 
-        def training_step(self, batch: object, batch_idx: int) -> None:
-            steps = _optimizer_steps(self.trainer)
-            for _ in range(3):
-                steps.increment_ready()
-                steps.increment_completed()
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+            optimizer = self.optimizers()
+            for _ in range(2):
+                optimizer.zero_grad()
+                self.manual_backward(self.layer(batch).sum())
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            before = [p.detach().clone() for p in self.parameters()]
+            optimizer.step()  # no gradients: counted, nothing updated
+            assert all(torch.equal(a, p) for a, p in zip(before, self.parameters(), strict=True))
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
-        def train_dataloader(self) -> list:
-            return [torch.zeros(1)] * 4
+        def train_dataloader(self) -> torch.utils.data.DataLoader:
+            return torch.utils.data.DataLoader(torch.ones(4, 1))
 
     trainer = lightning.Trainer(
         max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu",
+        enable_model_summary=False, accelerator="cpu", callbacks=[Hooked()],
     )  # fmt: skip
-    try:
-        trainer.fit(Manual())
-    except AttributeError as err:  # pragma: no cover - only when Lightning moves it
-        pytest.fail(f"{VERSION}: {err}; reslab.module._optimizer_steps needs a new way")
+    trainer.fit(Manual())
     assert trainer.global_step == 6, f"{VERSION} counts manual optimization steps elsewhere"
+    assert seen == list(range(6)), f"{VERSION} calls on_before_optimizer_step otherwise: {seen}"

@@ -220,5 +220,5 @@ class DivergenceGuard(L.Callback):
         trainer.should_stop = True
         rank_zero_warn(
             f"[reslab] diverged: {self.monitor} is {self.value} at iteration {step}; stopping "
-            "this run (a lower optim.optimizer.lr, or the warm-up of optim.warmup, may help)"
+            "this run (a lower optim.lr may help)"
         )

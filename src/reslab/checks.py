@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from reslab.checkpoints import check_ckpt_path
 from reslab.config import instantiate
+from reslab.fused import check_fused_iterations
 from reslab.launch import SUPPORTED_STRATEGIES, quiet_trainer, supported_strategy
-from reslab.module import check_fused_iterations
 
 # The optimizer's arguments that torch.optim refuses below 0, as reslab says it.
 _NON_NEGATIVE = ("lr", "momentum", "weight_decay", "dampening")
@@ -61,20 +61,8 @@ def check_run(cfg: DictConfig) -> None:
             cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
         )
     module = instantiate(cfg.module, net=net)
-    check_fused_iterations(
-        module.fused_iterations,
-        datamodule,
-        {
-            "trainer.log_every_n_steps": trainer.log_every_n_steps,
-            # (unset for a time interval, "00:00:10:00")
-            "trainer.val_check_interval": getattr(trainer, "val_check_interval", None),
-            source_key(cfg, "trainer.max_steps"): trainer.max_steps,
-            "callbacks.checkpoint.every_n_train_steps": OmegaConf.select(
-                cfg, "callbacks.checkpoint.every_n_train_steps"
-            ),
-        },
-        trainer,
-    )
+    # (its intervals and trainer settings: reslab.fused.trainer, which built the trainer)
+    check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule, {})
     try:
         optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:

@@ -99,14 +99,14 @@ def help_text() -> str:
 def hydra_task(cfg: DictConfig) -> float:
     """One job of ``reslab-train``: the checks before a run, then the run (alone in its own
     process when a multirun job's DDP ranks need that: reslab.launch). A failure marks a new
-    run folder failed (one that already says something keeps it: train.record_failed_start).
+    run folder failed (one that already says something keeps it: record.record_failure).
     In a sweep, one failed job must not stop the others (Hydra's sweeper would raise as soon
     as its batch is done): its traceback goes beside it, the sweep's summary names the
     failures at the end and exits non-zero."""
     from reslab import console
     from reslab.checks import check_run
     from reslab.launch import run_ddp_job_alone
-    from reslab.train import record_failed_start, train
+    from reslab.train import record_failure, train  # record_failure: reslab.record's
 
     console.quiet_third_party()  # before the first Trainer is built
     output_dir = Path(cfg.paths.output_dir)
@@ -115,7 +115,7 @@ def hydra_task(cfg: DictConfig) -> float:
         metric = run_ddp_job_alone(cfg)
         return train(cfg) if metric is None else metric
     except BaseException as err:
-        record_failed_start(output_dir, _run_name(cfg), err)  # train() and the DDP job say theirs
+        record_failure(output_dir, _run_name(cfg), err)  # train() and the DDP job say theirs
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         if not multirun or _user_full_error() or not isinstance(err, Exception):
             raise
@@ -149,8 +149,8 @@ def train_main() -> None:
     # Imported before Hydra configures the root logger, Lightning keeps its own console
     # handler (its device and progress lines once, not again through Hydra's handler).
     import reslab.train  # noqa: F401
-    from reslab.checkpoints import RunInterrupted
-    from reslab.launch import quiet_slurm_polling
+    from reslab.signals import RunInterrupted
+    from reslab.slurm import quiet_slurm_polling
 
     quiet_slurm_polling()  # a SLURM sweep without accounting: squeue, not sacct's errors
     full = _user_full_error()  # the user's HYDRA_FULL_ERROR=1: every traceback, as Hydra's
@@ -190,7 +190,7 @@ def resume_main(argv: list[str] | None = None) -> None:
     checkpoint stands (same folder, same metrics.csv and wandb run), or extend a finished one
     (a higher optim.max_steps). The folder is left as it is, every file, when its checkpoint
     is damaged or missing, and when the run has finished with nothing more to train."""
-    from reslab.launch import resume_command, resume_done
+    from reslab.resume import resume_command, resume_done
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):

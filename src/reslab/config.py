@@ -19,17 +19,8 @@ CONFIG_DIR = str(_REPO_CONF if _REPO_CONF.is_dir() else Path(__file__).with_name
 CONFIG_NAME = "train"
 
 
-def paper_warmup_lr(depth: int, min_depth: int | None, lr: float | None) -> float | None:
-    """The warm-up lr for a net of ``depth``: ``lr`` from ``min_depth`` layers on (the paper
-    warms up its 110- and 1202-layer nets, section 4.2), None otherwise."""
-    if lr is None or min_depth is None or depth < min_depth:
-        return None
-    return lr
-
-
 def register_resolvers() -> None:
-    """The ``${network_name:...}``, ``${net:...}`` and ``${paper_warmup_lr:...}`` resolvers
-    of conf/. Safe to call again."""
+    """The ``${network_name:...}`` and ``${net:...}`` resolvers of conf/. Safe to call again."""
     from reslab.networks import network_name, parse_network_name  # torch: not for --help
 
     def net_field(spec: str, family: str, field: str) -> Any:
@@ -37,7 +28,6 @@ def register_resolvers() -> None:
 
     OmegaConf.register_new_resolver("network_name", network_name, replace=True)
     OmegaConf.register_new_resolver("net", net_field, replace=True)
-    OmegaConf.register_new_resolver("paper_warmup_lr", paper_warmup_lr, replace=True)
 
 
 def config_groups() -> dict[str, list[str]]:

@@ -38,7 +38,8 @@ _WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # Lightning counts log_every_n_steps per epoch here, but logs by the global iteration
     # (across epochs): with fewer batches per epoch than the interval, logging still happens.
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
-    # Manual optimization checkpoints after an iteration's optimizer step, as reslab means to.
+    # K iterations per training step (manual optimization) checkpoint after an iteration's
+    # optimizer step, as reslab means to: the next iteration starts there.
     (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", UserWarning),
     # torch deprecated LeafSpec; Lightning's own _pytree.py still builds one.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),

@@ -36,13 +36,10 @@ from reslab.run_folder import (
     METRICS_FILE,
     RESPONSES_FILE,
     STATUSES,
-    Run,
-    read_metrics,
     read_provenance,
-    read_responses,
     read_status,
-    run_folders,
 )
+from reslab.runs import Run, read_metrics, read_responses, run_folders
 
 DATASET_NAMES = {
     "cifar10": "CIFAR-10",

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
-    from reslab.run_folder import Run, Series
+    from reslab.runs import Run, Series
 
 PER_TEN_THOUSAND_ABOVE = 20_000  # iterations; longer runs get the paper's x axis in 10^4
 CURVE_KEYS = ("train/error", "val/error", "test/error")

@@ -1,5 +1,5 @@
-"""The run folder's contract, all of it: what a run leaves in its folder, written so that a
-reader never sees half a file, and read back by resumes, sweeps and reports.
+"""The run folder's contract: what a run leaves in its folder, written so that a reader never
+sees half a file (reslab.runs reads runs back for reports).
 
 A run folder (``outputs/runs/<date>_<name>/`` or a sweep's ``<job>_<name>/``) holds::
 
@@ -14,7 +14,7 @@ A run folder (``outputs/runs/<date>_<name>/`` or a sweep's ``<job>_<name>/``) ho
     metrics.csv       every logged value, one row per logging iteration (``step``)
     hparams.yaml      what the run was (network, depth, shortcut, dataset, parameters, config)
     checkpoints/last.ckpt   the last checkpoint (one file, overwritten in place)
-    checkpoints/last.ckpt.sha256   its SHA-256, checked before a resume loads it
+    .lock             held by the process writing the folder (reslab.run_lock)
     wandb_id.txt      the wandb run's id, so a resumed run continues the same wandb run
     error.txt         the traceback of a failed sweep job
     responses.csv     Figure 7's layer responses, when measured
@@ -26,14 +26,10 @@ there. Nothing here imports torch, Lightning or Hydra: the report side reads run
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import math
 import os
-import socket
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +41,7 @@ ERROR_FILE = "error.txt"
 RESPONSES_FILE = "responses.csv"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
-CHECKSUM_SUFFIX = ".sha256"  # beside each checkpoint: last.ckpt.sha256
 OVERRIDES_FILE = ".hydra/overrides.yaml"
-LOCK_FILE = ".lock"  # held by the process writing the folder (pid and host inside)
 PROVENANCE_FILE = "provenance.json"
 GIT_DIFF_FILE = "git.diff"
 
@@ -91,10 +85,9 @@ def _finite(value: Any) -> Any:
 
 
 def write_status(run_dir: str | Path, status: str, **fields: Any) -> None:
-    """``status.json``: ``{"status": status, **fields}`` (name, iterations, final errors...),
-    strict JSON. A field that is nan or infinite is written null and named in ``non_finite``,
-    so the file says why it holds no number (train.py writes a diverged run's errors null
-    itself, with ``diverged_at``)."""
+    """``status.json``: ``{"status": status, **fields}``, strict JSON. A field that is nan or
+    infinite is written null and named in ``non_finite``, so the file says why it holds no
+    number."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     non_finite = [k for k, v in fields.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -121,74 +114,27 @@ def write_provenance(
 
 
 def read_provenance(run_dir: str | Path) -> dict[str, Any]:
-    """The run's provenance.json as a dict; {} when there is none (a run of an older reslab,
-    or one that failed before it started training)."""
-    path = Path(run_dir) / PROVENANCE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    return record if isinstance(record, dict) else {}
-
-
-class FolderInUse(RuntimeError):
-    """The run folder is being written by another live process."""
-
-
-def lock(run_dir: str | Path) -> io.TextIOWrapper:
-    """Takes the run folder's lock for this process: an exclusive ``flock`` on ``<run_dir>/.lock``,
-    which the operating system releases when the process ends however it ends (so the lock of
-    a dead process is free to take). Returns the open lock file (close it to release). Raises
-    :class:`FolderInUse` naming the holder (pid and host) when a live process holds it; then
-    nothing in the folder has changed. The folder is made when missing."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    file = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
-    try:
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        file.seek(0)
-        holder = file.read().strip() or "another process"
-        file.close()
-        raise FolderInUse(
-            f"the run folder {run_dir} is being written by {holder}; wait for it to end, or "
-            "choose another folder (hydra.run.dir=...)"
-        ) from None
-    file.seek(0)
-    file.truncate()
-    file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    file.flush()
-    return file
-
-
-def claim_new_folder(path: str | Path) -> Path:
-    """``path`` made anew for this run, or ``<path>_2``, ``<path>_3``, ... when it exists: two
-    runs that start in the same second with the same name get folders of their own."""
-    path, n = Path(path), 1
-    while True:
-        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            n += 1
+    """The run's provenance.json; {} when there is none (a run that failed before training)."""
+    return _read_json(Path(run_dir) / PROVENANCE_FILE)
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
-    """The run's status.json as a dict; {} when there is none yet. A ValueError naming the
-    file when it is not a JSON object."""
-    path = Path(run_dir) / STATUS_FILE
+    """The run's status.json; {} when there is none yet."""
+    return _read_json(Path(run_dir) / STATUS_FILE)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; {} without the file; a ValueError naming it when it holds
+    no JSON object."""
     if not path.is_file():
         return {}
     try:
-        status = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(status, dict):
+    if not isinstance(value, dict):
         raise ValueError(f"{path} does not hold a JSON object")
-    return status
+    return value
 
 
 def final_metric(status: dict[str, Any]) -> float:
@@ -206,114 +152,11 @@ def cut_metrics(run_dir: str | Path, step: int) -> int:
         return 0
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or [], list(reader)
+        rows = list(reader)
     kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
-    atomic_write(path, _csv_text(fields, kept))
-    return len(rows) - len(kept)
-
-
-def _csv_text(fields: list[str], rows: Iterable[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\r\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=reader.fieldnames or [], lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def job_order(folder: Path) -> tuple[str, int, str]:
-    """Sort key of run folders: by parent, then a sweep's job number (``3_resnet-20A``)."""
-    head = folder.name.split("_", 1)[0]
-    return (str(folder.parent), int(head) if head.isdigit() else 1 << 30, folder.name)
-
-
-def run_folders(path: str | Path, required: bool = False) -> list[Path]:
-    """``path`` itself when it is a run folder (it has a status.json), else every run folder
-    under it, in job order. With ``required``, an error that says what is wrong instead of []
-    (FileNotFoundError, ValueError)."""
-    path = Path(path)
-    if required and not path.is_dir():
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; give a sweep folder or a run folder")
-        raise ValueError(f"{path} is not a folder; give a sweep folder or a run folder")
-    if (path / STATUS_FILE).is_file():
-        return [path]
-    found = sorted((p.parent for p in path.rglob(STATUS_FILE)), key=job_order)
-    if required and not found:
-        raise ValueError(f"no reslab run folders ({STATUS_FILE}) under {path}")
-    return found
-
-
-# --- reading a run back ----------------------------------------------------------------------
-Series = list[tuple[int, float]]  # (iteration, value)
-
-
-@dataclass
-class Run:
-    """One run folder as reslab-train left it; None where the folder does not say."""
-
-    path: Path
-    name: str  # the network name: plain-56, resnet-56A
-    dataset: str | None
-    family: str | None
-    depth: int | None
-    shortcut: str | None
-    residual: bool
-    seed: int | None
-    params: int | None
-    status: str  # one of STATUSES; "diverged" also for a finished run with a non-finite error
-    iterations: int | None
-    metrics: dict[str, Series] = field(default_factory=dict)  # every metrics.csv column
-    final: dict[str, float] = field(default_factory=dict)  # final errors (status.json first)
-    responses: list[tuple[int, str, float]] = field(default_factory=list)  # (index, layer, std)
-    responses_split: str | None = None  # the split of that measurement: "test" or "val"
-    error: str | None = None  # the exception of a failed run
-    code: str | None = None  # the commit it ran (report.code_label); None: not recorded
-
-    @property
-    def label(self) -> str:
-        """The legend text: the network name, with the status unless finished."""
-        return self.name if self.status == "finished" else f"{self.name} ({self.status})"
-
-
-def read_metrics(path: Path) -> dict[str, Series]:
-    """Lightning's CSVLogger file as one (iteration, value) series per column; {} when there is
-    none. Rows are sparse; a cut-off last row of a running run is skipped where it does not
-    parse; nan and inf are kept (a diverged run)."""
-    series: dict[str, Series] = {}
-    if not path.is_file():
-        return series
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                step = int(float(row.get("step") or ""))
-            except ValueError:
-                continue
-            for key, text in row.items():
-                if key in (None, "step", "epoch") or not text:
-                    continue
-                try:
-                    series.setdefault(key, []).append((step, float(text)))
-                except ValueError:
-                    continue
-    return series
-
-
-def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None]:
-    """The last measurement of responses.csv (on the test split when there is one): its
-    (index, layer, std) rows in network order, and its split; ([], None) without the file."""
-    if not path.is_file():
-        return [], None
-    measurements: dict[tuple[str, int], list[tuple[int, str, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                key = (row["split"], int(row["step"]))
-                measurements.setdefault(key, []).append(
-                    (int(row["index"]), row["layer"], float(row["std"]))
-                )
-            except (KeyError, TypeError, ValueError):
-                continue  # a cut-off last row
-    if not measurements:
-        return [], None
-    split, step = max(measurements, key=lambda k: (k[0] == "test", k[1]))
-    return sorted(measurements[split, step]), split
+    writer.writerows(kept)
+    atomic_write(path, text.getvalue())
+    return len(rows) - len(kept)

@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from reslab.run_folder import read_status, run_folders
+from reslab.run_folder import read_status
+from reslab.runs import run_folders
 
 ERRORS = ("train/error", "val/error", "test/error")
 

@@ -22,7 +22,8 @@ def _crop_flip_index(
     flattened to (H+2p)*(W+2p) pixels (``out``: an int64 (N, H, W) tensor to write into).
     One ``randint`` v per image in [0, (2p+1)² · 2) (without ``flip``: (2p+1)²): mirrored =
     v % 2, left = (v // 2) % (2p+1), top = (v // 2) // (2p+1). One draw per image makes the
-    draws of N·K images those of K batches of N drawn in turn."""
+    draws of N·K images those of K batches of N drawn in turn (on the CPU), so K batches
+    augmented at once are augmented exactly as one at a time."""
     side = 2 * padding + 1
     v = torch.randint(
         0, side * side * (2 if flip else 1), (n, 1), device=device, generator=generator

@@ -1,0 +1,302 @@
+"""Fused iterations: K iterations (forward, backward, optimizer step, schedule step) in one
+Lightning training step, over K batches indexed and augmented together
+(:class:`reslab.data.base.BatchLoader` with ``fused``): Lightning's loop and the batch's
+preparation cost once per K iterations. With ``module.cuda_graphs`` on one CUDA device the
+whole step is one CUDA graph (:class:`StepGraph`)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from reslab.module import Classifier
+from reslab.validation import require_int
+
+Step = Callable[[torch.Tensor, torch.Tensor, Any], None]
+
+
+def trainer(
+    fused_iterations: int = 1, checkpoint_every_n_steps: int | None = None, **kwargs: Any
+) -> L.Trainer:
+    """Lightning's ``Trainer(**kwargs)``, its ``log_every_n_steps`` and integer
+    ``val_check_interval`` given in iterations and turned into its steps of ``fused_iterations``.
+    Refuses what :func:`check_fused_iterations` refuses, ``checkpoint_every_n_steps`` (the
+    checkpoint callback's interval) included."""
+    k = fused_iterations
+    intervals = {
+        "trainer.log_every_n_steps": kwargs.get("log_every_n_steps"),
+        "trainer.val_check_interval": kwargs.get("val_check_interval"),
+        "optim.max_steps": kwargs.get("max_steps"),
+        "callbacks.checkpoint.every_n_train_steps": checkpoint_every_n_steps,
+    }
+    check_fused_iterations(k, None, intervals)
+    for key in ("log_every_n_steps", "val_check_interval"):
+        if _is_int(kwargs.get(key)):  # (a validation interval may be a time or a fraction)
+            kwargs[key] //= k
+    built = L.Trainer(**kwargs)
+    check_fused_iterations(k, None, {}, built)
+    return built
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_fused_iterations(
+    fused: int, datamodule: Any, intervals: dict[str, Any], trainer: L.Trainer | None = None
+) -> None:
+    """Refuses (``ValueError``) ``module.fused_iterations=fused`` > 1 with a dataset whose
+    loader cannot group batches (not ``fuses_iterations``); with intervals in iterations
+    (``{key: value}``) that it does not divide, all named at once; and with ``trainer``'s
+    settings that a fused step cannot keep."""
+    if fused == 1:
+        return
+    if datamodule is not None and not getattr(datamodule, "fuses_iterations", False):
+        raise ValueError(
+            f"module.fused_iterations={fused} needs an in-memory dataset (cifar10, cifar100, "
+            f"fashion_mnist, synthetic); {type(datamodule).__name__} loads its batches one at "
+            "a time: use module.fused_iterations=1"
+        )
+    bad = {k: v for k, v in intervals.items() if _is_int(v) and v > 0 and v % fused}
+    if bad:
+        said = ", ".join(f"{key}={value}" for key, value in bad.items())
+        raise ValueError(
+            f"{said} {'is' if len(bad) == 1 else 'are'} not a multiple of "
+            f"module.fused_iterations={fused}: a fused step of {fused} iterations ends only at "
+            f"multiples of {fused}; valid: multiples of {fused}, or fused_iterations a divisor "
+            f"of {math.gcd(*bad.values())}"
+        )
+    if trainer is None:
+        return
+    settings = {  # what a fused step cannot keep: {said: refused}
+        f"trainer.max_epochs={trainer.max_epochs} (epochs of fused steps end elsewhere: train "
+        "by optim.max_steps, with trainer.max_epochs=-1)": trainer.max_epochs not in (None, -1),
+        f"trainer.gradient_clip_val={trainer.gradient_clip_val}": bool(trainer.gradient_clip_val),
+        f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}": (
+            trainer.accumulate_grad_batches != 1
+        ),
+        f"trainer.precision={trainer.precision} (its gradient scaler; bf16-mixed needs none)": (
+            getattr(trainer.precision_plugin, "scaler", None) is not None
+        ),
+    }
+    if refused := [said for said, bad in settings.items() if bad]:
+        raise ValueError(
+            f"module.fused_iterations={fused} cannot run with {'; '.join(refused)}: use "
+            "module.fused_iterations=1 for those"
+        )
+
+
+class FusedClassifier(Classifier):
+    """The :class:`reslab.module.Classifier` with ``fused_iterations`` (K) iterations per
+    Lightning training step, in a Trainer built by :func:`trainer`: K = 1 is the Classifier
+    (automatic optimization), K > 1 manual optimization. Nothing a user sees changes: each
+    iteration's optimizer step goes through Lightning (``trainer.global_step`` counts it, its
+    ``on_before_optimizer_step`` hooks run), the schedule steps every iteration, and logging,
+    validation and checkpoints come at the same iterations as with K = 1.
+
+    With ``cuda_graphs``, without ``compile``, on one device, the step's device work is
+    captured in a :class:`StepGraph`: the host runs the K optimizer steps without gradients
+    first (each counts its iteration and runs its hooks) and the schedule, and the graph
+    replays with each iteration's learning rate as they left it. A step replays only when the
+    step before it ran every iteration at its schedule's lr: while a callback sets the lr from
+    what the iteration computed (``on_before_optimizer_step``), the steps run eagerly."""
+
+    def __init__(self, *args: Any, fused_iterations: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        require_int("module.fused_iterations", fused_iterations, 1)
+        self.fused_iterations = fused_iterations
+        self.automatic_optimization = fused_iterations == 1
+        self._step_graph: StepGraph | None = None
+        self._stepped_lr: list[Any] = []  # the learning rates of the last optimizer step
+        self._lr_followed_schedule = True  # in every iteration of the last step
+
+    @property
+    def log_every_n_iterations(self) -> int:
+        return self.trainer.log_every_n_steps * self.fused_iterations
+
+    def setup(self, stage: str) -> None:
+        first = not self._prepared
+        super().setup(stage)
+        if not first or stage != "fit" or self.fused_iterations == 1:
+            return
+        check_fused_iterations(self.fused_iterations, getattr(self.trainer, "datamodule", None), {})
+        # (under DDP each iteration's forward and backward are graphed instead)
+        if self.cuda_graphs and not self.compile_net and self.trainer.world_size == 1:
+            self._graph_pending = False  # the whole step's graph instead of the network's
+            self._step_graph = StepGraph()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        images, labels = batch  # (K, B, ...): K batches
+        graph, optimizer = self._step_graph, self.optimizers()
+        schedulers = [c.scheduler for c in self.trainer.lr_scheduler_configs]
+        schedulers = [s for s in schedulers if not isinstance(s, ReduceLROnPlateau)]
+        if graph is not None and graph.captured and self._lr_followed_schedule:
+            optimizer.optimizer.zero_grad(set_to_none=True)  # the steps below update nothing
+            self._lr_followed_schedule = True
+            lrs = [self._step(optimizer, schedulers) for _ in range(labels.shape[0])]
+            graph.replay(images, labels, lrs)
+            self.log_interval(self.global_step)
+            return None
+        capture = graph is not None and self._lr_followed_schedule
+        self._lr_followed_schedule = True
+        with graph.side_stream(images.device) if capture else contextlib.nullcontext():
+            for k in range(labels.shape[0]):
+                loss = self.training_iteration(images[k], labels[k])
+                optimizer.optimizer.zero_grad()
+                self.trainer.strategy.pre_backward(loss)  # (DDP: this backward all-reduces)
+                loss.backward()
+                self._step(optimizer, schedulers)
+        if capture and self._lr_followed_schedule:
+            graph.capture(self._device_step, images, labels, optimizer.optimizer)
+        return None
+
+    def _step(self, optimizer: Any, schedulers: list[Any]) -> list[Any]:
+        """One iteration's optimizer step through Lightning, then its schedule's; returns the
+        learning rates the step used."""
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        optimizer.step()
+        self._lr_followed_schedule &= self._stepped_lr == scheduled
+        for scheduler in schedulers:
+            self.lr_scheduler_step(scheduler, None)
+        return self._stepped_lr
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._stepped_lr = [group["lr"] for group in optimizer.param_groups]
+        super().on_before_optimizer_step(optimizer)
+
+    def _device_step(self, images: torch.Tensor, labels: torch.Tensor, sgd: Any) -> None:
+        """A step's device work only, as its CUDA graph holds it; no gradients afterwards."""
+        for k in range(labels.shape[0]):
+            self._step_graph.use_lr(sgd, k)
+            loss = self.forward_and_count(images[k], labels[k])
+            sgd.zero_grad(set_to_none=True)
+            loss.backward()
+            sgd.step()
+        sgd.zero_grad(set_to_none=True)
+
+    def on_validation_end(self) -> None:
+        super().on_validation_end()
+        value, trainer = self.trainer.callback_metrics.get("val/error"), self.trainer
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if not self.automatic_optimization and value is not None and fitting:
+            for config in trainer.lr_scheduler_configs:  # as Lightning in automatic optimization
+                if isinstance(config.scheduler, ReduceLROnPlateau):
+                    self.lr_scheduler_step(config.scheduler, value)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["reslab"]["fused_iterations"] = self.fused_iterations
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        fused = checkpoint["reslab"].get("fused_iterations", 1)  # (a Classifier's: 1)
+        if fused != self.fused_iterations:
+            raise ValueError(
+                f"module.fused_iterations={self.fused_iterations}, but the checkpoint was "
+                f"trained with module.fused_iterations={fused} (Lightning counts its progress "
+                f"differently for each): resume with module.fused_iterations={fused}"
+            )
+
+
+class StepGraph:
+    """A training step captured once in one CUDA graph and replayed for every later step.
+
+    ``with graph.side_stream(device): <the step, eagerly>`` (it creates the momentum buffers
+    and lets cuDNN choose its kernels), then ``graph.capture(step, images, labels, optimizer)``,
+    where ``step(images, labels, optimizer)`` does the device work and calls
+    ``graph.use_lr(optimizer, k)`` before iteration k's optimizer step; the capture trains
+    nothing. Then ``graph.replay(images, labels, lrs)``: the inputs are copied into the
+    graph's, and ``lrs`` (K lists of each group's learning rate) into a device tensor that the
+    optimizer's fused implementation reads (``torch.optim.SGD``). Batch norm's statistics are
+    updated in place, as eagerly. Off CUDA there is no graph: the replay runs ``step``'s
+    Python on the same tensors with those learning rates."""
+
+    def __init__(self) -> None:
+        self.captured = False
+        self.lrs: Any = []  # K rows of each group's lr: a device tensor in a graph
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._run: Callable[[], None] = lambda: None
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._lr_values: list[list[Any]] = []  # what self.lrs holds on the device
+
+    @contextlib.contextmanager
+    def side_stream(self, device: torch.device) -> Iterator[None]:
+        """Runs the enclosed (eager) step on a side stream, as CUDA graph capture wants."""
+        if device.type != "cuda":
+            yield
+            return
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    def use_lr(self, optimizer: Any, k: int) -> None:
+        for g, group in enumerate(optimizer.param_groups):
+            group["lr"] = self.lrs[k][g]
+
+    def capture(
+        self, step: Step, images: torch.Tensor, labels: torch.Tensor, optimizer: Any
+    ) -> None:
+        """Captures ``step`` on copies of ``images`` (K, B, ...) and ``labels`` (K, B)."""
+        self._inputs = images.detach().clone(), labels.detach().clone()
+
+        def run() -> None:  # the scheduled (float) lr put back after the step
+            floats = [group["lr"] for group in optimizer.param_groups]
+            try:
+                step(*self._inputs, optimizer)
+            finally:
+                for group, lr in zip(optimizer.param_groups, floats, strict=True):
+                    group["lr"] = lr
+
+        self._run, self.captured = run, True
+        if not images.is_cuda:
+            return
+        if "fused" not in optimizer.defaults:
+            raise ValueError(
+                "module.cuda_graphs captures the whole step with a fused optimizer; "
+                f"{type(optimizer).__name__} has none: use torch.optim.SGD, or "
+                "module.fused_iterations=1"
+            )
+        floats = [group["lr"] for group in optimizer.param_groups]
+        self.lrs = torch.tensor([floats] * labels.shape[0], device=images.device)
+        self._lr_values = [list(floats) for _ in range(labels.shape[0])]
+        for group in optimizer.param_groups:
+            group["fused"] = True  # torch's fused SGD reads a tensor learning rate on the device
+        dtype, autocast = torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda")
+        self._graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)
+        # autocast without its weight cache, which a graph must not hold across replays
+        with (
+            torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False),
+            torch.cuda.graph(self._graph),
+        ):
+            run()
+
+    def replay(self, images: torch.Tensor, labels: torch.Tensor, lrs: list[list[Any]]) -> None:
+        """Runs the captured step on ``images`` and ``labels``, iteration k at ``lrs[k]``."""
+        assert self._inputs is not None, "capture() first"
+        if images.shape != self._inputs[0].shape:
+            raise ValueError(
+                f"a captured step takes batches of shape {tuple(self._inputs[0].shape)}; got "
+                f"{tuple(images.shape)}"
+            )
+        self._inputs[0].copy_(images)
+        self._inputs[1].copy_(labels)
+        if self._graph is None:
+            self.lrs = lrs
+            self._run()
+            return
+        if lrs != self._lr_values:  # a copy to the device only when they changed
+            self._lr_values = [list(row) for row in lrs]
+            self.lrs.copy_(torch.tensor(lrs))
+        self._graph.replay()

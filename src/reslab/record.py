@@ -1,0 +1,129 @@
+"""A run's outcome in its folder, for every way a run ends (finished, diverged, stopped by a
+signal, failed): status.json, the wandb summary and the result line. The folder's files belong
+to rank 0: DDP's other ranks run train() too, after rank 0 has opened its loggers."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from reslab import run_folder
+from reslab.callbacks import DivergenceGuard
+from reslab.loggers import log_final_summary
+from reslab.signals import RunInterrupted, StopOnSignal, stop_status
+
+write_status = rank_zero_only(run_folder.write_status)
+# A diverged run's errors are no result: null (what was measured before stays in metrics.csv).
+_BROKEN = ("train/loss", "train/error", "val/error", "test/error")
+
+
+def record(
+    name: str, output_dir: Path, started: float, trainer: L.Trainer | None,
+    metrics: dict[str, float], error: BaseException | None = None,
+) -> float:  # fmt: skip
+    """Records how the run ended and returns the sweeper's metric (the final ``val/error``,
+    else ``test/error``; nan for a diverged or failed run). A run stopped by a signal, at its
+    checkpoint or at once, is recorded ``interrupted`` (``preempted`` in a SLURM job) and
+    raises :class:`RunInterrupted`; a failed one (``error``) is recorded, and the caller
+    raises the error on."""
+    seconds = round(time.time() - started, 1)
+    stopper = _callback(trainer, StopOnSignal)
+    stopped = stopper is not None and (error is not None or stopper.stopped_at is not None)
+    signum = stopper.signum if stopped else None
+    if signum is None and isinstance(error, KeyboardInterrupt | SIGTERMException):
+        signum = signal.SIGINT if isinstance(error, KeyboardInterrupt) else signal.SIGTERM
+    if signum is not None:  # outside the training loop: at the last checkpoint
+        step = stopper.stopped_at if stopper is not None else None
+        _record_stop(name, output_dir, signum, step, seconds)
+        if stopper is not None:
+            stopper.pass_on()  # submitit's handler: it requeues the job
+        raise RunInterrupted(signum, step) from None
+    if error is not None or trainer is None:
+        record_failure(output_dir, name, error or RuntimeError("no trainer"), started=True)
+        _finish_wandb(exit_code=1)
+        return math.nan
+    diverged = _diverged_at(trainer)
+    status = "finished"
+    if diverged is not None or any(not math.isfinite(v) for v in metrics.values()):
+        status = "diverged"
+        broken = [*_BROKEN, *(k for k in run_folder.FINAL_ERRORS if k in metrics)]
+        metrics = {**metrics, **dict.fromkeys(broken)}
+    module, best = trainer.lightning_module, {}
+    # the final error is the paper's; the best one for reference, if measured before any
+    # divergence (the network is broken from there on)
+    if module.best_val_error is not None and (diverged is None or module.best_val_step < diverged):
+        best = {"val/error_best": module.best_val_error, "val/error_best_at": module.best_val_step}
+    if diverged is not None:
+        best["diverged_at"] = diverged
+    final = {"status": status, "iterations": trainer.global_step, "seconds": seconds,
+             **metrics, **best}  # fmt: skip
+    write_status(output_dir, name=name, **final)
+    log_final_summary(trainer.loggers, {"network": name, **final}, trainer.global_step)
+    for logger in trainer.loggers:
+        logger.save()
+    said = [f"{k} {v:.2f}%" for k, v in metrics.items() if "error" in k and v is not None]
+    said_all = ", ".join(said) or "no final errors (diverged)"
+    _say(f"[reslab] {name}: {trainer.global_step} iterations, {said_all} ({seconds:.0f} s)")
+    _finish_wandb(exit_code=0)
+    return math.nan if status == "diverged" else run_folder.final_metric(metrics)
+
+
+@rank_zero_only
+def record_failure(
+    output_dir: Path, name: str | None, err: BaseException, *, started: bool = False
+) -> None:
+    """status.json ``failed`` with ``err``. A run that did not start leaves the status.json a
+    folder has (a finished or interrupted run that a resume could not continue); a started
+    one keeps the failure it recorded itself (a DDP job's own)."""
+    status = run_folder.read_status(output_dir).get("status")
+    if status is None or (started and status != "failed"):
+        error = f"{type(err).__name__}: {err}"
+        run_folder.write_status(output_dir, "failed", name=name, error=error)
+
+
+def _record_stop(name: str, output_dir: Path, signum: int, step: int | None, seconds: float):
+    fields: dict[str, Any] = {"interrupted_at": step, "iterations": step}
+    if step is None:
+        fields = {"error": f"stopped at once by {signal.Signals(signum).name} (a second signal, "
+                  "or outside the training loop), without a checkpoint there"}  # fmt: skip
+    write_status(output_dir, stop_status(), name=name, seconds=seconds, **fields)
+    _finish_wandb(exit_code=RunInterrupted(signum, step).exit_code)
+    where = f"checkpoint at iteration {step}" if step is not None else "its last checkpoint"
+    _say(f"[reslab] {name}: {stop_status()} ({where}); continue it: reslab-resume {output_dir}")
+
+
+def ended_early(trainer: L.Trainer) -> bool:
+    """Stopped by a signal or diverged: the run gets no final validation or test."""
+    stopped_at = getattr(_callback(trainer, StopOnSignal), "stopped_at", None)
+    return stopped_at is not None or _diverged_at(trainer) is not None
+
+
+def _diverged_at(trainer: L.Trainer) -> int | None:
+    return getattr(_callback(trainer, DivergenceGuard), "diverged_at", None)
+
+
+def _callback(trainer: L.Trainer | None, kind: type) -> Any:
+    return next((c for c in (trainer.callbacks if trainer else []) if isinstance(c, kind)), None)
+
+
+@rank_zero_only
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """Closes the wandb run (failed on a non-zero exit code): each job of a multirun gets its
+    own."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)

@@ -1,0 +1,108 @@
+"""Run folders read back, for reports and sweep summaries: which folders are runs, and what
+each one's files say (reslab.run_folder is the contract they follow)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reslab.run_folder import STATUS_FILE
+
+
+def job_order(folder: Path) -> tuple[str, int, str]:
+    """Sort key of run folders: by parent, then a sweep's job number (``3_resnet-20A``)."""
+    head = folder.name.split("_", 1)[0]
+    return (str(folder.parent), int(head) if head.isdigit() else 1 << 30, folder.name)
+
+
+def run_folders(path: str | Path, required: bool = False) -> list[Path]:
+    """``path`` itself when it is a run folder (it has a status.json), else every run folder
+    under it, in job order. With ``required``, an error that says what is wrong instead of []
+    (FileNotFoundError, ValueError)."""
+    path = Path(path)
+    if required and not path.is_dir():
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; give a sweep folder or a run folder")
+        raise ValueError(f"{path} is not a folder; give a sweep folder or a run folder")
+    if (path / STATUS_FILE).is_file():
+        return [path]
+    found = sorted((p.parent for p in path.rglob(STATUS_FILE)), key=job_order)
+    if required and not found:
+        raise ValueError(f"no reslab run folders ({STATUS_FILE}) under {path}")
+    return found
+
+
+Series = list[tuple[int, float]]  # (iteration, value)
+
+
+@dataclass
+class Run:
+    """One run folder as reslab-train left it; None where the folder does not say."""
+
+    path: Path
+    name: str  # the network name: plain-56, resnet-56A
+    dataset: str | None
+    family: str | None
+    depth: int | None
+    shortcut: str | None
+    residual: bool
+    seed: int | None
+    params: int | None
+    status: str  # one of STATUSES; "diverged" also for a finished run with a non-finite error
+    iterations: int | None
+    metrics: dict[str, Series] = field(default_factory=dict)  # every metrics.csv column
+    final: dict[str, float] = field(default_factory=dict)  # final errors (status.json first)
+    responses: list[tuple[int, str, float]] = field(default_factory=list)  # (index, layer, std)
+    responses_split: str | None = None  # the split of that measurement: "test" or "val"
+    error: str | None = None  # the exception of a failed run
+    code: str | None = None  # the commit it ran (report.code_label); None: not recorded
+
+    @property
+    def label(self) -> str:
+        """The legend text: the network name, with the status unless finished."""
+        return self.name if self.status == "finished" else f"{self.name} ({self.status})"
+
+
+def read_metrics(path: Path) -> dict[str, Series]:
+    """Lightning's CSVLogger file as one (iteration, value) series per column; {} when there is
+    none. Rows are sparse; a cut-off last row of a running run is skipped where it does not
+    parse; nan and inf are kept (a diverged run)."""
+    series: dict[str, Series] = {}
+    if not path.is_file():
+        return series
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                step = int(float(row.get("step") or ""))
+            except ValueError:
+                continue
+            for key, text in row.items():
+                if key in (None, "step", "epoch") or not text:
+                    continue
+                try:
+                    series.setdefault(key, []).append((step, float(text)))
+                except ValueError:
+                    continue
+    return series
+
+
+def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None]:
+    """The last measurement of responses.csv (on the test split when there is one): its
+    (index, layer, std) rows in network order, and its split; ([], None) without the file."""
+    if not path.is_file():
+        return [], None
+    measurements: dict[tuple[str, int], list[tuple[int, str, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                key = (row["split"], int(row["step"]))
+                measurements.setdefault(key, []).append(
+                    (int(row["index"]), row["layer"], float(row["std"]))
+                )
+            except (KeyError, TypeError, ValueError):
+                continue  # a cut-off last row
+    if not measurements:
+        return [], None
+    split, step = max(measurements, key=lambda k: (k[0] == "test", k[1]))
+    return sorted(measurements[split, step]), split

@@ -1,0 +1,103 @@
+"""Stopping on a signal: Ctrl-C, SIGTERM (and SIGUSR2 in a SLURM job) stop training at a whole
+iteration with a checkpoint there, so the resumed run repeats nothing and skips nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+import lightning as L
+
+from reslab.checkpoints import RunCheckpoint
+from reslab.module import logging_iteration
+
+_SIGUSR2 = getattr(signal, "SIGUSR2", -1)
+
+
+class RunInterrupted(BaseException):
+    """A run stopped by a signal after its checkpoint at iteration ``step`` (None: at once, by a
+    second signal). A BaseException, so it stops a sweep too; ``exit_code`` is the shell's
+    (130 for SIGINT, 143 for SIGTERM and SIGUSR2)."""
+
+    def __init__(self, signum: int, step: int | None) -> None:
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + (signal.SIGTERM if signum == _SIGUSR2 else signum)
+        super().__init__(f"{signal.Signals(signum).name} at iteration {step}")
+
+
+def stop_status() -> str:
+    """status.json's word for a stop: ``preempted`` in a SLURM job, else ``interrupted``."""
+    return "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
+
+
+class StopOnSignal(L.Callback):
+    """On SIGINT or SIGTERM (and, in a SLURM job, SIGUSR2: submitit's warning before the time
+    limit), the iteration in progress (with fused iterations: the fused step's K) finishes,
+    ``last.ckpt`` is saved at it, its logging and a validation due at it run, and training
+    stops before the next one with :class:`RunInterrupted`. A second Ctrl-C stops at once; a
+    scheduler's further signals (SIGTERM, then USR2) change nothing.
+
+    Its handlers replace Lightning's while ``fit`` trains (Lightning's SIGTERM handler would
+    stop without a checkpoint); Lightning's teardown puts back the ones that were there before
+    fit. Those are recorded in ``setup``, which Lightning calls before it installs its own, and
+    :meth:`pass_on` calls submitit's among them once the run is recorded, so that submitit
+    requeues the job. Under DDP the ranks agree at logging iterations."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopped_at: int | None = None
+        self._before: dict[int, Any] = {}  # the handlers before fit
+
+    @staticmethod
+    def _signals() -> list[int]:
+        names = ["SIGINT", "SIGTERM"] + (["SIGUSR2"] if os.environ.get("SLURM_JOB_ID") else [])
+        return [getattr(signal, n) for n in names if hasattr(signal, n)]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._before = {signum: signal.getsignal(signum) for signum in self._signals()}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # handlers live there
+            for signum in self._signals():
+                signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
+                raise KeyboardInterrupt
+            return  # a scheduler's second word (SIGTERM, then USR2): the stop is under way
+        self.signum = signum
+        print(f"\n[reslab] {signal.Signals(signum).name}: saving a checkpoint at the end of "
+              "this iteration, then stopping (again to stop at once)", file=sys.stderr,
+              flush=True)  # fmt: skip
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.stopped_at is not None:
+            return
+        step = trainer.global_step
+        if trainer.world_size > 1:  # every rank must stop at the same iteration
+            if not logging_iteration(trainer, step):
+                return
+            if not trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
+                return
+            self.signum = self.signum or signal.SIGTERM  # a rank that got none
+        elif self.signum is None:
+            return
+        if isinstance(trainer.checkpoint_callback, RunCheckpoint):
+            trainer.checkpoint_callback.save_final(trainer)
+        self.stopped_at = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.stopped_at is not None:  # the stopped iteration is logged and validated
+            raise RunInterrupted(self.signum or signal.SIGTERM, self.stopped_at)
+
+    def pass_on(self) -> None:
+        """Calls the handler there before fit for the signal received (submitit's: it requeues
+        the job and exits), unless it is Python's own Ctrl-C or none."""
+        handler = self._before.get(self.signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(self.signum, None)
