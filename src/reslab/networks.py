@@ -271,28 +271,25 @@ def _blocks(
                 "multiple of 3)"
             )
         require_choice("model.block_layers", block_layers, layers, note)
+        block, per_stage = BasicBlock, (2 * n // block_layers,) * 3
+        options: dict[str, Any] = {"layers": block_layers}
+    else:
+        note = "(the imagenet family, Table 1)"
+        require_choice("model.depth", depth, tuple(IMAGENET_STAGES), note)
+        per_stage, bottleneck = IMAGENET_STAGES[depth]
         require_choice(
-            "model.bottleneck_stride", bottleneck_stride, ("1x1",),
-            "(cifar nets have no bottleneck blocks)",
+            "model.block_layers", block_layers, (2,),
+            "(the imagenet family has the paper's blocks; 1 and 3 are a cifar-family study)",
         )  # fmt: skip
-        return BasicBlock, (2 * n // block_layers,) * 3, {"layers": block_layers}
-    require_choice("model.depth", depth, tuple(IMAGENET_STAGES), "(the imagenet family, Table 1)")
-    per_stage, bottleneck = IMAGENET_STAGES[depth]
-    require_choice(
-        "model.block_layers", block_layers, (2,),
-        "(the imagenet family has the paper's blocks; 1 and 3 are a cifar-family study)",
-    )  # fmt: skip
-    if bottleneck:
-        require_choice(
-            "model.bottleneck_stride", bottleneck_stride, BOTTLENECK_STRIDES,
-            "(1x1: the paper's stride placement; 3x3: torchvision's v1.5)",
-        )  # fmt: skip
-        return Bottleneck, per_stage, {"stride_on": bottleneck_stride}
-    require_choice(
-        "model.bottleneck_stride", bottleneck_stride, ("1x1",),
-        f"(depth {depth} has no bottleneck blocks; 3x3 is for depths 50, 101, 152)",
-    )  # fmt: skip
-    return BasicBlock, per_stage, {}
+        block = Bottleneck if bottleneck else BasicBlock
+        options = {"stride_on": bottleneck_stride} if bottleneck else {}
+    if block is Bottleneck:
+        note = "(1x1: the paper's stride placement; 3x3: torchvision's v1.5)"
+        require_choice("model.bottleneck_stride", bottleneck_stride, BOTTLENECK_STRIDES, note)
+    else:
+        note = f"({family} depth {depth} has no bottleneck blocks; 3x3 is for imagenet 50-152)"
+        require_choice("model.bottleneck_stride", bottleneck_stride, ("1x1",), note)
+    return block, per_stage, options
 
 
 def _stem(family: str, in_channels: int, width: int) -> nn.Sequential:

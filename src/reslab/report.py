@@ -281,11 +281,8 @@ def code_notes(runs: Sequence[Run], listed: int = 4) -> list[str]:
             f"{code} ({', '.join(names[:listed])}{', ...' if len(names) > listed else ''})"
             for code, names in by_code.items()
         ]
-        notes.append(
-            f"Warning: this table mixes runs of {len(by_code)} versions of the code: "
-            + "; ".join(parts)
-            + "."
-        )
+        mixed = f"{len(by_code)} versions of the code: {'; '.join(parts)}"
+        notes.append(f"Warning: this table mixes runs of {mixed}.")
     if unknown := sum(run.code is None for run in runs):
         notes.append(f"{unknown} run(s) recorded no commit (no provenance.json).")
     return notes
