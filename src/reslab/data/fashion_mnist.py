@@ -60,13 +60,9 @@ class FashionMNISTDataModule(InMemoryDataModule):
     def find_files(self) -> dict[str, Path] | None:
         """The four files (plain or .gz), from the first folder that has all of them."""
         for folder in self.candidate_dirs():
-            found = {}
-            for key, stem in FILES.items():
-                for name in (stem, stem + ".gz"):
-                    if (folder / name).is_file():
-                        found[key] = folder / name
-                        break
-            if len(found) == len(FILES):
+            paths = {key: (folder / stem, folder / f"{stem}.gz") for key, stem in FILES.items()}
+            found = {key: next((p for p in two if p.is_file()), None) for key, two in paths.items()}
+            if None not in found.values():
                 return found
         return None
 
