@@ -85,9 +85,8 @@ class CIFAR10DataModule(InMemoryDataModule):
             try:
                 download_and_extract_archive(self.url, str(root), md5=self.md5)
             except Exception as err:  # no network, a proxy, a bad archive: say what to do
-                raise FileNotFoundError(
-                    self._where_message(f"downloading it failed ({err})")
-                ) from err
+                why = f"downloading it failed ({err})"
+                raise FileNotFoundError(self._where_message(why)) from err
         if missing := self._missing():
             raise FileNotFoundError(self._where_message(f"missing {', '.join(missing)}"))
         return root / self.folder

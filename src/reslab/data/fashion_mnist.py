@@ -77,9 +77,8 @@ class FashionMNISTDataModule(InMemoryDataModule):
                     for train in (True, False):
                         FashionMNIST(str(root), train=train, download=True)
                 except Exception as err:
-                    raise FileNotFoundError(
-                        self._where_message(f"downloading failed ({err})")
-                    ) from err
+                    why = f"downloading failed ({err})"
+                    raise FileNotFoundError(self._where_message(why)) from err
             files = self.find_files()
             if files is None:
                 raise FileNotFoundError(self._where_message("the four idx files are missing"))
