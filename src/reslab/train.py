@@ -1,9 +1,5 @@
-"""One training run: instantiate what the config names, fit, test; reslab.record writes how it
-ended.
-
-    from reslab.train import train
-    train(cfg)   # cfg composed from conf/ (reslab-train does it: see reslab.cli)
-"""
+"""One training run: instantiate what the config (composed from conf/) names, fit, test;
+reslab.record writes how it ended."""
 
 from __future__ import annotations
 
@@ -26,11 +22,10 @@ write_provenance = rank_zero_only(run_folder.write_provenance)
 
 
 def train(cfg: DictConfig) -> float:
-    """Train and test one network as ``cfg`` describes, in the run folder
-    ``cfg.paths.output_dir``; returns the final ``val/error`` (``test/error`` without a
-    validation split; nan for a diverged run) for Hydra's sweepers. Resuming a finished run
-    with no more iterations to train changes nothing and returns its metric. A run that could
-    not start (its checkpoint missing or damaged) leaves the status.json a folder had."""
+    """Trains and tests one network in the run folder ``cfg.paths.output_dir``; returns the
+    sweeper's metric (:func:`reslab.record.record`). Resuming a finished run with nothing left
+    to train changes nothing; a run that could not start (its checkpoint missing or damaged)
+    leaves the status.json a folder had."""
     output_dir, started = Path(cfg.paths.output_dir), time.time()
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
@@ -81,22 +76,15 @@ def build(cfg: DictConfig, output_dir: Path, resume: str | None) -> tuple[L.Trai
     config.pop("hydra", None)  # present only when composed by hand (tests)
     record, diff = provenance(*trainer_device(trainer))
     write_provenance(output_dir, record, diff, resumed=resume is not None)
-    hparams = {
-        **run_summary(cfg, datamodule.name), **config, "provenance": record,
+    hparams = {  # the top-level keys a dashboard groups and filters by, then the config
+        "network": cfg.name, "family": cfg.model.family, "depth": cfg.model.depth,
+        "shortcut": cfg.model.shortcut, "residual": cfg.model.shortcut != "none",
+        "dataset": datamodule.name, "seed": cfg.seed, **config, "provenance": record,
         "parameters": sum(p.numel() for p in net.parameters()),
     }  # fmt: skip
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     return trainer, module, datamodule
-
-
-def run_summary(cfg: DictConfig, dataset: str) -> dict[str, Any]:
-    """Top-level keys a dashboard groups and filters by."""
-    return {
-        "network": cfg.name, "family": cfg.model.family, "depth": cfg.model.depth,
-        "shortcut": cfg.model.shortcut, "residual": cfg.model.shortcut != "none",
-        "dataset": dataset, "seed": cfg.seed,
-    }  # fmt: skip
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
