@@ -9,7 +9,7 @@ which reslab piece needs a new way; the rest of reslab uses public APIs only.
   reads under manual optimization, which a fused step advances once per iteration without
   Lightning's per-iteration hooks.
 - submitit's class attribute ``SlurmJob.watcher`` and its watcher's ``_delay_s`` and
-  ``_registered`` (reslab.launch.quiet_slurm_polling): a SLURM sweep on a cluster without
+  ``_registered`` (reslab.slurm.quiet_slurm_polling): a SLURM sweep on a cluster without
   accounting asks squeue for its jobs' states instead of sacct's errors on every poll.
 
 Not in src, in the tests only: wandb's ``wandb.proto.wandb_internal_pb2.Record`` and the layout of
@@ -154,7 +154,7 @@ def test_a_dataloader_worker_error_carries_the_workers_traceback() -> None:
 def test_submitit_slurm_jobs_share_a_watcher_reslab_can_replace() -> None:
     from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-    user = "reslab.launch.quiet_slurm_polling"
+    user = "reslab.slurm.quiet_slurm_polling"
     assert isinstance(SlurmJob.__dict__.get("watcher"), SlurmInfoWatcher), (
         "submitit's SlurmJob has no class attribute watcher any more: " + user + " relies on it"
     )

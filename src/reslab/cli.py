@@ -114,22 +114,16 @@ def hydra_task(cfg: DictConfig) -> float:
         metric = run_ddp_job_alone(cfg)
         return train(cfg) if metric is None else metric
     except BaseException as err:
-        record_failure(output_dir, _run_name(cfg), err)  # train() and the DDP job say theirs
+        name = OmegaConf.select(cfg, "name", throw_on_resolution_failure=False)  # None: bad model
+        record_failure(output_dir, name, err)  # train() and the DDP job say theirs
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         if not multirun or _user_full_error() or not isinstance(err, Exception):
             raise
         trace = output_dir / run_folder.ERROR_FILE
         trace.write_text(traceback.format_exc())
-        print(f"[reslab] {_run_name(cfg)}: failed: {type(err).__name__}: "
+        print(f"[reslab] {name}: failed: {type(err).__name__}: "
               f"{explain(err) or err} (traceback: {trace})")  # fmt: skip
         return math.nan
-
-
-def _run_name(cfg: DictConfig) -> str | None:
-    try:
-        return str(cfg.name)
-    except Exception:  # a name that does not resolve (bad model values): the folder says
-        return None
 
 
 # --- the commands --------------------------------------------------------------------------------

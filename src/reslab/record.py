@@ -29,11 +29,10 @@ def record(
     name: str, output_dir: Path, started: float, trainer: L.Trainer | None,
     metrics: dict[str, float], error: BaseException | None = None,
 ) -> float:  # fmt: skip
-    """Records how the run ended and returns the sweeper's metric (the final ``val/error``,
-    else ``test/error``; nan for a diverged or failed run). A run stopped by a signal, at its
-    checkpoint or at once, is recorded ``interrupted`` (``preempted`` in a SLURM job) and
-    raises :class:`RunInterrupted`; a failed one (``error``) is recorded, and the caller
-    raises the error on."""
+    """Records how the run ended; returns the sweeper's metric (the final ``val/error``, else
+    ``test/error``; nan for a diverged or failed run). A run stopped by a signal is recorded
+    ``interrupted`` (``preempted`` in a SLURM job) and raises :class:`RunInterrupted`; for a
+    failed one (``error``) the caller raises the error on."""
     seconds = round(time.time() - started, 1)
     stopper = _callback(trainer, StopOnSignal)
     stopped = stopper is not None and (error is not None or stopper.stopped_at is not None)
@@ -120,8 +119,7 @@ def _say(text: str) -> None:
 
 
 def _finish_wandb(exit_code: int) -> None:
-    """Closes the wandb run (failed on a non-zero exit code): each job of a multirun gets its
-    own."""
+    """Closes the wandb run (failed on a non-zero exit code): each job of a multirun has its own."""
     if "wandb" in sys.modules:
         import wandb
 
