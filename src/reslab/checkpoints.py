@@ -130,8 +130,3 @@ def unsafe_globals(path: Path) -> list[str]:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # not a torch zip file: torch.load says what is wrong with it
         return []
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """The iteration a checkpoint was saved at (it is loaded on the CPU, weights only)."""
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])

@@ -5,6 +5,7 @@ to rank 0: DDP's other ranks run train() too, after rank 0 has opened its logger
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from reslab import run_folder
 from reslab.callbacks import DivergenceGuard
 from reslab.loggers import log_final_summary
-from reslab.signals import RunInterrupted, StopOnSignal, stop_status
+from reslab.signals import RunInterrupted, StopOnSignal
 
 write_status = rank_zero_only(run_folder.write_status)
 # A diverged run's errors are no result: null (what was measured before stays in metrics.csv).
@@ -93,10 +94,11 @@ def _record_stop(name: str, output_dir: Path, signum: int, step: int | None, sec
     if step is None:
         fields = {"error": f"stopped at once by {signal.Signals(signum).name} (a second signal, "
                   "or outside the training loop), without a checkpoint there"}  # fmt: skip
-    write_status(output_dir, stop_status(), name=name, seconds=seconds, **fields)
+    status = "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
+    write_status(output_dir, status, name=name, seconds=seconds, **fields)
     _finish_wandb(exit_code=RunInterrupted(signum, step).exit_code)
     where = f"checkpoint at iteration {step}" if step is not None else "its last checkpoint"
-    _say(f"[reslab] {name}: {stop_status()} ({where}); continue it: reslab-resume {output_dir}")
+    _say(f"[reslab] {name}: {status} ({where}); continue it: reslab-resume {output_dir}")
 
 
 def ended_early(trainer: L.Trainer) -> bool:

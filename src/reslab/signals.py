@@ -26,11 +26,6 @@ class RunInterrupted(BaseException):
         super().__init__(f"{signal.Signals(signum).name} at iteration {step}")
 
 
-def stop_status() -> str:
-    """status.json's word for a stop: ``preempted`` in a SLURM job, else ``interrupted``."""
-    return "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
-
-
 class StopOnSignal(L.Callback):
     """On SIGINT or SIGTERM (and, in a SLURM job, SIGUSR2: submitit's warning before the time
     limit), the iteration in progress (fused: the step's K) finishes, ``last.ckpt`` is saved at

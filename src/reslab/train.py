@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from reslab import console, run_folder
-from reslab.checkpoints import RunCheckpoint, checkpoint_step
+from reslab.checkpoints import RunCheckpoint
 from reslab.config import instantiate
 from reslab.provenance import provenance, trainer_device
 from reslab.record import ended_early, record, record_failure, write_status
@@ -101,7 +102,7 @@ def prepare_folder(name: str, output_dir: Path, resume: str | None) -> None:
         for stale in (run_folder.METRICS_FILE, run_folder.WANDB_ID_FILE):
             (output_dir / stale).unlink(missing_ok=True)
         return
-    step = checkpoint_step(resume)
+    step = torch.load(resume, map_location="cpu", weights_only=True)["global_step"]
     dropped = run_folder.cut_metrics(output_dir, step)
     print(
         f"[reslab] {name}: resuming from {resume} at iteration {step}"
