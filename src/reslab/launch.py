@@ -52,11 +52,8 @@ def quiet_trainer(trainer_cfg: DictConfig) -> L.Trainer:
 def supported_strategy(trainer: L.Trainer) -> bool:
     """Whether ``trainer``'s strategy is one of ``SUPPORTED_STRATEGIES``, however it was named."""
     strategy = trainer.strategy
-    if type(strategy) is SingleDeviceStrategy:
-        return True
-    return type(strategy) is DDPStrategy and isinstance(
-        strategy.launcher, _SubprocessScriptLauncher
-    )
+    ddp = type(strategy) is DDPStrategy and isinstance(strategy.launcher, _SubprocessScriptLauncher)
+    return ddp or type(strategy) is SingleDeviceStrategy
 
 
 def reruns_command_line(trainer: L.Trainer) -> bool:

@@ -1,21 +1,7 @@
 """The run folder's contract: what a run leaves in its folder (``outputs/runs/<date>_<name>/``
-or a sweep's ``<job>_<name>/``), every file written whole (reslab.runs reads them back)::
-
-    .hydra/           the resolved config (config.yaml) and the command line's overrides.yaml
-    status.json       one of STATUSES, with the final errors (null where there is no number)
-                      or the checkpoint's iteration (``interrupted_at``)
-    provenance.json   reslab's version and commit, the libraries, device, host, command line
-    git.diff          the uncommitted changes of a dirty tree (``git diff HEAD``), when any
-    metrics.csv       every logged value, one row per logging iteration (``step``)
-    hparams.yaml      the network, dataset, parameters and config
-    checkpoints/last.ckpt   the last checkpoint (one file, overwritten in place)
-    .lock             held by the process writing the folder (reslab.run_lock)
-    wandb_id.txt      the wandb run's id, so a resumed run continues the same wandb run
-    error.txt, responses.csv   a failed sweep job's traceback; Figure 7's layer responses
-
-Nothing in it depends on where it was written, so a folder can be moved and resumed there.
-No torch, Lightning or Hydra here: the report side reads run folders with it.
-"""
+or a sweep's ``<job>_<name>/``), every file written whole; nothing in it depends on where it
+was written, so a folder can be moved and resumed there. No torch, Lightning or Hydra here: the
+report side (reslab.runs) reads run folders with it."""
 
 from __future__ import annotations
 
@@ -27,16 +13,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.csv"
-HPARAMS_FILE = "hparams.yaml"
-WANDB_ID_FILE = "wandb_id.txt"
-ERROR_FILE = "error.txt"
-RESPONSES_FILE = "responses.csv"
-LAST_CHECKPOINT = "checkpoints/last.ckpt"
-OVERRIDES_FILE = ".hydra/overrides.yaml"
-PROVENANCE_FILE = "provenance.json"
-GIT_DIFF_FILE = "git.diff"
+# .hydra/config.yaml beside it: the resolved config; .lock: the writer's (reslab.run_lock)
+OVERRIDES_FILE = ".hydra/overrides.yaml"  # the command line's overrides
+STATUS_FILE = "status.json"  # one of STATUSES, the final errors or ``interrupted_at``
+METRICS_FILE = "metrics.csv"  # every logged value, one row per logging iteration (``step``)
+HPARAMS_FILE = "hparams.yaml"  # the network, dataset, parameters and config
+LAST_CHECKPOINT = "checkpoints/last.ckpt"  # the last checkpoint, overwritten in place
+PROVENANCE_FILE = "provenance.json"  # reslab's commit, the libraries, device, host, command
+GIT_DIFF_FILE = "git.diff"  # a dirty tree's ``git diff HEAD``
+WANDB_ID_FILE = "wandb_id.txt"  # the wandb run's id: a resumed run continues that wandb run
+ERROR_FILE = "error.txt"  # a failed sweep job's traceback
+RESPONSES_FILE = "responses.csv"  # Figure 7's layer responses, when measured
 
 STATUSES = ("finished", "running", "interrupted", "preempted", "diverged", "failed")
 # The final numbers status.json keeps, and reports read.
