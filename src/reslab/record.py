@@ -57,8 +57,7 @@ def record(
         broken = [*_BROKEN, *(k for k in run_folder.FINAL_ERRORS if k in metrics)]
         metrics = {**metrics, **dict.fromkeys(broken)}
     module, best = trainer.lightning_module, {}
-    # the final error is the paper's; the best one for reference, if measured before any
-    # divergence (the network is broken from there on)
+    # the final error is the paper's; the best, for reference, if measured before any divergence
     if module.best_val_error is not None and (diverged is None or module.best_val_step < diverged):
         best = {"val/error_best": module.best_val_error, "val/error_best_at": module.best_val_step}
     if diverged is not None:
