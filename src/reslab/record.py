@@ -121,8 +121,6 @@ def _say(text: str) -> None:
 
 def _finish_wandb(exit_code: int) -> None:
     """Closes the wandb run (failed on a non-zero exit code): each job of a multirun has its own."""
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
+    wandb = sys.modules.get("wandb")  # imported only where a logger uses it
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
