@@ -94,8 +94,8 @@ def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
 
 
 def source_key(cfg: DictConfig, key: str) -> str:
-    """The key a user sets for ``key``: interpolations such as ``module.optimizer`` →
-    ``${optim.optimizer}`` and ``optim.optimizer.lr`` → ``${optim.lr}`` followed to the end."""
+    """The key a user sets for ``key``: interpolations such as ``module.optimizer.lr`` →
+    ``${optim.lr}`` followed to the end."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     for _ in range(10):  # interpolation chains are short; no cycles in a composed config
         parts, node = key.split("."), raw
