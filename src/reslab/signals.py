@@ -28,7 +28,7 @@ class RunInterrupted(BaseException):
 
 class StopOnSignal(L.Callback):
     """On SIGINT or SIGTERM (and, in a SLURM job, SIGUSR2: submitit's warning before the time
-    limit), the iteration in progress (fused: the step's K) finishes, ``last.ckpt`` is saved at
+    limit), the training step in progress (its K iterations) finishes, ``last.ckpt`` is saved at
     it, its logging and a validation due at it run, and training stops before the next one with
     :class:`RunInterrupted`. A second Ctrl-C stops at once; a scheduler's further signals change
     nothing. Under DDP the ranks agree at logging iterations.
