@@ -91,7 +91,7 @@ CASES = {
     ),
     "negative-lr": Case(("optim.lr=-0.1", "data=synthetic"), ("optim.lr=-0.1", "a number >= 0")),
     "negative-lr-on-the-optimizer": Case(
-        ("optim.optimizer.lr=-0.1", "data=synthetic"), ("optim.optimizer.lr=-0.1", ">= 0")
+        ("module.optimizer.lr=-0.1", "data=synthetic"), ("module.optimizer.lr=-0.1", ">= 0")
     ),
     "negative-momentum": Case(
         ("optim.momentum=-1", "data=synthetic"), ("optim.momentum=-1", "a number >= 0")

@@ -1,11 +1,6 @@
-"""Checkpoint files: written whole or not at all, refused when damaged or unsafe, and free of
-the folder they were written in (a run folder can be moved and resumed there).
-
-A checkpoint is written to ``<name>.tmp``, flushed to disk and renamed over the old file, so a
-kill never leaves half of one. A torch checkpoint is a zip file whose entries each carry a
-CRC-32: before a resume loads one, every entry is read and checked, so a file cut short or
-overwritten is refused in one line instead of loading or failing deep inside torch.
-"""
+"""Checkpoint files: written whole or not at all (``<name>.tmp``, flushed, renamed over the
+old file), refused when damaged (a zip entry failing its CRC-32) or unsafe, and free of the
+folder they were written in (a run folder can be moved and resumed there)."""
 
 from __future__ import annotations
 
@@ -135,8 +130,3 @@ def unsafe_globals(path: Path) -> list[str]:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # not a torch zip file: torch.load says what is wrong with it
         return []
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """The iteration a checkpoint was saved at (it is loaded on the CPU, weights only)."""
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])

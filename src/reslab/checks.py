@@ -1,9 +1,6 @@
-"""Everything checked before a run starts, so that bad input fails before any data loads.
-
-Each value is validated once, where it is consumed (the network's builder, the datamodule's
-constructor, Lightning's Trainer, torch's SGD): this module only builds those consumers
-without data and names the setting a user wrote when one of them refuses it.
-"""
+"""Everything checked before a run starts, so that bad input fails before any data loads: each
+value is validated where it is consumed (the network's builder, the datamodule, the Trainer,
+torch's SGD); this module builds those consumers without data and names the key a user wrote."""
 
 from __future__ import annotations
 
@@ -28,10 +25,9 @@ class ConfigError(ValueError):
 
 
 def check_run(cfg: DictConfig) -> None:
-    """Everything about ``cfg`` that can be checked without loading data or training: the
-    checkpoint to resume from, the trainer (devices, strategy), the data, network and module
-    arguments (the network is built on the meta device: no memory, no weights), the optimizer
-    and the scheduler. Raises a ``ValueError`` (or ``FileNotFoundError``) that names the bad
+    """Checks the checkpoint to resume from, the trainer (devices, strategy), the data, network
+    (built on the meta device: no memory, no weights) and module arguments, the optimizer and
+    the scheduler. Raises a ``ValueError`` (or ``FileNotFoundError``) that names the bad
     setting and its valid choices."""
     check_ckpt_path(cfg.get("ckpt_path"))
     strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
@@ -86,9 +82,8 @@ def _strategy_error(cfg: DictConfig, strategy: str) -> str:
 
 
 def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
-    """torch's refusal of the optimizer's arguments, said with the key the user set: a negative
-    one of :data:`_NON_NEGATIVE` (read from the config, not from torch's message), else the
-    optimizer's key with torch's words."""
+    """torch's refusal of the optimizer's arguments, with the key the user set: a negative one of
+    :data:`_NON_NEGATIVE` (read from the config), else the optimizer's key with torch's words."""
     target = OmegaConf.select(cfg, "module.optimizer._target_", default="?")
     for argument in _NON_NEGATIVE:
         value = OmegaConf.select(cfg, f"module.optimizer.{argument}")
@@ -99,8 +94,8 @@ def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
 
 
 def source_key(cfg: DictConfig, key: str) -> str:
-    """The key a user sets for ``key``: interpolations such as ``module.optimizer`` →
-    ``${optim.optimizer}`` and ``optim.optimizer.lr`` → ``${optim.lr}`` followed to the end."""
+    """The key a user sets for ``key``: interpolations such as ``module.optimizer.lr`` →
+    ``${optim.lr}`` followed to the end."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     for _ in range(10):  # interpolation chains are short; no cycles in a composed config
         parts, node = key.split("."), raw

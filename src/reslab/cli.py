@@ -1,6 +1,6 @@
-"""The ``reslab-train`` and ``reslab-resume`` entry points, and the one line a user reads when
-input is bad (``reslab-train: error: model.depth=21 is not valid; valid: ...``): reslab sets
-``HYDRA_FULL_ERROR=1`` so that Hydra raises, and :func:`explain` says the error in a line."""
+"""The ``reslab-*`` commands' entry points, and the one line a user reads when input is bad
+(``reslab-train: error: model.depth=21 is not valid; valid: ...``): reslab sets
+``HYDRA_FULL_ERROR=1`` so that Hydra raises; a user who sets it gets every traceback."""
 
 from __future__ import annotations
 
@@ -97,12 +97,10 @@ def help_text() -> str:
 # --- the Hydra task ------------------------------------------------------------------------------
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def hydra_task(cfg: DictConfig) -> float:
-    """One job of ``reslab-train``: the checks before a run, then the run (alone in its own
-    process when a multirun job's DDP ranks need that: reslab.launch). A failure marks a new
-    run folder failed (one that already says something keeps it: record.record_failure).
-    In a sweep, one failed job must not stop the others (Hydra's sweeper would raise as soon
-    as its batch is done): its traceback goes beside it, the sweep's summary names the
-    failures at the end and exits non-zero."""
+    """One job of ``reslab-train``: the checks, then the run (alone in a process of its own when
+    a multirun job's DDP ranks need it: reslab.launch). A failure is recorded in the run folder
+    (record.record_failure); in a sweep, a failed job does not stop the others: its traceback
+    goes beside it, and the sweep's summary names the failures and exits non-zero."""
     from reslab import console
     from reslab.checks import check_run
     from reslab.launch import run_ddp_job_alone
@@ -115,22 +113,16 @@ def hydra_task(cfg: DictConfig) -> float:
         metric = run_ddp_job_alone(cfg)
         return train(cfg) if metric is None else metric
     except BaseException as err:
-        record_failure(output_dir, _run_name(cfg), err)  # train() and the DDP job say theirs
+        name = OmegaConf.select(cfg, "name", throw_on_resolution_failure=False)  # None: bad model
+        record_failure(output_dir, name, err)  # train() and the DDP job say theirs
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         if not multirun or _user_full_error() or not isinstance(err, Exception):
             raise
         trace = output_dir / run_folder.ERROR_FILE
         trace.write_text(traceback.format_exc())
-        print(f"[reslab] {_run_name(cfg)}: failed: {type(err).__name__}: "
+        print(f"[reslab] {name}: failed: {type(err).__name__}: "
               f"{explain(err) or err} (traceback: {trace})")  # fmt: skip
         return math.nan
-
-
-def _run_name(cfg: DictConfig) -> str | None:
-    try:
-        return str(cfg.name)
-    except Exception:  # a name that does not resolve (bad model values): the folder says
-        return None
 
 
 # --- the commands --------------------------------------------------------------------------------
@@ -157,12 +149,7 @@ def train_main() -> None:
     if not full:  # Hydra raises the error instead of printing its part; we say it in a line
         os.environ.update({"HYDRA_FULL_ERROR": "1", _SET_BY_RESLAB: "1"})
     try:
-        try:
-            hydra_task()
-        finally:  # for this process's next command (tests); its children have theirs
-            if not full:
-                for key in ("HYDRA_FULL_ERROR", _SET_BY_RESLAB):
-                    os.environ.pop(key, None)
+        hydra_task()
     except RunInterrupted as err:  # SIGINT, SIGTERM: checkpoint and status.json written
         sys.exit(err.exit_code)
     except BrokenPipeError:  # its output went to a pipe that closed: reslab-train --cfg | head
@@ -183,6 +170,10 @@ def train_main() -> None:
         sys.stderr.write(f"{PROG}: error: {message}\n{FULL_ERROR_HINT}\n")
         sys.stderr.flush()
         sys.exit(1)
+    finally:  # for this process's next command (tests); its children have theirs
+        if not full:
+            for key in ("HYDRA_FULL_ERROR", _SET_BY_RESLAB):
+                os.environ.pop(key, None)
 
 
 def resume_main(argv: list[str] | None = None) -> None:

@@ -26,9 +26,8 @@ from reslab.run_folder import final_metric, read_status
 
 # Hydra overrides the job's own process sets itself (the last of a key wins).
 _SET_HERE = ("hydra.mode", "hydra.run.dir", "hydra.output_subdir")
-# The strategies reslab's tests prove: one process, or DDP whose ranks are processes of their
-# own (started by Lightning re-running the command, by SLURM or by torchrun). Spawn-based ones
-# bring back only rank 0's results; the sharded ones (fsdp, deepspeed) are not tested here.
+# The strategies reslab's tests prove: one process, or DDP ranks that are processes of their own
+# (Lightning's, SLURM's, torchrun's); spawned ones bring back only rank 0's results.
 SUPPORTED_STRATEGIES = (
     "auto", "single_device", "ddp", "ddp_find_unused_parameters_false",
     "ddp_find_unused_parameters_true",
@@ -51,14 +50,10 @@ def quiet_trainer(trainer_cfg: DictConfig) -> L.Trainer:
 
 
 def supported_strategy(trainer: L.Trainer) -> bool:
-    """Whether ``trainer``'s strategy is one process or DDP with ranks of their own
-    (``SUPPORTED_STRATEGIES``), whatever name or object chose it."""
+    """Whether ``trainer``'s strategy is one of ``SUPPORTED_STRATEGIES``, however it was named."""
     strategy = trainer.strategy
-    if type(strategy) is SingleDeviceStrategy:
-        return True
-    return type(strategy) is DDPStrategy and isinstance(
-        strategy.launcher, _SubprocessScriptLauncher
-    )
+    ddp = type(strategy) is DDPStrategy and isinstance(strategy.launcher, _SubprocessScriptLauncher)
+    return ddp or type(strategy) is SingleDeviceStrategy
 
 
 def reruns_command_line(trainer: L.Trainer) -> bool:
@@ -72,8 +67,8 @@ def reruns_command_line(trainer: L.Trainer) -> bool:
 
 
 def job_command(output_dir: str | Path) -> list[str]:
-    """The command that runs the current Hydra job alone, in RUN mode, in ``output_dir``: the
-    job's overrides (the sweep's values included) and Hydra overrides, the same config source."""
+    """The command that runs the current Hydra job alone (its overrides, Hydra's and the sweep's
+    included, and its config source), in RUN mode, in ``output_dir``."""
     hydra = HydraConfig.get()
     command = [sys.executable, "-m", TRAIN_MODULE, f"--config-name={hydra.job.config_name}"]
     for source in hydra.runtime.config_sources:

@@ -5,6 +5,7 @@ to rank 0: DDP's other ranks run train() too, after rank 0 has opened its logger
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from reslab import run_folder
 from reslab.callbacks import DivergenceGuard
 from reslab.loggers import log_final_summary
-from reslab.signals import RunInterrupted, StopOnSignal, stop_status
+from reslab.signals import RunInterrupted, StopOnSignal
 
 write_status = rank_zero_only(run_folder.write_status)
 # A diverged run's errors are no result: null (what was measured before stays in metrics.csv).
@@ -29,11 +30,10 @@ def record(
     name: str, output_dir: Path, started: float, trainer: L.Trainer | None,
     metrics: dict[str, float], error: BaseException | None = None,
 ) -> float:  # fmt: skip
-    """Records how the run ended and returns the sweeper's metric (the final ``val/error``,
-    else ``test/error``; nan for a diverged or failed run). A run stopped by a signal, at its
-    checkpoint or at once, is recorded ``interrupted`` (``preempted`` in a SLURM job) and
-    raises :class:`RunInterrupted`; a failed one (``error``) is recorded, and the caller
-    raises the error on."""
+    """Records how the run ended; returns the sweeper's metric (the final ``val/error``, else
+    ``test/error``; nan for a diverged or failed run). A run stopped by a signal is recorded
+    ``interrupted`` (``preempted`` in a SLURM job) and raises :class:`RunInterrupted`; for a
+    failed one (``error``) the caller raises the error on."""
     seconds = round(time.time() - started, 1)
     stopper = _callback(trainer, StopOnSignal)
     stopped = stopper is not None and (error is not None or stopper.stopped_at is not None)
@@ -57,8 +57,7 @@ def record(
         broken = [*_BROKEN, *(k for k in run_folder.FINAL_ERRORS if k in metrics)]
         metrics = {**metrics, **dict.fromkeys(broken)}
     module, best = trainer.lightning_module, {}
-    # the final error is the paper's; the best one for reference, if measured before any
-    # divergence (the network is broken from there on)
+    # the final error is the paper's; the best, for reference, if measured before any divergence
     if module.best_val_error is not None and (diverged is None or module.best_val_step < diverged):
         best = {"val/error_best": module.best_val_error, "val/error_best_at": module.best_val_step}
     if diverged is not None:
@@ -94,10 +93,11 @@ def _record_stop(name: str, output_dir: Path, signum: int, step: int | None, sec
     if step is None:
         fields = {"error": f"stopped at once by {signal.Signals(signum).name} (a second signal, "
                   "or outside the training loop), without a checkpoint there"}  # fmt: skip
-    write_status(output_dir, stop_status(), name=name, seconds=seconds, **fields)
+    status = "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
+    write_status(output_dir, status, name=name, seconds=seconds, **fields)
     _finish_wandb(exit_code=RunInterrupted(signum, step).exit_code)
     where = f"checkpoint at iteration {step}" if step is not None else "its last checkpoint"
-    _say(f"[reslab] {name}: {stop_status()} ({where}); continue it: reslab-resume {output_dir}")
+    _say(f"[reslab] {name}: {status} ({where}); continue it: reslab-resume {output_dir}")
 
 
 def ended_early(trainer: L.Trainer) -> bool:
@@ -120,10 +120,7 @@ def _say(text: str) -> None:
 
 
 def _finish_wandb(exit_code: int) -> None:
-    """Closes the wandb run (failed on a non-zero exit code): each job of a multirun gets its
-    own."""
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
+    """Closes the wandb run (failed on a non-zero exit code): each job of a multirun has its own."""
+    wandb = sys.modules.get("wandb")  # imported only where a logger uses it
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)

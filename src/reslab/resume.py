@@ -19,9 +19,8 @@ TRAIN_MODULE = "reslab.cli"  # the module `python -m` runs for reslab-train
 
 def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     """The checkpoint file a run in ``run_dir`` continues from, or None for a fresh start:
-    ``ckpt_path=last`` is the folder's own ``checkpoints/last.ckpt``, as is no ``ckpt_path``
-    in a requeued SLURM job (``SLURM_RESTART_COUNT`` > 0) once it has one. Raises as
-    :func:`reslab.checkpoints.check_ckpt_path` does."""
+    ``ckpt_path=last`` (or none in a requeued SLURM job, once it has one) is the folder's own
+    ``checkpoints/last.ckpt``. Raises as :func:`reslab.checkpoints.check_ckpt_path` does."""
     requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
     if ckpt_path is None and not requeued:
         return None

@@ -1,27 +1,7 @@
-"""The run folder's contract: what a run leaves in its folder, written so that a reader never
-sees half a file (reslab.runs reads runs back for reports).
-
-A run folder (``outputs/runs/<date>_<name>/`` or a sweep's ``<job>_<name>/``) holds::
-
-    .hydra/config.yaml, overrides.yaml   the resolved config and the command line's overrides
-    status.json       running, finished, failed, diverged, interrupted (SIGINT, SIGTERM) or
-                      preempted (the same in a SLURM job), with the final errors or the
-                      checkpoint's iteration (``interrupted_at``) (strict JSON: null where
-                      there is no number; a diverged run's are null)
-    provenance.json   what produced the run: reslab's version and git commit, a dirty tree,
-                      the library versions, the device, the host, the command line
-    git.diff          the uncommitted changes of a dirty tree (``git diff HEAD``), when any
-    metrics.csv       every logged value, one row per logging iteration (``step``)
-    hparams.yaml      what the run was (network, depth, shortcut, dataset, parameters, config)
-    checkpoints/last.ckpt   the last checkpoint (one file, overwritten in place)
-    .lock             held by the process writing the folder (reslab.run_lock)
-    wandb_id.txt      the wandb run's id, so a resumed run continues the same wandb run
-    error.txt         the traceback of a failed sweep job
-    responses.csv     Figure 7's layer responses, when measured
-
-Nothing in a run folder depends on where it was written: it can be moved or copied and resumed
-there. Nothing here imports torch, Lightning or Hydra: the report side reads run folders with it.
-"""
+"""The run folder's contract: what a run leaves in its folder (``outputs/runs/<date>_<name>/``
+or a sweep's ``<job>_<name>/``), every file written whole; nothing in it depends on where it
+was written, so a folder can be moved and resumed there. No torch, Lightning or Hydra here: the
+report side (reslab.runs) reads run folders with it."""
 
 from __future__ import annotations
 
@@ -33,17 +13,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.csv"
-HPARAMS_FILE = "hparams.yaml"
-WANDB_ID_FILE = "wandb_id.txt"
-ERROR_FILE = "error.txt"
-RESPONSES_FILE = "responses.csv"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
-OVERRIDES_FILE = ".hydra/overrides.yaml"
-PROVENANCE_FILE = "provenance.json"
-GIT_DIFF_FILE = "git.diff"
+# .hydra/config.yaml beside it: the resolved config; .lock: the writer's (reslab.run_lock)
+OVERRIDES_FILE = ".hydra/overrides.yaml"  # the command line's overrides
+STATUS_FILE = "status.json"  # one of STATUSES, the final errors or ``interrupted_at``
+METRICS_FILE = "metrics.csv"  # every logged value, one row per logging iteration (``step``)
+HPARAMS_FILE = "hparams.yaml"  # the network, dataset, parameters and config
+LAST_CHECKPOINT = "checkpoints/last.ckpt"  # the last checkpoint, overwritten in place
+PROVENANCE_FILE = "provenance.json"  # reslab's commit, the libraries, device, host, command
+GIT_DIFF_FILE = "git.diff"  # a dirty tree's ``git diff HEAD``
+WANDB_ID_FILE = "wandb_id.txt"  # the wandb run's id: a resumed run continues that wandb run
+ERROR_FILE = "error.txt"  # a failed sweep job's traceback
+RESPONSES_FILE = "responses.csv"  # Figure 7's layer responses, when measured
 
 STATUSES = ("finished", "running", "interrupted", "preempted", "diverged", "failed")
 # The final numbers status.json keeps, and reports read.
@@ -85,9 +65,8 @@ def _finite(value: Any) -> Any:
 
 
 def write_status(run_dir: str | Path, status: str, **fields: Any) -> None:
-    """``status.json``: ``{"status": status, **fields}``, strict JSON. A field that is nan or
-    infinite is written null and named in ``non_finite``, so the file says why it holds no
-    number."""
+    """``status.json``: ``{"status": status, **fields}``, strict JSON; a nan or infinite field
+    is written null and named in ``non_finite``."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     non_finite = [k for k, v in fields.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -124,8 +103,7 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; {} without the file; a ValueError naming it when it holds
-    no JSON object."""
+    """{} without the file; a ValueError naming it when it holds no JSON object."""
     if not path.is_file():
         return {}
     try:

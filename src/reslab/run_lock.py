@@ -61,11 +61,10 @@ def claim_new_folder(path: str | Path) -> Path:
 
 
 class RunFolderGuard(Callback):
-    """A Hydra callback (conf/train.yaml) that makes the run's folder (a sweep's folder for a
-    multirun) this process's before Hydra writes anything in it: a default folder that another
-    run took in the same second becomes ``<folder>_2``; a folder that a live process is
-    writing is refused in one line naming that process. DDP ranks other than 0 share rank 0's
-    folder and lock nothing."""
+    """A Hydra callback (conf/train.yaml) that makes the run's folder (a multirun's: the sweep's)
+    this process's before Hydra writes in it: a default folder taken in the same second becomes
+    ``<folder>_2``, one a live process writes is refused in one line naming it. DDP ranks other
+    than 0 share rank 0's folder and lock nothing."""
 
     def __init__(self) -> None:
         self._lock: Any = None

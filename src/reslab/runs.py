@@ -18,8 +18,7 @@ def job_order(folder: Path) -> tuple[str, int, str]:
 
 def run_folders(path: str | Path, required: bool = False) -> list[Path]:
     """``path`` itself when it is a run folder (it has a status.json), else every run folder
-    under it, in job order. With ``required``, an error that says what is wrong instead of []
-    (FileNotFoundError, ValueError)."""
+    under it, in job order. With ``required``, FileNotFoundError or ValueError instead of []."""
     path = Path(path)
     if required and not path.is_dir():
         if not path.exists():
@@ -65,9 +64,8 @@ class Run:
 
 
 def read_metrics(path: Path) -> dict[str, Series]:
-    """Lightning's CSVLogger file as one (iteration, value) series per column; {} when there is
-    none. Rows are sparse; a cut-off last row of a running run is skipped where it does not
-    parse; nan and inf are kept (a diverged run)."""
+    """Lightning's CSVLogger file as one (iteration, value) series per column ({} without it):
+    a running run's cut-off last row is skipped where it does not parse; nan and inf are kept."""
     series: dict[str, Series] = {}
     if not path.is_file():
         return series

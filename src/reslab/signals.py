@@ -14,8 +14,6 @@ import lightning as L
 from reslab.checkpoints import RunCheckpoint
 from reslab.module import logging_iteration
 
-_SIGUSR2 = getattr(signal, "SIGUSR2", -1)
-
 
 class RunInterrupted(BaseException):
     """A run stopped by a signal after its checkpoint at iteration ``step`` (None: at once, by a
@@ -24,27 +22,21 @@ class RunInterrupted(BaseException):
 
     def __init__(self, signum: int, step: int | None) -> None:
         self.signum, self.step = signum, step
-        self.exit_code = 128 + (signal.SIGTERM if signum == _SIGUSR2 else signum)
+        self.exit_code = 128 + (signal.SIGTERM if signum == signal.SIGUSR2 else signum)
         super().__init__(f"{signal.Signals(signum).name} at iteration {step}")
-
-
-def stop_status() -> str:
-    """status.json's word for a stop: ``preempted`` in a SLURM job, else ``interrupted``."""
-    return "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
 
 
 class StopOnSignal(L.Callback):
     """On SIGINT or SIGTERM (and, in a SLURM job, SIGUSR2: submitit's warning before the time
-    limit), the iteration in progress (with fused iterations: the fused step's K) finishes,
-    ``last.ckpt`` is saved at it, its logging and a validation due at it run, and training
-    stops before the next one with :class:`RunInterrupted`. A second Ctrl-C stops at once; a
-    scheduler's further signals (SIGTERM, then USR2) change nothing.
+    limit), the training step in progress (its K iterations) finishes, ``last.ckpt`` is saved at
+    it, its logging and a validation due at it run, and training stops before the next one with
+    :class:`RunInterrupted`. A second Ctrl-C stops at once; a scheduler's further signals change
+    nothing. Under DDP the ranks agree at logging iterations.
 
-    Its handlers replace Lightning's while ``fit`` trains (Lightning's SIGTERM handler would
-    stop without a checkpoint); Lightning's teardown puts back the ones that were there before
-    fit. Those are recorded in ``setup``, which Lightning calls before it installs its own, and
-    :meth:`pass_on` calls submitit's among them once the run is recorded, so that submitit
-    requeues the job. Under DDP the ranks agree at logging iterations."""
+    Its handlers replace Lightning's (which would stop without a checkpoint) while ``fit``
+    trains; Lightning's teardown restores the ones before fit, which ``setup`` records (before
+    Lightning installs its own) and :meth:`pass_on` calls once the run is recorded (submitit's
+    requeues the job)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -53,8 +45,8 @@ class StopOnSignal(L.Callback):
 
     @staticmethod
     def _signals() -> list[int]:
-        names = ["SIGINT", "SIGTERM"] + (["SIGUSR2"] if os.environ.get("SLURM_JOB_ID") else [])
-        return [getattr(signal, n) for n in names if hasattr(signal, n)]
+        slurm = [signal.SIGUSR2] if os.environ.get("SLURM_JOB_ID") else []
+        return [signal.SIGINT, signal.SIGTERM, *slurm]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":

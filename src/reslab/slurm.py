@@ -9,16 +9,13 @@ from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 
 def quiet_slurm_polling() -> None:
-    """While a ``hydra/launcher=slurm`` sweep waits for its jobs, submitit asks ``sacct`` for
-    their states. Where SLURM keeps no accounting (no slurmdbd: the common one-node case)
-    sacct fails on every poll, printing its error and three copies of submitit's "Bypassing
-    sacct error ..., status may be inaccurate" warning, and the states stay unknown. From the
-    first such failure on, reslab's watcher asks ``squeue`` instead, quietly: the same states
-    while a job is queued, running or just ended (``MinJobAge``, 300 s by default), and a job
-    gone from the queue is done (its result, or submitit's error naming its logs).
-
-    Private in submitit: the class attribute ``SlurmJob.watcher`` and the watcher's
-    ``_delay_s`` and ``_registered`` (tests/test_upstream.py)."""
+    """submitit asks ``sacct`` for the states of a sweep's jobs; where SLURM keeps no accounting
+    (no slurmdbd: the common one-node case) sacct fails on every poll, with its error and three
+    warnings each time. From the first failure on, reslab's watcher asks ``squeue`` instead,
+    quietly: the same states while a job is queued, running or just ended (``MinJobAge``), and
+    a job gone from the queue is done (its result, or submitit's error naming its logs).
+    Private in submitit: ``SlurmJob.watcher``, the watcher's ``_delay_s`` and ``_registered``
+    (tests/test_upstream.py)."""
     if not isinstance(SlurmJob.watcher, _SqueueWhenNoAccounting):
         SlurmJob.watcher = _SqueueWhenNoAccounting(delay_s=SlurmJob.watcher._delay_s)
 

@@ -1,9 +1,5 @@
-"""One training run: instantiate what the config names, fit, test; reslab.record writes how it
-ended.
-
-    from reslab.train import train
-    train(cfg)   # cfg composed from conf/ (reslab-train does it: see reslab.cli)
-"""
+"""One training run: instantiate what the config (composed from conf/) names, fit, test;
+reslab.record writes how it ended."""
 
 from __future__ import annotations
 
@@ -12,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from reslab import console, run_folder
-from reslab.checkpoints import RunCheckpoint, checkpoint_step
+from reslab.checkpoints import RunCheckpoint
 from reslab.config import instantiate
 from reslab.provenance import provenance, trainer_device
 from reslab.record import ended_early, record, record_failure, write_status
@@ -26,11 +23,10 @@ write_provenance = rank_zero_only(run_folder.write_provenance)
 
 
 def train(cfg: DictConfig) -> float:
-    """Train and test one network as ``cfg`` describes, in the run folder
-    ``cfg.paths.output_dir``; returns the final ``val/error`` (``test/error`` without a
-    validation split; nan for a diverged run) for Hydra's sweepers. Resuming a finished run
-    with no more iterations to train changes nothing and returns its metric. A run that could
-    not start (its checkpoint missing or damaged) leaves the status.json a folder had."""
+    """Trains and tests one network in the run folder ``cfg.paths.output_dir``; returns the
+    sweeper's metric (:func:`reslab.record.record`). Resuming a finished run with nothing left
+    to train changes nothing; a run that could not start (its checkpoint missing or damaged)
+    leaves the status.json a folder had."""
     output_dir, started = Path(cfg.paths.output_dir), time.time()
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
@@ -81,22 +77,15 @@ def build(cfg: DictConfig, output_dir: Path, resume: str | None) -> tuple[L.Trai
     config.pop("hydra", None)  # present only when composed by hand (tests)
     record, diff = provenance(*trainer_device(trainer))
     write_provenance(output_dir, record, diff, resumed=resume is not None)
-    hparams = {
-        **run_summary(cfg, datamodule.name), **config, "provenance": record,
+    hparams = {  # the top-level keys a dashboard groups and filters by, then the config
+        "network": cfg.name, "family": cfg.model.family, "depth": cfg.model.depth,
+        "shortcut": cfg.model.shortcut, "residual": cfg.model.shortcut != "none",
+        "dataset": datamodule.name, "seed": cfg.seed, **config, "provenance": record,
         "parameters": sum(p.numel() for p in net.parameters()),
     }  # fmt: skip
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     return trainer, module, datamodule
-
-
-def run_summary(cfg: DictConfig, dataset: str) -> dict[str, Any]:
-    """Top-level keys a dashboard groups and filters by."""
-    return {
-        "network": cfg.name, "family": cfg.model.family, "depth": cfg.model.depth,
-        "shortcut": cfg.model.shortcut, "residual": cfg.model.shortcut != "none",
-        "dataset": dataset, "seed": cfg.seed,
-    }  # fmt: skip
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -113,7 +102,7 @@ def prepare_folder(name: str, output_dir: Path, resume: str | None) -> None:
         for stale in (run_folder.METRICS_FILE, run_folder.WANDB_ID_FILE):
             (output_dir / stale).unlink(missing_ok=True)
         return
-    step = checkpoint_step(resume)
+    step = torch.load(resume, map_location="cpu", weights_only=True)["global_step"]
     dropped = run_folder.cut_metrics(output_dir, step)
     print(
         f"[reslab] {name}: resuming from {resume} at iteration {step}"
