@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,8 @@ from wandb_files import wandb_records
 
 from reslab.callbacks import LayerResponses, response_layers
 from reslab.data import SyntheticDataModule
+from reslab.fused import FusedClassifier
+from reslab.fused import trainer as fused_trainer
 from reslab.module import Classifier
 from reslab.networks import build_network
 
@@ -218,3 +221,24 @@ def test_every_n_steps_off_the_validation_interval_warns(tmp_path: Path) -> None
     callback = LayerResponses(every_n_steps=3)
     with pytest.warns(UserWarning, match="multiples of 6 iterations"):
         callback.setup(trainer(tmp_path, callback, val_check_interval=2), classifier(), "fit")
+
+
+@pytest.mark.parametrize(("every", "warns"), [(8, False), (6, True)])
+def test_the_validation_interval_is_compared_in_iterations_with_fused_iterations(
+    tmp_path: Path, every: int, warns: bool
+) -> None:
+    callback = LayerResponses(every_n_steps=every)
+    built = fused_trainer(  # validation every 4 iterations: 2 Lightning steps of K = 2
+        fused_iterations=2, default_root_dir=tmp_path, accelerator="cpu", devices=1,
+        max_steps=8, val_check_interval=4, log_every_n_steps=2, logger=False,
+        callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
+    )  # fmt: skip
+    net = build_network("cifar", 8, "A")
+    module = FusedClassifier(net, functools.partial(torch.optim.SGD, lr=0.1), fused_iterations=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback.setup(built, module, "fit")
+    said = [str(w.message) for w in caught if "LayerResponses" in str(w.message)]
+    assert bool(said) == warns, said
+    if warns:
+        assert "multiples of 12 iterations" in said[0]

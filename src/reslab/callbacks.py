@@ -68,6 +68,8 @@ class LayerResponses(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._layers = response_layers(pl_module.net)  # a bad network fails here, before training
         interval, every = trainer.val_check_interval, self.every_n_steps
+        if isinstance(interval, int):  # Lightning's steps: iterations_per_step iterations each
+            interval *= getattr(pl_module, "iterations_per_step", 1)
         if stage == "fit" and every is not None and isinstance(interval, int) and every % interval:
             rank_zero_warn(
                 f"LayerResponses(every_n_steps={every}) is not a multiple of "

@@ -111,15 +111,11 @@ class FusedClassifier(Classifier):
     def __init__(self, *args: Any, fused_iterations: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         require_int("module.fused_iterations", fused_iterations, 1)
-        self.fused_iterations = fused_iterations
+        self.fused_iterations = self.iterations_per_step = fused_iterations
         self.automatic_optimization = fused_iterations == 1
         self._step_graph: StepGraph | None = None
         self._stepped_lr: list[Any] = []  # the learning rates of the last optimizer step
         self._lr_followed_schedule = True  # in every iteration of the last step
-
-    @property
-    def log_every_n_iterations(self) -> int:
-        return self.trainer.log_every_n_steps * self.fused_iterations
 
     def setup(self, stage: str) -> None:
         first = not self._prepared

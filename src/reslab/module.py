@@ -46,6 +46,8 @@ class Classifier(L.LightningModule):
         batchnorm_fp32: under mixed precision, batch norm in fp32 (``reslab.fast``).
     """
 
+    iterations_per_step = 1  # training iterations per Lightning training step
+
     def __init__(
         self,
         net: nn.Module,
@@ -82,7 +84,7 @@ class Classifier(L.LightningModule):
 
     @property
     def log_every_n_iterations(self) -> int:
-        return self.trainer.log_every_n_steps  # one iteration per training step
+        return self.trainer.log_every_n_steps * self.iterations_per_step
 
     def setup(self, stage: str) -> None:
         """Applies the speed options once the device and precision are known."""
