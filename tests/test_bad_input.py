@@ -89,6 +89,10 @@ CASES = {
     "batch-size-0": Case(
         ("data.batch_size=0", "data=synthetic"), ("data.batch_size=0", "an integer >= 1")
     ),
+    "fused-iterations-0": Case(
+        ("module.fused_iterations=0", "data=synthetic"),
+        ("module.fused_iterations=0", "an integer >= 1"),
+    ),
     "negative-lr": Case(("optim.lr=-0.1", "data=synthetic"), ("optim.lr=-0.1", "a number >= 0")),
     "negative-lr-on-the-optimizer": Case(
         ("module.optimizer.lr=-0.1", "data=synthetic"), ("module.optimizer.lr=-0.1", ">= 0")

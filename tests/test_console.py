@@ -37,6 +37,7 @@ NOISE = (
     "srun",
     "GPU available",
     "v_num",  # the progress bar's logger version
+    "validation will run after every batch",  # fused iterations: steps of K, not batches
 )
 
 
@@ -113,7 +114,8 @@ def test_quiet_third_party_silences_the_libraries_not_the_user() -> None:
     assert shown(rank_zero, "`Trainer.fit` stopped: `max_steps=4` reached.")
 
 
-def test_smoke_run_prints_its_header_and_no_library_chatter(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fused", ["module.fused_iterations=1", "module.fused_iterations=2"])
+def test_smoke_run_prints_its_header_and_no_library_chatter(tmp_path: Path, fused: str) -> None:
     """What a user sees: wandb not silenced, offline; SLURM's srun on PATH (Lightning only
     checks that it exists); an epoch of 1 batch, shorter than the logging interval of 2."""
     bin_dir = tmp_path / "bin"
@@ -129,7 +131,7 @@ def test_smoke_run_prints_its_header_and_no_library_chatter(tmp_path: Path) -> N
     result = subprocess.run(
         [
             sys.executable, "-m", "reslab.cli", "data=synthetic", "debug=smoke",
-            "logger=wandb", "data.train_subset=16", f"hydra.run.dir={run_dir}",
+            "logger=wandb", "data.train_subset=16", f"hydra.run.dir={run_dir}", fused,
         ],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip

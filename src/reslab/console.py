@@ -24,6 +24,8 @@ _LIGHTNING_INFO = re.compile(
     r"💡 Tip: "  # litlogger / litmodels advertisements (no setting turns them off)
     r"|(GPU|TPU) available: "  # the header names the device used
     r"|LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: "  # on GPUs; the header names the device
+    # fused iterations: the Trainer counts steps of K iterations, validation is not every batch
+    r"|`Trainer\(val_check_interval=1\)` was configured so validation will run after every"
 )
 _LIGHTNING_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"

@@ -29,7 +29,7 @@ def trainer(
     ``val_check_interval`` given in iterations and turned into its steps of ``fused_iterations``.
     Refuses what :func:`check_fused_iterations` refuses, ``checkpoint_every_n_steps`` (the
     checkpoint callback's interval) included."""
-    k = fused_iterations
+    k = require_int("module.fused_iterations", fused_iterations, 1)
     intervals = {
         "trainer.log_every_n_steps": kwargs.get("log_every_n_steps"),
         "trainer.val_check_interval": kwargs.get("val_check_interval"),
