@@ -93,6 +93,10 @@ CASES = {
         ("module.fused_iterations=0", "data=synthetic"),
         ("module.fused_iterations=0", "an integer >= 1"),
     ),
+    "warmup-min-depth-abc": Case(
+        ("optim.warmup.min_depth=abc", "data=synthetic"),
+        ("optim.warmup.min_depth='abc'", "an integer >= 1"),
+    ),
     "negative-lr": Case(("optim.lr=-0.1", "data=synthetic"), ("optim.lr=-0.1", "a number >= 0")),
     "negative-lr-on-the-optimizer": Case(
         ("module.optimizer.lr=-0.1", "data=synthetic"), ("module.optimizer.lr=-0.1", ">= 0")

@@ -36,6 +36,7 @@ class PaperWarmup(L.Callback):
         require_number("optim.warmup.lr", lr, 0, low_open=True, optional=True)
         require_number("optim.warmup.until_train_error", until_train_error, 0, 100, low_open=True)
         require_int("optim.warmup.window", window, 1)
+        require_int("optim.warmup.min_depth", min_depth, 1, optional=True)
         warms_up = lr is not None and min_depth is not None and depth >= min_depth
         self.lr = lr if warms_up else None
         self.until_train_error, self.window = until_train_error, window
