@@ -176,7 +176,9 @@ class IterationProgressBar(TQDMProgressBar):
         self._show(trainer, {})
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-        self._show(trainer, self.get_metrics(trainer, pl_module))
+        step = trainer.global_step
+        if step % max(self.refresh_rate, 1) == 0 or step == trainer.max_steps:
+            self._show(trainer, self.get_metrics(trainer, pl_module))
 
     def _show(self, trainer: L.Trainer, metrics: dict[str, Any]) -> None:
         bar = self.train_progress_bar
@@ -207,8 +209,7 @@ class DivergenceGuard(L.Callback):
         return {"diverged_at": self.diverged_at, "value": self.value}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.diverged_at = state_dict.get("diverged_at", self.diverged_at)
-        self.value = state_dict.get("value", self.value)
+        self.diverged_at, self.value = state_dict["diverged_at"], state_dict["value"]
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step

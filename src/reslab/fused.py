@@ -17,7 +17,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from reslab.module import Classifier
-from reslab.validation import require_int
+from reslab.validation import is_int, require_int
 
 Step = Callable[[torch.Tensor, torch.Tensor, Any], None]
 
@@ -38,15 +38,11 @@ def trainer(
     }
     check_fused_iterations(k, None, intervals)
     for key in ("log_every_n_steps", "val_check_interval"):
-        if _is_int(kwargs.get(key)):  # (a validation interval may be a time or a fraction)
+        if is_int(kwargs.get(key)):  # (a validation interval may be a time or a fraction)
             kwargs[key] //= k
     built = L.Trainer(**kwargs)
     check_fused_iterations(k, None, {}, built)
     return built
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_fused_iterations(
@@ -64,7 +60,7 @@ def check_fused_iterations(
             f"fashion_mnist, synthetic); {type(datamodule).__name__} loads its batches one at "
             "a time: use module.fused_iterations=1"
         )
-    bad = {k: v for k, v in intervals.items() if _is_int(v) and v > 0 and v % fused}
+    bad = {k: v for k, v in intervals.items() if is_int(v) and v > 0 and v % fused}
     if bad:
         said = ", ".join(f"{key}={value}" for key, value in bad.items())
         raise ValueError(

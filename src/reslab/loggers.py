@@ -5,7 +5,6 @@ instead of deleting it."""
 from __future__ import annotations
 
 import csv
-import io
 import netrc
 import os
 import secrets
@@ -21,7 +20,7 @@ from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from reslab.run_folder import METRICS_FILE, WANDB_ID_FILE, atomic_write
+from reslab.run_folder import METRICS_FILE, WANDB_ID_FILE, atomic_write, write_csv
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # WandbLogger's own arguments; the others go to wandb.init
@@ -167,11 +166,7 @@ class AppendingCSVLogger(Logger):
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))  # written again below the wider header
         self._keys = sorted(set(self._keys or ()) | set(row))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=self._keys)
-        writer.writeheader()
-        writer.writerows([*rows, row])
-        atomic_write(path, text.getvalue())
+        write_csv(path, self._keys, [*rows, row])
 
 
 def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: int) -> None:

@@ -132,9 +132,14 @@ def cut_metrics(run_dir: str | Path, step: int) -> int:
         reader = csv.DictReader(f)
         rows = list(reader)
     kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=reader.fieldnames or [], lineterminator="\r\n")
-    writer.writeheader()
-    writer.writerows(kept)
-    atomic_write(path, text.getvalue())
+    write_csv(path, reader.fieldnames or [], kept)
     return len(rows) - len(kept)
+
+
+def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """``rows`` under the header ``fields``, as one atomic write (Lightning's CSV dialect)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
