@@ -27,9 +27,6 @@ IMAGENET_STAGES: dict[int, tuple[tuple[int, ...], bool]] = {
     101: ((3, 4, 23, 3), True),
     152: ((3, 8, 36, 3), True),
 }
-BLOCK_LAYERS = (1, 2, 3)
-# A downsampling bottleneck's stride: on the first 1×1 (the paper's) or the 3×3 (v1.5).
-BOTTLENECK_STRIDES = ("1x1", "3x3")
 # What each family builds, in names: the hint when a net= name is refused.
 VALID_NAMES = {
     "cifar": "plain-N or resnet-N with shortcut A, B or C and N = 6n+2 (20, 32, 44, 56, 110, "
@@ -115,8 +112,7 @@ class ZeroPadShortcut(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         if self.extra_channels:
             x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
         return x
@@ -133,29 +129,24 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -
     if kind == "C" or (kind == "B" and grows):  # a 1×1 conv with the block's stride, and BN
         conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
         return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
-    if grows:
-        return ZeroPadShortcut(in_channels, out_channels, stride)
-    return nn.Identity()
+    return ZeroPadShortcut(in_channels, out_channels, stride) if grows else nn.Identity()
 
 
-class BasicBlock(nn.Module):
-    """Figure 2: 3×3 conv, BN, ReLU, 3×3 conv, BN, add the shortcut, ReLU; the stride on the
-    first conv; ``shortcut=None`` is a plain block. ``layers`` 1 or 3 (not in the paper,
-    experiment=block_length) has that many convs. Submodules conv1, bn1, ..., shortcut, in that
-    order (as Figure 7's response layers are found)."""
-
-    expansion = 1
+class _Block(nn.Module):
+    """conv1, bn1, conv2, ... for each (kernel, channels, stride) of ``convs``, a ReLU after each
+    BN but the last, then the shortcut added (None: a plain block) and the last ReLU. Submodules
+    in that order, the shortcut last (as Figure 7's response layers are found)."""
 
     def __init__(
-        self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None, layers: int = 2
+        self, in_channels: int, convs: Sequence[tuple[int, int, int]], shortcut: nn.Module | None
     ) -> None:
         super().__init__()
-        self.layers = layers
-        for k in range(1, layers + 1):
-            channels, k_stride = (in_channels, stride) if k == 1 else (width, 1)
-            conv = nn.Conv2d(channels, width, 3, stride=k_stride, padding=1, bias=False)
+        self.layers = len(convs)
+        for k, (kernel, channels, stride) in enumerate(convs, 1):
+            conv = nn.Conv2d(in_channels, channels, kernel, stride, padding=kernel // 2, bias=False)
             self.add_module(f"conv{k}", conv)
-            self.add_module(f"bn{k}", nn.BatchNorm2d(width))
+            self.add_module(f"bn{k}", nn.BatchNorm2d(channels))
+            in_channels = channels
         self.shortcut = shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,40 +160,34 @@ class BasicBlock(nn.Module):
         return F.relu(out)
 
 
-class Bottleneck(nn.Module):
-    """Figure 5: 1×1 (reduce), 3×3, 1×1 (restore, ×``expansion``) convs, BN after each, the
-    last ReLU after the addition; the stride on the first 1×1 (``stride_on="1x1"``, the
-    paper's) or on the 3×3 (torchvision's v1.5). Submodules conv1, bn1, ..., bn3, shortcut."""
+class BasicBlock(_Block):
+    """Figure 2: 3×3 conv, BN, ReLU, 3×3 conv, BN, add the shortcut, ReLU; the stride on the
+    first conv. ``layers`` 1 or 3 (not in the paper, experiment=block_length) has that many."""
 
-    expansion, layers = 4, 3
+    expansion = 1
 
     def __init__(
-        self,
-        in_channels: int,
-        width: int,
-        stride: int,
-        shortcut: nn.Module | None,
-        stride_on: str = "1x1",
+        self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None, layers: int = 2
     ) -> None:
-        super().__init__()
-        self.stride_on = stride_on
-        stride1, stride3 = (stride, 1) if stride_on == "1x1" else (1, stride)
-        out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, stride=stride1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.shortcut = shortcut
+        super().__init__(
+            in_channels, [(3, width, stride)] + [(3, width, 1)] * (layers - 1), shortcut
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.shortcut is not None:
-            out = out + self.shortcut(x)
-        return F.relu(out)
+
+class Bottleneck(_Block):
+    """Figure 5: 1×1 (reduce), 3×3, 1×1 (restore, ×``expansion``) convs, BN after each; the
+    stride on the first 1×1 (``stride_on="1x1"``, the paper's) or the 3×3 (torchvision's v1.5)."""
+
+    expansion = 4
+
+    def __init__(
+        self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None,
+        stride_on: str = "1x1",
+    ) -> None:  # fmt: skip
+        s1, s3 = (stride, 1) if stride_on == "1x1" else (1, stride)
+        convs = [(1, width, s1), (3, width, s3), (1, width * self.expansion, 1)]
+        super().__init__(in_channels, convs, shortcut)
+        self.stride_on = stride_on
 
 
 @contextmanager
@@ -262,7 +247,7 @@ def _blocks(
     block_layers or bottleneck_stride is a ValueError naming the key and what is valid."""
     if family == "cifar":
         n = cifar_blocks_per_stage(depth)  # each of the three stages has 2n conv layers
-        layers = [k for k in BLOCK_LAYERS if (2 * n) % k == 0]
+        layers = [k for k in (1, 2, 3) if (2 * n) % k == 0]
         note = "(conv layers per residual block; the paper's is 2)"
         if 3 not in layers:
             note = (
@@ -285,7 +270,7 @@ def _blocks(
         options = {"stride_on": bottleneck_stride} if bottleneck else {}
     if block is Bottleneck:
         note = "(1x1: the paper's stride placement; 3x3: torchvision's v1.5)"
-        require_choice("model.bottleneck_stride", bottleneck_stride, BOTTLENECK_STRIDES, note)
+        require_choice("model.bottleneck_stride", bottleneck_stride, ("1x1", "3x3"), note)
     else:
         note = f"({family} depth {depth} has no bottleneck blocks; 3x3 is for imagenet 50-152)"
         require_choice("model.bottleneck_stride", bottleneck_stride, ("1x1",), note)
@@ -293,47 +278,22 @@ def _blocks(
 
 
 def _stem(family: str, in_channels: int, width: int) -> nn.Sequential:
-    if family == "cifar":  # section 4.2: one 3×3 conv layer
-        return nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-        )
-    return nn.Sequential(  # Table 1: conv1 (7×7, stride 2) and the 3×3 max pool
-        nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(3, stride=2, padding=1),
-    )
-
-
-def _make_stage(
-    block: Block, in_channels: int, width: int, blocks: int, stride: int, shortcut: str,
-    **options: Any,
-) -> nn.Sequential:  # fmt: skip
-    """One stage (conv2_x ... of Table 1): ``blocks`` blocks, the first with ``stride``."""
-    out_channels = width * block.expansion
-    stage = []
-    for j in range(blocks):
-        s = stride if j == 0 else 1
-        sc = make_shortcut(shortcut, in_channels, out_channels, s)
-        stage.append(block(in_channels, width, s, sc, **options))
-        in_channels = out_channels
-    return nn.Sequential(*stage)
+    """Section 4.2: one 3×3 conv layer; Table 1: conv1 (7×7, stride 2) and the 3×3 max pool."""
+    kernel, stride = (3, 1) if family == "cifar" else (7, 2)
+    conv = nn.Conv2d(in_channels, width, kernel, stride, padding=kernel // 2, bias=False)
+    stem = nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    if family == "imagenet":
+        stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+    return stem
 
 
 def _init_weights(net: nn.Module, zero_init_residual: bool) -> None:
     # He et al. 2015 ("Delving deep"): normal with std sqrt(2 / (k*k*c_out)), as fb.resnet.torch.
     for m in net.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d):  # (BN starts at weight 1, bias 0: PyTorch's default)
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    if zero_init_residual:  # not in the paper: an option only, never a default
-        for m in net.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)):
-                nn.init.zeros_(getattr(m, f"bn{m.layers}").weight)  # the last BN
+        elif isinstance(m, _Block) and zero_init_residual:  # not in the paper: an option only
+            nn.init.zeros_(getattr(m, f"bn{m.layers}").weight)  # the last BN
 
 
 def build_network(
@@ -375,9 +335,13 @@ def build_network(
     stem = _stem(family, in_channels, widths[0])
     stages, channels = [], widths[0]
     for i, (width, blocks) in enumerate(zip(widths, blocks_per_stage, strict=True)):
-        stride = 1 if i == 0 else 2  # the first stage follows the stem (and its max pool)
-        stages.append(_make_stage(block, channels, width, blocks, stride, shortcut, **options))
-        channels = width * block.expansion
+        stage = []  # conv2_x ... of Table 1: each stage after the first starts with stride 2
+        for j in range(blocks):
+            stride = 2 if i > 0 and j == 0 else 1
+            sc = make_shortcut(shortcut, channels, width * block.expansion, stride)
+            stage.append(block(channels, width, stride, sc, **options))
+            channels = width * block.expansion
+        stages.append(nn.Sequential(*stage))
     net = ResNet(stem, nn.Sequential(*stages), channels, num_classes)
     _init_weights(net, zero_init_residual)
     net.activation_checkpointing = activation_checkpointing
@@ -398,10 +362,9 @@ def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.T
     must match. Then ``net`` gives torchvision's outputs."""
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        new = key
         for pattern, repl in _TORCHVISION_RENAMES:
-            new = pattern.sub(repl, new)
-        renamed[new] = value
+            key = pattern.sub(repl, key)
+        renamed[key] = value
     ours = net.state_dict()
     missing = sorted(set(ours) - set(renamed))
     unexpected = sorted(set(renamed) - set(ours))
