@@ -36,21 +36,19 @@ def _trace(
     macs: dict[nn.Module, int] = {}
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
-    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        per_image = output.numel() // output.shape[0]
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        shapes[module] = tuple(output.shape[1:])
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
-            n = per_image * (module.in_channels // module.groups) * kh * kw
-        else:  # nn.Linear
-            n = per_image * module.in_features
-        macs[module] = macs.get(module, 0) + n
-
-    def shape(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        shapes[module] = tuple(output.shape[1:])
+            n = module.in_channels // module.groups * kh * kw
+        elif isinstance(module, nn.Linear):
+            n = module.in_features
+        else:
+            return
+        macs[module] = macs.get(module, 0) + n * output[0].numel()  # per output element
 
     layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles = [m.register_forward_hook(count) for m in layers]
-    handles += [m.register_forward_hook(shape) for m in watch]
+    handles = [m.register_forward_hook(hook) for m in {*layers, *watch}]  # each module once
     modes = {m: m.training for m in net.modules()}
     param = next(net.parameters(), torch.zeros(()))
     x = torch.zeros(1, *map(int, input_shape), device=param.device, dtype=param.dtype)
