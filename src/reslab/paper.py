@@ -7,6 +7,7 @@ from section 4.2). Errors are in percent; Figure 6's are APPROXIMATE, read off t
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -103,17 +104,13 @@ class Published:
 def published(name: str) -> Published:
     """The paper's numbers for ``name`` (e.g. ``"resnet-56A"``); all None for a name of none of
     its networks. Depths 50 and 152 are also valid CIFAR depths: check ``family`` first."""
-    try:
+    depth = None
+    with suppress(ValueError):
         parsed = parse_network_name(name)
-    except ValueError:
-        parsed = {"depth": None}
-    if parsed["depth"] is not None and network_name(parsed["depth"], parsed["shortcut"]) != name:
-        parsed = {"depth": None}  # -1layer, -v1.5, @seed: not the paper's
-    depth = parsed["depth"]
+        if network_name(parsed["depth"], parsed["shortcut"]) == name:  # not -1layer, -v1.5, @seed
+            depth = parsed["depth"]
     family = "cifar" if depth in CIFAR_DEPTHS else "imagenet" if depth in IMAGENET_DEPTHS else None
-    ten_crop = TABLE3_10CROP.get(name)
-    if ten_crop is None and name in TABLE2_TOP1:
-        ten_crop = TopErrors(TABLE2_TOP1[name])
+    top1_only = TopErrors(TABLE2_TOP1[name]) if name in TABLE2_TOP1 else None
     return Published(
         name=name,
         family=family,
@@ -121,6 +118,6 @@ def published(name: str) -> Published:
         multiply_adds=MULTIPLY_ADDS.get(name),
         cifar10_test_error=TABLE6_TEST_ERROR.get(name),
         cifar10_test_error_approx=FIGURE6_PLAIN_TEST_ERROR_APPROX.get(name),
-        imagenet_10crop=ten_crop,
+        imagenet_10crop=TABLE3_10CROP.get(name, top1_only),
         imagenet_multiscale=TABLE4_MULTISCALE.get(name),
     )
