@@ -98,11 +98,8 @@ def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
     values: dict[str, list[str]] = {}  # key -> its values; a later override of a key wins
     for override in parser.parse_overrides(lines):
         key = override.get_key_element()
-        values.pop(key, None)
-        if override.is_sweep_override():
-            values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
-        else:
-            values[key] = [override.input_line]
+        sweep = override.sweep_string_iterator() if override.is_sweep_override() else None
+        values[key] = [override.input_line] if sweep is None else [f"{key}={v}" for v in sweep]
     return [list(job) for job in itertools.product(*values.values())]
 
 
@@ -159,11 +156,8 @@ def parts_table(row: Summary) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="reslab-summary",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser("reslab-summary", description=__doc__, formatter_class=raw)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for reslab-train")
     parser.add_argument("--layers", action="store_true", help="per-part breakdown per network")
     parser.add_argument("-m", "--multirun", action="store_true", help="accepted; no effect")
