@@ -41,13 +41,8 @@ from reslab.run_folder import (
 )
 from reslab.runs import Run, read_metrics, read_responses, run_folders
 
-DATASET_NAMES = {
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "fashion_mnist": "Fashion-MNIST",
-    "imagenet": "ImageNet",
-    "synthetic": "synthetic data",
-}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
+                 "imagenet": "ImageNet", "synthetic": "synthetic data"}  # fmt: skip
 EXPLAINED = {
     "train/error": "train error: the mean over the training batches of the last logging "
     "interval (the network in training mode)",
@@ -59,12 +54,10 @@ PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Every run under ``paths`` (sweep folders or run folders), each folder once."""
-    paths = [Path(p) for p in paths]
+    paths = list(paths)
     if not paths:
         raise ValueError("no paths given; give one or more sweep folders or run folders")
-    folders: dict[Path, None] = {}
-    for path in paths:
-        folders.update((f.resolve(), None) for f in run_folders(path, required=True))
+    folders = dict.fromkeys(f.resolve() for p in paths for f in run_folders(p, required=True))
     return [load_run(folder) for folder in folders]
 
 
@@ -78,11 +71,8 @@ def load_run(folder: Path) -> Run:
     hparams = _read_yaml(folder / HPARAMS_FILE) or _hparams_from_hydra(folder, status["name"])
     metrics = read_metrics(folder / METRICS_FILE)
     final = {k: metrics[k][-1][1] for k in FINAL_ERRORS if metrics.get(k)}
-    for key in (k for k in FINAL_ERRORS if k in status):  # status.json's word is the last
-        if status[key] is None:  # no final number: a diverged run, or one in non_finite
-            final.pop(key, None)
-        else:
-            final[key] = float(status[key])
+    final |= {k: status[k] for k in FINAL_ERRORS if k in status}  # status.json's word is the last
+    final = {k: float(v) for k, v in final.items() if v is not None}  # null: diverged, non_finite
     if state == "finished" and status.get("non_finite"):
         state = "diverged"
     steps = [s for series in metrics.values() for s, _ in series]
@@ -221,7 +211,7 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
     by_name: dict[str, list[Run]] = {}
     for run in sorted(runs, key=network_order):
         by_name.setdefault(run.name, []).append(run)
-    rows, notes, approx = [], [], False
+    rows, notes = [], []
     for name, members in by_name.items():
         params = next((r.params for r in members if r.params is not None), None)
         row = [name, format_params(params), str(len(members))]
@@ -235,7 +225,6 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
             if paper and compared:
                 shown, number = _paper(name, family, key.endswith("top5"), len(values))
                 sign = "≈" if shown.startswith("≈") else ""
-                approx = approx or bool(sign)
                 delta = "—"
                 if number is not None and values:
                     delta = f"{sign}{statistics.mean(values) - number:+.2f}"
@@ -256,7 +245,7 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
         notes.append(f"{text[0].upper()}{text[1:]}.")
     if paper and family == "cifar":
         notes.append("Paper: Table 6, CIFAR-10 test error; ResNet-110 is the best of 5 runs.")
-        if approx:
+        if any(cell.startswith("≈") for row in rows for cell in row):
             notes.append("≈: plain nets, read off Figure 6 by others, not published numbers.")
     elif paper:
         notes.append("Paper: Tables 2 and 3, 10-crop error on the ImageNet val set.")
@@ -341,11 +330,8 @@ def write_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="reslab-report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser("reslab-report", description=__doc__, formatter_class=raw)
     parser.add_argument("paths", nargs="+", type=Path, help="sweep folders or run folders")
     parser.add_argument("--out", type=Path, help="output folder (default: <first PATH>/report)")
     args = parser.parse_args(argv)

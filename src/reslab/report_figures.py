@@ -82,10 +82,9 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
         labels: list[str] = []
         for run in members:
             c = colour[run.name]
-            if run.metrics.get("train/error"):
-                ax.plot(*_xy(run.metrics["train/error"], scale), "--", color=c, lw=1)
-            if run.metrics.get("val/error"):
-                ax.plot(*_xy(run.metrics["val/error"], scale), "-", color=c, lw=2)
+            for key, style, width in (("train/error", "--", 1), ("val/error", "-", 2)):
+                if run.metrics.get(key):
+                    ax.plot(*_xy(run.metrics[key], scale), style, color=c, lw=width)
             if run.metrics.get("test/error"):
                 ax.plot(*_xy(run.metrics["test/error"][-1:], scale), "o", color=c, ms=6)
             if run.label not in labels:  # repeated seeds: one legend entry
