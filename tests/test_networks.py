@@ -1,5 +1,7 @@
 import copy
 import pickle
+import re
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -11,7 +13,6 @@ from reslab.networks import (
     ZeroPadShortcut,
     build_network,
     cifar_blocks_per_stage,
-    load_torchvision_state_dict,
     network_name,
 )
 
@@ -274,6 +275,56 @@ def _randomise_batchnorm(net: torch.nn.Module, seed: int) -> None:
             m.bias.data = 0.2 * torch.randn(c, generator=g)
             m.running_mean = 0.2 * torch.randn(c, generator=g)
             m.running_var = torch.rand(c, generator=g) + 0.5
+
+
+# torchvision's weights in our networks: the proof that option B is torchvision's architecture.
+_TORCHVISION_RENAMES = (
+    (re.compile(r"^conv1\."), "stem.0."),
+    (re.compile(r"^bn1\."), "stem.1."),
+    (re.compile(r"^layer(\d+)\."), lambda m: f"stages.{int(m.group(1)) - 1}."),
+    (re.compile(r"\.downsample\."), ".shortcut."),
+)
+
+
+def load_torchvision_state_dict(
+    net: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]
+) -> None:
+    """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``: an ImageNet net of
+    the same depth, option B, and for 50-152 ``bottleneck_stride="3x3"``; every key and shape
+    must match. Then ``net`` gives torchvision's outputs."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _TORCHVISION_RENAMES:
+            key = pattern.sub(repl, key)
+        renamed[key] = value
+    ours = net.state_dict()
+    missing = sorted(set(ours) - set(renamed))
+    unexpected = sorted(set(renamed) - set(ours))
+    if missing or unexpected:
+        raise ValueError(
+            "the torchvision state dict does not fit this network (it needs an ImageNet net of "
+            "the same depth with shortcut B): "
+            f"{len(missing)} keys missing, e.g. {missing[:3]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}"
+        )
+    wrong = [
+        f"{k}: {tuple(renamed[k].shape)} vs ours {tuple(v.shape)}"
+        for k, v in ours.items()
+        if renamed[k].shape != v.shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"the torchvision state dict has {len(wrong)} tensors of the wrong shape (widths, "
+            f"num_classes or in_channels differ), e.g. {'; '.join(wrong[:3])}"
+        )
+    if any(isinstance(m, Bottleneck) and m.stride_on != "3x3" for m in net.modules()):
+        raise ValueError(
+            "torchvision's bottleneck nets are v1.5 (stride on the 3x3 conv): their weights load "
+            "only into a net built with model.bottleneck_stride=3x3 (build_network(..., "
+            "bottleneck_stride='3x3')); this net has the paper's stride on the 1x1 "
+            "(model.bottleneck_stride=1x1): the same shapes, a different function"
+        )
+    net.load_state_dict(renamed, strict=True)
 
 
 def _torchvision_pair(depth: int, stride: str) -> tuple[torch.nn.Module, torch.nn.Module]:

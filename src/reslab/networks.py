@@ -5,7 +5,7 @@ names (``network_name``, ``parse_network_name``: the one grammar of names)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -27,6 +27,7 @@ IMAGENET_STAGES: dict[int, tuple[tuple[int, ...], bool]] = {
     101: ((3, 4, 23, 3), True),
     152: ((3, 8, 36, 3), True),
 }
+_NETWORK_SPEC = re.compile(r"(plain|resnet)-(\d+)([ABC]?)(?:-(\d)layer)?(-v1\.5)?(?:@(\d+))?")
 # What each family builds, in names: the hint when a net= name is refused.
 VALID_NAMES = {
     "cifar": "plain-N or resnet-N with shortcut A, B or C and N = 6n+2 (20, 32, 44, 56, 110, "
@@ -87,9 +88,6 @@ def parse_network_name(spec: str, family: str | None = None) -> dict[str, Any]:
     return parsed
 
 
-_NETWORK_SPEC = re.compile(r"(plain|resnet)-(\d+)([ABC]?)(?:-(\d)layer)?(-v1\.5)?(?:@(\d+))?")
-
-
 def cifar_blocks_per_stage(depth: int) -> int:
     """n for a CIFAR net of depth 6n+2; a ValueError naming the valid depths otherwise."""
     valid = (
@@ -112,10 +110,7 @@ class ZeroPadShortcut(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        if self.extra_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
-        return x
+        return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra_channels))
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, extra_channels={self.extra_channels}"
@@ -169,9 +164,8 @@ class BasicBlock(_Block):
     def __init__(
         self, in_channels: int, width: int, stride: int, shortcut: nn.Module | None, layers: int = 2
     ) -> None:
-        super().__init__(
-            in_channels, [(3, width, stride)] + [(3, width, 1)] * (layers - 1), shortcut
-        )
+        convs = [(3, width, stride)] + [(3, width, 1)] * (layers - 1)
+        super().__init__(in_channels, convs, shortcut)
 
 
 class Bottleneck(_Block):
@@ -237,12 +231,9 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-Block = type[BasicBlock] | type[Bottleneck]
-
-
 def _blocks(
     family: str, depth: int, block_layers: int, bottleneck_stride: str
-) -> tuple[Block, tuple[int, ...], dict[str, Any]]:
+) -> tuple[type[_Block], tuple[int, ...], dict[str, Any]]:
     """The block class, blocks per stage and block options of a ``family`` net; a bad depth,
     block_layers or bottleneck_stride is a ValueError naming the key and what is valid."""
     if family == "cifar":
@@ -275,25 +266,6 @@ def _blocks(
         note = f"({family} depth {depth} has no bottleneck blocks; 3x3 is for imagenet 50-152)"
         require_choice("model.bottleneck_stride", bottleneck_stride, ("1x1",), note)
     return block, per_stage, options
-
-
-def _stem(family: str, in_channels: int, width: int) -> nn.Sequential:
-    """Section 4.2: one 3×3 conv layer; Table 1: conv1 (7×7, stride 2) and the 3×3 max pool."""
-    kernel, stride = (3, 1) if family == "cifar" else (7, 2)
-    conv = nn.Conv2d(in_channels, width, kernel, stride, padding=kernel // 2, bias=False)
-    stem = nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-    if family == "imagenet":
-        stem.append(nn.MaxPool2d(3, stride=2, padding=1))
-    return stem
-
-
-def _init_weights(net: nn.Module, zero_init_residual: bool) -> None:
-    # He et al. 2015 ("Delving deep"): normal with std sqrt(2 / (k*k*c_out)), as fb.resnet.torch.
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):  # (BN starts at weight 1, bias 0: PyTorch's default)
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, _Block) and zero_init_residual:  # not in the paper: an option only
-            nn.init.zeros_(getattr(m, f"bn{m.layers}").weight)  # the last BN
 
 
 def build_network(
@@ -332,7 +304,12 @@ def build_network(
     require_choice("model.zero_init_residual", zero_init_residual, (False, True))
     require_choice("model.activation_checkpointing", activation_checkpointing, (False, True))
 
-    stem = _stem(family, in_channels, widths[0])
+    # The stem: section 4.2's one 3×3 conv layer; Table 1's conv1 (7×7, stride 2) and max pool.
+    kernel, stride = (3, 1) if family == "cifar" else (7, 2)
+    conv = nn.Conv2d(in_channels, widths[0], kernel, stride, padding=kernel // 2, bias=False)
+    stem = nn.Sequential(conv, nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+    if family == "imagenet":
+        stem.append(nn.MaxPool2d(3, stride=2, padding=1))
     stages, channels = [], widths[0]
     for i, (width, blocks) in enumerate(zip(widths, blocks_per_stage, strict=True)):
         stage = []  # conv2_x ... of Table 1: each stage after the first starts with stride 2
@@ -343,53 +320,11 @@ def build_network(
             channels = width * block.expansion
         stages.append(nn.Sequential(*stage))
     net = ResNet(stem, nn.Sequential(*stages), channels, num_classes)
-    _init_weights(net, zero_init_residual)
+    # He et al. 2015 ("Delving deep"): normal with std sqrt(2 / (k*k*c_out)), as fb.resnet.torch.
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):  # (BN starts at weight 1, bias 0: PyTorch's default)
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, _Block) and zero_init_residual:  # not in the paper: an option only
+            nn.init.zeros_(getattr(m, f"bn{m.layers}").weight)  # the last BN
     net.activation_checkpointing = activation_checkpointing
     return net
-
-
-_TORCHVISION_RENAMES = (
-    (re.compile(r"^conv1\."), "stem.0."),
-    (re.compile(r"^bn1\."), "stem.1."),
-    (re.compile(r"^layer(\d+)\."), lambda m: f"stages.{int(m.group(1)) - 1}."),
-    (re.compile(r"\.downsample\."), ".shortcut."),
-)
-
-
-def load_torchvision_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load a torchvision ``resnet18/34/50/101/152`` state dict into ``net``: our ImageNet net of
-    the same depth, option B, and for 50-152 ``bottleneck_stride="3x3"``; every key and shape
-    must match. Then ``net`` gives torchvision's outputs."""
-    renamed: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        for pattern, repl in _TORCHVISION_RENAMES:
-            key = pattern.sub(repl, key)
-        renamed[key] = value
-    ours = net.state_dict()
-    missing = sorted(set(ours) - set(renamed))
-    unexpected = sorted(set(renamed) - set(ours))
-    if missing or unexpected:
-        raise ValueError(
-            "the torchvision state dict does not fit this network (it needs an ImageNet net of "
-            "the same depth with shortcut B): "
-            f"{len(missing)} keys missing, e.g. {missing[:3]}; "
-            f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}"
-        )
-    wrong = [
-        f"{k}: {tuple(renamed[k].shape)} vs ours {tuple(v.shape)}"
-        for k, v in ours.items()
-        if renamed[k].shape != v.shape
-    ]
-    if wrong:
-        raise ValueError(
-            f"the torchvision state dict has {len(wrong)} tensors of the wrong shape (widths, "
-            f"num_classes or in_channels differ), e.g. {'; '.join(wrong[:3])}"
-        )
-    if any(isinstance(m, Bottleneck) and m.stride_on != "3x3" for m in net.modules()):
-        raise ValueError(
-            "torchvision's bottleneck nets are v1.5 (stride on the 3x3 conv): their weights load "
-            "only into a net built with model.bottleneck_stride=3x3 (build_network(..., "
-            "bottleneck_stride='3x3')); this net has the paper's stride on the 1x1 "
-            "(model.bottleneck_stride=1x1): the same shapes, a different function"
-        )
-    net.load_state_dict(renamed, strict=True)
