@@ -26,19 +26,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from reslab import run_folder
 from reslab.networks import parse_network_name
 from reslab.paper import RESNET110_MEAN_STD, published
 from reslab.provenance import code_label
 from reslab.report_figures import curves_figure, network_order, responses_figure
-from reslab.run_folder import (
-    FINAL_ERRORS,
-    HPARAMS_FILE,
-    METRICS_FILE,
-    RESPONSES_FILE,
-    STATUSES,
-    read_provenance,
-    read_status,
-)
 from reslab.runs import Run, read_metrics, read_responses, run_folders
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
@@ -54,36 +46,33 @@ PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Every run under ``paths`` (sweep folders or run folders), each folder once."""
-    paths = list(paths)
-    if not paths:
-        raise ValueError("no paths given; give one or more sweep folders or run folders")
     folders = dict.fromkeys(f.resolve() for p in paths for f in run_folders(p, required=True))
     return [load_run(folder) for folder in folders]
 
 
 def load_run(folder: Path) -> Run:
     """One run folder: status.json, hparams.yaml (else .hydra/), metrics.csv, responses.csv."""
-    status = read_status(folder)
+    status = run_folder.read_status(folder)
     state = status.get("status")
-    if state not in STATUSES:
-        valid = ", ".join(STATUSES)
+    if state not in run_folder.STATUSES:
+        valid = ", ".join(run_folder.STATUSES)
         raise ValueError(f"{folder}/status.json: status {state!r} is not one of {valid}")
-    hparams = _read_yaml(folder / HPARAMS_FILE) or _hparams_from_hydra(folder, status["name"])
-    metrics = read_metrics(folder / METRICS_FILE)
-    final = {k: metrics[k][-1][1] for k in FINAL_ERRORS if metrics.get(k)}
-    final |= {k: status[k] for k in FINAL_ERRORS if k in status}  # status.json's word is the last
+    hparams = _read_yaml(folder / run_folder.HPARAMS_FILE)
+    hparams = hparams or _hparams_from_hydra(folder, status["name"])
+    metrics = read_metrics(folder / run_folder.METRICS_FILE)
+    final = {k: metrics[k][-1][1] for k in run_folder.FINAL_ERRORS if metrics.get(k)}
+    final |= {k: status[k] for k in run_folder.FINAL_ERRORS if k in status}  # status.json last
     final = {k: float(v) for k, v in final.items() if v is not None}  # null: diverged, non_finite
     if state == "finished" and status.get("non_finite"):
         state = "diverged"
     steps = [s for series in metrics.values() for s, _ in series]
-    responses, split = read_responses(folder / RESPONSES_FILE)
-    seed = hparams.get("seed")
+    responses, split = read_responses(folder / run_folder.RESPONSES_FILE)
     return Run(
         path=folder,
         name=str(hparams.get("network") or status["name"]),
         **{key: hparams.get(key) for key in ("dataset", "family", "depth", "shortcut")},
         residual=bool(hparams.get("residual")),
-        seed=None if seed is None else int(seed),
+        seed=None if hparams.get("seed") is None else int(hparams["seed"]),
         params=hparams.get("parameters"),
         status=state,
         iterations=status.get("iterations", max(steps, default=None)),
@@ -92,7 +81,7 @@ def load_run(folder: Path) -> Run:
         responses=responses,
         responses_split=split,
         error=status.get("error"),
-        code=code_label(read_provenance(folder)),
+        code=code_label(run_folder.read_provenance(folder)),
     )
 
 
@@ -136,9 +125,7 @@ class Table:
 
 def format_params(n: int | None) -> str:
     """Parameters as the paper writes them: 0.27M, 1.7M, 21.8M."""
-    if n is None:
-        return "—"
-    return f"{n / 1e6:.2f}M" if n < 1e6 else f"{n / 1e6:.1f}M"
+    return "—" if n is None else f"{n / 1e6:.2f}M" if n < 1e6 else f"{n / 1e6:.1f}M"
 
 
 def setting_title(dataset: str | None, family: str | None) -> str:
@@ -175,16 +162,14 @@ def _paper(name: str, family: str | None, top5: bool, runs: int) -> tuple[str, f
 
 
 def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
+    if len(values) < 2:
+        return f"{values[0]:.2f}" if values else "—"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _statuses(runs: Sequence[Run]) -> str:
     """``3 finished, 1 failed``."""
-    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    counts = {s: sum(r.status == s for r in runs) for s in run_folder.STATUSES}
     return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
 
 
@@ -239,10 +224,8 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
                 notes.append(f"{r.path.name}: {r.status}{where}{why}; not in the mean.")
     notes.append("Measured: mean ± sample std over the finished runs of a network.")
     notes += code_notes(runs)
-    said = [text for key, text in EXPLAINED.items() if any(m[0] == key for m in measured)]
-    if said:
-        text = "; ".join(said)
-        notes.append(f"{text[0].upper()}{text[1:]}.")
+    if said := "; ".join(t for k, t in EXPLAINED.items() if any(m[0] == k for m in measured)):
+        notes.append(f"{said[0].upper()}{said[1:]}.")
     if paper and family == "cifar":
         notes.append("Paper: Table 6, CIFAR-10 test error; ResNet-110 is the best of 5 runs.")
         if any(cell.startswith("≈") for row in rows for cell in row):
@@ -307,22 +290,19 @@ def write_report(
         raise ValueError("no runs to report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if sources is None:
-        sources = list(dict.fromkeys(r.path.parent for r in runs))
-    now = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    read = f"Read {', '.join(f'`{s}`' for s in sources)} on {now}"
+    sources = list(dict.fromkeys(r.path.parent for r in runs)) if sources is None else sources
+    read = f"Read {', '.join(f'`{s}`' for s in sources)} on {datetime.now():%Y-%m-%d %H:%M:%S}"
     text = ["# reslab report", "", f"{read}: {len(runs)} runs ({_statuses(runs)}).", ""]
     for (dataset, family), members in group_runs(runs).items():
         title = setting_title(dataset, family)
         slug = f"{dataset or 'unknown'}_{family or 'unknown'}"
         text += [f"## {title}", ""]
-        curves = out / f"curves_{slug}.png"
-        curves_figure(members, title).savefig(curves, dpi=120)
-        text += [f"![{title}: error against iterations]({curves.name})", ""]
+        figures = [("curves", curves_figure, "error against iterations")]
         if any(r.responses for r in members):
-            responses = out / f"responses_{slug}.png"
-            responses_figure(members, title).savefig(responses, dpi=120)
-            text += [f"![{title}: layer responses]({responses.name})", ""]
+            figures.append(("responses", responses_figure, "layer responses"))
+        for kind, draw, alt in figures:
+            draw(members, title).savefig(out / f"{kind}_{slug}.png", dpi=120)
+            text += [f"![{title}: {alt}]({kind}_{slug}.png)", ""]
         text += [markdown_table(build_table(dataset, family, members))]
     path = out / "report.md"
     path.write_text("\n".join(text))

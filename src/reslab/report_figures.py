@@ -118,15 +118,13 @@ def responses_figure(runs: Sequence[Run], title: str) -> Figure:
         std = np.mean([[s for _, _, s in r.responses[:n]] for r in members], axis=0)
         index = np.arange(1, n + 1)
         label = name if len(members) == 1 else f"{name} (mean of {len(members)} runs)"
-        unfinished = sorted({r.status for r in members} - {"finished"})
-        if unfinished:
+        if unfinished := sorted({r.status for r in members} - {"finished"}):
             label += f" ({', '.join(unfinished)})"
         style = "-" if members[0].residual else "--"
         top.plot(index, std, style, color=c, lw=1.3, label=label)
         bottom.plot(index, np.sort(std)[::-1], style, color=c, lw=1.3, label=label)
-    top.set_xlabel("layer index (original)")
-    bottom.set_xlabel("layer index (sorted by magnitude)")
-    for ax in (top, bottom):
+    for ax, order in ((top, "original"), (bottom, "sorted by magnitude")):
+        ax.set_xlabel(f"layer index ({order})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("std")
         ax.grid(alpha=0.3)

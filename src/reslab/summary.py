@@ -66,9 +66,8 @@ def summarize(cfg: DictConfig) -> Summary:
                                    model.bottleneck_stride))  # fmt: skip
     family, widths = model.get("family"), model.get("widths")
     paper_setting = (
-        paper.family is not None
-        and paper.family == family
-        and PAPER_SETTING[family] == (in_channels, input_shape[1], num_classes)
+        paper.family == family
+        and PAPER_SETTING.get(family) == (in_channels, input_shape[1], num_classes)
         and (widths is None or tuple(widths) == DEFAULT_WIDTHS[family])
     )
     return Summary(
@@ -87,8 +86,7 @@ def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
     """Each job's overrides as Hydra's basic sweeper makes them: ``hydra.sweeper.params``, then
     ``overrides`` (which win on a key), comma lists expanded into their product. Call inside an
     initialised Hydra context."""
-    loader = GlobalHydra.instance().config_loader()
-    parser = OverridesParser.create(config_loader=loader)
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     fixed = [
         o.input_line for o in parser.parse_overrides(list(overrides)) if not o.is_sweep_override()
     ]
