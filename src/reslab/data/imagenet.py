@@ -23,14 +23,13 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from reslab.data.base import require_batch_split, require_ints
 from reslab.validation import is_int, require_choice, require_int
 
 log = logging.getLogger(__name__)
 
 # torchvision's ImageFolder extensions, all decoded by Pillow
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-NORMALIZE = ("pixel_mean", "channel")
-CROPS = (1, 10)
 # The 10 evaluation crops (torchvision's ten_crop order): k + 5 mirrors crop k; 4 is the centre.
 _CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
@@ -147,13 +146,6 @@ def read_image(path: Path) -> torch.Tensor:
 
 
 # --- per-image geometry (in the workers) ----------------------------------------------------
-def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
-    """``image`` (C, H, W) resized (bilinear, antialiased) to a shorter side of ``size``."""
-    if min(image.shape[-2:]) == size:
-        return image
-    return TF.resize(image, [size], antialias=True)
-
-
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     """The ``size``×``size`` centre of ``image`` (offsets rounded down)."""
     h, w = image.shape[-2:]
@@ -179,7 +171,7 @@ def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> t
     random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
     generator, which DataLoader seeds per worker and epoch."""
     c = crop_size
-    image = resize_shorter(image, int(torch.randint(scale[0], scale[1] + 1, ())))
+    image = TF.resize(image, [int(torch.randint(scale[0], scale[1] + 1, ()))], antialias=True)
     h, w = image.shape[-2:]
     top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
     crop = image[:, top : top + c, left : left + c]
@@ -187,8 +179,9 @@ def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> t
 
 
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
-    """Shorter side resized to ``resize``, then the centre crop (3, c, c) or 10 (10, 3, c, c)."""
-    image = resize_shorter(image, resize)
+    """Shorter side resized to ``resize`` (bilinear, antialiased; torchvision returns an image
+    of that size as it is), then the centre crop (3, c, c) or 10 (10, 3, c, c)."""
+    image = TF.resize(image, [resize], antialias=True)
     return center_crop(image, crop_size) if crops == 1 else ten_crop(image, crop_size)
 
 
@@ -253,14 +246,9 @@ class ImageNetDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for key, value, low in (
-            ("batch_size", batch_size, 1),
-            ("eval_batch_size", eval_batch_size, 1),
-            ("crop_size", crop_size, 1),
-            ("mean_images", mean_images, 1),
-            ("num_workers", num_workers, 0),
-        ):
-            require_int(f"data.{key}", value, low)
+        require_ints(1, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        require_ints(1, crop_size=crop_size, mean_images=mean_images)
+        require_ints(0, num_workers=num_workers)
         require_int("data.val_size", val_size, 0, optional=True)
         require_int("data.train_subset", train_subset, 1, optional=True)
         pair = tuple(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else ()
@@ -269,10 +257,11 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"data.scale must be two integers [min, max] with data.crop_size={crop_size} <= "
                 f"min <= max (the paper: [256, 480]), got {scale!r}"
             )
-        require_int("data.eval_resize", eval_resize, crop_size, note=f"(data.crop_size={crop_size})")
-        require_choice("data.normalize", normalize, NORMALIZE)
-        require_choice("data.val_crops", val_crops, CROPS)
-        require_choice("data.test_crops", test_crops, CROPS)
+        note = f"(data.crop_size={crop_size})"
+        require_int("data.eval_resize", eval_resize, crop_size, note=note)
+        require_choice("data.normalize", normalize, ("pixel_mean", "channel"))
+        require_choice("data.val_crops", val_crops, (1, 10))
+        require_choice("data.test_crops", test_crops, (1, 10))
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
@@ -344,13 +333,8 @@ class ImageNetDataModule(L.LightningDataModule):
         return self.val_images is not None and len(self.val_images) > 0
 
     def train_dataloader(self) -> DataLoader:
-        images = self._ready(self.train_images)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} (the global batch) is not divisible by the "
-                f"{world} processes; choose a multiple of {world}"
-            )
+        images, world = self._ready(self.train_images), self._world()
+        require_batch_split(self.batch_size, world, "processes")
         crops = None if self.augment else 1
         return self._loader(images, crops, self.batch_size // world, train=True)
 
@@ -420,6 +404,9 @@ class ImageNetDataModule(L.LightningDataModule):
             raise RuntimeError("ImageNetDataModule: call setup() before asking for its loaders")
         return images
 
+    def _world(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def _loader(
         self, images: ImageList, crops: int | None, batch_size: int, *, train: bool,
         persistent: bool = True, shard: bool = True,
@@ -431,9 +418,7 @@ class ImageNetDataModule(L.LightningDataModule):
         else:
             size, resize = self.crop_size, self.eval_resize
             transform = partial(eval_crops, crop_size=size, resize=resize, crops=crops)
-        dataset = ImageFolderDataset(images, transform)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        sampler = None
+        dataset, world, sampler = ImageFolderDataset(images, transform), self._world(), None
         if shard and not train and world > 1:
             if len(images) < world:
                 raise ValueError(

@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 
-from reslab.data.base import InMemoryDataModule
-from reslab.validation import require_int
+from reslab.data.base import InMemoryDataModule, require_ints
 
 
 class SyntheticDataModule(InMemoryDataModule):
@@ -26,14 +25,8 @@ class SyntheticDataModule(InMemoryDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(kwargs.pop("data_dir", "."), **kwargs)
-        for key, value in (
-            ("num_train", num_train),
-            ("num_test", num_test),
-            ("image_size", image_size),
-            ("channels", channels),
-            ("classes", classes),
-        ):
-            require_int(f"data.{key}", value, 1)
+        require_ints(1, num_train=num_train, num_test=num_test, image_size=image_size)
+        require_ints(1, channels=channels, classes=classes)
         self.num_train, self.num_test, self.image_size = num_train, num_test, image_size
         self.in_channels, self.num_classes, self.data_seed = channels, classes, data_seed
 
