@@ -181,19 +181,16 @@ class InMemoryDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        train_x, train_y, test_x, test_y = self.load()
-        if self.val_size >= len(train_y):
+        x, y, test_x, test_y = self.load()  # x, y: the training images before the split
+        if self.val_size >= len(y):
             raise ValueError(
                 f"data.val_size={self.val_size} leaves no training images "
-                f"({self.name} has {len(train_y)}); use a value below {len(train_y)}"
+                f"({self.name} has {len(y)}); use a value below {len(y)}"
             )
-        g = torch.Generator().manual_seed(self.split_seed)
-        order = torch.randperm(len(train_y), generator=g)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size].sort().values, order[self.val_size :].sort().values
         train = train[: self.train_subset]
-        self.splits = Splits(
-            train_x[train], train_y[train], train_x[val], train_y[val], test_x, test_y
-        )
+        self.splits = Splits(x[train], y[train], x[val], y[val], test_x, test_y)
         # The paper's only normalisation: the per-pixel mean of the training images.
         self.mean = self.splits.train_images.float().mean(0)
 
@@ -209,7 +206,6 @@ class InMemoryDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         if self.on_device and device.type != "cpu" and self.splits.train_images.device != device:
             self.splits = Splits(*(t.to(device) for t in vars(self.splits).values()))
-            assert self.mean is not None
             self.mean = self.mean.to(device)
         return self.splits
 
@@ -229,22 +225,19 @@ class InMemoryDataModule(L.LightningDataModule):
             stop_at=lambda: self.trainer.max_steps if self.trainer is not None else None,
         )  # fmt: skip
 
-    def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> BatchLoader:
-        rank, world = self._world()
+    def _eval_loader(self, split: str) -> BatchLoader:
+        splits, (rank, world) = self._placed(), self._world()
         return BatchLoader(
-            images, labels, self.eval_batch_size * world,
-            shuffle=False, drop_last=False, rank=rank, world_size=world,
+            getattr(splits, f"{split}_images"), getattr(splits, f"{split}_labels"),
+            self.eval_batch_size * world, shuffle=False, drop_last=False, rank=rank,
+            world_size=world,
         )  # fmt: skip
 
     def val_dataloader(self) -> BatchLoader | list:
-        splits = self._placed()
-        if not len(splits.val_labels):
-            return []
-        return self._eval_loader(splits.val_images, splits.val_labels)
+        return self._eval_loader("val") if len(self._placed().val_labels) else []
 
     def test_dataloader(self) -> BatchLoader:
-        splits = self._placed()
-        return self._eval_loader(splits.test_images, splits.test_labels)
+        return self._eval_loader("test")
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         images, labels = batch
@@ -253,12 +246,9 @@ class InMemoryDataModule(L.LightningDataModule):
             self.mean = self.mean.to(images.device)  # once, not every batch
         if self.augment and self.trainer is not None and self.trainer.training:
             # the K batches of a fused step (K, B, C, H, W) at once, drawn as K batches in turn
-            group = images.shape[:-3]
-            images = subtract_mean_crop_flip(images.flatten(0, -4), self.mean, self.padding)
-            images = images.view(*group, *images.shape[1:])
-        else:
-            images = subtract_mean(images, self.mean)
-        return images, labels
+            crops = subtract_mean_crop_flip(images.flatten(0, -4), self.mean, self.padding)
+            return crops.view(images.shape), labels
+        return subtract_mean(images, self.mean), labels
 
     def require_dir(self) -> Path:
         """The data folder; created when downloading is allowed, else a clear error."""

@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -52,16 +52,20 @@ WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 # --- the folders -----------------------------------------------------------------------------
 @dataclass
-class ImageList:
+class ImageList(Dataset):
     """A split's files (relative to ``root``) and int64 labels, as numpy arrays: forked
-    workers share them without copying."""
+    workers share them without copying. As a dataset: (``transform`` of the uint8 image, label)."""
 
     root: Path
     files: np.ndarray
     labels: np.ndarray
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(read_image(self.path(i))), int(self.labels[i])
 
     def path(self, i: int) -> Path:
         return self.root / os.fsdecode(self.files[i])
@@ -183,21 +187,6 @@ def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> 
     of that size as it is), then the centre crop (3, c, c) or 10 (10, 3, c, c)."""
     image = TF.resize(image, [resize], antialias=True)
     return center_crop(image, crop_size) if crops == 1 else ten_crop(image, crop_size)
-
-
-class ImageFolderDataset(Dataset):
-    """(uint8 crops, label) of each image of an ``ImageList``."""
-
-    def __init__(
-        self, images: ImageList, transform: Callable[[torch.Tensor], torch.Tensor]
-    ) -> None:
-        self.images, self.transform = images, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_image(self.images.path(i))), int(self.images.labels[i])
 
 
 class EvalShard(DistributedSampler):
@@ -368,17 +357,15 @@ class ImageNetDataModule(L.LightningDataModule):
     def pixel_mean(self, train: ImageList) -> torch.Tensor:
         """Per-pixel mean (3, c, c) of the centre crops of up to ``mean_images`` of ``train``,
         cached in ``data_dir`` under a key of the images and sizes."""
+        size, resize = self.crop_size, self.eval_resize
         images = train.subset(self.mean_images, self.split_seed)
-        key = hashlib.sha1(f"{self.crop_size} {self.eval_resize}\n".encode())
-        for f in images.files:
-            key.update(f + b"\n")
-        digest = key.hexdigest()[:12]
-        size = f"{self.crop_size}px_resize{self.eval_resize}"
-        path = self.data_dir / f"pixel_mean_{size}_{len(images)}images_{digest}.pt"
+        key = b"".join([f"{size} {resize}\n".encode(), *(f + b"\n" for f in images.files)])
+        digest = hashlib.sha1(key).hexdigest()[:12]
+        path = self.data_dir / f"pixel_mean_{size}px_resize{resize}_{len(images)}images_{digest}.pt"
         if path.is_file():
             try:  # the name holds the images' and sizes' key
                 mean = torch.load(path, map_location="cpu", weights_only=True)["mean"]
-                if mean.shape == (3, self.crop_size, self.crop_size):
+                if mean.shape == (3, size, size):
                     return mean.float()
                 raise ValueError(f"a mean of shape {tuple(mean.shape)}")
             except Exception as err:  # a truncated or foreign file: recompute and replace it
@@ -386,10 +373,7 @@ class ImageNetDataModule(L.LightningDataModule):
                 warnings.warn(f"cannot read mean cache '{path}' ({why}); recomputing", stacklevel=2)
         log.info("computing the per-pixel mean of %d training images", len(images))
         loader = self._loader(images, 1, 64, train=False, persistent=False, shard=False)
-        total = torch.zeros(3, self.crop_size, self.crop_size, dtype=torch.float64)
-        for batch, _ in loader:
-            total += batch.double().sum(0)
-        mean = (total / len(images)).float()
+        mean = (sum(batch.double().sum(0) for batch, _ in loader) / len(images)).float()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:  # atomic, so that DDP ranks computing it at once never read a half-written file
             torch.save({"mean": mean, "key": digest, "images": len(images)}, tmp)
@@ -418,7 +402,7 @@ class ImageNetDataModule(L.LightningDataModule):
         else:
             size, resize = self.crop_size, self.eval_resize
             transform = partial(eval_crops, crop_size=size, resize=resize, crops=crops)
-        dataset, world, sampler = ImageFolderDataset(images, transform), self._world(), None
+        dataset, world, sampler = replace(images, transform=transform), self._world(), None
         if shard and not train and world > 1:
             if len(images) < world:
                 raise ValueError(
