@@ -102,9 +102,8 @@ class CIFAR10DataModule(InMemoryDataModule):
         folder = self._ensure_files()
 
         def read(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-            parts = [load_pickle_batch(folder / f) for f in files]
-            images = np.concatenate([p[0] for p in parts])
-            labels = np.concatenate([p[1] for p in parts])
+            parts = zip(*(load_pickle_batch(folder / f) for f in files), strict=True)
+            images, labels = map(np.concatenate, parts)
             if labels.min() < 0 or labels.max() >= self.num_classes:
                 raise ValueError(
                     f"{self.name} labels in '{folder}' range over [{labels.min()}, {labels.max()}],"

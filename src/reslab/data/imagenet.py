@@ -160,12 +160,7 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     """(10, C, size, size): the crops of ``TEN_CROP_ORDER``."""
     h, w = image.shape[-2:]
-    corners = [
-        image[..., :size, :size],
-        image[..., :size, w - size :],
-        image[..., h - size :, :size],
-        image[..., h - size :, w - size :],
-    ]
+    corners = [image[..., y : y + size, x : x + size] for y in (0, h - size) for x in (0, w - size)]
     five = torch.stack([*corners, center_crop(image, size)])
     return torch.cat([five, five.flip(-1)])
 
