@@ -64,20 +64,11 @@ class BatchLoader:
     """
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        batches_done: Callable[[], int] | None = None,
-        fused: int = 1,
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
+        drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+        batches_done: Callable[[], int] | None = None, fused: int = 1,
         stop_at: Callable[[], int | None] | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -149,19 +140,11 @@ class InMemoryDataModule(L.LightningDataModule):
     image_size: int = 32  # side of the (square) images the network sees
 
     def __init__(
-        self,
-        data_dir: str | Path,
-        batch_size: int = 128,
-        val_size: int = 5000,
-        split_seed: int = 0,
-        train_subset: int | None = None,
-        augment: bool = True,
-        padding: int = 4,
-        eval_batch_size: int = 1000,
-        download: bool = True,
-        seed: int = 0,
+        self, data_dir: str | Path, batch_size: int = 128, val_size: int = 5000,
+        split_seed: int = 0, train_subset: int | None = None, augment: bool = True,
+        padding: int = 4, eval_batch_size: int = 1000, download: bool = True, seed: int = 0,
         on_device: bool = True,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         require_ints(1, batch_size=batch_size, eval_batch_size=eval_batch_size)
         require_ints(0, val_size=val_size, padding=padding)

@@ -22,14 +22,13 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pillow decodes all
 
 from reslab.data.base import require_batch_split, require_ints
 from reslab.validation import is_int, require_choice, require_int
 
 log = logging.getLogger(__name__)
 
-# torchvision's ImageFolder extensions, all decoded by Pillow
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # The 10 evaluation crops (torchvision's ten_crop order): k + 5 mirrors crop k; 4 is the centre.
 _CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
@@ -210,25 +209,13 @@ class ImageNetDataModule(L.LightningDataModule):
     image_size: int = 224
 
     def __init__(
-        self,
-        data_dir: str | Path,
-        batch_size: int = 256,
-        val_size: int | None = None,
-        split_seed: int = 0,
-        train_subset: int | None = None,
-        augment: bool = True,
-        crop_size: int = 224,
-        scale: Sequence[int] = (256, 480),
-        eval_resize: int = 256,
-        normalize: str = "pixel_mean",
-        mean_images: int = 10_000,
-        color_augment: bool = True,
-        val_crops: int = 1,
-        test_crops: int = 10,
-        eval_batch_size: int = 50,
-        num_workers: int = 4,
-        seed: int = 0,
-    ) -> None:
+        self, data_dir: str | Path, batch_size: int = 256, val_size: int | None = None,
+        split_seed: int = 0, train_subset: int | None = None, augment: bool = True,
+        crop_size: int = 224, scale: Sequence[int] = (256, 480), eval_resize: int = 256,
+        normalize: str = "pixel_mean", mean_images: int = 10_000, color_augment: bool = True,
+        val_crops: int = 1, test_crops: int = 10, eval_batch_size: int = 50,
+        num_workers: int = 4, seed: int = 0,
+    ) -> None:  # fmt: skip
         super().__init__()
         require_ints(1, batch_size=batch_size, eval_batch_size=eval_batch_size)
         require_ints(1, crop_size=crop_size, mean_images=mean_images)
@@ -256,12 +243,9 @@ class ImageNetDataModule(L.LightningDataModule):
         self.val_crops, self.test_crops = val_crops, test_crops
         self.num_workers, self.seed = num_workers, seed
         self.classes: list[str] = []
-        self.train_images: ImageList | None = None
-        self.val_images: ImageList | None = None
-        self.test_images: ImageList | None = None
+        self.train_images = self.val_images = self.test_images = None  # ImageLists after setup
         # float pixels (0..255) on the training device: (x - mean) / std
-        self.mean: torch.Tensor | None = None
-        self.std: torch.Tensor | None = None
+        self.mean = self.std = None
         # (3, 3): column j is eigenvector j × eigenvalue j, in pixels: noise = alpha @ lighting.T
         self.lighting = torch.tensor(PCA_EIGVEC) * torch.tensor(PCA_EIGVAL) * 255
 
@@ -292,8 +276,7 @@ class ImageNetDataModule(L.LightningDataModule):
         # val_size 0: no validation, but the test still needs the whole val folder
         test = val.subset(self.val_size or None, self.split_seed)
         if self.normalize == "channel":
-            mean = torch.tensor(CHANNEL_MEAN).view(3, 1, 1) * 255
-            std = torch.tensor(CHANNEL_STD).view(3, 1, 1) * 255
+            mean, std = (torch.tensor(v).view(3, 1, 1) * 255 for v in (CHANNEL_MEAN, CHANNEL_STD))
         else:
             mean, std = self.pixel_mean(train), torch.full((3, 1, 1), 255.0)
         # set last, so that a setup() that failed half-way runs again in full

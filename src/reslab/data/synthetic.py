@@ -15,15 +15,9 @@ class SyntheticDataModule(InMemoryDataModule):
     name = "synthetic"
 
     def __init__(
-        self,
-        num_train: int = 1024,
-        num_test: int = 256,
-        image_size: int = 32,
-        channels: int = 3,
-        classes: int = 10,
-        data_seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
+        self, num_train: int = 1024, num_test: int = 256, image_size: int = 32, channels: int = 3,
+        classes: int = 10, data_seed: int = 0, **kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__(kwargs.pop("data_dir", "."), **kwargs)
         require_ints(1, num_train=num_train, num_test=num_test, image_size=image_size)
         require_ints(1, channels=channels, classes=classes)
