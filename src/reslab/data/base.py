@@ -233,13 +233,17 @@ class InMemoryDataModule(L.LightningDataModule):
             return crops.view(images.shape), labels
         return subtract_mean(images, self.mean), labels
 
-    def require_dir(self) -> Path:
-        """The data folder; created when downloading is allowed, else a clear error."""
-        if not self.data_dir.is_dir():
-            if not self.download:
-                raise FileNotFoundError(
-                    f"data.data_dir '{self.data_dir}' does not exist (and data.download=false); "
-                    f"create it and put the {self.name} files there, or set data.data_dir"
-                )
+    def fetch(self, download: Callable[[str], object], failed: str) -> None:
+        """``download(data_dir)``, the folder created, where ``data.download`` allows it, else an
+        error if the folder is missing; a failed download (``failed``) says where the files go."""
+        if not self.download and not self.data_dir.is_dir():
+            raise FileNotFoundError(
+                f"data.data_dir '{self.data_dir}' does not exist (and data.download=false); "
+                f"create it and put the {self.name} files there, or set data.data_dir"
+            )
+        if self.download:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-        return self.data_dir
+            try:
+                download(str(self.data_dir))
+            except Exception as err:  # no network, a proxy, a bad archive: say what to do
+                raise FileNotFoundError(self._where_message(f"{failed} ({err})")) from err

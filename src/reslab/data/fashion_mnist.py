@@ -4,6 +4,7 @@ layout under it or Debian's ``dataset-fashion-mnist``; downloaded only when none
 from __future__ import annotations
 
 import gzip
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +68,9 @@ class FashionMNISTDataModule(InMemoryDataModule):
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         files = self.find_files()
         if files is None:
-            root = self.require_dir()
-            if self.download:
-                from torchvision.datasets import FashionMNIST
+            from torchvision.datasets import FashionMNIST  # it fetches all four files
 
-                try:  # all four files, whichever split it is asked for
-                    FashionMNIST(str(root), download=True)
-                except Exception as err:
-                    why = f"downloading failed ({err})"
-                    raise FileNotFoundError(self._where_message(why)) from err
+            self.fetch(partial(FashionMNIST, download=True), "downloading failed")
             files = self.find_files()
             if files is None:
                 raise FileNotFoundError(self._where_message("the four idx files are missing"))
