@@ -59,13 +59,9 @@ def _buffers(
 
 
 def subtract_mean_crop_flip(
-    images: torch.Tensor,
-    mean: torch.Tensor,
-    padding: int = 4,
-    flip: bool = True,
-    generator: torch.Generator | None = None,
-    scale: float = 255.0,
-) -> torch.Tensor:
+    images: torch.Tensor, mean: torch.Tensor, padding: int = 4, flip: bool = True,
+    generator: torch.Generator | None = None, scale: float = 255.0,
+) -> torch.Tensor:  # fmt: skip
     """``subtract_mean(images, mean, scale)`` (N, C, H, W), zero-padded by ``padding`` pixels
     after the subtraction, then a random crop of the original size of each image, mirrored with
     probability 1/2 (``flip``), independently per image; ``generator`` (on the images' device)

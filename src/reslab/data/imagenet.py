@@ -36,14 +36,13 @@ TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
 CHANNEL_STD = (0.229, 0.224, 0.225)
 # Principal components of ImageNet's RGB pixels in [0, 1] (fb.resnet.torch's): eigenvalues and
-# eigenvectors (columns), for Krizhevsky et al.'s colour augmentation.
+# eigenvectors (columns), for Krizhevsky et al.'s (2012) colour augmentation: alpha ~ N(0, 0.1).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-LIGHTING_STD = 0.1  # alpha ~ N(0, 0.1), Krizhevsky et al. 2012
 # Set, not inherited: in a joblib (loky) job of hydra/launcher=local the default context cannot
 # start DataLoader workers. Linux forks (the file lists are shared, not copied).
 WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -328,7 +327,7 @@ class ImageNetDataModule(L.LightningDataModule):
         x = images.float() - self.mean
         training = self.trainer is not None and self.trainer.training
         if training and self.augment and self.color_augment:
-            alpha = torch.randn((len(x), 3), device=x.device) * LIGHTING_STD  # one per image
+            alpha = torch.randn((len(x), 3), device=x.device) * 0.1  # N(0, 0.1), one per image
             x = x + (alpha @ self.lighting.T)[:, :, None, None]
         return x / self.std, labels
 
@@ -388,17 +387,11 @@ class ImageNetDataModule(L.LightningDataModule):
                     f"choose data.val_size >= {world} (or null: the whole val folder)"
                 )
             sampler = EvalShard(dataset, world, self.trainer.global_rank)
+        context = multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
         return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=train,
-            drop_last=train,
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=train, drop_last=train,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
-            num_workers=self.num_workers,
-            multiprocessing_context=(
-                multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
-            ),
+            num_workers=self.num_workers, multiprocessing_context=context,
             persistent_workers=persistent and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-        )
+        )  # fmt: skip
