@@ -25,16 +25,12 @@ def _crop_flip_index(
     draws of N·K images those of K batches of N drawn in turn (on the CPU), so K batches
     augmented at once are augmented exactly as one at a time."""
     side = 2 * padding + 1
-    v = torch.randint(
-        0, side * side * (2 if flip else 1), (n, 1), device=device, generator=generator
-    )
+    draws = side * side * (2 if flip else 1)
+    v = torch.randint(0, draws, (n, 1), device=device, generator=generator)
     cols = torch.arange(w, device=device)
     if flip:
-        mirrored = (v % 2).bool()
-        v = v // 2
-        cols = torch.where(mirrored, cols.flip(0), cols)  # (n, w)
-    top, left = v // side, v % side
-    cols = cols + left  # (n, w)
+        cols, v = torch.where((v % 2).bool(), cols.flip(0), cols), v // 2
+    top, cols = v // side, cols + v % side  # cols: (n, w)
     rows = (top + torch.arange(h, device=device)) * (w + 2 * padding)  # (n, h): row starts
     return torch.add(rows[:, :, None], cols[:, None, :], out=out).view(n, 1, h * w)
 
@@ -57,20 +53,15 @@ def _buffers(
     key = (n, c, h, w, padding, dtype, torch.is_inference_mode_enabled())
     kept = getattr(_cpu_workspace, "buffers", None)
     if kept is None or kept[0] != key:
-        index = torch.empty((n, h, w), dtype=torch.int64)
-        kept = (key, torch.zeros(size, dtype=dtype), index)
+        kept = (key, torch.zeros(size, dtype=dtype), torch.empty((n, h, w), dtype=torch.int64))
         _cpu_workspace.buffers = kept
     return kept[1], kept[2]
 
 
 def subtract_mean_crop_flip(
-    images: torch.Tensor,
-    mean: torch.Tensor,
-    padding: int = 4,
-    flip: bool = True,
-    generator: torch.Generator | None = None,
-    scale: float = 255.0,
-) -> torch.Tensor:
+    images: torch.Tensor, mean: torch.Tensor, padding: int = 4, flip: bool = True,
+    generator: torch.Generator | None = None, scale: float = 255.0,
+) -> torch.Tensor:  # fmt: skip
     """``subtract_mean(images, mean, scale)`` (N, C, H, W), zero-padded by ``padding`` pixels
     after the subtraction, then a random crop of the original size of each image, mirrored with
     probability 1/2 (``flip``), independently per image; ``generator`` (on the images' device)

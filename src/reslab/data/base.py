@@ -17,6 +17,21 @@ from reslab.data.augment import subtract_mean, subtract_mean_crop_flip
 from reslab.validation import require_int
 
 
+def require_ints(low: int, **values: object) -> None:
+    """Each ``data.<key>`` an integer >= ``low`` (a ``ValueError`` from ``require_int``)."""
+    for key, value in values.items():
+        require_int(f"data.{key}", value, low)
+
+
+def require_batch_split(batch_size: int, world: int, ranks: str) -> None:
+    """The global ``batch_size`` splits evenly over ``world`` ``ranks`` (devices, processes)."""
+    if batch_size % world:
+        raise ValueError(
+            f"data.batch_size={batch_size} (the global batch) is not divisible by the "
+            f"{world} {ranks}; choose a multiple of {world}"
+        )
+
+
 @dataclass
 class Splits:
     """uint8 images (N, C, H, W) and int64 labels (N,) of each split; val may be empty."""
@@ -49,24 +64,11 @@ class BatchLoader:
     """
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        batches_done: Callable[[], int] | None = None,
-        fused: int = 1,
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
+        drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+        batches_done: Callable[[], int] | None = None, fused: int = 1,
         stop_at: Callable[[], int | None] | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        if fused < 1:
-            raise ValueError(f"fused must be a positive integer, got {fused}")
+    ) -> None:  # fmt: skip
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -84,12 +86,8 @@ class BatchLoader:
     def _order(self, epoch: int) -> torch.Tensor:
         """The image order of ``epoch`` on the images' device (the last two kept)."""
         if epoch not in self._orders:
-            n = len(self.labels)
-            if self.shuffle:
-                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-                order = torch.randperm(n, generator=g)
-            else:
-                order = torch.arange(n)
+            n, g = len(self.labels), torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
             # once per epoch; indexing stays on the device
             self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
             self._orders[epoch] = order.to(self.images.device)
@@ -105,22 +103,16 @@ class BatchLoader:
         per_epoch = self._batches()
         if not per_epoch:
             return
-        first = self.epoch * per_epoch
-        if self.batches_done is not None:
-            first = self.batches_done()
+        done = self.batches_done
+        first = done() if done is not None else self.epoch * per_epoch
         self.epoch = first // per_epoch + 1
-        end = (first // per_epoch + 1) * per_epoch  # the groups that start in this epoch
-        stop = self.stop_at() if self.stop_at is not None else None
-        if self.fused == 1:
-            for batch in range(first, end):
-                index = self._index(batch)
-                yield self.images[index], self.labels[index]
-            return
-        for start in range(first, end, self.fused):
+        stop = self.stop_at() if self.stop_at is not None and self.fused > 1 else None
+        for start in range(first, self.epoch * per_epoch, self.fused):  # those in this epoch
             last = start + self.fused if stop is None or stop < 0 else min(start + self.fused, stop)
             if last <= start:
                 return
-            index = torch.stack([self._index(b) for b in range(start, last)])  # (K, B)
+            group = [self._index(b) for b in range(start, last)]
+            index = group[0] if self.fused == 1 else torch.stack(group)  # (B,) or (K, B)
             yield self.images[index], self.labels[index]
 
     # Lightning resumes a loader mid-epoch through this interface; the position comes from
@@ -148,27 +140,14 @@ class InMemoryDataModule(L.LightningDataModule):
     image_size: int = 32  # side of the (square) images the network sees
 
     def __init__(
-        self,
-        data_dir: str | Path,
-        batch_size: int = 128,
-        val_size: int = 5000,
-        split_seed: int = 0,
-        train_subset: int | None = None,
-        augment: bool = True,
-        padding: int = 4,
-        eval_batch_size: int = 1000,
-        download: bool = True,
-        seed: int = 0,
+        self, data_dir: str | Path, batch_size: int = 128, val_size: int = 5000,
+        split_seed: int = 0, train_subset: int | None = None, augment: bool = True,
+        padding: int = 4, eval_batch_size: int = 1000, download: bool = True, seed: int = 0,
         on_device: bool = True,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
-        for key, value, low in (
-            ("batch_size", batch_size, 1),
-            ("eval_batch_size", eval_batch_size, 1),
-            ("val_size", val_size, 0),
-            ("padding", padding, 0),
-        ):
-            require_int(f"data.{key}", value, low)
+        require_ints(1, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        require_ints(0, val_size=val_size, padding=padding)
         require_int("data.train_subset", train_subset, 1, optional=True)
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -185,18 +164,16 @@ class InMemoryDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        train_x, train_y, test_x, test_y = self.load()
-        if self.val_size >= len(train_y):
+        x, y, test_x, test_y = self.load()  # x, y: the training images before the split
+        if self.val_size >= len(y):
             raise ValueError(
                 f"data.val_size={self.val_size} leaves no training images "
-                f"({self.name} has {len(train_y)}); use a value below {len(train_y)}"
+                f"({self.name} has {len(y)}); use a value below {len(y)}"
             )
-        g = torch.Generator().manual_seed(self.split_seed)
-        order = torch.randperm(len(train_y), generator=g)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size].sort().values, order[self.val_size :].sort().values
         train = train[: self.train_subset]
-        splits = train_x[train], train_y[train], train_x[val], train_y[val], test_x, test_y
-        self.splits = Splits(*splits)
+        self.splits = Splits(x[train], y[train], x[val], y[val], test_x, test_y)
         # The paper's only normalisation: the per-pixel mean of the training images.
         self.mean = self.splits.train_images.float().mean(0)
 
@@ -212,56 +189,38 @@ class InMemoryDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         if self.on_device and device.type != "cpu" and self.splits.train_images.device != device:
             self.splits = Splits(*(t.to(device) for t in vars(self.splits).values()))
-            assert self.mean is not None
             self.mean = self.mean.to(device)
         return self.splits
-
-    def _batches_done(self) -> int:
-        return self.trainer.global_step if self.trainer is not None else 0
-
-    def _fused(self) -> int:
-        """Batches per training step: the module's ``fused_iterations`` (1 without one)."""
-        trainer = self.trainer
-        module = trainer.lightning_module if trainer is not None else None
-        return int(getattr(module, "fused_iterations", 1))
-
-    def _stop_at(self) -> int | None:
-        return self.trainer.max_steps if self.trainer is not None else None
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> BatchLoader:
-        splits = self._placed()
-        rank, world = self._world()
-        if self.batch_size % world:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} (the global batch) is not divisible by the "
-                f"{world} devices; choose a multiple of {world}"
-            )
+        splits, (rank, world), trainer = self._placed(), self._world(), self.trainer
+        require_batch_split(self.batch_size, world, "devices")
+        module = trainer.lightning_module if trainer is not None else None
         return BatchLoader(
             splits.train_images, splits.train_labels, self.batch_size,
             shuffle=True, drop_last=True, seed=self.seed, rank=rank, world_size=world,
-            batches_done=self._batches_done, fused=self._fused(), stop_at=self._stop_at,
+            batches_done=lambda: self.trainer.global_step if self.trainer is not None else 0,
+            fused=int(getattr(module, "fused_iterations", 1)),  # batches per training step
+            stop_at=lambda: self.trainer.max_steps if self.trainer is not None else None,
         )  # fmt: skip
 
-    def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> BatchLoader:
-        rank, world = self._world()
+    def _eval_loader(self, split: str) -> BatchLoader:
+        splits, (rank, world) = self._placed(), self._world()
         return BatchLoader(
-            images, labels, self.eval_batch_size * world,
-            shuffle=False, drop_last=False, rank=rank, world_size=world,
+            getattr(splits, f"{split}_images"), getattr(splits, f"{split}_labels"),
+            self.eval_batch_size * world, shuffle=False, drop_last=False, rank=rank,
+            world_size=world,
         )  # fmt: skip
 
     def val_dataloader(self) -> BatchLoader | list:
-        splits = self._placed()
-        if not len(splits.val_labels):
-            return []
-        return self._eval_loader(splits.val_images, splits.val_labels)
+        return self._eval_loader("val") if len(self._placed().val_labels) else []
 
     def test_dataloader(self) -> BatchLoader:
-        splits = self._placed()
-        return self._eval_loader(splits.test_images, splits.test_labels)
+        return self._eval_loader("test")
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         images, labels = batch
@@ -270,20 +229,21 @@ class InMemoryDataModule(L.LightningDataModule):
             self.mean = self.mean.to(images.device)  # once, not every batch
         if self.augment and self.trainer is not None and self.trainer.training:
             # the K batches of a fused step (K, B, C, H, W) at once, drawn as K batches in turn
-            group = images.shape[:-3]
-            images = subtract_mean_crop_flip(images.flatten(0, -4), self.mean, self.padding)
-            images = images.view(*group, *images.shape[1:])
-        else:
-            images = subtract_mean(images, self.mean)
-        return images, labels
+            crops = subtract_mean_crop_flip(images.flatten(0, -4), self.mean, self.padding)
+            return crops.view(images.shape), labels
+        return subtract_mean(images, self.mean), labels
 
-    def require_dir(self) -> Path:
-        """The data folder; created when downloading is allowed, else a clear error."""
-        if not self.data_dir.is_dir():
-            if not self.download:
-                raise FileNotFoundError(
-                    f"data.data_dir '{self.data_dir}' does not exist (and data.download=false); "
-                    f"create it and put the {self.name} files there, or set data.data_dir"
-                )
+    def fetch(self, download: Callable[[str], object], failed: str) -> None:
+        """``download(data_dir)``, the folder created, where ``data.download`` allows it, else an
+        error if the folder is missing; a failed download (``failed``) says where the files go."""
+        if not self.download and not self.data_dir.is_dir():
+            raise FileNotFoundError(
+                f"data.data_dir '{self.data_dir}' does not exist (and data.download=false); "
+                f"create it and put the {self.name} files there, or set data.data_dir"
+            )
+        if self.download:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-        return self.data_dir
+            try:
+                download(str(self.data_dir))
+            except Exception as err:  # no network, a proxy, a bad archive: say what to do
+                raise FileNotFoundError(self._where_message(f"{failed} ({err})")) from err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +79,14 @@ class CIFAR10DataModule(InMemoryDataModule):
         return [f for f in (*self.train_files, *self.test_files) if not (folder / f).is_file()]
 
     def _ensure_files(self) -> Path:
-        root = self.require_dir()
-        if self._missing() and self.download:
+        if self._missing():
             from torchvision.datasets.utils import download_and_extract_archive
 
-            try:
-                download_and_extract_archive(self.url, str(root), md5=self.md5)
-            except Exception as err:  # no network, a proxy, a bad archive: say what to do
-                why = f"downloading it failed ({err})"
-                raise FileNotFoundError(self._where_message(why)) from err
+            archive = partial(download_and_extract_archive, self.url, md5=self.md5)
+            self.fetch(archive, "downloading it failed")
         if missing := self._missing():
             raise FileNotFoundError(self._where_message(f"missing {', '.join(missing)}"))
-        return root / self.folder
+        return self.data_dir / self.folder
 
     def _where_message(self, why: str) -> str:
         return (
@@ -102,9 +99,8 @@ class CIFAR10DataModule(InMemoryDataModule):
         folder = self._ensure_files()
 
         def read(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-            parts = [load_pickle_batch(folder / f) for f in files]
-            images = np.concatenate([p[0] for p in parts])
-            labels = np.concatenate([p[1] for p in parts])
+            parts = zip(*(load_pickle_batch(folder / f) for f in files), strict=True)
+            images, labels = map(np.concatenate, parts)
             if labels.min() < 0 or labels.max() >= self.num_classes:
                 raise ValueError(
                     f"{self.name} labels in '{folder}' range over [{labels.min()}, {labels.max()}],"

@@ -4,6 +4,7 @@ layout under it or Debian's ``dataset-fashion-mnist``; downloaded only when none
 from __future__ import annotations
 
 import gzip
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-UINT8 = 0x08  # the idx type code of every Fashion-MNIST file
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -29,14 +29,13 @@ def read_idx(path: Path) -> np.ndarray:
             raw = f.read()
     except (OSError, EOFError) as err:  # gzip raises these for truncated or non-gzip files
         raise ValueError(f"idx file '{path}' cannot be read: {err}") from err
-    if len(raw) < 4 or raw[:3] != bytes((0, 0, UINT8)):
+    if len(raw) < 4 or raw[:3] != bytes((0, 0, 8)):  # 8: uint8, the type of every file
         raise ValueError(
             f"idx file '{path}' has magic number {raw[:4].hex() or 'none'}; expected 0000 then a "
             "type code (08 for uint8) and the number of dimensions, e.g. 00000803 for images"
         )
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    header = 4 + 4 * raw[3]  # raw[3] dimensions, each a big-endian uint32
+    shape = tuple(int.from_bytes(raw[i : i + 4], "big") for i in range(4, header, 4))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         raise ValueError(
@@ -69,16 +68,9 @@ class FashionMNISTDataModule(InMemoryDataModule):
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         files = self.find_files()
         if files is None:
-            root = self.require_dir()
-            if self.download:
-                from torchvision.datasets import FashionMNIST
+            from torchvision.datasets import FashionMNIST  # it fetches all four files
 
-                try:
-                    for train in (True, False):
-                        FashionMNIST(str(root), train=train, download=True)
-                except Exception as err:
-                    why = f"downloading failed ({err})"
-                    raise FileNotFoundError(self._where_message(why)) from err
+            self.fetch(partial(FashionMNIST, download=True), "downloading failed")
             files = self.find_files()
             if files is None:
                 raise FileNotFoundError(self._where_message("the four idx files are missing"))
@@ -90,8 +82,7 @@ class FashionMNISTDataModule(InMemoryDataModule):
                     f"Fashion-MNIST {split} files hold images {images.shape} and labels "
                     f"{labels.shape}; expected (N, 28, 28) and (N,)"
                 )
-            tensors += [torch.from_numpy(images.copy()).unsqueeze(1)]
-            tensors += [torch.from_numpy(labels.astype(np.int64))]
+            tensors += [torch.tensor(images).unsqueeze(1), torch.tensor(labels, dtype=torch.int64)]
         return tuple(tensors)
 
     def _where_message(self, why: str) -> str:

@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -22,15 +22,13 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pillow decodes all
 
+from reslab.data.base import require_batch_split, require_ints
 from reslab.validation import is_int, require_choice, require_int
 
 log = logging.getLogger(__name__)
 
-# torchvision's ImageFolder extensions, all decoded by Pillow
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-NORMALIZE = ("pixel_mean", "channel")
-CROPS = (1, 10)
 # The 10 evaluation crops (torchvision's ten_crop order): k + 5 mirrors crop k; 4 is the centre.
 _CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
@@ -38,14 +36,13 @@ TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
 CHANNEL_STD = (0.229, 0.224, 0.225)
 # Principal components of ImageNet's RGB pixels in [0, 1] (fb.resnet.torch's): eigenvalues and
-# eigenvectors (columns), for Krizhevsky et al.'s colour augmentation.
+# eigenvectors (columns), for Krizhevsky et al.'s (2012) colour augmentation: alpha ~ N(0, 0.1).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-LIGHTING_STD = 0.1  # alpha ~ N(0, 0.1), Krizhevsky et al. 2012
 # Set, not inherited: in a joblib (loky) job of hydra/launcher=local the default context cannot
 # start DataLoader workers. Linux forks (the file lists are shared, not copied).
 WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -53,16 +50,20 @@ WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 # --- the folders -----------------------------------------------------------------------------
 @dataclass
-class ImageList:
+class ImageList(Dataset):
     """A split's files (relative to ``root``) and int64 labels, as numpy arrays: forked
-    workers share them without copying."""
+    workers share them without copying. As a dataset: (``transform`` of the uint8 image, label)."""
 
     root: Path
     files: np.ndarray
     labels: np.ndarray
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(read_image(self.path(i))), int(self.labels[i])
 
     def path(self, i: int) -> Path:
         return self.root / os.fsdecode(self.files[i])
@@ -147,13 +148,6 @@ def read_image(path: Path) -> torch.Tensor:
 
 
 # --- per-image geometry (in the workers) ----------------------------------------------------
-def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
-    """``image`` (C, H, W) resized (bilinear, antialiased) to a shorter side of ``size``."""
-    if min(image.shape[-2:]) == size:
-        return image
-    return TF.resize(image, [size], antialias=True)
-
-
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     """The ``size``×``size`` centre of ``image`` (offsets rounded down)."""
     h, w = image.shape[-2:]
@@ -164,12 +158,7 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     """(10, C, size, size): the crops of ``TEN_CROP_ORDER``."""
     h, w = image.shape[-2:]
-    corners = [
-        image[..., :size, :size],
-        image[..., :size, w - size :],
-        image[..., h - size :, :size],
-        image[..., h - size :, w - size :],
-    ]
+    corners = [image[..., y : y + size, x : x + size] for y in (0, h - size) for x in (0, w - size)]
     five = torch.stack([*corners, center_crop(image, size)])
     return torch.cat([five, five.flip(-1)])
 
@@ -179,7 +168,7 @@ def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> t
     random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
     generator, which DataLoader seeds per worker and epoch."""
     c = crop_size
-    image = resize_shorter(image, int(torch.randint(scale[0], scale[1] + 1, ())))
+    image = TF.resize(image, [int(torch.randint(scale[0], scale[1] + 1, ()))], antialias=True)
     h, w = image.shape[-2:]
     top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
     crop = image[:, top : top + c, left : left + c]
@@ -187,24 +176,10 @@ def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> t
 
 
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
-    """Shorter side resized to ``resize``, then the centre crop (3, c, c) or 10 (10, 3, c, c)."""
-    image = resize_shorter(image, resize)
+    """Shorter side resized to ``resize`` (bilinear, antialiased; torchvision returns an image
+    of that size as it is), then the centre crop (3, c, c) or 10 (10, 3, c, c)."""
+    image = TF.resize(image, [resize], antialias=True)
     return center_crop(image, crop_size) if crops == 1 else ten_crop(image, crop_size)
-
-
-class ImageFolderDataset(Dataset):
-    """(uint8 crops, label) of each image of an ``ImageList``."""
-
-    def __init__(
-        self, images: ImageList, transform: Callable[[torch.Tensor], torch.Tensor]
-    ) -> None:
-        self.images, self.transform = images, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_image(self.images.path(i))), int(self.images.labels[i])
 
 
 class EvalShard(DistributedSampler):
@@ -233,34 +208,17 @@ class ImageNetDataModule(L.LightningDataModule):
     image_size: int = 224
 
     def __init__(
-        self,
-        data_dir: str | Path,
-        batch_size: int = 256,
-        val_size: int | None = None,
-        split_seed: int = 0,
-        train_subset: int | None = None,
-        augment: bool = True,
-        crop_size: int = 224,
-        scale: Sequence[int] = (256, 480),
-        eval_resize: int = 256,
-        normalize: str = "pixel_mean",
-        mean_images: int = 10_000,
-        color_augment: bool = True,
-        val_crops: int = 1,
-        test_crops: int = 10,
-        eval_batch_size: int = 50,
-        num_workers: int = 4,
-        seed: int = 0,
-    ) -> None:
+        self, data_dir: str | Path, batch_size: int = 256, val_size: int | None = None,
+        split_seed: int = 0, train_subset: int | None = None, augment: bool = True,
+        crop_size: int = 224, scale: Sequence[int] = (256, 480), eval_resize: int = 256,
+        normalize: str = "pixel_mean", mean_images: int = 10_000, color_augment: bool = True,
+        val_crops: int = 1, test_crops: int = 10, eval_batch_size: int = 50,
+        num_workers: int = 4, seed: int = 0,
+    ) -> None:  # fmt: skip
         super().__init__()
-        for key, value, low in (
-            ("batch_size", batch_size, 1),
-            ("eval_batch_size", eval_batch_size, 1),
-            ("crop_size", crop_size, 1),
-            ("mean_images", mean_images, 1),
-            ("num_workers", num_workers, 0),
-        ):
-            require_int(f"data.{key}", value, low)
+        require_ints(1, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        require_ints(1, crop_size=crop_size, mean_images=mean_images)
+        require_ints(0, num_workers=num_workers)
         require_int("data.val_size", val_size, 0, optional=True)
         require_int("data.train_subset", train_subset, 1, optional=True)
         pair = tuple(scale) if isinstance(scale, Sequence) and not isinstance(scale, str) else ()
@@ -269,10 +227,11 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"data.scale must be two integers [min, max] with data.crop_size={crop_size} <= "
                 f"min <= max (the paper: [256, 480]), got {scale!r}"
             )
-        require_int("data.eval_resize", eval_resize, crop_size, note=f"(data.crop_size={crop_size})")
-        require_choice("data.normalize", normalize, NORMALIZE)
-        require_choice("data.val_crops", val_crops, CROPS)
-        require_choice("data.test_crops", test_crops, CROPS)
+        note = f"(data.crop_size={crop_size})"
+        require_int("data.eval_resize", eval_resize, crop_size, note=note)
+        require_choice("data.normalize", normalize, ("pixel_mean", "channel"))
+        require_choice("data.val_crops", val_crops, (1, 10))
+        require_choice("data.test_crops", test_crops, (1, 10))
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
@@ -283,12 +242,9 @@ class ImageNetDataModule(L.LightningDataModule):
         self.val_crops, self.test_crops = val_crops, test_crops
         self.num_workers, self.seed = num_workers, seed
         self.classes: list[str] = []
-        self.train_images: ImageList | None = None
-        self.val_images: ImageList | None = None
-        self.test_images: ImageList | None = None
+        self.train_images = self.val_images = self.test_images = None  # ImageLists after setup
         # float pixels (0..255) on the training device: (x - mean) / std
-        self.mean: torch.Tensor | None = None
-        self.std: torch.Tensor | None = None
+        self.mean = self.std = None
         # (3, 3): column j is eigenvector j × eigenvalue j, in pixels: noise = alpha @ lighting.T
         self.lighting = torch.tensor(PCA_EIGVEC) * torch.tensor(PCA_EIGVAL) * 255
 
@@ -319,8 +275,7 @@ class ImageNetDataModule(L.LightningDataModule):
         # val_size 0: no validation, but the test still needs the whole val folder
         test = val.subset(self.val_size or None, self.split_seed)
         if self.normalize == "channel":
-            mean = torch.tensor(CHANNEL_MEAN).view(3, 1, 1) * 255
-            std = torch.tensor(CHANNEL_STD).view(3, 1, 1) * 255
+            mean, std = (torch.tensor(v).view(3, 1, 1) * 255 for v in (CHANNEL_MEAN, CHANNEL_STD))
         else:
             mean, std = self.pixel_mean(train), torch.full((3, 1, 1), 255.0)
         # set last, so that a setup() that failed half-way runs again in full
@@ -344,13 +299,8 @@ class ImageNetDataModule(L.LightningDataModule):
         return self.val_images is not None and len(self.val_images) > 0
 
     def train_dataloader(self) -> DataLoader:
-        images = self._ready(self.train_images)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} (the global batch) is not divisible by the "
-                f"{world} processes; choose a multiple of {world}"
-            )
+        images, world = self._ready(self.train_images), self._world()
+        require_batch_split(self.batch_size, world, "processes")
         crops = None if self.augment else 1
         return self._loader(images, crops, self.batch_size // world, train=True)
 
@@ -377,24 +327,22 @@ class ImageNetDataModule(L.LightningDataModule):
         x = images.float() - self.mean
         training = self.trainer is not None and self.trainer.training
         if training and self.augment and self.color_augment:
-            alpha = torch.randn((len(x), 3), device=x.device) * LIGHTING_STD  # one per image
+            alpha = torch.randn((len(x), 3), device=x.device) * 0.1  # N(0, 0.1), one per image
             x = x + (alpha @ self.lighting.T)[:, :, None, None]
         return x / self.std, labels
 
     def pixel_mean(self, train: ImageList) -> torch.Tensor:
         """Per-pixel mean (3, c, c) of the centre crops of up to ``mean_images`` of ``train``,
         cached in ``data_dir`` under a key of the images and sizes."""
+        size, resize = self.crop_size, self.eval_resize
         images = train.subset(self.mean_images, self.split_seed)
-        key = hashlib.sha1(f"{self.crop_size} {self.eval_resize}\n".encode())
-        for f in images.files:
-            key.update(f + b"\n")
-        digest = key.hexdigest()[:12]
-        size = f"{self.crop_size}px_resize{self.eval_resize}"
-        path = self.data_dir / f"pixel_mean_{size}_{len(images)}images_{digest}.pt"
+        key = b"".join([f"{size} {resize}\n".encode(), *(f + b"\n" for f in images.files)])
+        digest = hashlib.sha1(key).hexdigest()[:12]
+        path = self.data_dir / f"pixel_mean_{size}px_resize{resize}_{len(images)}images_{digest}.pt"
         if path.is_file():
             try:  # the name holds the images' and sizes' key
                 mean = torch.load(path, map_location="cpu", weights_only=True)["mean"]
-                if mean.shape == (3, self.crop_size, self.crop_size):
+                if mean.shape == (3, size, size):
                     return mean.float()
                 raise ValueError(f"a mean of shape {tuple(mean.shape)}")
             except Exception as err:  # a truncated or foreign file: recompute and replace it
@@ -402,10 +350,7 @@ class ImageNetDataModule(L.LightningDataModule):
                 warnings.warn(f"cannot read mean cache '{path}' ({why}); recomputing", stacklevel=2)
         log.info("computing the per-pixel mean of %d training images", len(images))
         loader = self._loader(images, 1, 64, train=False, persistent=False, shard=False)
-        total = torch.zeros(3, self.crop_size, self.crop_size, dtype=torch.float64)
-        for batch, _ in loader:
-            total += batch.double().sum(0)
-        mean = (total / len(images)).float()
+        mean = (sum(batch.double().sum(0) for batch, _ in loader) / len(images)).float()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:  # atomic, so that DDP ranks computing it at once never read a half-written file
             torch.save({"mean": mean, "key": digest, "images": len(images)}, tmp)
@@ -420,6 +365,9 @@ class ImageNetDataModule(L.LightningDataModule):
             raise RuntimeError("ImageNetDataModule: call setup() before asking for its loaders")
         return images
 
+    def _world(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def _loader(
         self, images: ImageList, crops: int | None, batch_size: int, *, train: bool,
         persistent: bool = True, shard: bool = True,
@@ -431,9 +379,7 @@ class ImageNetDataModule(L.LightningDataModule):
         else:
             size, resize = self.crop_size, self.eval_resize
             transform = partial(eval_crops, crop_size=size, resize=resize, crops=crops)
-        dataset = ImageFolderDataset(images, transform)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        sampler = None
+        dataset, world, sampler = replace(images, transform=transform), self._world(), None
         if shard and not train and world > 1:
             if len(images) < world:
                 raise ValueError(
@@ -441,17 +387,11 @@ class ImageNetDataModule(L.LightningDataModule):
                     f"choose data.val_size >= {world} (or null: the whole val folder)"
                 )
             sampler = EvalShard(dataset, world, self.trainer.global_rank)
+        context = multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
         return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=train,
-            drop_last=train,
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=train, drop_last=train,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
-            num_workers=self.num_workers,
-            multiprocessing_context=(
-                multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
-            ),
+            num_workers=self.num_workers, multiprocessing_context=context,
             persistent_workers=persistent and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-        )
+        )  # fmt: skip

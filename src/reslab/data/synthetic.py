@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 
-from reslab.data.base import InMemoryDataModule
-from reslab.validation import require_int
+from reslab.data.base import InMemoryDataModule, require_ints
 
 
 class SyntheticDataModule(InMemoryDataModule):
@@ -16,24 +15,12 @@ class SyntheticDataModule(InMemoryDataModule):
     name = "synthetic"
 
     def __init__(
-        self,
-        num_train: int = 1024,
-        num_test: int = 256,
-        image_size: int = 32,
-        channels: int = 3,
-        classes: int = 10,
-        data_seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
+        self, num_train: int = 1024, num_test: int = 256, image_size: int = 32, channels: int = 3,
+        classes: int = 10, data_seed: int = 0, **kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__(kwargs.pop("data_dir", "."), **kwargs)
-        for key, value in (
-            ("num_train", num_train),
-            ("num_test", num_test),
-            ("image_size", image_size),
-            ("channels", channels),
-            ("classes", classes),
-        ):
-            require_int(f"data.{key}", value, 1)
+        require_ints(1, num_train=num_train, num_test=num_test, image_size=image_size)
+        require_ints(1, channels=channels, classes=classes)
         self.num_train, self.num_test, self.image_size = num_train, num_test, image_size
         self.in_channels, self.num_classes, self.data_seed = channels, classes, data_seed
 
