@@ -58,7 +58,7 @@ def check_run(cfg: DictConfig) -> None:
         )
     module = instantiate(cfg.module, net=net)
     # (its intervals and trainer settings: reslab.fused.trainer, which built the trainer)
-    check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule, {})
+    check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule)
     try:
         optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
