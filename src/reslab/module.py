@@ -19,11 +19,6 @@ from torchmetrics import MeanMetric
 
 from reslab.fast import batchnorm_in_fp32, cuda_graph_network
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-
-TOP5_MIN_CLASSES = 100  # top-5 error is logged for 100 classes or more (CIFAR-100, ImageNet)
-
 
 class Classifier(L.LightningModule):
     """Trains ``net`` (images → logits) with cross-entropy.
@@ -47,20 +42,21 @@ class Classifier(L.LightningModule):
     """
 
     iterations_per_step = 1  # training iterations per Lightning training step
+    _checkpointed = ("validated_at", "plateau_stepped_at", "best_val_error", "best_val_step")
 
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         channels_last: bool = False,
         compile: bool = False,
         cuda_graphs: bool = False,
         batchnorm_fp32: bool = True,
     ) -> None:
         super().__init__()
-        self.channels_last = channels_last
-        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.to(memory_format=self.memory_format)
         self.compile_net, self.cuda_graphs = compile, cuda_graphs  # (nn.Module has .compile)
         self.batchnorm_fp32 = batchnorm_fp32
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -69,13 +65,9 @@ class Classifier(L.LightningModule):
         # (loss sum, wrong-image percent sum, iterations, images) of the logging interval, on
         # the device (no host sync; a nan shows in the mean); not a buffer, which DDP would sync
         self._interval_sums = torch.zeros(4)
-        self._counts: dict[int, torch.Tensor] = {}  # (1 iteration, B images) for each B
         self.train_wrong: torch.Tensor | None = None  # the last training batch's wrong percents
-        # The evaluation errors: the default nan check reads every update back.
-        self.val_error = MeanMetric(nan_strategy="disable")
-        self.val_error_top5 = MeanMetric(nan_strategy="disable")
-        self.test_error = MeanMetric(nan_strategy="disable")
-        self.test_error_top5 = MeanMetric(nan_strategy="disable")
+        for name in ("val_error", "val_error_top5", "test_error", "test_error_top5"):
+            setattr(self, name, MeanMetric(nan_strategy="disable"))  # (nan checks read back)
         self.validated_at: int | None = None  # the iteration of the last validation
         self.plateau_stepped_at: int | None = None  # the validation a plateau schedule last saw
         self.best_val_error: float | None = None  # the lowest val/error so far, and when
@@ -99,22 +91,19 @@ class Classifier(L.LightningModule):
             rank_zero_warn(
                 f"module.cuda_graphs needs a CUDA device; training on {device} without CUDA graphs"
             )
+        self._graph_pending = graphs and not self.compile_net
         if self.compile_net:
             # A sweep trains its nets one after another in one process: each compiles afresh,
             # not against the recompile limit that the nets before it used up
             torch.compiler.reset()
             self.net.compile(mode="reduce-overhead" if graphs else None)
-        else:
-            self._graph_pending = graphs
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() == 5:  # (B, crops, C, H, W): the mean softmax over the crops
             b, crops = images.shape[:2]
             probs = self.forward(images.flatten(0, 1)).softmax(dim=1)
             return probs.view(b, crops, -1).mean(dim=1).log()
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return self.net(images.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         return self.training_iteration(*batch)
@@ -122,9 +111,8 @@ class Classifier(L.LightningModule):
     def training_iteration(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The forward, its counts and at a logging iteration the interval's means: the loss."""
         if self._graph_pending:
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            self.net = cuda_graph_network(self.net, images)
+            sample = images.contiguous(memory_format=self.memory_format)
+            self.net = cuda_graph_network(self.net, sample)
             self._graph_pending = False
         loss = self.forward_and_count(images, labels)
         self.log_interval(self.global_step + 1)  # its number once the optimizer has stepped
@@ -135,14 +123,13 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.train_wrong = _wrong_percent(logits.detach(), labels)
-        counts = self._counts.get(len(labels))
-        if counts is None or counts.device != loss.device:
-            counts = self._counts[len(labels)] = loss.new_tensor([1.0, float(len(labels))])
         if self._interval_sums.device != loss.device:  # once (and after a checkpoint loads)
             self._interval_sums = self._interval_sums.to(loss.device)
+        one = torch.ones_like(loss.detach())  # (no host-to-device copy)
         # (add_: an in-place update, not an attribute set through nn.Module.__setattr__)
-        sums = torch.stack([loss.detach(), self.train_wrong.sum()])
-        self._interval_sums.add_(torch.cat([sums, counts]))
+        self._interval_sums.add_(
+            torch.stack([loss.detach(), self.train_wrong.sum(), one, one * len(labels)])
+        )
         return loss
 
     def log_interval(self, iteration: int) -> None:
@@ -150,9 +137,7 @@ class Classifier(L.LightningModule):
         next; the last iteration stops the Trainer, so that Lightning writes its row."""
         if not logging_iteration(self.trainer, iteration):
             return
-        sums = self._interval_sums.clone()
-        if self.trainer.world_size > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        sums = self.trainer.strategy.reduce(self._interval_sums.clone(), reduce_op="sum")
         self.log("step", float(iteration))  # the x-axis: iterations done, not Lightning's count
         self.log("train/loss", sums[0] / sums[2])
         self.log("train/error", sums[1] / sums[3], prog_bar=True)
@@ -166,12 +151,11 @@ class Classifier(L.LightningModule):
             self.log("lr", float(optimizer.param_groups[0]["lr"]))
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
-        images, labels = batch
-        logits = self(images)
+        logits, labels = self(batch[0]), batch[1]
         error, error_top5 = getattr(self, f"{split}_error"), getattr(self, f"{split}_error_top5")
         error.update(_wrong_percent(logits, labels))
         self.log(f"{split}/error", error, on_step=False, on_epoch=True, prog_bar=split == "val")
-        if logits.shape[1] >= TOP5_MIN_CLASSES:
+        if logits.shape[1] >= 100:  # 100 classes or more (CIFAR-100, ImageNet): top-5 too
             top5 = logits.topk(5, dim=1).indices
             error_top5.update((top5 != labels[:, None]).all(dim=1).float() * 100.0)
             self.log(f"{split}/error_top5", error_top5, on_step=False, on_epoch=True)
@@ -204,8 +188,7 @@ class Classifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "step"}
         if isinstance(scheduler, ReduceLROnPlateau):
-            # Offered to lr_scheduler_step after every iteration, it steps after validations
-            # only (the warning that it has no val/error before the first one is expected).
+            # offered every iteration, stepped once per validation (lr_scheduler_step)
             config.update(monitor="val/error", strict=False)
             warnings.filterwarnings("ignore", "ReduceLROnPlateau conditioned on metric val/error")
         return {"optimizer": optimizer, "lr_scheduler": config}
@@ -232,19 +215,15 @@ class Classifier(L.LightningModule):
         # All that shapes what comes next, the logging interval's sums too (over the ranks;
         # rank 0 gets them back): a checkpoint inside an interval resumes to the same numbers.
         checkpoint["reslab"] = {
+            **{key: getattr(self, key) for key in self._checkpointed},
             "rng": rng_states(),
-            "validated_at": self.validated_at,
-            "plateau_stepped_at": self.plateau_stepped_at,
-            "best_val_error": self.best_val_error,
-            "best_val_step": self.best_val_step,
             "interval_sums": summed_over_ranks(self._interval_sums),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["reslab"]
-        self.validated_at = state["validated_at"]
-        self.plateau_stepped_at = state["plateau_stepped_at"]
-        self.best_val_error, self.best_val_step = state["best_val_error"], state["best_val_step"]
+        for key in self._checkpointed:
+            setattr(self, key, state[key])
         self._rng_to_restore = state["rng"]
         self._interval_sums = state["interval_sums"].cpu() * float(self.global_rank == 0)
 
