@@ -107,13 +107,11 @@ class LayerResponses(L.Callback):
 
         def accumulate(index: int) -> Any:
             def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-                x = output.detach()
-                if x.dtype not in (torch.float32, torch.float64):
-                    x = x.float()  # half precision would lose the small differences
-                # per channel, without a float64 copy of the batch
-                var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+                # at least fp32 (half precision would lose the small differences); per
+                # channel, without a float64 copy of the batch
+                x = output.detach().to(torch.promote_types(output.dtype, torch.float32))
+                var, mean = (t.double() for t in torch.var_mean(x, dim=(0, 2, 3), correction=0))
                 n = x.numel() // x.shape[1]  # values per channel
-                var, mean = var.double(), mean.double()
                 sums[index, 0] += x.numel()
                 sums[index, 1] += n * mean.sum()
                 sums[index, 2] += n * (var + mean**2).sum()
