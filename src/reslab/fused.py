@@ -1,8 +1,7 @@
 """Fused iterations: K iterations (forward, backward, optimizer step, schedule step) in one
-Lightning training step, over K batches indexed and augmented together
-(:class:`reslab.data.base.BatchLoader` with ``fused``): Lightning's loop and the batch's
-preparation cost once per K iterations. With ``module.cuda_graphs`` on one CUDA device the
-whole step is one CUDA graph (:class:`StepGraph`)."""
+Lightning training step, over K batches indexed and augmented together (``BatchLoader(fused=K)``):
+Lightning's loop and the batch's preparation cost once per K iterations. With
+``module.cuda_graphs`` on one CUDA device the whole step is one CUDA graph (:class:`StepGraph`)."""
 
 from __future__ import annotations
 
@@ -24,9 +23,8 @@ def trainer(
 ) -> L.Trainer:
     """Lightning's ``Trainer(**kwargs)``, its ``log_every_n_steps`` and integer
     ``val_check_interval`` given in iterations and turned into its steps of ``fused_iterations``
-    (K). A ``ValueError`` names at once every interval in iterations that K does not divide
-    (``checkpoint_every_n_steps``, the checkpoint callback's, too), and then the Trainer's
-    settings that a fused step cannot keep."""
+    (K). A ``ValueError`` names every interval K does not divide (``checkpoint_every_n_steps``,
+    the checkpoint callback's, too), and then the settings that a fused step cannot keep."""
     k = require_int("module.fused_iterations", fused_iterations, 1)
     intervals = {
         "trainer.log_every_n_steps": kwargs.get("log_every_n_steps"),
@@ -134,8 +132,7 @@ class FusedClassifier(Classifier):
         return None
 
     def _step(self, optimizer: Any, schedulers: list[Any]) -> list[Any]:
-        """One iteration's optimizer step through Lightning, then its schedule's; returns the
-        learning rates the step used."""
+        """One iteration's optimizer step through Lightning, then its schedule's: the lrs used."""
         scheduled = [group["lr"] for group in optimizer.param_groups]
         optimizer.step()
         self._lr_followed_schedule &= self._stepped_lr == scheduled
@@ -156,15 +153,6 @@ class FusedClassifier(Classifier):
             loss.backward()
             sgd.step()
         sgd.zero_grad(set_to_none=True)
-
-    def on_validation_end(self) -> None:
-        super().on_validation_end()
-        value, trainer = self.trainer.callback_metrics.get("val/error"), self.trainer
-        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
-        if not self.automatic_optimization and value is not None and fitting:
-            for config in trainer.lr_scheduler_configs:  # as Lightning in automatic optimization
-                if isinstance(config.scheduler, ReduceLROnPlateau):
-                    self.lr_scheduler_step(config.scheduler, value)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -42,7 +42,7 @@ class Classifier(L.LightningModule):
     """
 
     iterations_per_step = 1  # training iterations per Lightning training step
-    _checkpointed = ("validated_at", "plateau_stepped_at", "best_val_error", "best_val_step")
+    _checkpointed = ("validated_at", "best_val_error", "best_val_step")
 
     def __init__(
         self,
@@ -69,7 +69,6 @@ class Classifier(L.LightningModule):
         for name in ("val_error", "val_error_top5", "test_error", "test_error_top5"):
             setattr(self, name, MeanMetric(nan_strategy="disable"))  # (nan checks read back)
         self.validated_at: int | None = None  # the iteration of the last validation
-        self.plateau_stepped_at: int | None = None  # the validation a plateau schedule last saw
         self.best_val_error: float | None = None  # the lowest val/error so far, and when
         self.best_val_step: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for on_train_start
@@ -93,8 +92,7 @@ class Classifier(L.LightningModule):
             )
         self._graph_pending = graphs and not self.compile_net
         if self.compile_net:
-            # A sweep trains its nets one after another in one process: each compiles afresh,
-            # not against the recompile limit that the nets before it used up
+            # each net of a sweep compiles afresh, not against the recompile limit of those before
             torch.compiler.reset()
             self.net.compile(mode="reduce-overhead" if graphs else None)
 
@@ -169,11 +167,16 @@ class Classifier(L.LightningModule):
 
     def on_validation_end(self) -> None:
         # After Lightning has reduced the epoch's metrics: one host read per validation.
-        value = self.trainer.callback_metrics.get("val/error")
-        if value is not None and not self.trainer.sanity_checking and (
-            self.best_val_error is None or float(value) < self.best_val_error
-        ):
+        value, trainer = self.trainer.callback_metrics.get("val/error"), self.trainer
+        if value is None or trainer.sanity_checking:
+            return
+        if self.best_val_error is None or float(value) < self.best_val_error:
             self.best_val_error, self.best_val_step = float(value), self.global_step
+        if trainer.state.fn != "fit":
+            return
+        for config in trainer.lr_scheduler_configs:  # a plateau schedule: once per validation
+            if isinstance(config.scheduler, ReduceLROnPlateau):
+                config.scheduler.step(value)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
@@ -188,7 +191,7 @@ class Classifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "step"}
         if isinstance(scheduler, ReduceLROnPlateau):
-            # offered every iteration, stepped once per validation (lr_scheduler_step)
+            # stepped in on_validation_end (Lightning offers it every iteration)
             config.update(monitor="val/error", strict=False)
             warnings.filterwarnings("ignore", "ReduceLROnPlateau conditioned on metric val/error")
         return {"optimizer": optimizer, "lr_scheduler": config}
@@ -196,9 +199,6 @@ class Classifier(L.LightningModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
         if not isinstance(scheduler, ReduceLROnPlateau):
             scheduler.step()
-        elif self.validated_at is not None and self.validated_at != self.plateau_stepped_at:
-            scheduler.step(metric)  # once per validation: patience counts validations
-            self.plateau_stepped_at = self.validated_at
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -228,8 +228,7 @@ class Classifier(L.LightningModule):
         self._interval_sums = state["interval_sums"].cpu() * float(self.global_rank == 0)
 
     def on_train_start(self) -> None:
-        # As late as possible before the first batch of a resumed run: the augmentation's next
-        # random numbers are those the interrupted run would have drawn.
+        # as late as possible: a resumed run's augmentation draws what the interrupted one would
         if self._rng_to_restore is not None:
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
