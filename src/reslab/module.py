@@ -3,13 +3,11 @@ iterations. Every number comes from the config; nothing here knows which network
 
 from __future__ import annotations
 
-import random
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
@@ -235,14 +233,9 @@ class Classifier(L.LightningModule):
 
 
 def rng_states() -> dict[str, Any]:
-    """The states of the random number generators training draws from (torch's, numpy's,
-    Python's), as plain types and tensors: ``torch.load(weights_only=True)`` loads them."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
+    """The states of the random number generators training draws from, torch's (reslab draws
+    from neither numpy's nor Python's), as tensors: ``torch.load(weights_only=True)`` loads them."""
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -251,10 +244,6 @@ def rng_states() -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     """Restores what :func:`rng_states` returned."""
     torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
