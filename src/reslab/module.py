@@ -43,15 +43,11 @@ class Classifier(L.LightningModule):
     _checkpointed = ("validated_at", "best_val_error", "best_val_step")
 
     def __init__(
-        self,
-        net: nn.Module,
-        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+        self, net: nn.Module, optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
-        cuda_graphs: bool = False,
+        channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False,
         batchnorm_fp32: bool = True,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)

@@ -26,13 +26,9 @@ class PaperWarmup(L.Callback):
     travel in checkpoints."""
 
     def __init__(
-        self,
-        depth: int,
-        lr: float | None = None,
-        until_train_error: float = 80.0,
-        window: int = 10,
-        min_depth: int | None = None,
-    ) -> None:
+        self, depth: int, lr: float | None = None, until_train_error: float = 80.0,
+        window: int = 10, min_depth: int | None = None,
+    ) -> None:  # fmt: skip
         require_number("optim.warmup.lr", lr, 0, low_open=True, optional=True)
         require_number("optim.warmup.until_train_error", until_train_error, 0, 100, low_open=True)
         require_int("optim.warmup.window", window, 1)
