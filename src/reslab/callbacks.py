@@ -144,7 +144,7 @@ class LayerResponses(L.Callback):
                     key="responses", columns=list(RESPONSE_COLUMNS), data=rows, step=step
                 )
 
-    def _remove_hooks(self, *_: Any) -> None:
+    def _remove_hooks(self, *_: Any, **__: Any) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
