@@ -29,10 +29,9 @@ def response_layers(net: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
     network order; a 3×3 conv with no BN right after it is a ValueError."""
     leaves = [(name, m) for name, m in net.named_modules() if not any(m.children())]
     layers = []
-    for i, (name, module) in enumerate(leaves):
+    for (name, module), after in zip(leaves, [*leaves[1:], None], strict=True):
         if not (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (3, 3)):
             continue
-        after = leaves[i + 1] if i + 1 < len(leaves) else None
         if after is None or not isinstance(after[1], nn.BatchNorm2d):
             following = f"{after[0]!r} ({type(after[1]).__name__})" if after else "nothing"
             raise ValueError(
@@ -44,12 +43,11 @@ def response_layers(net: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
 
 
 class LayerResponses(L.Callback):
-    """Figure 7: the std of every 3×3 layer's response (its BN's output), over every image ×
-    channel × position of the test set (and with ``every_n_steps`` of the val set at validations
-    on multiples of it), pooled over DDP ranks from float64 N, Σx, Σx² per layer. Forward hooks
-    on the evaluation batches; each measurement appends ``step,split,index,layer,std`` rows to
-    the run folder's ``filename``, logs ``responses/<split>/{mean,max,min}_std`` and a wandb
-    Table. ``last`` holds the latest (index, layer, std) rows."""
+    """Figure 7: the std of every 3×3 layer's response (its BN's output) over every image ×
+    channel × position of the test set (with ``every_n_steps``, of the val set at validations on
+    its multiples too), pooled over DDP ranks. Each measurement appends ``step,split,index,layer,
+    std`` rows to the run folder's ``filename``, logs ``responses/<split>/{mean,max,min}_std``
+    and a wandb Table; ``last`` holds its (index, layer, std) rows."""
 
     def __init__(self, every_n_steps: int | None = None, filename: str = RESPONSES_FILE) -> None:
         require_int("every_n_steps", every_n_steps, 1, optional=True, note="(iterations)")
@@ -58,8 +56,7 @@ class LayerResponses(L.Callback):
                 f"filename must be a plain file name ending in .csv (it is written in the run "
                 f"folder), e.g. 'responses.csv'; got {filename!r}"
             )
-        self.every_n_steps = every_n_steps
-        self.filename = filename
+        self.every_n_steps, self.filename = every_n_steps, filename
         self.last: list[tuple[int, str, float]] = []
         self._layers: list[tuple[str, nn.BatchNorm2d]] = []
         self._handles: list[RemovableHandle] = []
@@ -92,14 +89,6 @@ class LayerResponses(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish(trainer, "test")
 
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self._remove_hooks()
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._remove_hooks()
-
     def _start(self, pl_module: L.LightningModule) -> None:
         self._remove_hooks()
         sums = torch.zeros(len(self._layers), 3, dtype=torch.float64, device=pl_module.device)
@@ -107,13 +96,11 @@ class LayerResponses(L.Callback):
 
         def accumulate(index: int) -> Any:
             def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-                x = output.detach()
-                if x.dtype not in (torch.float32, torch.float64):
-                    x = x.float()  # half precision would lose the small differences
-                # per channel, without a float64 copy of the batch
-                var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+                # at least fp32 (half precision would lose the small differences); per
+                # channel, without a float64 copy of the batch
+                x = output.detach().to(torch.promote_types(output.dtype, torch.float32))
+                var, mean = (t.double() for t in torch.var_mean(x, dim=(0, 2, 3), correction=0))
                 n = x.numel() // x.shape[1]  # values per channel
-                var, mean = var.double(), mean.double()
                 sums[index, 0] += x.numel()
                 sums[index, 1] += n * mean.sum()
                 sums[index, 2] += n * (var + mean**2).sum()
@@ -127,9 +114,8 @@ class LayerResponses(L.Callback):
     def _finish(self, trainer: L.Trainer, split: str) -> None:
         self._remove_hooks()
         assert self._sums is not None
-        sums = trainer.strategy.reduce(self._sums, reduce_op="sum")
+        count, total, squares = trainer.strategy.reduce(self._sums, reduce_op="sum").unbind(1)
         self._sums = None
-        count, total, squares = sums.unbind(1)
         if not bool((count > 0).all()):  # one host sync per measurement, not per batch
             rank_zero_warn(f"LayerResponses: no {split} batches ran; nothing measured")
             return
@@ -158,10 +144,12 @@ class LayerResponses(L.Callback):
                     key="responses", columns=list(RESPONSE_COLUMNS), data=rows, step=step
                 )
 
-    def _remove_hooks(self) -> None:
+    def _remove_hooks(self, *_: Any, **__: Any) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    teardown = on_exception = _remove_hooks  # (after a failure too)
 
 
 class IterationProgressBar(TQDMProgressBar):
@@ -186,19 +174,16 @@ class IterationProgressBar(TQDMProgressBar):
             bar.n = trainer.global_step
             bar.set_postfix(metrics)  # and redraws
 
-    def get_metrics(
-        self, trainer: L.Trainer, pl_module: L.LightningModule
-    ) -> dict[str, int | str | float | dict[str, float]]:
-        metrics = super().get_metrics(trainer, pl_module)
+    def get_metrics(self, *args: Any) -> dict[str, Any]:
+        metrics = super().get_metrics(*args)
         metrics.pop("v_num", None)  # the logger's version: a run id that says nothing here
         return metrics
 
 
 class DivergenceGuard(L.Callback):
-    """Stops a run whose training loss has become NaN or infinite: at every logging iteration
-    it reads ``train/loss`` (the interval's mean, so a non-finite loss anywhere in it shows;
-    one host read per interval) and, on every DDP rank at once, stops the training and records
-    ``diverged_at``; train.py marks the run ``diverged`` and skips the final evaluations."""
+    """Stops a run whose ``train/loss`` (the logging interval's mean: one host read an interval)
+    has become NaN or infinite, on every DDP rank at once, and records ``diverged_at``; train.py
+    marks the run ``diverged`` and skips the final evaluations."""
 
     def __init__(self, monitor: str = "train/loss") -> None:
         self.monitor = monitor

@@ -16,39 +16,30 @@ from reslab.config import instantiate
 from reslab.fused import check_fused_iterations
 from reslab.launch import SUPPORTED_STRATEGIES, quiet_trainer, supported_strategy
 
-# The optimizer's arguments that torch.optim refuses below 0, as reslab says it.
-_NON_NEGATIVE = ("lr", "momentum", "weight_decay", "dampening")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work, named with its valid choices."""
-
 
 def check_run(cfg: DictConfig) -> None:
     """Checks the checkpoint to resume from, the trainer (devices, strategy), the data, network
-    (built on the meta device: no memory, no weights) and module arguments, the optimizer and
-    the scheduler. Raises a ``ValueError`` (or ``FileNotFoundError``) that names the bad
-    setting and its valid choices."""
+    (on the meta device) and module arguments, the optimizer and the scheduler: a ``ValueError``
+    (or ``FileNotFoundError``) names the bad setting and its valid choices."""
     check_ckpt_path(cfg.get("ckpt_path"))
     strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
     if isinstance(strategy, str) and strategy not in SUPPORTED_STRATEGIES:
-        raise ConfigError(_strategy_error(cfg, strategy))  # before Lightning's own checks of it
+        raise ValueError(_strategy_error(cfg, strategy))  # before Lightning's own checks of it
     try:
         trainer = quiet_trainer(cfg.trainer)
     except InstantiationException as err:  # Lightning's own check of the devices
         if not isinstance(err.__cause__, MisconfigurationException):
             raise
-        devices = f"trainer.devices={OmegaConf.select(cfg, 'trainer.devices')}"
-        accelerator = f"trainer.accelerator={OmegaConf.select(cfg, 'trainer.accelerator')}"
         gpus = torch.cuda.device_count()
         valid = "trainer=cpu" if gpus == 0 else f"trainer.devices from 1 to {gpus}, or auto"
         why = " ".join(str(err.__cause__).split())  # Lightning's words, on one line
-        raise ConfigError(
-            f"{accelerator} with {devices} cannot run here ({why}); "
+        raise ValueError(
+            f"trainer.accelerator={OmegaConf.select(cfg, 'trainer.accelerator')} with "
+            f"trainer.devices={OmegaConf.select(cfg, 'trainer.devices')} cannot run here ({why}); "
             f"this machine has {gpus} GPUs; valid here: {valid}"
         ) from err
     if not supported_strategy(trainer):
-        raise ConfigError(_strategy_error(cfg, type(trainer.strategy).__name__))
+        raise ValueError(_strategy_error(cfg, type(trainer.strategy).__name__))
     datamodule = instantiate(cfg.data)  # the constructor checks its arguments; nothing loads
     if hasattr(datamodule, "check_processes"):  # a dataset whose evaluation shards need images
         datamodule.check_processes(trainer.world_size)
@@ -58,17 +49,17 @@ def check_run(cfg: DictConfig) -> None:
         )
     module = instantiate(cfg.module, net=net)
     # (its intervals and trainer settings: reslab.fused.trainer, which built the trainer)
-    check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule, {})
+    check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule)
     try:
         optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
-        raise ConfigError(_optimizer_error(cfg, err)) from err
+        raise ValueError(_optimizer_error(cfg, err)) from err
     if module.scheduler_factory is not None:
         try:
             module.scheduler_factory(optimizer)
         except (ValueError, TypeError) as err:
             target = OmegaConf.select(cfg, "module.scheduler._target_")
-            raise ConfigError(f"{source_key(cfg, 'module.scheduler')} ({target}): {err}") from err
+            raise ValueError(f"{source_key(cfg, 'module.scheduler')} ({target}): {err}") from err
 
 
 def _strategy_error(cfg: DictConfig, strategy: str) -> str:
@@ -82,10 +73,10 @@ def _strategy_error(cfg: DictConfig, strategy: str) -> str:
 
 
 def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
-    """torch's refusal of the optimizer's arguments, with the key the user set: a negative one of
-    :data:`_NON_NEGATIVE` (read from the config), else the optimizer's key with torch's words."""
+    """torch's refusal of the optimizer's arguments, with the key the user set: a negative one
+    (read from the config), else the optimizer's key with torch's words."""
     target = OmegaConf.select(cfg, "module.optimizer._target_", default="?")
-    for argument in _NON_NEGATIVE:
+    for argument in ("lr", "momentum", "weight_decay", "dampening"):
         value = OmegaConf.select(cfg, f"module.optimizer.{argument}")
         if isinstance(value, int | float) and value < 0:
             key = source_key(cfg, f"module.optimizer.{argument}")
@@ -100,11 +91,8 @@ def source_key(cfg: DictConfig, key: str) -> str:
     for _ in range(10):  # interpolation chains are short; no cycles in a composed config
         parts, node = key.split("."), raw
         for i, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                return key
-            node = node[part]
-            link = re.fullmatch(r"\$\{([\w.]+)\}", node) if isinstance(node, str) else None
-            if link:
+            node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, str) and (link := re.fullmatch(r"\$\{([\w.]+)\}", node)):
                 key = ".".join([link.group(1), *parts[i + 1 :]])
                 break
         else:

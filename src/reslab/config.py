@@ -1,8 +1,6 @@
 """The config side of reslab: where conf/ is, the resolvers its files use, and ``instantiate``.
-
 Every entry point (reslab-train, reslab-summary, the tests) calls :func:`register_resolvers`
-before it composes a config: no import registers anything as a side effect.
-"""
+before it composes a config: no import registers anything as a side effect."""
 
 from __future__ import annotations
 
@@ -13,8 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as _instantiate
 from omegaconf import OmegaConf
 
-_REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
-# conf/ of a source checkout; the copy inside the installed package otherwise.
+_REPO_CONF = Path(__file__).resolve().parents[2] / "conf"  # a checkout's; else the package's
 CONFIG_DIR = str(_REPO_CONF if _REPO_CONF.is_dir() else Path(__file__).with_name("conf"))
 CONFIG_NAME = "train"
 

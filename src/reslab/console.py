@@ -24,7 +24,7 @@ _LIGHTNING_INFO = re.compile(
     r"💡 Tip: "  # litlogger / litmodels advertisements (no setting turns them off)
     r"|(GPU|TPU) available: "  # the header names the device used
     r"|LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: "  # on GPUs; the header names the device
-    # fused iterations: the Trainer counts steps of K iterations, validation is not every batch
+    # K iterations per Trainer step: validation is not after every iteration
     r"|`Trainer\(val_check_interval=1\)` was configured so validation will run after every"
 )
 _LIGHTNING_LOGGERS = (
@@ -34,14 +34,11 @@ _LIGHTNING_LOGGERS = (
 # Warnings from inside the libraries, none about a setting of the user's: (message regex,
 # category). Each is matched from the start of the message.
 _WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
-    # Lightning sees SLURM's srun on PATH and guesses a SLURM job was meant; reslab's SLURM
-    # jobs start through hydra/launcher=slurm (submitit), which uses srun.
+    # srun on PATH makes Lightning guess a SLURM job; reslab's start through submitit
     (r"The `srun` command is available on your system but is not used", UserWarning),
-    # Lightning counts log_every_n_steps per epoch here, but logs by the global iteration
-    # (across epochs): with fewer batches per epoch than the interval, logging still happens.
+    # counted per epoch, but Lightning logs by the global iteration (across epochs)
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
-    # K iterations per training step (manual optimization) checkpoint after an iteration's
-    # optimizer step, as reslab means to: the next iteration starts there.
+    # K iterations per step: a checkpoint after an iteration's optimizer step is what is meant
     (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", UserWarning),
     # torch deprecated LeafSpec; Lightning's own _pytree.py still builds one.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
@@ -95,6 +92,5 @@ def print_header(name: str, net: nn.Module, datamodule: L.LightningDataModule,
     device, devices = trainer_device(trainer)
     device = device if devices == 1 else f"{devices} × {device}"
     sizes, precision = split_sizes(datamodule), str(trainer.precision)
-    line = header(name, count_parameters(net), human(macs), datamodule.name, sizes, device,
-                  precision, run_dir)  # fmt: skip
-    print(line, flush=True)
+    print(header(name, count_parameters(net), human(macs), datamodule.name, sizes, device,
+                 precision, run_dir), flush=True)  # fmt: skip

@@ -9,9 +9,8 @@ from torch import nn
 
 
 class FP32BatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d that, under autocast (bf16 or fp16 mixed precision), normalises in fp32:
-    its input is cast up, its statistics and affine parameters stay fp32, and its output is
-    fp32 (the next convolution casts it down again). Outside autocast it is BatchNorm2d."""
+    """A BatchNorm2d that under autocast (bf16 or fp16) normalises in fp32: input cast up,
+    statistics, affine parameters and output fp32 (the next convolution casts it down)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device.type
@@ -24,24 +23,20 @@ class FP32BatchNorm2d(nn.BatchNorm2d):
 def batchnorm_in_fp32(net: nn.Module) -> int:
     """Makes every ``nn.BatchNorm2d`` of ``net`` an :class:`FP32BatchNorm2d` in place (same
     parameters, buffers and state dict); returns how many it changed."""
-    changed = 0
-    for module in net.modules():
-        if type(module) is nn.BatchNorm2d:
-            module.__class__ = FP32BatchNorm2d
-            changed += 1
-    return changed
+    batchnorms = [m for m in net.modules() if type(m) is nn.BatchNorm2d]
+    for module in batchnorms:
+        module.__class__ = FP32BatchNorm2d
+    return len(batchnorms)
 
 
 def cuda_graph_network(net: nn.Module, sample: torch.Tensor) -> nn.Module:
-    """``net`` with its training forward and backward captured in CUDA graphs
-    (``torch.cuda.make_graphed_callables``) for inputs of ``sample``'s shape, dtype and memory
-    format (training batches are of one size); evaluation runs eagerly. The capture's runs on
-    ``sample`` leave the BN running statistics as they were."""
+    """``net`` with its training forward and backward in CUDA graphs (``make_graphed_callables``)
+    for inputs like ``sample`` (shape, dtype, memory format); evaluation runs eagerly. The
+    capture leaves the BN running statistics as they were. Off CUDA: ``ValueError``."""
     if not sample.is_cuda:
         raise ValueError(f"CUDA graphs need a CUDA device; the batch is on {sample.device}")
     buffers = [b.detach().clone() for b in net.buffers()]
-    autocast = torch.is_autocast_enabled("cuda")
-    dtype = torch.get_autocast_dtype("cuda")
+    autocast, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
     # make_graphed_callables asks for autocast without its weight cache during the capture.
     with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
         graphed = torch.cuda.make_graphed_callables(net, (sample.detach().clone(),))

@@ -1,8 +1,7 @@
 """Fused iterations: K iterations (forward, backward, optimizer step, schedule step) in one
-Lightning training step, over K batches indexed and augmented together
-(:class:`reslab.data.base.BatchLoader` with ``fused``): Lightning's loop and the batch's
-preparation cost once per K iterations. With ``module.cuda_graphs`` on one CUDA device the
-whole step is one CUDA graph (:class:`StepGraph`)."""
+Lightning training step, over K batches indexed and augmented together (``BatchLoader(fused=K)``):
+Lightning's loop and the batch's preparation cost once per K iterations. With
+``module.cuda_graphs`` on one CUDA device the whole step is one CUDA graph (:class:`StepGraph`)."""
 
 from __future__ import annotations
 
@@ -13,22 +12,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from reslab.module import Classifier
 from reslab.validation import is_int, require_int
-
-Step = Callable[[torch.Tensor, torch.Tensor, Any], None]
 
 
 def trainer(
     fused_iterations: int = 1, checkpoint_every_n_steps: int | None = None, **kwargs: Any
 ) -> L.Trainer:
     """Lightning's ``Trainer(**kwargs)``, its ``log_every_n_steps`` and integer
-    ``val_check_interval`` given in iterations and turned into its steps of ``fused_iterations``.
-    Refuses what :func:`check_fused_iterations` refuses, ``checkpoint_every_n_steps`` (the
-    checkpoint callback's interval) included."""
+    ``val_check_interval`` given in iterations and turned into its steps of ``fused_iterations``
+    (K). A ``ValueError`` names every interval K does not divide (``checkpoint_every_n_steps``,
+    the checkpoint callback's, too), and then the settings that a fused step cannot keep."""
     k = require_int("module.fused_iterations", fused_iterations, 1)
     intervals = {
         "trainer.log_every_n_steps": kwargs.get("log_every_n_steps"),
@@ -36,89 +32,74 @@ def trainer(
         "optim.max_steps": kwargs.get("max_steps"),
         "callbacks.checkpoint.every_n_train_steps": checkpoint_every_n_steps,
     }
-    check_fused_iterations(k, None, intervals)
+    if bad := {key: v for key, v in intervals.items() if is_int(v) and v > 0 and v % k}:
+        said = ", ".join(f"{key}={value}" for key, value in bad.items())
+        raise ValueError(
+            f"{said} {'is' if len(bad) == 1 else 'are'} not a multiple of "
+            f"module.fused_iterations={k}: a fused step of {k} iterations ends only at "
+            f"multiples of {k}; valid: multiples of {k}, or fused_iterations a divisor "
+            f"of {math.gcd(*bad.values())}"
+        )
     for key in ("log_every_n_steps", "val_check_interval"):
         if is_int(kwargs.get(key)):  # (a validation interval may be a time or a fraction)
             kwargs[key] //= k
     built = L.Trainer(**kwargs)
-    check_fused_iterations(k, None, {}, built)
+    settings = {  # what a fused step cannot keep: {said: refused}
+        f"trainer.max_epochs={built.max_epochs} (epochs of fused steps end elsewhere: train "
+        "by optim.max_steps, with trainer.max_epochs=-1)": built.max_epochs not in (None, -1),
+        f"trainer.gradient_clip_val={built.gradient_clip_val}": bool(built.gradient_clip_val),
+        f"trainer.accumulate_grad_batches={built.accumulate_grad_batches}": (
+            built.accumulate_grad_batches != 1
+        ),
+        f"trainer.precision={built.precision} (its gradient scaler; bf16-mixed needs none)": (
+            getattr(built.precision_plugin, "scaler", None) is not None
+        ),
+    }
+    if k > 1 and (refused := [said for said, bad in settings.items() if bad]):
+        raise ValueError(
+            f"module.fused_iterations={k} cannot run with {'; '.join(refused)}: use "
+            "module.fused_iterations=1 for those"
+        )
     return built
 
 
-def check_fused_iterations(
-    fused: int, datamodule: Any, intervals: dict[str, Any], trainer: L.Trainer | None = None
-) -> None:
+def check_fused_iterations(fused: int, datamodule: Any) -> None:
     """Refuses (``ValueError``) ``module.fused_iterations=fused`` > 1 with a dataset whose
-    loader cannot group batches (not ``fuses_iterations``); with intervals in iterations
-    (``{key: value}``) that it does not divide, all named at once; and with ``trainer``'s
-    settings that a fused step cannot keep."""
-    if fused == 1:
-        return
-    if datamodule is not None and not getattr(datamodule, "fuses_iterations", False):
+    loader cannot group batches (not ``fuses_iterations``)."""
+    if fused > 1 and datamodule is not None and not getattr(datamodule, "fuses_iterations", False):
         raise ValueError(
             f"module.fused_iterations={fused} needs an in-memory dataset (cifar10, cifar100, "
             f"fashion_mnist, synthetic); {type(datamodule).__name__} loads its batches one at "
             "a time: use module.fused_iterations=1"
         )
-    bad = {k: v for k, v in intervals.items() if is_int(v) and v > 0 and v % fused}
-    if bad:
-        said = ", ".join(f"{key}={value}" for key, value in bad.items())
-        raise ValueError(
-            f"{said} {'is' if len(bad) == 1 else 'are'} not a multiple of "
-            f"module.fused_iterations={fused}: a fused step of {fused} iterations ends only at "
-            f"multiples of {fused}; valid: multiples of {fused}, or fused_iterations a divisor "
-            f"of {math.gcd(*bad.values())}"
-        )
-    if trainer is None:
-        return
-    settings = {  # what a fused step cannot keep: {said: refused}
-        f"trainer.max_epochs={trainer.max_epochs} (epochs of fused steps end elsewhere: train "
-        "by optim.max_steps, with trainer.max_epochs=-1)": trainer.max_epochs not in (None, -1),
-        f"trainer.gradient_clip_val={trainer.gradient_clip_val}": bool(trainer.gradient_clip_val),
-        f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}": (
-            trainer.accumulate_grad_batches != 1
-        ),
-        f"trainer.precision={trainer.precision} (its gradient scaler; bf16-mixed needs none)": (
-            getattr(trainer.precision_plugin, "scaler", None) is not None
-        ),
-    }
-    if refused := [said for said, bad in settings.items() if bad]:
-        raise ValueError(
-            f"module.fused_iterations={fused} cannot run with {'; '.join(refused)}: use "
-            "module.fused_iterations=1 for those"
-        )
 
 
 class FusedClassifier(Classifier):
     """The :class:`reslab.module.Classifier` with ``fused_iterations`` (K) iterations per
-    Lightning training step, in a Trainer built by :func:`trainer`: K = 1 is the Classifier
-    (automatic optimization), K > 1 manual optimization. Nothing a user sees changes: each
-    iteration's optimizer step goes through Lightning (``trainer.global_step`` counts it, its
-    ``on_before_optimizer_step`` hooks run), the schedule steps every iteration, and logging,
-    validation and checkpoints come at the same iterations as with K = 1.
+    Lightning training step, in a Trainer built by :func:`trainer`: K = 1 is the Classifier,
+    K > 1 manual optimization. Each iteration's optimizer step goes through Lightning (it counts
+    in ``trainer.global_step``, its hooks run), the schedule steps every iteration, and logging,
+    validation and checkpoints come at the iterations of K = 1.
 
-    With ``cuda_graphs``, without ``compile``, on one device, the step's device work is
-    captured in a :class:`StepGraph`: the host runs the K optimizer steps without gradients
-    first (each counts its iteration and runs its hooks) and the schedule, and the graph
-    replays with each iteration's learning rate as they left it. A step replays only when the
-    step before it ran every iteration at its schedule's lr: while a callback sets the lr from
-    what the iteration computed (``on_before_optimizer_step``), the steps run eagerly."""
+    With ``cuda_graphs``, without ``compile``, on one device, a :class:`StepGraph` replays the
+    step's device work at the lrs that the K optimizer steps, run first on the host without
+    gradients, left. It replays only after a step that ran at its schedule's lr throughout:
+    while a callback sets the lr from what an iteration computed, the steps run eagerly."""
 
     def __init__(self, *args: Any, fused_iterations: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        require_int("module.fused_iterations", fused_iterations, 1)
-        self.fused_iterations = self.iterations_per_step = fused_iterations
+        k = require_int("module.fused_iterations", fused_iterations, 1)
+        self.fused_iterations = self.iterations_per_step = k
         self.automatic_optimization = fused_iterations == 1
         self._step_graph: StepGraph | None = None
         self._stepped_lr: list[Any] = []  # the learning rates of the last optimizer step
         self._lr_followed_schedule = True  # in every iteration of the last step
 
     def setup(self, stage: str) -> None:
-        first = not self._prepared
         super().setup(stage)
-        if not first or stage != "fit" or self.fused_iterations == 1:
+        if stage != "fit" or self.fused_iterations == 1:
             return
-        check_fused_iterations(self.fused_iterations, getattr(self.trainer, "datamodule", None), {})
+        check_fused_iterations(self.fused_iterations, self.trainer.datamodule)
         # (under DDP each iteration's forward and backward are graphed instead)
         if self.cuda_graphs and not self.compile_net and self.trainer.world_size == 1:
             self._graph_pending = False  # the whole step's graph instead of the network's
@@ -131,15 +112,14 @@ class FusedClassifier(Classifier):
         graph, optimizer = self._step_graph, self.optimizers()
         schedulers = [c.scheduler for c in self.trainer.lr_scheduler_configs]
         schedulers = [s for s in schedulers if not isinstance(s, ReduceLROnPlateau)]
-        if graph is not None and graph.captured and self._lr_followed_schedule:
+        followed, self._lr_followed_schedule = self._lr_followed_schedule, True
+        if graph is not None and graph.captured and followed:
             optimizer.optimizer.zero_grad(set_to_none=True)  # the steps below update nothing
-            self._lr_followed_schedule = True
             lrs = [self._step(optimizer, schedulers) for _ in range(labels.shape[0])]
             graph.replay(images, labels, lrs)
             self.log_interval(self.global_step)
             return None
-        capture = graph is not None and self._lr_followed_schedule
-        self._lr_followed_schedule = True
+        capture = graph is not None and followed
         with graph.side_stream(images.device) if capture else contextlib.nullcontext():
             for k in range(labels.shape[0]):
                 loss = self.training_iteration(images[k], labels[k])
@@ -152,8 +132,7 @@ class FusedClassifier(Classifier):
         return None
 
     def _step(self, optimizer: Any, schedulers: list[Any]) -> list[Any]:
-        """One iteration's optimizer step through Lightning, then its schedule's; returns the
-        learning rates the step used."""
+        """One iteration's optimizer step through Lightning, then its schedule's: the lrs used."""
         scheduled = [group["lr"] for group in optimizer.param_groups]
         optimizer.step()
         self._lr_followed_schedule &= self._stepped_lr == scheduled
@@ -175,15 +154,6 @@ class FusedClassifier(Classifier):
             sgd.step()
         sgd.zero_grad(set_to_none=True)
 
-    def on_validation_end(self) -> None:
-        super().on_validation_end()
-        value, trainer = self.trainer.callback_metrics.get("val/error"), self.trainer
-        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-        if not self.automatic_optimization and value is not None and fitting:
-            for config in trainer.lr_scheduler_configs:  # as Lightning in automatic optimization
-                if isinstance(config.scheduler, ReduceLROnPlateau):
-                    self.lr_scheduler_step(config.scheduler, value)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["reslab"]["fused_iterations"] = self.fused_iterations
@@ -202,15 +172,12 @@ class FusedClassifier(Classifier):
 class StepGraph:
     """A training step captured once in one CUDA graph and replayed for every later step.
 
-    ``with graph.side_stream(device): <the step, eagerly>`` (it creates the momentum buffers
-    and lets cuDNN choose its kernels), then ``graph.capture(step, images, labels, optimizer)``,
-    where ``step(images, labels, optimizer)`` does the device work and calls
-    ``graph.use_lr(optimizer, k)`` before iteration k's optimizer step; the capture trains
-    nothing. Then ``graph.replay(images, labels, lrs)``: the inputs are copied into the
-    graph's, and ``lrs`` (K lists of each group's learning rate) into a device tensor that the
-    optimizer's fused implementation reads (``torch.optim.SGD``). Batch norm's statistics are
-    updated in place, as eagerly. Off CUDA there is no graph: the replay runs ``step``'s
-    Python on the same tensors with those learning rates."""
+    ``with graph.side_stream(device):`` the step runs eagerly once (momentum buffers created,
+    cuDNN's kernels chosen); ``graph.capture(step, images, labels, optimizer)`` captures, and
+    trains nothing with, ``step(images, labels, optimizer)``, which calls
+    ``graph.use_lr(optimizer, k)`` before iteration k's optimizer step; ``graph.replay(images,
+    labels, lrs)`` copies the inputs into the graph's, and ``lrs`` (K lists of each group's lr)
+    into the device tensor that torch's fused SGD reads. Off CUDA, the replay runs ``step``."""
 
     def __init__(self) -> None:
         self.captured = False
@@ -237,7 +204,7 @@ class StepGraph:
             group["lr"] = self.lrs[k][g]
 
     def capture(
-        self, step: Step, images: torch.Tensor, labels: torch.Tensor, optimizer: Any
+        self, step: Callable[..., None], images: torch.Tensor, labels: torch.Tensor, optimizer: Any
     ) -> None:
         """Captures ``step`` on copies of ``images`` (K, B, ...) and ``labels`` (K, B)."""
         self._inputs = images.detach().clone(), labels.detach().clone()

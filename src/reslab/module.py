@@ -3,13 +3,11 @@ iterations. Every number comes from the config; nothing here knows which network
 
 from __future__ import annotations
 
-import random
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
@@ -18,11 +16,6 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
 from reslab.fast import batchnorm_in_fp32, cuda_graph_network
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-
-TOP5_MIN_CLASSES = 100  # top-5 error is logged for 100 classes or more (CIFAR-100, ImageNet)
 
 
 class Classifier(L.LightningModule):
@@ -47,20 +40,17 @@ class Classifier(L.LightningModule):
     """
 
     iterations_per_step = 1  # training iterations per Lightning training step
+    _checkpointed = ("validated_at", "best_val_error", "best_val_step")
 
     def __init__(
-        self,
-        net: nn.Module,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
-        cuda_graphs: bool = False,
+        self, net: nn.Module, optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False,
         batchnorm_fp32: bool = True,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.channels_last = channels_last
-        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.to(memory_format=self.memory_format)
         self.compile_net, self.cuda_graphs = compile, cuda_graphs  # (nn.Module has .compile)
         self.batchnorm_fp32 = batchnorm_fp32
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -69,15 +59,10 @@ class Classifier(L.LightningModule):
         # (loss sum, wrong-image percent sum, iterations, images) of the logging interval, on
         # the device (no host sync; a nan shows in the mean); not a buffer, which DDP would sync
         self._interval_sums = torch.zeros(4)
-        self._counts: dict[int, torch.Tensor] = {}  # (1 iteration, B images) for each B
         self.train_wrong: torch.Tensor | None = None  # the last training batch's wrong percents
-        # The evaluation errors: the default nan check reads every update back.
-        self.val_error = MeanMetric(nan_strategy="disable")
-        self.val_error_top5 = MeanMetric(nan_strategy="disable")
-        self.test_error = MeanMetric(nan_strategy="disable")
-        self.test_error_top5 = MeanMetric(nan_strategy="disable")
+        for name in ("val_error", "val_error_top5", "test_error", "test_error_top5"):
+            setattr(self, name, MeanMetric(nan_strategy="disable"))  # (nan checks read back)
         self.validated_at: int | None = None  # the iteration of the last validation
-        self.plateau_stepped_at: int | None = None  # the validation a plateau schedule last saw
         self.best_val_error: float | None = None  # the lowest val/error so far, and when
         self.best_val_step: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for on_train_start
@@ -99,22 +84,18 @@ class Classifier(L.LightningModule):
             rank_zero_warn(
                 f"module.cuda_graphs needs a CUDA device; training on {device} without CUDA graphs"
             )
+        self._graph_pending = graphs and not self.compile_net
         if self.compile_net:
-            # A sweep trains its nets one after another in one process: each compiles afresh,
-            # not against the recompile limit that the nets before it used up
+            # each net of a sweep compiles afresh, not against the recompile limit of those before
             torch.compiler.reset()
             self.net.compile(mode="reduce-overhead" if graphs else None)
-        else:
-            self._graph_pending = graphs
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() == 5:  # (B, crops, C, H, W): the mean softmax over the crops
             b, crops = images.shape[:2]
             probs = self.forward(images.flatten(0, 1)).softmax(dim=1)
             return probs.view(b, crops, -1).mean(dim=1).log()
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return self.net(images.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         return self.training_iteration(*batch)
@@ -122,9 +103,8 @@ class Classifier(L.LightningModule):
     def training_iteration(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The forward, its counts and at a logging iteration the interval's means: the loss."""
         if self._graph_pending:
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            self.net = cuda_graph_network(self.net, images)
+            sample = images.contiguous(memory_format=self.memory_format)
+            self.net = cuda_graph_network(self.net, sample)
             self._graph_pending = False
         loss = self.forward_and_count(images, labels)
         self.log_interval(self.global_step + 1)  # its number once the optimizer has stepped
@@ -135,14 +115,13 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.train_wrong = _wrong_percent(logits.detach(), labels)
-        counts = self._counts.get(len(labels))
-        if counts is None or counts.device != loss.device:
-            counts = self._counts[len(labels)] = loss.new_tensor([1.0, float(len(labels))])
         if self._interval_sums.device != loss.device:  # once (and after a checkpoint loads)
             self._interval_sums = self._interval_sums.to(loss.device)
+        one = torch.ones_like(loss.detach())  # (no host-to-device copy)
         # (add_: an in-place update, not an attribute set through nn.Module.__setattr__)
-        sums = torch.stack([loss.detach(), self.train_wrong.sum()])
-        self._interval_sums.add_(torch.cat([sums, counts]))
+        self._interval_sums.add_(
+            torch.stack([loss.detach(), self.train_wrong.sum(), one, one * len(labels)])
+        )
         return loss
 
     def log_interval(self, iteration: int) -> None:
@@ -150,9 +129,7 @@ class Classifier(L.LightningModule):
         next; the last iteration stops the Trainer, so that Lightning writes its row."""
         if not logging_iteration(self.trainer, iteration):
             return
-        sums = self._interval_sums.clone()
-        if self.trainer.world_size > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        sums = self.trainer.strategy.reduce(self._interval_sums.clone(), reduce_op="sum")
         self.log("step", float(iteration))  # the x-axis: iterations done, not Lightning's count
         self.log("train/loss", sums[0] / sums[2])
         self.log("train/error", sums[1] / sums[3], prog_bar=True)
@@ -166,12 +143,11 @@ class Classifier(L.LightningModule):
             self.log("lr", float(optimizer.param_groups[0]["lr"]))
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
-        images, labels = batch
-        logits = self(images)
+        logits, labels = self(batch[0]), batch[1]
         error, error_top5 = getattr(self, f"{split}_error"), getattr(self, f"{split}_error_top5")
         error.update(_wrong_percent(logits, labels))
         self.log(f"{split}/error", error, on_step=False, on_epoch=True, prog_bar=split == "val")
-        if logits.shape[1] >= TOP5_MIN_CLASSES:
+        if logits.shape[1] >= 100:  # 100 classes or more (CIFAR-100, ImageNet): top-5 too
             top5 = logits.topk(5, dim=1).indices
             error_top5.update((top5 != labels[:, None]).all(dim=1).float() * 100.0)
             self.log(f"{split}/error_top5", error_top5, on_step=False, on_epoch=True)
@@ -185,11 +161,16 @@ class Classifier(L.LightningModule):
 
     def on_validation_end(self) -> None:
         # After Lightning has reduced the epoch's metrics: one host read per validation.
-        value = self.trainer.callback_metrics.get("val/error")
-        if value is not None and not self.trainer.sanity_checking and (
-            self.best_val_error is None or float(value) < self.best_val_error
-        ):
+        value, trainer = self.trainer.callback_metrics.get("val/error"), self.trainer
+        if value is None or trainer.sanity_checking:
+            return
+        if self.best_val_error is None or float(value) < self.best_val_error:
             self.best_val_error, self.best_val_step = float(value), self.global_step
+        if trainer.state.fn != "fit":
+            return
+        for config in trainer.lr_scheduler_configs:  # a plateau schedule: once per validation
+            if isinstance(config.scheduler, ReduceLROnPlateau):
+                config.scheduler.step(value)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
@@ -204,8 +185,7 @@ class Classifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "step"}
         if isinstance(scheduler, ReduceLROnPlateau):
-            # Offered to lr_scheduler_step after every iteration, it steps after validations
-            # only (the warning that it has no val/error before the first one is expected).
+            # stepped in on_validation_end (Lightning offers it every iteration)
             config.update(monitor="val/error", strict=False)
             warnings.filterwarnings("ignore", "ReduceLROnPlateau conditioned on metric val/error")
         return {"optimizer": optimizer, "lr_scheduler": config}
@@ -213,9 +193,6 @@ class Classifier(L.LightningModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
         if not isinstance(scheduler, ReduceLROnPlateau):
             scheduler.step()
-        elif self.validated_at is not None and self.validated_at != self.plateau_stepped_at:
-            scheduler.step(metric)  # once per validation: patience counts validations
-            self.plateau_stepped_at = self.validated_at
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -232,39 +209,29 @@ class Classifier(L.LightningModule):
         # All that shapes what comes next, the logging interval's sums too (over the ranks;
         # rank 0 gets them back): a checkpoint inside an interval resumes to the same numbers.
         checkpoint["reslab"] = {
+            **{key: getattr(self, key) for key in self._checkpointed},
             "rng": rng_states(),
-            "validated_at": self.validated_at,
-            "plateau_stepped_at": self.plateau_stepped_at,
-            "best_val_error": self.best_val_error,
-            "best_val_step": self.best_val_step,
             "interval_sums": summed_over_ranks(self._interval_sums),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["reslab"]
-        self.validated_at = state["validated_at"]
-        self.plateau_stepped_at = state["plateau_stepped_at"]
-        self.best_val_error, self.best_val_step = state["best_val_error"], state["best_val_step"]
+        for key in self._checkpointed:
+            setattr(self, key, state[key])
         self._rng_to_restore = state["rng"]
         self._interval_sums = state["interval_sums"].cpu() * float(self.global_rank == 0)
 
     def on_train_start(self) -> None:
-        # As late as possible before the first batch of a resumed run: the augmentation's next
-        # random numbers are those the interrupted run would have drawn.
+        # as late as possible: a resumed run's augmentation draws what the interrupted one would
         if self._rng_to_restore is not None:
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
 
 
 def rng_states() -> dict[str, Any]:
-    """The states of the random number generators training draws from (torch's, numpy's,
-    Python's), as plain types and tensors: ``torch.load(weights_only=True)`` loads them."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
+    """The states of the random number generators training draws from, torch's (reslab draws
+    from neither numpy's nor Python's), as tensors: ``torch.load(weights_only=True)`` loads them."""
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -273,10 +240,6 @@ def rng_states() -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     """Restores what :func:`rng_states` returned."""
     torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 

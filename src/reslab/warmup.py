@@ -20,27 +20,22 @@ class PaperWarmup(L.Callback):
     ends it still runs at ``lr``, and is logged as ``warmup_ended_at``. ``lr`` or ``min_depth``
     None: no warm-up.
 
-    The lr is set in ``on_before_optimizer_step`` and the schedule's put back after the step
-    (a step post-hook): the schedule never sees it, and the logged ``lr`` is the one used. The
-    window's error is summed on the device from the module's ``train_wrong`` and read once a
-    window, over all ranks. A checkpoint keeps the state, inside a window too."""
+    Set in ``on_before_optimizer_step`` and the schedule's put back after the step (a step
+    post-hook), the lr is logged as used and never seen by the schedule. The window's counts
+    (the module's ``train_wrong``) stay on the device, read once a window over all ranks, and
+    travel in checkpoints."""
 
     def __init__(
-        self,
-        depth: int,
-        lr: float | None = None,
-        until_train_error: float = 80.0,
-        window: int = 10,
-        min_depth: int | None = None,
-    ) -> None:
+        self, depth: int, lr: float | None = None, until_train_error: float = 80.0,
+        window: int = 10, min_depth: int | None = None,
+    ) -> None:  # fmt: skip
         require_number("optim.warmup.lr", lr, 0, low_open=True, optional=True)
         require_number("optim.warmup.until_train_error", until_train_error, 0, 100, low_open=True)
         require_int("optim.warmup.window", window, 1)
         require_int("optim.warmup.min_depth", min_depth, 1, optional=True)
-        warms_up = lr is not None and min_depth is not None and depth >= min_depth
-        self.lr = lr if warms_up else None
+        self.warming_up = lr is not None and min_depth is not None and depth >= min_depth
+        self.lr = lr if self.warming_up else None
         self.until_train_error, self.window = until_train_error, window
-        self.warming_up = warms_up
         self.ended_at: int | None = None
         self._window_wrong = torch.zeros(2)  # (wrong images, images) of the current window
         self._scheduled: list[float] | None = None  # the schedule's lr, while a step runs
@@ -98,8 +93,7 @@ class PaperWarmup(L.Callback):
         error = 100.0 * float(total[0]) / max(float(total[1]), 1.0)
         self._window_wrong = torch.zeros_like(self._window_wrong)
         if error < self.until_train_error:
-            self.warming_up = False
-            self.ended_at = iteration
+            self.warming_up, self.ended_at = False, iteration
             rank_zero_info(
                 f"[reslab] warm-up ended at iteration {iteration}: training error {error:.1f}% "
                 f"< {self.until_train_error:g}%; lr back to the schedule"
