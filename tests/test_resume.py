@@ -84,12 +84,24 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path: Path)
     assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
 
 
-def test_ckpt_path_last_without_a_checkpoint_says_so(tmp_path: Path, hydra_cfg) -> None:
-    cfg = hydra_cfg(tmp_path / "run", [*RUN, "logger=csv", "ckpt_path=last"])
-    with pytest.raises(FileNotFoundError, match=r"has no checkpoints/last\.ckpt to resume from"):
-        train(cfg)
-    status = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert status["status"] == "failed"
+def test_ckpt_path_last_without_a_checkpoint_starts_at_iteration_0(
+    tmp_path: Path, hydra_cfg, capsys
+) -> None:
+    """A run stopped before its first checkpoint (or a sweep job that never started) is
+    continued from iteration 0, in its own folder."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text('{"status": "interrupted", "iterations": null}')
+    (run / "metrics.csv").write_text("step,train/loss\n1,9.9\n")  # the stopped start's rows
+    train(hydra_cfg(run, [*RUN, "logger=csv", "ckpt_path=last"]))
+    assert f"{run} has no checkpoints/last.ckpt: it starts again at iteration 0" in (
+        capsys.readouterr().out
+    )
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["iterations"] == 12
+    fresh = tmp_path / "fresh"
+    train(hydra_cfg(fresh, [*RUN, "logger=csv"]))
+    assert (run / "metrics.csv").read_text() == (fresh / "metrics.csv").read_text()
 
 
 def test_a_fresh_run_in_a_used_folder_starts_a_new_metrics_file(tmp_path: Path, hydra_cfg) -> None:
@@ -223,14 +235,25 @@ def test_reslab_resume_names_what_is_missing(tmp_path: Path, capsys) -> None:
     assert err.startswith(f"reslab-resume: error: {tmp_path} is not a reslab run folder")
     assert "it has no .hydra/overrides.yaml" in err
 
-    (tmp_path / ".hydra").mkdir()  # a run folder that stopped before its first checkpoint
-    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model.depth=8\n")
-    with pytest.raises(SystemExit) as exit_info:
-        resume_main([str(tmp_path)])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    assert f"{tmp_path} has no checkpoints/last.ckpt to resume from" in err
-    assert "start it again instead" in err
+
+
+@pytest.mark.slow  # two short runs in subprocesses
+def test_reslab_resume_starts_again_a_run_stopped_before_its_first_checkpoint(
+    tmp_path: Path,
+) -> None:
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    assert reslab_train(whole, "logger=csv").returncode == 0
+    (run / ".hydra").mkdir(parents=True)  # what a kill at its first file operations leaves
+    (run / ".hydra" / "overrides.yaml").write_bytes((whole / ".hydra/overrides.yaml").read_bytes())
+    (run / "status.json").write_text('{"status": "running"}')
+    result = subprocess.run(
+        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()", str(run)],
+        capture_output=True, text=True, timeout=300, env=own_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "it starts again at iteration 0" in result.stdout
+    assert (run / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
 def test_only_rank_zero_touches_the_run_folders_files(

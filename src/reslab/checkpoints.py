@@ -64,6 +64,14 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
 
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # A resumed run gets a new time budget (trainer.max_time): Lightning's Timer, restored
+        # with the time already spent, would stop it again at its first iteration.
+        for key in [k for k in checkpoint.get("callbacks", {}) if k.startswith("Timer")]:
+            del checkpoint["callbacks"][key]
+
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:

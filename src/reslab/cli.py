@@ -9,7 +9,7 @@ import math
 import os
 import pickle
 import re
-import subprocess
+import shlex
 import sys
 import textwrap
 import traceback
@@ -108,21 +108,29 @@ def hydra_task(cfg: DictConfig) -> float:
 
     console.quiet_third_party()  # before the first Trainer is built
     output_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         check_run(cfg)
         metric = run_ddp_job_alone(cfg)
-        return train(cfg) if metric is None else metric
+        metric = train(cfg) if metric is None else metric
     except BaseException as err:
         name = OmegaConf.select(cfg, "name", throw_on_resolution_failure=False)  # None: bad model
         record_failure(output_dir, name, err)  # train() and the DDP job say theirs
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         if not multirun or _user_full_error() or not isinstance(err, Exception):
             raise
         trace = output_dir / run_folder.ERROR_FILE
         trace.write_text(traceback.format_exc())
-        print(f"[reslab] {name}: failed: {type(err).__name__}: "
-              f"{explain(err) or err} (traceback: {trace})")  # fmt: skip
-        return math.nan
+        said = f"{name or output_dir.name}: failed: {type(err).__name__}: {explain(err) or err}"
+        print(f"[reslab] {said} (traceback: {trace})", flush=True)
+        raise JobFailed(said) from None
+    if multirun and math.isnan(metric):  # diverged: no result, a failed trial for a search
+        raise JobFailed(f"{cfg.name}: diverged (status.json in {output_dir})")
+    return metric
+
+
+class JobFailed(Exception):
+    """A sweep job that has no result (failed or diverged): Hydra's JobReturn is FAILED, a
+    search records a failed trial, and the sweep's other jobs run on (reslab.sweep_summary)."""
 
 
 # --- the commands --------------------------------------------------------------------------------
@@ -149,7 +157,11 @@ def train_main() -> None:
     if not full:  # Hydra raises the error instead of printing its part; we say it in a line
         os.environ.update({"HYDRA_FULL_ERROR": "1", _SET_BY_RESLAB: "1"})
     try:
-        hydra_task()
+        try:
+            hydra_task()
+        except BaseException as err:
+            _end_sweep(err)
+            raise
     except RunInterrupted as err:  # SIGINT, SIGTERM: checkpoint and status.json written
         sys.exit(err.exit_code)
     except BrokenPipeError:  # its output went to a pipe that closed: reslab-train --cfg | head
@@ -176,30 +188,61 @@ def train_main() -> None:
                 os.environ.pop(key, None)
 
 
+def _end_sweep(err: BaseException) -> None:
+    """A sweep that ended on an error (Hydra's sweeper raises a failed job's after the other
+    jobs ran; a signal stops it): its table, then exit 1 when a job failed, 0 when the jobs
+    without a result diverged, and the signal's exit code with the command that finishes it."""
+    from reslab.signals import RunInterrupted
+    from reslab.sweep_summary import SweepFailed, conclude, running_sweep
+
+    sweep = running_sweep()
+    if sweep is None:
+        return
+    try:
+        conclude(sweep)
+    except SweepFailed as failed:
+        if not isinstance(err, RunInterrupted):
+            raise
+        print(failed, file=sys.stderr)
+    if isinstance(err, RunInterrupted):
+        print(f"[reslab] the sweep stopped; finish it: reslab-resume {shlex.quote(str(sweep))}")
+    elif isinstance(err, JobFailed):
+        raise SystemExit(0)  # diverged jobs: results the table shows
+
+
 def resume_main(argv: list[str] | None = None) -> None:
-    """``reslab-resume RUN_FOLDER [overrides]``: continue a stopped run where its last
-    checkpoint stands (same folder, same metrics.csv and wandb run), or extend a finished one
-    (a higher optim.max_steps). The folder is left as it is, every file, when its checkpoint
-    is damaged or missing, and when the run has finished with nothing more to train."""
+    """``reslab-resume FOLDER [overrides]``: continue a stopped run where its last checkpoint
+    stands (same folder, same metrics.csv and wandb run; iteration 0 when it stopped before
+    one), or extend a finished one (a higher optim.max_steps). The folder is left as it is,
+    every file, when its checkpoint is damaged, and when the run has finished with nothing
+    more to train. A sweep's folder: its unfinished jobs run on (reslab.sweeps), through the
+    launcher it used; finished jobs are left as they are."""
     from reslab.resume import resume_command, resume_done
+    from reslab.sweeps import is_sweep_folder, sweep_resume_command
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print("usage: reslab-resume RUN_FOLDER [overrides ...]\n\n" + (resume_main.__doc__ or ""))
+        usage = "usage: reslab-resume RUN_OR_SWEEP_FOLDER [overrides ...]"
+        print(f"{usage}\n\n{resume_main.__doc__ or ''}")
         raise SystemExit(0 if args else 2)
     register_resolvers()
     try:
-        command = resume_command(args[0], args[1:])
-        done = resume_done(args[0], args[1:])
+        if is_sweep_folder(Path(args[0])):
+            command, cwd = sweep_resume_command(args[0], args[1:])
+        else:
+            command, cwd = resume_command(args[0], args[1:])
+            done = resume_done(args[0], args[1:])
+            if done:
+                print(f"reslab-resume: {done}")
+                raise SystemExit(0)
     except (FileNotFoundError, ValueError) as err:
         print(f"reslab-resume: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except HydraException:  # the overrides do not compose: reslab-train says why
-        done = None
-    if done:
-        print(f"reslab-resume: {done}")
-        raise SystemExit(0)
-    raise SystemExit(subprocess.call(command))
+        pass
+    sys.stdout.flush()
+    os.chdir(cwd)  # where it first started: relative paths resolve as they did
+    os.execv(sys.executable, command)  # the trainer is this process: every signal reaches it
 
 
 # --- the short message ---------------------------------------------------------------------------

@@ -17,14 +17,26 @@ CONFIG_NAME = "train"
 
 
 def register_resolvers() -> None:
-    """The ``${network_name:...}`` and ``${net:...}`` resolvers of conf/. Safe to call again."""
+    """The ``${network_name:...}``, ``${net:...}``, ``${folder_name:}`` and ``${wandb_group:...}``
+    resolvers of conf/. Safe to call again."""
     from reslab.networks import network_name, parse_network_name  # torch: not for --help
 
     def net_field(spec: str, family: str, field: str) -> Any:
         return parse_network_name(spec, family)[field]
 
+    def folder_name(*, _root_: Any) -> str:  # a sweep job's folder, even for a bad net= name
+        try:
+            return str(_root_.name)
+        except Exception:  # the job fails alone, in its folder, naming the bad value
+            return str(OmegaConf.select(_root_, "net", default="unnamed"))
+
+    def wandb_group(group: str, mode: Any, sweep_dir: str) -> str:  # an ad-hoc sweep: its own
+        return Path(sweep_dir).name if group == "default" and "MULTIRUN" in str(mode) else group
+
+    OmegaConf.register_new_resolver("wandb_group", wandb_group, replace=True)
     OmegaConf.register_new_resolver("network_name", network_name, replace=True)
     OmegaConf.register_new_resolver("net", net_field, replace=True)
+    OmegaConf.register_new_resolver("folder_name", folder_name, replace=True)
 
 
 def config_groups() -> dict[str, list[str]]:

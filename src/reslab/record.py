@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from reslab import run_folder
 from reslab.callbacks import DivergenceGuard
 from reslab.loggers import log_final_summary
+from reslab.run_lock import put_back
 from reslab.signals import RunInterrupted, StopOnSignal
 
 write_status = rank_zero_only(run_folder.write_status)
@@ -50,7 +53,9 @@ def record(
         record_failure(output_dir, name, error or RuntimeError("no trainer"), started=True)
         _finish_wandb(exit_code=1)
         return math.nan
-    diverged = _diverged_at(trainer)
+    diverged, budget = _diverged_at(trainer), out_of_time(trainer)
+    if budget is not None and diverged is None:
+        return _record_time_up(name, output_dir, trainer, metrics, budget, seconds)
     status = "finished"
     if diverged is not None or any(not math.isfinite(v) for v in metrics.values()):
         status = "diverged"
@@ -86,6 +91,8 @@ def record_failure(
     if status is None or (started and status != "failed"):
         error = f"{type(err).__name__}: {err}"
         run_folder.write_status(output_dir, "failed", name=name, error=error)
+    elif not started:  # a continuation refused before it started: the folder as it was
+        put_back()
 
 
 def _record_stop(name: str, output_dir: Path, signum: int, step: int | None, seconds: float):
@@ -97,13 +104,42 @@ def _record_stop(name: str, output_dir: Path, signum: int, step: int | None, sec
     write_status(output_dir, status, name=name, seconds=seconds, **fields)
     _finish_wandb(exit_code=RunInterrupted(signum, step).exit_code)
     where = f"checkpoint at iteration {step}" if step is not None else "its last checkpoint"
-    _say(f"[reslab] {name}: {status} ({where}); continue it: reslab-resume {output_dir}")
+    command = f"reslab-resume {shlex.quote(str(output_dir))}"
+    _say(f"[reslab] {name}: {status} ({where}); continue it: {command}")
+
+
+def _record_time_up(
+    name: str, output_dir: Path, trainer: L.Trainer, metrics: dict[str, float], budget: float,
+    seconds: float,
+) -> float:  # fmt: skip
+    step = trainer.global_step
+    write_status(output_dir, "stopped", name=name, stopped_at=step, iterations=step,
+                 max_time_s=round(budget, 1), seconds=seconds, **metrics)  # fmt: skip
+    log_final_summary(trainer.loggers, {"network": name, "status": "stopped"}, step)
+    for logger in trainer.loggers:
+        logger.save()
+    command = f"reslab-resume {shlex.quote(str(output_dir))}"
+    _say(f"[reslab] {name}: stopped at iteration {step} (checkpoint there): its time budget, "
+         f"trainer.max_time ({budget:.0f} s), is spent; continue it with a new one: {command}")
+    _finish_wandb(exit_code=0)
+    return math.nan  # no result: not trained to its end
+
+
+def out_of_time(trainer: L.Trainer) -> float | None:
+    """The time budget in seconds (``trainer.max_time``, Lightning's Timer) that stopped
+    training before ``max_steps``, if one did."""
+    timer = _callback(trainer, Timer)
+    remaining = None if timer is None else timer.time_remaining("train")
+    if remaining is None or remaining > 0 or 0 < trainer.max_steps <= trainer.global_step:
+        return None
+    return timer.time_elapsed("train") + remaining
 
 
 def ended_early(trainer: L.Trainer) -> bool:
-    """Stopped by a signal or diverged: the run gets no final validation or test."""
+    """Stopped by a signal, diverged or out of time: no final validation or test."""
     stopped_at = getattr(_callback(trainer, StopOnSignal), "stopped_at", None)
-    return stopped_at is not None or _diverged_at(trainer) is not None
+    diverged = _diverged_at(trainer) is not None
+    return stopped_at is not None or diverged or out_of_time(trainer) is not None
 
 
 def _diverged_at(trainer: L.Trainer) -> int | None:

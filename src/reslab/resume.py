@@ -9,33 +9,36 @@ import sys
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from reslab.checkpoints import check_ckpt_path, verify_checkpoint
 from reslab.config import CONFIG_DIR, CONFIG_NAME
 from reslab.run_folder import LAST_CHECKPOINT, OVERRIDES_FILE, read_status
 
 TRAIN_MODULE = "reslab.cli"  # the module `python -m` runs for reslab-train
+HYDRA_FILE = ".hydra/hydra.yaml"  # Hydra's own config of the run: how it was started
+# hydra.* overrides that belong to the first start only (the resume sets its own folder; a
+# sweep job resumed alone is a run).
+RUN_ONLY = ("hydra.run.dir", "hydra.mode", "hydra.sweep", "hydra/sweeper", "hydra/launcher",
+            "hydra.launcher", "hydra.sweeper")  # fmt: skip
 
 
 def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """The checkpoint file a run in ``run_dir`` continues from, or None for a fresh start:
-    ``ckpt_path=last`` (or none in a requeued SLURM job, once it has one) is the folder's own
-    ``checkpoints/last.ckpt``. Raises as :func:`reslab.checkpoints.check_ckpt_path` does."""
+    """The checkpoint file a run in ``run_dir`` continues from, or None for a start at iteration
+    0: ``ckpt_path=last`` (or none in a requeued SLURM job) is the folder's own
+    ``checkpoints/last.ckpt``, when it has one. Raises as
+    :func:`reslab.checkpoints.check_ckpt_path` does."""
     requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
     if ckpt_path is None and not requeued:
         return None
     if ckpt_path is None or ckpt_path == "last":
         last = run_dir / LAST_CHECKPOINT
-        if last.is_file():
-            ckpt_path = str(last)
-        elif ckpt_path == "last":
-            raise FileNotFoundError(
-                f"ckpt_path=last: the run folder {run_dir} has no {LAST_CHECKPOINT} to resume "
-                "from; set hydra.run.dir to the folder of the run to resume (or use "
-                "reslab-resume RUN_FOLDER), or name a checkpoint file"
-            )
-        else:
-            return None  # requeued before its first checkpoint
+        if not last.is_file():  # stopped before its first checkpoint, or never started
+            if ckpt_path == "last" and read_status(run_dir):
+                print(f"[reslab] {run_dir} has no {LAST_CHECKPOINT}: it starts again at "
+                      "iteration 0", flush=True)  # fmt: skip
+            return None
+        ckpt_path = str(last)
     check_ckpt_path(ckpt_path)
     return str(ckpt_path)
 
@@ -56,40 +59,57 @@ def run_complete(run_dir: Path, max_steps: int) -> str | None:
     )
 
 
-def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> list[str]:
-    """The ``reslab-train`` command that resumes the run in ``run_dir``: its own overrides,
-    then ``extra``, in that folder, ``ckpt_path=last``. FileNotFoundError or
-    DamagedCheckpointError when it cannot, before Hydra writes anything."""
+def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple[list, Path]:
+    """The ``reslab-train`` command that resumes the run in ``run_dir`` and the folder to run it
+    in: the first start's command (:func:`first_start`), then ``extra``, in that folder,
+    ``ckpt_path=last``. FileNotFoundError (not a run folder) or DamagedCheckpointError when it
+    cannot, before Hydra writes anything."""
     run_dir = Path(run_dir).expanduser().absolute()
     if not (run_dir / OVERRIDES_FILE).is_file():
         raise FileNotFoundError(
             f"{run_dir} is not a reslab run folder: it has no {OVERRIDES_FILE} (a run "
             "folder is one that reslab-train made, under outputs/runs/ or outputs/multiruns/)"
         )
-    if not (run_dir / LAST_CHECKPOINT).is_file():
-        raise FileNotFoundError(
-            f"{run_dir} has no {LAST_CHECKPOINT} to resume from (it stopped before its "
-            "first checkpoint: callbacks.checkpoint.every_n_train_steps); start it again instead"
-        )
-    verify_checkpoint(run_dir / LAST_CHECKPOINT)
-    return [
-        sys.executable, "-m", TRAIN_MODULE, *_run_overrides(run_dir), *(extra or []),
-        f'hydra.run.dir="{run_dir}"', "ckpt_path=last",
+    if (run_dir / LAST_CHECKPOINT).is_file():  # else it starts again at iteration 0
+        verify_checkpoint(run_dir / LAST_CHECKPOINT)
+    config_dir, hydra_overrides, cwd = first_start(run_dir / HYDRA_FILE, RUN_ONLY)
+    command = [
+        sys.executable, "-m", TRAIN_MODULE, *config_dir, *hydra_overrides, *_run_overrides(run_dir),
+        *(extra or []), f"hydra.run.dir={_quoted(run_dir)}", "ckpt_path=last",
     ]  # fmt: skip
+    return command, cwd
+
+
+def first_start(hydra_file: Path, drop: tuple[str, ...]) -> tuple[list[str], list[str], Path]:
+    """What Hydra recorded of a run's or sweep's first start (``.hydra/hydra.yaml``,
+    ``multirun.yaml``) that its task overrides do not hold: ``--config-dir``, the ``hydra.*``
+    overrides the user gave (``hydra.job.chdir``, ``hydra.job.env_set``, the launcher; not
+    those of ``drop``) and the folder it started in (relative paths resolve there again)."""
+    hydra = OmegaConf.load(hydra_file).hydra if hydra_file.is_file() else OmegaConf.create()
+    sources = OmegaConf.select(hydra, "runtime.config_sources") or []
+    config_dir = [f"--config-dir={s.path}" for s in sources if s.provider == "command-line"]
+    overrides = [
+        str(o) for o in OmegaConf.select(hydra, "overrides.hydra") or []
+        if not str(o).lstrip("+~").startswith(drop)
+    ]  # fmt: skip
+    cwd = Path(str(OmegaConf.select(hydra, "runtime.cwd") or "."))
+    return config_dir, overrides, cwd if cwd.is_dir() else Path.cwd()
 
 
 def resume_done(run_dir: str | Path, extra: list[str] | None = None) -> str | None:
     """:func:`run_complete` for the run in ``run_dir`` with its overrides and ``extra``
-    (the config composed without Hydra's own settings, for its ``trainer.max_steps``)."""
+    (the config composed as at its first start, for its ``trainer.max_steps``)."""
     from hydra import compose, initialize_config_dir
 
     run_dir = Path(run_dir).expanduser().absolute()
+    config_dir, _, _ = first_start(run_dir / HYDRA_FILE, RUN_ONLY)
+    search = [f"hydra.searchpath=[file://{d.split('=', 1)[1]}]" for d in config_dir]
     overrides = [
         o for o in [*_run_overrides(run_dir), *(extra or [])]
         if not o.lstrip("+~").startswith("hydra")
     ]  # fmt: skip
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=CONFIG_NAME, overrides=overrides)
+        cfg = compose(config_name=CONFIG_NAME, overrides=[*overrides, *search])
     return run_complete(run_dir, int(cfg.trainer.max_steps))
 
 
@@ -97,3 +117,9 @@ def _run_overrides(run_dir: Path) -> list[str]:
     """The run's own overrides (``.hydra/overrides.yaml``), without the checkpoint it named."""
     overrides = yaml.safe_load((run_dir / OVERRIDES_FILE).read_text()) or []
     return [o for o in overrides if not o.startswith("ckpt_path=")]
+
+
+def _quoted(path: Path) -> str:
+    """``path`` as a value of Hydra's override grammar."""
+    text = str(path)
+    return f"'{text}'" if any(c in text for c in " ,=[]{}()'\"\\$:") else text

@@ -7,8 +7,10 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import shlex
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,11 @@ class FolderInUse(RuntimeError):
     """The run folder is being written by another live process."""
 
 
-def lock(run_dir: str | Path) -> io.TextIOWrapper:
+def lock(run_dir: str | Path, check: Callable[[], None] | None = None) -> io.TextIOWrapper:
     """Takes the lock of ``run_dir`` (made when missing) for this process and returns the open
     lock file (close it to release). Raises :class:`FolderInUse` naming the holder (pid and
-    host) when a live process holds it; then nothing in the folder has changed."""
+    host) when a live process holds it, or what ``check`` raises once the lock is held; then
+    nothing in the folder has changed."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     file = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
@@ -40,6 +43,12 @@ def lock(run_dir: str | Path) -> io.TextIOWrapper:
             f"the run folder {run_dir} is being written by {holder}; wait for it to end, or "
             "choose another folder (hydra.run.dir=...)"
         ) from None
+    try:
+        if check is not None:
+            check()
+    except BaseException:
+        file.close()
+        raise
     file.seek(0)
     file.truncate()
     file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -87,12 +96,76 @@ class RunFolderGuard(Callback):
             return
         key = f"hydra.{mode}.dir"
         folder = Path(str(OmegaConf.select(config, key)))
-        if not any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra):
-            folder = claim_new_folder(folder)
-            with read_write(config.hydra), open_dict(config.hydra):
-                config.hydra[mode].dir = str(folder)
+        given = any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
         try:
-            self._lock = lock(folder)
-        except FolderInUse as err:  # a SystemExit: Hydra turns callbacks' exceptions into warnings
-            sys.stderr.write(f"reslab-train: error: {err}\n")
+            if not given:
+                folder = claim_new_folder(folder)
+                with read_write(config.hydra), open_dict(config.hydra):
+                    config.hydra[mode].dir = str(folder)
+                    # a sweep's jobs compose their config again from the overrides: they follow
+                    config.hydra.overrides.hydra.append(f"{key}={folder}")
+            self._lock = lock(
+                folder, (lambda: self._continue(folder, config, mode)) if given else None
+            )
+        except Exception as err:  # SystemExit: Hydra would only warn of an exception
+            said = str(err) if isinstance(err, FolderInUse | FolderTaken) else repr(err)
+            sys.stderr.write(f"reslab-train: error: {said}\n")
             raise SystemExit(1) from None
+
+    @staticmethod
+    def _continue(folder: Path, config: DictConfig, mode: str) -> None:
+        check_not_taken(folder, config, mode)
+        if mode == "run":
+            keep(folder)
+
+
+class FolderTaken(RuntimeError):
+    """A new run or sweep was pointed at the folder of another one."""
+
+
+def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
+    """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not its
+    continuation (``ckpt_path=last``, a requeued SLURM job), or holds a sweep (multirun.yaml)
+    and this is not ``reslab-resume``'s (``hydra/sweeper=resume``): nothing is overwritten."""
+    from reslab.run_folder import STATUS_FILE, read_status
+    from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE
+
+    if mode == "run":
+        requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+        state = read_status(folder).get("status")
+        if state is None or OmegaConf.select(config, "ckpt_path") is not None or requeued:
+            return
+        what = f"a {state} run ({STATUS_FILE})"
+    else:
+        target = OmegaConf.select(config, "hydra.sweeper._target_")
+        if not (folder / SWEEP_FILE).is_file() or target == RESUME_SWEEPER:
+            return
+        what = f"a sweep ({SWEEP_FILE})"
+    raise FolderTaken(
+        f"{folder} already holds {what}; continue it with reslab-resume {shlex.quote(str(folder))}"
+        f", or choose another folder (hydra.{mode}.dir=...): a new {mode} never overwrites one"
+    )
+
+
+# A continued run folder's files that Hydra and the lock rewrite before the run starts, as they
+# were: a continuation refused before it starts puts them back (reslab.record.record_failure).
+_KEPT: dict[Path, bytes | None] = {}
+_REWRITTEN = (LOCK_FILE, "reslab.log", ".hydra/config.yaml", ".hydra/hydra.yaml",
+              ".hydra/overrides.yaml")  # fmt: skip
+
+
+def keep(folder: Path) -> None:
+    """Remembers ``folder``'s files that a start rewrites (for :func:`put_back`)."""
+    _KEPT.clear()
+    for path in (folder / name for name in _REWRITTEN):
+        _KEPT[path] = path.read_bytes() if path.is_file() else None
+
+
+def put_back() -> None:
+    """Restores what :func:`keep` remembered: the folder byte for byte as before this start."""
+    for path, data in _KEPT.items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        elif not path.is_file() or path.read_bytes() != data:
+            path.write_bytes(data)
+    _KEPT.clear()

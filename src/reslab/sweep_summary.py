@@ -4,18 +4,21 @@ folders and imports nothing of training."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from reslab.run_folder import read_status
+from reslab.run_folder import OVERRIDES_FILE, read_status
 from reslab.runs import run_folders
 
 ERRORS = ("train/error", "val/error", "test/error")
+SEARCH_RESULTS = "optimization_results.yaml"  # a search's best trial (Hydra's optuna sweeper)
 
 
 def sweep_table(sweep_dir: Path) -> Table:
@@ -44,26 +47,55 @@ class SweepFailed(SystemExit):
 
 
 class SweepSummary(Callback):
-    """Prints :func:`sweep_table` when a multirun ends, then raises :class:`SweepFailed` naming
-    the failed jobs, if any."""
+    """Remembers the sweep this process runs; when it ends, however it ends (Hydra's sweeper
+    raises the first failed job's error after the others ran), :func:`conclude` says how."""
+
+    config: DictConfig | None = None  # the running sweep's (hydra.sweep.dir as claimed)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepSummary.config = config
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        console = Console()
-        console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise
-        console.print(sweep_table(sweep_dir))
-        if any(sweep_dir.glob("*/wandb/offline-run-*")):
-            print(
-                "[reslab] to upload the offline wandb runs: "
-                f"wandb sync {sweep_dir}/*/wandb/offline-run-*"
-            )
-        failed = [
-            f.name for f in run_folders(sweep_dir) if read_status(f).get("status") == "failed"
-        ]
-        if failed:
-            raise SweepFailed(
-                f"[reslab] {len(failed)} job(s) of the sweep failed: {', '.join(failed)} (their "
-                "status.json and error.txt say why); the other jobs ran to their end"
-            )
+        SweepSummary.config = None
+        conclude(Path(config.hydra.sweep.dir))
+
+
+def running_sweep() -> Path | None:
+    """The folder of the sweep this process started and has not concluded, if any."""
+    config, SweepSummary.config = SweepSummary.config, None
+    return None if config is None else Path(config.hydra.sweep.dir)
+
+
+def conclude(sweep_dir: Path) -> None:
+    """Prints :func:`sweep_table`, then raises :class:`SweepFailed` naming the failed jobs, if
+    any (diverged jobs are results: the table says where they diverged)."""
+    if not sweep_dir.is_dir():
+        return
+    console = Console()
+    console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise
+    console.print(sweep_table(sweep_dir))
+    if any(sweep_dir.glob("*/wandb/offline-run-*")):
+        print(
+            "[reslab] to upload the offline wandb runs: "
+            f"wandb sync {shlex.quote(str(sweep_dir))}/*/wandb/offline-run-*"
+        )
+    if (results := sweep_dir / SEARCH_RESULTS).is_file():  # Hydra's optuna sweeper's
+        print(f"[reslab] {best_trial(sweep_dir, yaml.safe_load(results.read_text()))}")
+    failed = [f.name for f in run_folders(sweep_dir) if read_status(f).get("status") == "failed"]
+    if failed:
+        raise SweepFailed(
+            f"[reslab] {len(failed)} job(s) of the sweep failed: {', '.join(failed)} (their "
+            "status.json and error.txt say why); the other jobs ran to their end"
+        )
+
+
+def best_trial(sweep_dir: Path, results: dict[str, Any]) -> str:
+    """The search's best trial as ``optimization_results.yaml`` gives it, with its folder."""
+    params = results.get("best_params") or {}
+    said = " ".join(f"{k}={v}" for k, v in params.items())
+    for folder in run_folders(sweep_dir):
+        overrides = yaml.safe_load((folder / OVERRIDES_FILE).read_text()) or []
+        if all(any(o == f"{k}={v}" for o in overrides) for k, v in params.items()):
+            said += f" ({folder.name})"
+            break
+    return f"best trial: {said}: objective {results.get('best_value')} ({SEARCH_RESULTS})"

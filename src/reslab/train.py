@@ -16,8 +16,9 @@ from reslab import console, run_folder
 from reslab.checkpoints import RunCheckpoint
 from reslab.config import instantiate
 from reslab.provenance import provenance, trainer_device
-from reslab.record import ended_early, record, record_failure, write_status
+from reslab.record import ended_early, out_of_time, record, record_failure, write_status
 from reslab.resume import resume_checkpoint, run_complete
+from reslab.run_lock import put_back
 
 write_provenance = rank_zero_only(run_folder.write_provenance)
 
@@ -36,6 +37,7 @@ def train(cfg: DictConfig) -> float:
         record_failure(output_dir, cfg.name, err)
         raise
     if done:  # resuming would only redo its end: the folder stays as it is
+        put_back()
         rank_zero_only(print)(f"[reslab] {cfg.name}: {done}", flush=True)
         return run_folder.final_metric(run_folder.read_status(output_dir))
     write_status(output_dir, "running", name=cfg.name)
@@ -44,9 +46,10 @@ def train(cfg: DictConfig) -> float:
         trainer, module, datamodule = build(cfg, output_dir, resume)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = final_metrics(trainer)  # validate() and test() replace the trainer's metrics
+        out_of_time_or_done = out_of_time(trainer) is not None or not ended_early(trainer)
+        if out_of_time_or_done and isinstance(trainer.checkpoint_callback, RunCheckpoint):
+            trainer.checkpoint_callback.save_final(trainer)
         if not ended_early(trainer):
-            if isinstance(trainer.checkpoint_callback, RunCheckpoint):
-                trainer.checkpoint_callback.save_final(trainer)
             if datamodule.has_val and module.validated_at != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)  # the final net
                 metrics.update(final_metrics(trainer))

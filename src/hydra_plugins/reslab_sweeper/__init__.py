@@ -1,0 +1,64 @@
+"""Hydra's plugins must live in the ``hydra_plugins`` package: reslab's one, the sweeper of
+``reslab-resume SWEEP_FOLDER`` (the rest of the mechanism is reslab.sweeps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from reslab.sweeps import expand, job_folders
+
+
+class ResumeSweeper(Sweeper):
+    """``hydra/sweeper=resume`` (conf/hydra/sweeper/resume.yaml): the jobs of the sweep in
+    ``hydra.sweep.dir`` that have not finished, launched through the configured launcher.
+    ``params`` are the sweep's ``hydra.sweeper.params`` (an experiment's)."""
+
+    def __init__(self, params: dict[str, str] | None = None) -> None:
+        self.params = dict(params or {})
+        self.config: DictConfig | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from reslab.resume import run_complete  # torch: only when resuming
+
+        assert self.config is not None
+        loader = self.hydra_context.config_loader
+        parser = OverridesParser.create(config_loader=loader)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        folders = job_folders(sweep_dir, parser)
+        subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)["subdir"]
+        batch, finished = [], []
+        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        for num, job in enumerate(expand(parser, lines)):
+            folder = folders.get(tuple(job))
+            if folder is not None:
+                max_steps = loader.load_sweep_config(self.config, job).trainer.max_steps
+                if run_complete(folder, max_steps):
+                    finished.append(folder.name)
+                    continue
+                where = folder.name
+            else:
+                where = str(subdir).replace("${hydra.job.num}", str(num))
+            batch.append([*job, "ckpt_path=last", f"hydra.sweep.subdir={where}"])
+        print(f"[reslab] resuming the sweep {sweep_dir}: {len(finished)} job(s) finished and "
+              f"left as they are, {len(batch)} to run", flush=True)  # fmt: skip
+        if not batch:
+            return []
+        results = self.launcher.launch(batch, initial_job_idx=0)
+        for result in results:
+            _ = result.return_value  # a failed job raises here, as with Hydra's sweeper
+        return [results]

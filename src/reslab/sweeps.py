@@ -1,0 +1,80 @@
+"""A sweep holds as a run does: ``reslab-resume SWEEP_FOLDER`` finishes it. The command is the
+sweep's own (its task and ``hydra.*`` overrides, through the launcher it used) with
+``hydra/sweeper=resume``, whose sweeper (hydra_plugins/reslab_sweeper) expands the jobs as
+Hydra's basic sweeper did, leaves every finished job's folder untouched (it is not launched)
+and launches the others in their own folders with ``ckpt_path=last``: from their last
+checkpoint, or from iteration 0 when they stopped before one or never started."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from reslab.run_folder import OVERRIDES_FILE
+
+SWEEP_FILE = "multirun.yaml"  # Hydra's record of the sweep: its config and overrides
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+RESUME_SWEEPER = "hydra_plugins.reslab_sweeper.ResumeSweeper"  # conf/hydra/sweeper/resume.yaml
+# Overrides of the first start that the resume command sets itself.
+_OWN = ("hydra.sweep.dir", "hydra.mode", "hydra/sweeper")
+
+
+def expand(parser: OverridesParser, lines: list[str]) -> list[list[str]]:
+    """The jobs of ``lines`` as Hydra's basic sweeper numbers them (``BasicSweeper.
+    split_arguments``, pinned by tests/test_upstream.py): one list of overrides per job, the
+    product of the comma lists, a key given again keeping its first place and its last value."""
+    values: dict[str, list[str]] = {}
+    for override in parser.parse_overrides(lines):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*values.values())]
+
+
+def job_folders(sweep_dir: Path, parser: OverridesParser) -> dict[tuple[str, ...], Path]:
+    """The sweep's job folders by their overrides (``.hydra/overrides.yaml``, without the
+    ``ckpt_path=`` a resume added), each as :func:`expand` gives them."""
+    found = {}
+    for overrides_file in sorted(sweep_dir.glob(f"*/{OVERRIDES_FILE}")):
+        lines = yaml.safe_load(overrides_file.read_text()) or []
+        job = [o for o in lines if not o.startswith("ckpt_path=")]
+        found[tuple(expand(parser, job)[0])] = overrides_file.parent.parent
+    return found
+
+
+def is_sweep_folder(folder: Path) -> bool:
+    return (folder / SWEEP_FILE).is_file() and not (folder / "status.json").is_file()
+
+
+def sweep_resume_command(
+    sweep_dir: str | Path, extra: list[str] | None = None
+) -> tuple[list[str], Path]:
+    """The ``reslab-train -m`` command that finishes the sweep in ``sweep_dir`` and the folder to
+    run it in: its first start's (:func:`reslab.resume.first_start`: the launcher it used),
+    ``extra`` and ``hydra/sweeper=resume``. ValueError for a search (a sweeper other than
+    Hydra's basic one: its trials are drawn as it runs)."""
+    from reslab.resume import _quoted, first_start
+
+    sweep_dir = Path(sweep_dir).expanduser().absolute()
+    sweep = OmegaConf.load(sweep_dir / SWEEP_FILE)
+    target = OmegaConf.select(sweep, "hydra.sweeper._target_")
+    if target not in (BASIC_SWEEPER, RESUME_SWEEPER):
+        raise ValueError(
+            f"{sweep_dir} is a search ({target}): its trials are drawn as it runs, so it cannot "
+            "be finished job by job; resume a trial with reslab-resume TRIAL_FOLDER, or start "
+            "the search again"
+        )
+    config_dir, hydra_overrides, cwd = first_start(sweep_dir / SWEEP_FILE, _OWN)
+    task = [str(o) for o in sweep.hydra.overrides.task if not str(o).startswith("ckpt_path=")]
+    command = [
+        sys.executable, "-m", "reslab.cli", "-m", *config_dir, *hydra_overrides, *task,
+        *(extra or []), f"hydra.sweep.dir={_quoted(sweep_dir)}", "hydra/sweeper=resume",
+    ]  # fmt: skip
+    return command, cwd

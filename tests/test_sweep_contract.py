@@ -1,0 +1,316 @@
+"""A sweep holds as a run does: a stopped sweep is finished by ``reslab-resume SWEEP_FOLDER``
+(finished jobs untouched, the stopped one continued exactly, the unstarted one started), every
+job fails alone and is failed in Hydra's record too, a sweep folder has one writer and its jobs
+follow it to ``<folder>_2``, and no new run or sweep overwrites a folder that holds one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+S = ["data=synthetic", "debug=smoke", "logger=csv", "model.depth=8"]
+# A sweep long enough to be stopped in its second job: 300 iterations, checkpoints every 50.
+LONG = [
+    "data=synthetic", "logger=csv", "model.depth=8", "data.batch_size=16",
+    "optim.max_steps=300", "callbacks.checkpoint.every_n_train_steps=50",
+]  # fmt: skip
+
+
+def env(tmp_path: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_SERVICE")}
+    return {**keep, "WANDB_MODE": "offline", "RESLAB_LOG_DIR": str(tmp_path / "logs")}
+
+
+def reslab(tmp_path: Path, *args: str, command: str = "train") -> subprocess.CompletedProcess:
+    main = {"train": "train_main", "resume": "resume_main"}[command]
+    return subprocess.run(
+        [sys.executable, "-c", f"from reslab.cli import {main}; {main}()", *args],
+        capture_output=True, text=True, timeout=600, env=env(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+
+
+def files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def status(folder: Path) -> dict:
+    return json.loads((folder / "status.json").read_text())
+
+
+def jobs(sweep: Path) -> list[str]:
+    return sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".")
+
+
+@pytest.mark.slow  # a sweep of three 300-iteration jobs, stopped, resumed; and a reference run
+def test_a_sweep_stopped_by_sigterm_is_finished_by_reslab_resume(tmp_path: Path) -> None:
+    sweep = tmp_path / "W"
+    command = [sys.executable, "-c", "from reslab.cli import train_main; train_main()", "-m",
+               *LONG, "seed=0,1,2", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    started = subprocess.Popen(command, env=env(tmp_path), cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.time() + 400
+    while not (sweep / "1_resnet-8A" / "checkpoints" / "last.ckpt").is_file():
+        assert started.poll() is None and time.time() < deadline, started.stdout.read()[-3000:]
+        time.sleep(0.05)
+    started.send_signal(signal.SIGTERM)
+    out = started.communicate(timeout=300)[0].decode()
+    assert started.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert f"finish it: reslab-resume {sweep}" in out
+    assert jobs(sweep) == ["0_resnet-8A", "1_resnet-8A"]  # job 2 never started
+    assert status(sweep / "1_resnet-8A")["status"] == "interrupted"
+    finished = files(sweep / "0_resnet-8A")
+
+    result = reslab(tmp_path, str(sweep), command="resume")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 job(s) finished and left as they are, 2 to run" in result.stdout
+    assert files(sweep / "0_resnet-8A") == finished  # not launched: every file as it was
+    assert jobs(sweep) == ["0_resnet-8A", "1_resnet-8A", "2_resnet-8A"]
+    for job in jobs(sweep):
+        assert status(sweep / job)["status"] == "finished"
+        assert status(sweep / job)["iterations"] == 300
+    assert "reslab sweep" in result.stdout and "2_resnet-8A" in result.stdout  # the table
+    whole = tmp_path / "whole"
+    assert reslab(tmp_path, *LONG, "seed=1", f"hydra.run.dir={whole}").returncode == 0
+    assert (sweep / "1_resnet-8A" / "metrics.csv").read_bytes() == (
+        whole / "metrics.csv"
+    ).read_bytes()
+
+
+def test_a_bad_network_name_fails_its_job_alone(tmp_path: Path) -> None:
+    sweep = tmp_path / "W"
+    result = reslab(tmp_path, "-m", "experiment=fig6", *S[:3], f"hydra.sweep.dir={sweep}",
+                    "net=resnet-20A,resnet-21A,plain-20")  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert jobs(sweep) == ["0_resnet-20A", "1_resnet-21A", "2_plain-20"]
+    assert status(sweep / "1_resnet-21A")["status"] == "failed"
+    assert "resnet-21A" in status(sweep / "1_resnet-21A")["error"]
+    assert status(sweep / "0_resnet-20A")["status"] == "finished"
+    assert status(sweep / "2_plain-20")["status"] == "finished"
+    assert "1 job(s) of the sweep failed: 1_resnet-21A" in result.stderr
+    assert "│ 1_resnet-21A │ failed" in result.stdout  # the table, after every job ran
+
+
+def test_a_failed_job_is_failed_in_hydras_job_return(tmp_path: Path) -> None:
+    sweep = tmp_path / "W"
+    log_return = "+hydra.callbacks.log_return._target_="
+    result = reslab(tmp_path, "-m", *S[:3], "model.depth=9,8", f"hydra.sweep.dir={sweep}",
+                    f"{log_return}hydra.experimental.callbacks.LogJobReturnCallback")  # fmt: skip
+    assert result.returncode == 1
+    logged = "".join((sweep / job / "reslab.log").read_text() for job in jobs(sweep))
+    assert "Succeeded with return value: nan" not in logged
+    assert logged.count("Succeeded with return value") == 1  # the depth-8 job
+    assert "JobFailed: resnet-9A: failed: ValueError: model.depth=9 is not valid" in logged
+    assert "1 job(s) of the sweep failed: 0_resnet-9A" in result.stderr
+
+
+def test_a_new_run_or_sweep_never_overwrites_one(tmp_path: Path) -> None:
+    run, sweep = tmp_path / "X", tmp_path / "W"
+    assert reslab(tmp_path, *S, f"hydra.run.dir={run}").returncode == 0
+    assert reslab(tmp_path, "-m", *S, "seed=0,1", f"hydra.sweep.dir={sweep}").returncode == 0
+    before = files(tmp_path)
+    again = reslab(tmp_path, *S, "optim.lr=0.05", f"hydra.run.dir={run}")
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"reslab-train: error: {run} already holds a finished run (status.json); continue it "
+        f"with reslab-resume {run}, or choose another folder (hydra.run.dir=...): a new run "
+        "never overwrites one"
+    ]
+    again = reslab(tmp_path, "-m", *S, "seed=2", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 1
+    assert f"{sweep} already holds a sweep (multirun.yaml); continue it with reslab-resume" in (
+        again.stderr
+    )
+    assert files(tmp_path) == before
+
+
+def test_sweeps_whose_default_folder_is_taken_get_their_own_and_their_jobs_follow(
+    tmp_path: Path,
+) -> None:
+    """Two sweeps started in the same second: every default folder they could compute in the
+    next minutes is taken beforehand, so both must take ``_2`` or ``_3``, with their jobs."""
+    multiruns = tmp_path / "logs" / "multiruns"
+    now = int(time.time())
+    for t in range(now, now + 300):
+        taken = multiruns / f"{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(t))}_g"
+        taken.mkdir(parents=True)
+        (taken / "another sweep").write_text("")
+    command = [sys.executable, "-c", "from reslab.cli import train_main; train_main()", "-m",
+               *S, "model.depth=8,14", "group=g"]  # fmt: skip
+    sweeps = [
+        subprocess.Popen([*command, f"optim.lr={lr}"], env=env(tmp_path), cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for lr in (0.1, 0.05)
+    ]  # fmt: skip
+    for sweep in sweeps:
+        out = sweep.communicate(timeout=600)[0].decode()
+        assert sweep.returncode == 0, out[-3000:]
+    claimed = sorted(p for p in multiruns.iterdir() if not (p / "another sweep").exists())
+    assert [p.name[-4:] for p in claimed] == ["_g_2", "_g_3"]
+    lrs = set()
+    for folder in claimed:
+        assert jobs(folder) == ["0_resnet-8A", "1_resnet-14A"]
+        overrides = {(folder / j / ".hydra" / "overrides.yaml").read_text() for j in jobs(folder)}
+        (lr,) = {line for text in overrides for line in text.splitlines() if "optim.lr" in line}
+        lrs.add(lr)
+        assert all(status(folder / j)["status"] == "finished" for j in jobs(folder))
+    assert lrs == {"- optim.lr=0.1", "- optim.lr=0.05"}
+    assert all(p.iterdir() for p in multiruns.iterdir())
+    assert sum(1 for p in multiruns.iterdir() if jobs(p)) == 2  # no job in a taken folder
+
+
+# A grid search of 6 trials (Optuna's GridSampler: every point once) with 3 failed trials
+# (depth 9 is no CIFAR net) and 1 diverged one (lr 1e30): the search goes on to the end.
+GRID_SEARCH = """\
+# @package _global_
+defaults:
+  - lr_wd
+  - override /hydra/sweeper/sampler: grid
+hydra:
+  sweeper:
+    n_trials: 6
+    params:
+      optim.lr: choice(0.05, 0.1, 1e30)
+      optim.weight_decay: choice(0.0001)
+      model.depth: choice(8, 9)
+"""
+
+
+@pytest.mark.slow  # six short trials
+def test_a_search_records_diverged_and_failed_trials_and_goes_on(tmp_path: Path) -> None:
+    conf = tmp_path / "myconf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "grid6.yaml").write_text(GRID_SEARCH)
+    sweep = tmp_path / "S"
+    result = reslab(tmp_path, "-m", f"--config-dir={conf.parent}", "hparams_search=grid6",
+                    *S[:3], f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    states = [status(sweep / job)["status"] for job in jobs(sweep)]
+    assert len(states) == 6
+    assert sorted(states) == ["diverged", "failed", "failed", "failed", "finished", "finished"]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["model.depth"] == 8 and best["best_params"]["optim.lr"] < 1
+    assert "[reslab] best trial: optim.lr=" in result.stdout
+    assert "3 job(s) of the sweep failed" in result.stderr
+    assert result.stdout.count("│ failed") == 3 and "│ diverged at" in result.stdout
+    assert "Values cannot be specified" not in result.stdout + result.stderr
+
+
+def test_an_ad_hoc_sweep_is_its_own_wandb_group_and_experiments_keep_theirs() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from reslab.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    groups = {}
+    for overrides in (["seed=1"], ["experiment=fig6"]):
+        for mode in (RunMode.RUN, RunMode.MULTIRUN):
+            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+                cfg = compose("train", [*overrides, "hydra.sweep.dir=/s/2026_x"],
+                              return_hydra_config=True)  # fmt: skip
+            cfg.hydra.mode = mode
+            HydraConfig.instance().set_config(cfg)
+            groups[overrides[0], mode.name] = cfg.logger.wandb.group
+    assert groups == {
+        ("seed=1", "RUN"): "default", ("seed=1", "MULTIRUN"): "2026_x",
+        ("experiment=fig6", "RUN"): "fig6", ("experiment=fig6", "MULTIRUN"): "fig6",
+    }  # fmt: skip
+
+
+@pytest.mark.slow  # three runs of a few seconds each
+def test_a_spent_time_budget_stops_a_run_and_resume_gives_it_a_new_one(tmp_path: Path) -> None:
+    run = tmp_path / "X"
+    budget = [*LONG[:4], "optim.max_steps=100000", "+trainer.max_time=00:00:00:04",
+              "callbacks.checkpoint.every_n_train_steps=1000000"]  # fmt: skip
+    first = reslab(tmp_path, *budget, f"hydra.run.dir={run}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    stopped = status(run)
+    assert stopped["status"] == "stopped" and stopped["max_time_s"] == 4
+    k = stopped["stopped_at"]
+    assert 0 < k == stopped["iterations"] < 100000
+    assert "its time budget, trainer.max_time (4 s), is spent" in first.stdout
+    assert "test/error" not in stopped and "train/error" in stopped
+    assert "test/error" not in (run / "metrics.csv").read_text().splitlines()[0]
+    import torch
+
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == k
+    again = reslab(tmp_path, str(run), command="resume")  # a new budget of 4 s
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {run}/checkpoints/last.ckpt at iteration {k}" in again.stdout
+    assert status(run)["status"] == "stopped" and status(run)["stopped_at"] > k
+    k = status(run)["stopped_at"]
+    end = reslab(tmp_path, str(run), f"optim.max_steps={k + 10}", command="resume")
+    assert end.returncode == 0, end.stderr[-3000:]
+    final = status(run)
+    assert final["status"] == "finished" and final["iterations"] == k + 10
+    assert all(final.get(key) is not None for key in ("train/loss", "train/error", "test/error"))
+    rows = (run / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("test/error")
+    assert sum(1 for row in rows[1:] if row.split(",")[column]) == 1  # tested once
+
+
+def test_a_refused_resume_leaves_the_folder_byte_for_byte(tmp_path: Path) -> None:
+    run = tmp_path / "X"
+    assert reslab(tmp_path, *S, f"hydra.run.dir={run}").returncode == 0
+    before = {name: data for name, (data, _) in files(run).items()}
+    refused = reslab(tmp_path, str(run), "optim.lr=-1", command="resume")
+    assert refused.returncode == 1
+    assert "optim.lr" in refused.stderr and "-1" in refused.stderr
+    assert {name: data for name, (data, _) in files(run).items()} == before  # .hydra/ too
+    again = reslab(tmp_path, str(run), command="resume")  # the refusal is not repeated
+    assert again.returncode == 0 and "is complete" in again.stdout
+
+
+MY_EXPERIMENT = """\
+# @package _global_
+defaults:
+  - override /data: synthetic
+  - override /logger: csv
+  - override /debug: smoke
+model:
+  depth: 8
+"""
+
+
+def test_resume_replays_the_config_dir_hydra_overrides_and_folder_of_the_first_start(
+    tmp_path: Path,
+) -> None:
+    from reslab.resume import resume_command
+
+    (tmp_path / "myconf" / "experiment").mkdir(parents=True)
+    (tmp_path / "myconf" / "experiment" / "mine.yaml").write_text(MY_EXPERIMENT)
+    (tmp_path / "started here").mkdir()
+    run = tmp_path / "X"
+    first = subprocess.run(
+        [sys.executable, "-c", "from reslab.cli import train_main; train_main()",
+         f"--config-dir={tmp_path / 'myconf'}", "experiment=mine", f"hydra.run.dir={run}",
+         "++hydra.job.env_set.RESLAB_MARK=first"],
+        capture_output=True, text=True, timeout=600, env=env(tmp_path),
+        cwd=tmp_path / "started here",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    command, cwd = resume_command(run, ["optim.max_steps=6"])
+    assert cwd == tmp_path / "started here"
+    assert f"--config-dir={tmp_path / 'myconf'}" in command
+    assert "++hydra.job.env_set.RESLAB_MARK=first" in command
+    assert not any(c.startswith("hydra.mode") for c in command)
+    extended = reslab(tmp_path, str(run), "optim.max_steps=6", command="resume")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert status(run)["iterations"] == 6
+    hydra = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra["job"]["env_set"] == {"RESLAB_MARK": "first"}
+    assert hydra["runtime"]["cwd"] == str(tmp_path / "started here")
