@@ -146,6 +146,36 @@ CASES = {
     "misspelt-group-option": Case(
         ("data=cifar11",), ("data=cifar11", "did you mean data=cifar10 or data=cifar100?")
     ),
+    # intervals count iterations (reslab.fused.trainer): named, not blamed on the devices
+    "val-check-interval-1.0": Case(
+        ("trainer.val_check_interval=1.0", "data=synthetic"),
+        ("trainer.val_check_interval=1.0", "an integer >= 1 (iterations), or a time"),
+    ),
+    "val-check-interval-0": Case(
+        ("trainer.val_check_interval=0", "data=synthetic"), ("trainer.val_check_interval=0",)
+    ),
+    "log-every-n-steps-minus-3": Case(
+        ("trainer.log_every_n_steps=-3", "data=synthetic"),
+        ("trainer.log_every_n_steps=-3", "an integer >= 1"),
+    ),
+    "log-every-n-steps-abc": Case(
+        ("trainer.log_every_n_steps=abc", "data=synthetic"), ("trainer.log_every_n_steps='abc'",)
+    ),
+    "max-steps-abc": Case(
+        ("optim.max_steps=abc", "data=synthetic"), ("optim.max_steps='abc'", "an integer >= 1")
+    ),
+    "max-steps-minus-1": Case(
+        ("optim.max_steps=-1", "data=synthetic"), ("optim.max_steps=-1", "an integer >= 1")
+    ),
+    "checkpoint-interval-abc": Case(
+        ("callbacks.checkpoint.every_n_train_steps=abc", "data=synthetic"),
+        ("callbacks.checkpoint.every_n_train_steps='abc'", "an integer >= 0 or null"),
+    ),
+    # fewer training images than one batch: no iteration could train (it "finished" at 0)
+    "train-subset-below-the-batch": Case(
+        ("data.train_subset=8", "data=synthetic", "data.batch_size=16"),
+        ("data.batch_size=16 is larger than the 8 training images", "at most 8"),
+    ),
 }
 
 

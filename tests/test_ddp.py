@@ -56,6 +56,7 @@ def ddp_run(tmp: Path, data_dir: Path, *overrides: str) -> list[dict]:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Starting with 2 processes" in output, output[-3000:]
+    assert "It is recommended to use `self.log(" not in output  # the step: the same on each rank
     found = sorted(p.name for p in record.iterdir())
     assert found == [f"rank{r}.pt" for r in range(WORLD)], found
     records = [torch.load(record / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]

@@ -93,6 +93,90 @@ def test_a_bad_job_fails_alone_and_the_sweep_exits_1_naming_it(
     assert status(folder / "1_resnet-8A")["status"] == "finished"
     assert "1 job(s) of the sweep failed: 0_resnet-9A" in output
     assert not [line for line in output.splitlines() if any(n in line for n in NOISE)]
+    # SLURM's record says so too: the failed job exited 1, the other 0
+    for run, state, code in (("0_resnet-9A", "FAILED", "1:0"), ("1_resnet-8A", "COMPLETED", "0:0")):
+        job = status(folder / run)["slurm_job"]
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
+                               env={**os.environ, **slurm_cluster.env}).stdout  # fmt: skip
+        assert f"JobState={state}" in shown and f"ExitCode={code}" in shown, (run, shown)
+
+
+# --- how SLURM ends a job ------------------------------------------------------------------------
+LONG = [*(o for o in SMOKE if o != "debug=smoke"), "data.batch_size=16", "optim.max_steps=400",
+        "callbacks.checkpoint.every_n_train_steps=50"]  # fmt: skip
+
+
+def start_sweep(cluster, tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    folder = tmp_path / "sweep"
+    env = {**os.environ, **cluster.env, "WANDB_MODE": "offline",
+           "RESLAB_LOG_DIR": str(tmp_path / "logs")}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reslab.cli", "-m", *LONG, *args, f"hydra.sweep.dir={folder}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    return proc, folder
+
+
+def until_running(proc: subprocess.Popen, run: Path) -> str:
+    """Waits until the job of ``run`` trains; returns its SLURM job id."""
+    deadline = time.monotonic() + 180
+    while not (run / "status.json").is_file() or status(run)["status"] != "running":
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    return status(run)["slurm_job"]
+
+
+@pytest.mark.slow  # two SLURM jobs of 400 iterations, one cancelled, then the sweep resumed
+def test_a_cancelled_job_is_said_the_others_run_on_and_the_sweep_resumes(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    proc, folder = start_sweep(slurm_cluster, tmp_path, "model.depth=8,14")
+    job = until_running(proc, folder / "0_resnet-8A")
+    slurm_command(slurm_cluster, ["scancel", job], dict(os.environ))
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out and "UncompletedJobError" not in out, out[-3000:]
+    assert status(folder / "0_resnet-8A")["ended_by_slurm"] == "CANCELLED"
+    # preempted: it saved its iteration on SLURM's SIGTERM; interrupted: killed before it could
+    stopped = status(folder / "0_resnet-8A")["status"]
+    assert stopped in ("preempted", "interrupted")
+    assert f"│ 0_resnet-8A  │ {stopped} (CANCELLED)" in out  # the table, after job 1 ended
+    assert status(folder / "1_resnet-14A")["status"] == "finished"
+    said = f"1 job(s) did not finish: 0_resnet-8A ({stopped}); finish the sweep: reslab-resume"
+    assert f"{said} {folder}" in out
+    finished = {p: p.read_bytes() for p in (folder / "1_resnet-14A").rglob("*") if p.is_file()}
+    env = {**os.environ, **slurm_cluster.env, "WANDB_MODE": "offline"}
+    resumed = subprocess.run(
+        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()", str(folder)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert status(folder / "0_resnet-8A")["status"] == "finished"
+    assert status(folder / "0_resnet-8A")["iterations"] == 400
+    assert {p: p.read_bytes() for p in (folder / "1_resnet-14A").rglob("*") if p.is_file()} == (
+        finished
+    )
+
+
+@pytest.mark.slow  # a SLURM job warned of its time limit with no requeue left
+def test_a_job_whose_requeues_are_used_up_says_so_and_how_to_continue(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    """``max_num_timeout=0`` and a time limit of 1 minute: SLURM's USR2 (``signal_delay_s``
+    before the limit) finds no requeue left: submitit does not requeue the job."""
+    proc, folder = start_sweep(
+        slurm_cluster, tmp_path, "model.depth=8", "optim.max_steps=100000",
+        "hydra.launcher.max_num_timeout=0", "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=45",
+    )  # fmt: skip
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    stopped = status(folder / "0_resnet-8A")
+    assert stopped["status"] == "preempted" and stopped["iterations"] > 0
+    assert stopped["not_requeued"] == "Job not requeued because: timed-out too many times."
+    assert "preempted (not requeued)" in out
+    assert f"finish the sweep: reslab-resume {folder}" in out
 
 
 def test_job_states_are_right_without_accounting_and_polling_is_quiet(

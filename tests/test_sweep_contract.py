@@ -68,7 +68,9 @@ def test_a_sweep_stopped_by_sigterm_is_finished_by_reslab_resume(tmp_path: Path)
     started.send_signal(signal.SIGTERM)
     out = started.communicate(timeout=300)[0].decode()
     assert started.returncode == 128 + signal.SIGTERM, out[-3000:]
-    assert f"finish it: reslab-resume {sweep}" in out
+    assert "2 job(s) did not finish: 1_resnet-8A (interrupted), 1 never started; finish the " (
+        f"sweep: reslab-resume {sweep}"
+    ) in out
     assert jobs(sweep) == ["0_resnet-8A", "1_resnet-8A"]  # job 2 never started
     assert status(sweep / "1_resnet-8A")["status"] == "interrupted"
     finished = files(sweep / "0_resnet-8A")
@@ -267,10 +269,15 @@ def test_a_refused_resume_leaves_the_folder_byte_for_byte(tmp_path: Path) -> Non
     run = tmp_path / "X"
     assert reslab(tmp_path, *S, f"hydra.run.dir={run}").returncode == 0
     before = {name: data for name, (data, _) in files(run).items()}
-    refused = reslab(tmp_path, str(run), "optim.lr=-1", command="resume")
+    refused = reslab(tmp_path, str(run), "optim.max_steps=8", "optim.lr=-1", command="resume")
     assert refused.returncode == 1
     assert "optim.lr" in refused.stderr and "-1" in refused.stderr
     assert {name: data for name, (data, _) in files(run).items()} == before  # .hydra/ too
+    other_k = reslab(tmp_path, str(run), "optim.max_steps=8", "module.fused_iterations=2",
+                     command="resume")  # fmt: skip
+    assert other_k.returncode == 1
+    assert "the checkpoint was trained with module.fused_iterations=1" in other_k.stderr
+    assert {name: data for name, (data, _) in files(run).items()} == before  # still finished
     again = reslab(tmp_path, str(run), command="resume")  # the refusal is not repeated
     assert again.returncode == 0 and "is complete" in again.stdout
 
@@ -280,7 +287,6 @@ MY_EXPERIMENT = """\
 defaults:
   - override /data: synthetic
   - override /logger: csv
-  - override /debug: smoke
 model:
   depth: 8
 """
@@ -297,7 +303,8 @@ def test_resume_replays_the_config_dir_hydra_overrides_and_folder_of_the_first_s
     run = tmp_path / "X"
     first = subprocess.run(
         [sys.executable, "-c", "from reslab.cli import train_main; train_main()",
-         f"--config-dir={tmp_path / 'myconf'}", "experiment=mine", f"hydra.run.dir={run}",
+         f"--config-dir={tmp_path / 'myconf'}", "experiment=mine", "debug=smoke",
+         f"hydra.run.dir={run}",
          "++hydra.job.env_set.RESLAB_MARK=first"],
         capture_output=True, text=True, timeout=600, env=env(tmp_path),
         cwd=tmp_path / "started here",
@@ -314,3 +321,34 @@ def test_resume_replays_the_config_dir_hydra_overrides_and_folder_of_the_first_s
     hydra = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]
     assert hydra["job"]["env_set"] == {"RESLAB_MARK": "first"}
     assert hydra["runtime"]["cwd"] == str(tmp_path / "started here")
+
+
+def test_a_run_of_a_wandb_sweep_agent_keeps_the_agents_run_id_through_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reslab.loggers import wandb_run_id
+
+    monkeypatch.setenv("WANDB_RUN_ID", "agent123")  # what `wandb agent` sets for its run
+    assert wandb_run_id(tmp_path) == "agent123"
+    assert (tmp_path / "wandb_id.txt").read_text() == "agent123\n"
+    monkeypatch.delenv("WANDB_RUN_ID")  # reslab-resume, typed later without the agent
+    assert wandb_run_id(tmp_path) == "agent123"
+
+
+def test_relative_paths_mean_the_starting_folder_with_hydra_job_chdir(tmp_path: Path) -> None:
+    """``hydra.job.chdir=true`` runs the job in its run folder; a relative ``data.data_dir``
+    (and ``ckpt_path``) still means the folder the command started in."""
+    from conftest import make_cifar10
+
+    make_cifar10(tmp_path / "mine")
+    args = ["data=cifar10", "data.data_dir=mine", "debug=smoke", "logger=csv", "model.depth=8",
+            "data.download=false", "hydra.job.chdir=true"]  # fmt: skip
+    first = reslab(tmp_path, *args, "hydra.run.dir=X")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"| {tmp_path / 'X'}" in first.stdout  # the header names the run folder
+    again = reslab(tmp_path, *args, "hydra.run.dir=Y", "ckpt_path=X/checkpoints/last.ckpt",
+                   "optim.max_steps=6")  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'X' / 'checkpoints' / 'last.ckpt'} at iteration 4" in (
+        again.stdout
+    )

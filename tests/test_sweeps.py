@@ -262,6 +262,9 @@ def test_joblib_multirun_runs_both_jobs_at_once(tmp_path: Path) -> None:
     spans = []
     for run in run_folders(sweep):
         assert status(sweep / run)["status"] == "finished"
+        # the job records the command the user typed, not loky's worker's
+        command = json.loads((sweep / run / "provenance.json").read_text())["command"]
+        assert "reslab.cli -m hydra/launcher=local model.depth=8,14" in command, command
         # .hydra/config.yaml is written as the job starts, status.json last as it ends
         spans.append(((sweep / run / ".hydra/config.yaml").stat().st_mtime,
                       (sweep / run / "status.json").stat().st_mtime))  # fmt: skip

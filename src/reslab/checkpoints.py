@@ -94,7 +94,7 @@ def check_ckpt_path(ckpt_path: Any) -> None:
     text = str(ckpt_path)
     if text in _CKPT_KEYWORDS or text.startswith("registry:") or "://" in text:
         return
-    path = Path(text).expanduser()
+    path = first_start_path(text)
     if not path.exists():
         raise FileNotFoundError(f"ckpt_path={text} does not exist; valid: {CKPT_CHOICES}")
     if not path.is_file():
@@ -111,6 +111,18 @@ def check_ckpt_path(ckpt_path: Any) -> None:
             "checkpoint never holds (only tensors, numbers, strings, lists and dicts); "
             "refusing to load it"
         )
+
+
+def first_start_path(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) as the command line meant it: a relative one is relative to
+    the folder the command started in (Hydra's ``hydra.runtime.cwd``), also when the job runs
+    in its run folder (``hydra.job.chdir=true``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    path = Path(path).expanduser()
+    if path.is_absolute() or not HydraConfig.initialized():
+        return path.absolute()
+    return Path(HydraConfig.get().runtime.cwd) / path
 
 
 def verify_checkpoint(path: str | Path) -> None:

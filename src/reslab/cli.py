@@ -149,10 +149,13 @@ def train_main() -> None:
     # Imported before Hydra configures the root logger, Lightning keeps its own console
     # handler (its device and progress lines once, not again through Hydra's handler).
     import reslab.train  # noqa: F401
+    from reslab.provenance import COMMAND_ENV
     from reslab.signals import RunInterrupted
     from reslab.slurm import quiet_slurm_polling
 
     quiet_slurm_polling()  # a SLURM sweep without accounting: squeue, not sacct's errors
+    own_command = COMMAND_ENV not in os.environ  # what a sweep's jobs record as their command
+    os.environ.setdefault(COMMAND_ENV, shlex.join(sys.orig_argv))
     full = _user_full_error()  # the user's HYDRA_FULL_ERROR=1: every traceback, as Hydra's
     if not full:  # Hydra raises the error instead of printing its part; we say it in a line
         os.environ.update({"HYDRA_FULL_ERROR": "1", _SET_BY_RESLAB: "1"})
@@ -183,15 +186,16 @@ def train_main() -> None:
         sys.stderr.flush()
         sys.exit(1)
     finally:  # for this process's next command (tests); its children have theirs
-        if not full:
-            for key in ("HYDRA_FULL_ERROR", _SET_BY_RESLAB):
-                os.environ.pop(key, None)
+        for key in [*(() if full else ("HYDRA_FULL_ERROR", _SET_BY_RESLAB)),
+                    *((COMMAND_ENV,) if own_command else ())]:  # fmt: skip
+            os.environ.pop(key, None)
 
 
 def _end_sweep(err: BaseException) -> None:
     """A sweep that ended on an error (Hydra's sweeper raises a failed job's after the other
-    jobs ran; a signal stops it): its table, then exit 1 when a job failed, 0 when the jobs
-    without a result diverged, and the signal's exit code with the command that finishes it."""
+    jobs ran; a signal stops it; a SLURM job ends without a result): its table
+    (sweep_summary.conclude), then exit 1 when a job failed or did not finish, 0 when the jobs
+    without a result diverged, and the signal's exit code after a signal."""
     from reslab.signals import RunInterrupted
     from reslab.sweep_summary import SweepFailed, conclude, running_sweep
 
@@ -204,10 +208,12 @@ def _end_sweep(err: BaseException) -> None:
         if not isinstance(err, RunInterrupted):
             raise
         print(failed, file=sys.stderr)
-    if isinstance(err, RunInterrupted):
-        print(f"[reslab] the sweep stopped; finish it: reslab-resume {shlex.quote(str(sweep))}")
-    elif isinstance(err, JobFailed):
+    if isinstance(err, JobFailed):
         raise SystemExit(0)  # diverged jobs: results the table shows
+    if isinstance(err, Exception) and not _user_full_error():  # the launcher's own error
+        sys.stderr.write(f"{PROG}: error: the sweep ended on {type(err).__name__}: "
+                         f"{_first_lines(str(err), 2)}\n")  # fmt: skip
+        raise SystemExit(1)
 
 
 def resume_main(argv: list[str] | None = None) -> None:

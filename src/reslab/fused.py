@@ -26,6 +26,14 @@ def trainer(
     (K). A ``ValueError`` names every interval K does not divide (``checkpoint_every_n_steps``,
     the checkpoint callback's, too), and then the settings that a fused step cannot keep."""
     k = require_int("module.fused_iterations", fused_iterations, 1)
+    # reslab's intervals count iterations: Lightning would read a float as a share of an epoch
+    require_int("trainer.log_every_n_steps", kwargs.get("log_every_n_steps", 50), 1)
+    require_int("optim.max_steps", kwargs.get("max_steps"), 1, note="(iterations to train)")
+    require_int("callbacks.checkpoint.every_n_train_steps", checkpoint_every_n_steps, 0,
+                optional=True, note="(iterations; 0: only at the end)")  # fmt: skip
+    if not isinstance(interval := kwargs.get("val_check_interval"), str | None):
+        require_int("trainer.val_check_interval", interval, 1,
+                    note="(iterations), or a time 'DD:HH:MM:SS'")  # fmt: skip
     intervals = {
         "trainer.log_every_n_steps": kwargs.get("log_every_n_steps"),
         "trainer.val_check_interval": kwargs.get("val_check_interval"),
@@ -160,13 +168,19 @@ class FusedClassifier(Classifier):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        fused = checkpoint["reslab"].get("fused_iterations", 1)  # (a Classifier's: 1)
-        if fused != self.fused_iterations:
-            raise ValueError(
-                f"module.fused_iterations={self.fused_iterations}, but the checkpoint was "
-                f"trained with module.fused_iterations={fused} (Lightning counts its progress "
-                f"differently for each): resume with module.fused_iterations={fused}"
-            )
+        check_resume(checkpoint, self.fused_iterations)
+
+
+def check_resume(checkpoint: dict[str, Any], fused_iterations: int) -> None:
+    """A ValueError when ``checkpoint`` was trained with another ``module.fused_iterations``
+    (train() asks before the run starts, so the folder stays as it was)."""
+    fused = checkpoint.get("reslab", {}).get("fused_iterations", 1)  # (a Classifier's: 1)
+    if fused != fused_iterations:
+        raise ValueError(
+            f"module.fused_iterations={fused_iterations}, but the checkpoint was trained with "
+            f"module.fused_iterations={fused} (Lightning counts its progress differently for "
+            f"each): resume with module.fused_iterations={fused}"
+        )
 
 
 class StepGraph:

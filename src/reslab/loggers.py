@@ -68,8 +68,11 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
         return run_id
     if rank_zero_only.rank != 0:
         return None
-    # wandb's own ids: 8 lowercase letters and digits
-    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    # a wandb sweep agent's run (its id is the agent's, and wandb logs under it), else wandb's
+    # own form of id: 8 lowercase letters and digits
+    run_id = os.environ.get("WANDB_RUN_ID") or "".join(
+        secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)
+    )
     atomic_write(path, run_id + "\n")
     return run_id
 

@@ -156,7 +156,7 @@ class Classifier(L.LightningModule):
         self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.log("step", float(self.global_step))
+        self.log("step", float(self.global_step), sync_dist=True)  # the same on every rank
         self.validated_at = self.global_step
 
     def on_validation_end(self) -> None:
@@ -176,7 +176,7 @@ class Classifier(L.LightningModule):
         self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self.log("step", float(self.global_step))
+        self.log("step", float(self.global_step), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

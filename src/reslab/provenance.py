@@ -5,6 +5,7 @@ it to the run folder and the wandb config: ``record, diff = provenance(*trainer_
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shlex
 import socket
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     import lightning as L
 
 UNKNOWN = "unknown"
+# The reslab-train command of a sweep, for its jobs: a job of hydra/launcher=local or slurm runs
+# in a worker (loky's, submitit's) whose own command line is not the one the user typed.
+COMMAND_ENV = "RESLAB_COMMAND"
 # The distributions whose versions a run records: (key in the record, distribution name).
 LIBRARIES = (
     ("reslab", "reslab"),
@@ -106,7 +110,7 @@ def provenance(device: str, device_count: int) -> tuple[dict[str, Any], str | No
         "device": device,
         "device_count": device_count,
         "host": socket.gethostname(),
-        "command": shlex.join(sys.orig_argv),
+        "command": os.environ.get(COMMAND_ENV) or shlex.join(sys.orig_argv),
     }
     return record, diff
 

@@ -24,7 +24,12 @@ from reslab.loggers import log_final_summary
 from reslab.run_lock import put_back
 from reslab.signals import RunInterrupted, StopOnSignal
 
-write_status = rank_zero_only(run_folder.write_status)
+
+@rank_zero_only
+def write_status(run_dir: Path, status: str, **fields: Any) -> None:
+    """:func:`reslab.run_folder.write_status` by rank 0, naming the SLURM job it runs in."""
+    run_folder.write_status(run_dir, status, **{**fields, **slurm_job()})
+
 # A diverged run's errors are no result: null (what was measured before stays in metrics.csv).
 _BROKEN = ("train/loss", "train/error", "val/error", "test/error")
 
@@ -45,9 +50,14 @@ def record(
         signum = signal.SIGINT if isinstance(error, KeyboardInterrupt) else signal.SIGTERM
     if signum is not None:  # outside the training loop: at the last checkpoint
         step = stopper.stopped_at if stopper is not None else None
-        _record_stop(name, output_dir, signum, step, seconds)
-        if stopper is not None:
-            stopper.pass_on()  # submitit's handler: it requeues the job
+        fields = _record_stop(name, output_dir, signum, step, seconds)
+        try:
+            if stopper is not None:
+                stopper.pass_on()  # submitit's handler: it requeues the job and exits
+        except Exception as err:  # it did not requeue (its requeues used up): stopped for good
+            write_status(output_dir, fields.pop("status"), **fields, not_requeued=str(err))
+            _say(f"[reslab] {name}: not requeued ({err}); continue it: {_resume(output_dir)}")
+            raise
         raise RunInterrupted(signum, step) from None
     if error is not None or trainer is None:
         record_failure(output_dir, name, error or RuntimeError("no trainer"), started=True)
@@ -90,7 +100,7 @@ def record_failure(
     status = run_folder.read_status(output_dir).get("status")
     if status is None or (started and status != "failed"):
         error = f"{type(err).__name__}: {err}"
-        run_folder.write_status(output_dir, "failed", name=name, error=error)
+        write_status(output_dir, "failed", name=name, error=error)
     elif not started:  # a continuation refused before it started: the folder as it was
         put_back()
 
@@ -101,11 +111,25 @@ def _record_stop(name: str, output_dir: Path, signum: int, step: int | None, sec
         fields = {"error": f"stopped at once by {signal.Signals(signum).name} (a second signal, "
                   "or outside the training loop), without a checkpoint there"}  # fmt: skip
     status = "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
-    write_status(output_dir, status, name=name, seconds=seconds, **fields)
+    fields = {"name": name, "seconds": seconds, **fields}
+    write_status(output_dir, status, **fields)
     _finish_wandb(exit_code=RunInterrupted(signum, step).exit_code)
     where = f"checkpoint at iteration {step}" if step is not None else "its last checkpoint"
-    command = f"reslab-resume {shlex.quote(str(output_dir))}"
-    _say(f"[reslab] {name}: {status} ({where}); continue it: {command}")
+    _say(f"[reslab] {name}: {status} ({where}); continue it: {_resume(output_dir)}")
+    return {"status": status, **fields}
+
+
+def _resume(output_dir: Path) -> str:
+    """The command that continues the run in ``output_dir`` (shell-quoted: paste it)."""
+    return f"reslab-resume {shlex.quote(str(output_dir))}"
+
+
+def slurm_job() -> dict[str, str]:
+    """The SLURM job running this process (``<array job>_<task>`` for a sweep's), for
+    status.json: how the job ended is SLURM's to say (reslab.slurm.say_how_slurm_ended)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    return {"slurm_job": job} if job else {}
 
 
 def _record_time_up(
@@ -118,9 +142,9 @@ def _record_time_up(
     log_final_summary(trainer.loggers, {"network": name, "status": "stopped"}, step)
     for logger in trainer.loggers:
         logger.save()
-    command = f"reslab-resume {shlex.quote(str(output_dir))}"
     _say(f"[reslab] {name}: stopped at iteration {step} (checkpoint there): its time budget, "
-         f"trainer.max_time ({budget:.0f} s), is spent; continue it with a new one: {command}")
+         f"trainer.max_time ({budget:.0f} s), is spent; continue it with a new one: "
+         f"{_resume(output_dir)}")  # fmt: skip
     _finish_wandb(exit_code=0)
     return math.nan  # no result: not trained to its end
 

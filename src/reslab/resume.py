@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from reslab.checkpoints import check_ckpt_path, verify_checkpoint
+from reslab.checkpoints import check_ckpt_path, first_start_path, verify_checkpoint
 from reslab.config import CONFIG_DIR, CONFIG_NAME
 from reslab.run_folder import LAST_CHECKPOINT, OVERRIDES_FILE, read_status
 
@@ -40,7 +40,9 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
             return None
         ckpt_path = str(last)
     check_ckpt_path(ckpt_path)
-    return str(ckpt_path)
+    text = str(ckpt_path)
+    keyword = text in ("best", "hpc") or "://" in text or text.startswith("registry:")
+    return text if keyword else str(first_start_path(text))
 
 
 def run_complete(run_dir: Path, max_steps: int) -> str | None:

@@ -1,11 +1,22 @@
-"""Waiting for a ``hydra/launcher=slurm`` sweep's jobs where SLURM keeps no accounting."""
+"""A ``hydra/launcher=slurm`` sweep's jobs: waiting for them where SLURM keeps no accounting, their
+exit codes, and how SLURM ended those that did not end themselves."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
+import time
+from pathlib import Path
+from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+
+from reslab.run_folder import STATUS_FILE, read_status, write_status
 
 
 def quiet_slurm_polling() -> None:
@@ -56,3 +67,45 @@ class _SqueueWhenNoAccounting(SlurmInfoWatcher):
         for job_id in self._registered:
             info.setdefault(job_id, {"JobID": job_id, "State": self.GONE, "NodeList": ""})
         return info
+
+
+# SLURM's job states that end a job from outside (the job itself ends COMPLETED or FAILED).
+ENDED_BY_SLURM = ("CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                  "BOOT_FAIL", "DEADLINE")  # fmt: skip
+_ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+           "REQUEUE_FED", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING")  # fmt: skip
+
+
+class SlurmExitCode(Callback):
+    """A Hydra callback (conf/train.yaml): in a SLURM job of a sweep (submitit's), a job that
+    failed exits with status 1, so SLURM's record says FAILED (Hydra would return normally)."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or job_return.status != JobStatus.FAILED:
+            return
+        if read_status(Path(config.hydra.runtime.output_dir)).get("status") == "failed":
+            raise SystemExit(1)  # Hydra's callbacks warn of other exceptions
+
+
+def say_how_slurm_ended(sweep_dir: Path, poll_s: float = 2.0) -> None:
+    """Waits until every SLURM job of the sweep in ``sweep_dir`` (``.submitit/<job>``) has left
+    the queue, then writes into each job folder's status.json how SLURM ended a job that did
+    not end itself (``ended_by_slurm``: CANCELLED, TIMEOUT, NODE_FAIL, ...; a job killed while
+    ``running`` is ``interrupted`` at its last checkpoint)."""
+    tasks = [p.name for p in (sweep_dir / ".submitit").glob("[0-9]*") if p.is_dir()]
+    if not tasks or shutil.which("squeue") is None:
+        return
+    arrays = ",".join(sorted({t.split("_")[0] for t in tasks}))
+    while True:
+        listed = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i %T",
+                                 f"--jobs={arrays}"], capture_output=True, text=True)  # fmt: skip
+        states = dict(line.split()[:2] for line in listed.stdout.splitlines() if line.strip())
+        if listed.returncode != 0 or not any(s in _ACTIVE for s in states.values()):
+            break
+        time.sleep(poll_s)
+    for folder in (p for p in sweep_dir.iterdir() if (p / STATUS_FILE).is_file()):
+        status = read_status(folder)
+        state = states.get(str(status.get("slurm_job")))
+        if state in ENDED_BY_SLURM and status.get("status") in ("running", "preempted"):
+            status["status"] = "interrupted" if status["status"] == "running" else "preempted"
+            write_status(folder, status.pop("status"), **status, ended_by_slurm=state)

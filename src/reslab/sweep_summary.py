@@ -31,6 +31,10 @@ def sweep_table(sweep_dir: Path) -> Table:
         state = status.get("status", "?")
         if "diverged_at" in status:
             state += f" at {status['diverged_at']}"
+        if "ended_by_slurm" in status:
+            state += f" ({status['ended_by_slurm']})"
+        if "not_requeued" in status:
+            state += " (not requeued)"
         table.add_row(
             folder.name,
             state,
@@ -67,10 +71,17 @@ def running_sweep() -> Path | None:
 
 
 def conclude(sweep_dir: Path) -> None:
-    """Prints :func:`sweep_table`, then raises :class:`SweepFailed` naming the failed jobs, if
-    any (diverged jobs are results: the table says where they diverged)."""
+    """Waits for a SLURM sweep's jobs (reslab.slurm.say_how_slurm_ended), prints
+    :func:`sweep_table`, then raises :class:`SweepFailed` naming the jobs that failed or did
+    not finish (with the command that finishes the sweep); diverged jobs are results (the table
+    says where they diverged)."""
+    from reslab.slurm import say_how_slurm_ended
+    from reslab.sweeps import never_started
+
     if not sweep_dir.is_dir():
         return
+    say_how_slurm_ended(sweep_dir)
+    never = [f"{waiting} never started"] if (waiting := never_started(sweep_dir)) else []
     console = Console()
     console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise
     console.print(sweep_table(sweep_dir))
@@ -81,12 +92,20 @@ def conclude(sweep_dir: Path) -> None:
         )
     if (results := sweep_dir / SEARCH_RESULTS).is_file():  # Hydra's optuna sweeper's
         print(f"[reslab] {best_trial(sweep_dir, yaml.safe_load(results.read_text()))}")
-    failed = [f.name for f in run_folders(sweep_dir) if read_status(f).get("status") == "failed"]
+    states = {f.name: read_status(f).get("status") for f in run_folders(sweep_dir)}
+    failed = [name for name, state in states.items() if state == "failed"]
+    ended = ("finished", "diverged", "failed")
+    stopped = [f"{name} ({state})" for name, state in states.items() if state not in ended]
+    said = []
     if failed:
-        raise SweepFailed(
-            f"[reslab] {len(failed)} job(s) of the sweep failed: {', '.join(failed)} (their "
-            "status.json and error.txt say why); the other jobs ran to their end"
-        )
+        said.append(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)} (their "
+                    "status.json and error.txt say why); the other jobs ran to their end")
+    if stopped or never:
+        said.append(f"{len(stopped) + waiting} job(s) did not finish: "
+                    f"{', '.join([*stopped, *never])}; finish the sweep: "
+                    f"reslab-resume {shlex.quote(str(sweep_dir))}")
+    if said:
+        raise SweepFailed("[reslab] " + "; ".join(said))
 
 
 def best_trial(sweep_dir: Path, results: dict[str, Any]) -> str:

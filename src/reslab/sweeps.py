@@ -38,15 +38,26 @@ def expand(parser: OverridesParser, lines: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*values.values())]
 
 
-def job_folders(sweep_dir: Path, parser: OverridesParser) -> dict[tuple[str, ...], Path]:
-    """The sweep's job folders by their overrides (``.hydra/overrides.yaml``, without the
-    ``ckpt_path=`` a resume added), each as :func:`expand` gives them."""
+def job_folders(sweep_dir: Path) -> dict[Path, dict[str, str]]:
+    """The sweep's job folders with the overrides each ran with (``.hydra/overrides.yaml``:
+    its job's, then those a resume added; a key's last value wins)."""
     found = {}
-    for overrides_file in sorted(sweep_dir.glob(f"*/{OVERRIDES_FILE}")):
-        lines = yaml.safe_load(overrides_file.read_text()) or []
-        job = [o for o in lines if not o.startswith("ckpt_path=")]
-        found[tuple(expand(parser, job)[0])] = overrides_file.parent.parent
+    for path in sorted(sweep_dir.glob(f"*/{OVERRIDES_FILE}")):
+        lines = yaml.safe_load(path.read_text()) or []
+        found[path.parent.parent] = dict(str(o).split("=", 1) for o in lines if "=" in str(o))
     return found
+
+
+def folders_of(jobs: list[list[str]], sweep_dir: Path) -> list[Path | None]:
+    """Each job's folder (None when it has none yet), told apart by the values of the keys
+    the sweep varies (a resume's added overrides do not hide a job's folder)."""
+    values = [dict(o.split("=", 1) for o in job) for job in jobs]
+    swept = {k for k in values[0] if len({v.get(k) for v in values}) > 1} if values else set()
+    folders = job_folders(sweep_dir)
+    return [
+        next((f for f, ran in folders.items() if all(ran.get(k) == job[k] for k in swept)), None)
+        for job in values
+    ]
 
 
 def is_sweep_folder(folder: Path) -> bool:
@@ -78,3 +89,15 @@ def sweep_resume_command(
         *(extra or []), f"hydra.sweep.dir={_quoted(sweep_dir)}", "hydra/sweeper=resume",
     ]  # fmt: skip
     return command, cwd
+
+
+def never_started(sweep_dir: Path) -> int:
+    """How many jobs of the basic sweep in ``sweep_dir`` (its ``multirun.yaml``) have no folder
+    yet; 0 for a search, whose trials are drawn as it runs."""
+    sweep = OmegaConf.load(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else None
+    if sweep is None or OmegaConf.select(sweep, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return 0
+    params = OmegaConf.select(sweep, "hydra.sweeper.params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in sweep.hydra.overrides.task]
+    jobs = expand(OverridesParser.create(), lines)
+    return sum(folder is None for folder in folders_of(jobs, sweep_dir))

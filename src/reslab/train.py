@@ -13,10 +13,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from reslab import console, run_folder
-from reslab.checkpoints import RunCheckpoint
+from reslab.checkpoints import RunCheckpoint, first_start_path
 from reslab.config import instantiate
+from reslab.fused import check_resume
 from reslab.provenance import provenance, trainer_device
-from reslab.record import ended_early, out_of_time, record, record_failure, write_status
+from reslab.record import (
+    ended_early,
+    out_of_time,
+    record,
+    record_failure,
+    write_status,
+)  # fmt: skip
 from reslab.resume import resume_checkpoint, run_complete
 from reslab.run_lock import put_back
 
@@ -31,6 +38,9 @@ def train(cfg: DictConfig) -> float:
     output_dir, started = Path(cfg.paths.output_dir), time.time()
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
+        if resume is not None:  # refused here, the folder stays as it was
+            checkpoint = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
+            check_resume(checkpoint, OmegaConf.select(cfg, "module.fused_iterations", default=1))
         own = resume == str(output_dir / run_folder.LAST_CHECKPOINT)
         done = run_complete(output_dir, cfg.trainer.max_steps) if own else None
     except BaseException as err:
@@ -66,7 +76,9 @@ def build(cfg: DictConfig, output_dir: Path, resume: str | None) -> tuple[L.Trai
     its header printed, its provenance and hyperparameters recorded."""
     prepare_folder(cfg.name, output_dir, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
+    given = cfg.data.get("data_dir")  # a relative one: as the command meant it (chdir or not)
+    where = {"data_dir": str(first_start_path(given))} if given else {}
+    datamodule = instantiate(cfg.data, **where)
     datamodule.setup("fit")  # bad data fails here, before any logger opens a run
     net = instantiate(
         cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels

@@ -12,7 +12,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from reslab.sweeps import expand, job_folders
+from reslab.sweeps import expand, folders_of
 
 
 class ResumeSweeper(Sweeper):
@@ -39,12 +39,10 @@ class ResumeSweeper(Sweeper):
         loader = self.hydra_context.config_loader
         parser = OverridesParser.create(config_loader=loader)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        folders = job_folders(sweep_dir, parser)
         subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)["subdir"]
         batch, finished = [], []
-        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
-        for num, job in enumerate(expand(parser, lines)):
-            folder = folders.get(tuple(job))
+        jobs = expand(parser, [f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        for num, (job, folder) in enumerate(zip(jobs, folders_of(jobs, sweep_dir), strict=True)):
             if folder is not None:
                 max_steps = loader.load_sweep_config(self.config, job).trainer.max_steps
                 if run_complete(folder, max_steps):

@@ -173,6 +173,12 @@ class InMemoryDataModule(L.LightningDataModule):
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size].sort().values, order[self.val_size :].sort().values
         train = train[: self.train_subset]
+        if len(train) < self.batch_size:  # not one whole batch: no iteration could train
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is larger than the {len(train)} training "
+                f"images (data.train_subset={self.train_subset}, data.val_size={self.val_size}"
+                f"); valid: a batch of at most {len(train)} images, or more training images"
+            )
         self.splits = Splits(x[train], y[train], x[val], y[val], test_x, test_y)
         # The paper's only normalisation: the per-pixel mean of the training images.
         self.mean = self.splits.train_images.float().mean(0)
