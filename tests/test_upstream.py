@@ -11,6 +11,10 @@ which reslab piece needs a new way; the rest of reslab uses public APIs only.
   (reslab.data.cifar's restricted unpickler): the one function a pickled CIFAR array calls, the
   only global besides ndarray and dtype that it lets a pickle name.
 
+Named, not used: Hydra's basic sweeper's ``_target_`` as multirun.yaml records it
+(reslab.sweeps.BASIC_SWEEPER: a sweep of it can be finished job by job, a search cannot), and
+``reslab.sweeps.expand``, which numbers a sweep's jobs as ``BasicSweeper.split_arguments`` does.
+
 Not in src, in the tests only: wandb's ``wandb.proto.wandb_internal_pb2.Record`` and the layout of
 its ``.wandb`` files (tests/wandb_files.py), to read back what a run gave wandb.
 
@@ -29,6 +33,8 @@ from pathlib import Path
 import lightning
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from reslab import cli
@@ -227,3 +233,40 @@ def test_numpy_arrays_pickle_through_the_global_the_cifar_unpickler_allows() -> 
             f"numpy {np.__version__} pickles arrays through another function at protocol "
             f"{protocol} ({sorted(named)}): update reslab.data.cifar's _ALLOWED_GLOBALS"
         )
+
+
+_KEYS = ("seed", "model.depth", "+extra", "optim.lr", "net")
+_VALUES = ("0", "1", "20", "0.1", "plain-20", "resnet-56A")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_KEYS), st.lists(st.sampled_from(_VALUES), min_size=1,
+                                                    max_size=3, unique=True)),
+        min_size=1, max_size=6,
+    )
+)  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_reslab_expands_a_sweep_as_hydras_basic_sweeper_numbers_its_jobs(overrides) -> None:
+    """reslab.sweeps.expand (reslab-resume SWEEP_FOLDER finds each job's number by it) against
+    Hydra's own ``BasicSweeper.split_arguments`` (private), for generated command lines:
+    comma lists, single values, a key given again (it keeps its first place, its last value)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from reslab.sweeps import expand
+
+    lines = [f"{key}={','.join(values)}" for key, values in overrides]
+    parser = OverridesParser.create()
+    (hydras,) = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
+    assert expand(parser, lines) == hydras
+
+
+def test_hydras_basic_sweeper_is_the_target_multirun_yaml_records() -> None:
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    from reslab.sweeps import BASIC_SWEEPER
+
+    names = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)}
+    assert BASIC_SWEEPER in names, f"Hydra's basic sweeper is no longer {BASIC_SWEEPER}: {names}"
