@@ -352,3 +352,26 @@ def test_relative_paths_mean_the_starting_folder_with_hydra_job_chdir(tmp_path: 
     assert f"resuming from {tmp_path / 'X' / 'checkpoints' / 'last.ckpt'} at iteration 4" in (
         again.stdout
     )
+
+
+@pytest.mark.slow  # a run stopped by SIGTERM, then the command it printed, pasted into a shell
+def test_the_printed_resume_command_works_pasted_for_a_folder_with_a_space(tmp_path: Path) -> None:
+    run = tmp_path / "a run, with 'quotes'"
+    command = [sys.executable, "-c", "from reslab.cli import train_main; train_main()", *LONG,
+               f"hydra.run.dir='{run}'".replace("'quotes'", "\\'quotes\\'")]  # fmt: skip
+    started = subprocess.Popen(command, env=env(tmp_path), cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "last.ckpt").is_file():
+        assert started.poll() is None and time.time() < deadline, started.stdout.read()[-3000:]
+        time.sleep(0.05)
+    started.send_signal(signal.SIGTERM)
+    out = started.communicate(timeout=300)[0]
+    assert started.returncode == 128 + signal.SIGTERM, out[-3000:]
+    (printed,) = [line.split("continue it: ", 1)[1] for line in out.splitlines()
+                  if "continue it: " in line]  # fmt: skip
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    pasted = subprocess.run(["bash", "-c", printed], capture_output=True, text=True,
+                            env={**env(tmp_path), "PATH": path}, timeout=600)  # fmt: skip
+    assert pasted.returncode == 0, pasted.stdout[-2000:] + pasted.stderr[-2000:]
+    assert status(run)["status"] == "finished" and status(run)["iterations"] == 300

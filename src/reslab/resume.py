@@ -124,4 +124,5 @@ def _run_overrides(run_dir: Path) -> list[str]:
 def _quoted(path: Path) -> str:
     """``path`` as a value of Hydra's override grammar."""
     text = str(path)
-    return f"'{text}'" if any(c in text for c in " ,=[]{}()'\"\\$:") else text
+    quoted = "'" + text.replace("'", "\\'") + "'"  # the grammar's escaped quote: \'
+    return quoted if any(c in text for c in " ,=[]{}()'\"\\$:") else text

@@ -18,6 +18,8 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from reslab.run_folder import STATUS_FILE, read_status
+
 LOCK_FILE = ".lock"  # held by the process writing the folder (pid and host inside)
 
 
@@ -127,7 +129,6 @@ def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
     """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not its
     continuation (``ckpt_path=last``, a requeued SLURM job), or holds a sweep (multirun.yaml)
     and this is not ``reslab-resume``'s (``hydra/sweeper=resume``): nothing is overwritten."""
-    from reslab.run_folder import STATUS_FILE, read_status
     from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE
 
     if mode == "run":
@@ -155,14 +156,21 @@ _REWRITTEN = (LOCK_FILE, "reslab.log", ".hydra/config.yaml", ".hydra/hydra.yaml"
 
 
 def keep(folder: Path) -> None:
-    """Remembers ``folder``'s files that a start rewrites (for :func:`put_back`)."""
+    """Remembers the files of ``folder``, a run's, that a start rewrites (for :func:`put_back`),
+    and its status.json."""
     _KEPT.clear()
-    for path in (folder / name for name in _REWRITTEN):
-        _KEPT[path] = path.read_bytes() if path.is_file() else None
+    if (folder / STATUS_FILE).is_file():
+        for path in (folder / name for name in (STATUS_FILE, *_REWRITTEN)):
+            _KEPT[path] = path.read_bytes() if path.is_file() else None
 
 
 def put_back() -> None:
-    """Restores what :func:`keep` remembered: the folder byte for byte as before this start."""
+    """Restores what :func:`keep` remembered, the folder byte for byte as before this start,
+    unless the run started (its status.json changed): then what it wrote stays."""
+    status = next(iter(_KEPT), None)
+    if status is None or not status.is_file() or status.read_bytes() != _KEPT[status]:
+        _KEPT.clear()
+        return
     for path, data in _KEPT.items():
         if data is None:
             path.unlink(missing_ok=True)
