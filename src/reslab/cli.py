@@ -10,8 +10,10 @@ import os
 import pickle
 import re
 import shlex
+import signal
 import sys
 import textwrap
+import threading
 import traceback
 from pathlib import Path
 
@@ -150,10 +152,12 @@ def train_main() -> None:
     # handler (its device and progress lines once, not again through Hydra's handler).
     import reslab.train  # noqa: F401
     from reslab.provenance import COMMAND_ENV
-    from reslab.signals import RunInterrupted
+    from reslab.signals import RunInterrupted, interrupt_now
     from reslab.slurm import quiet_slurm_polling
 
     quiet_slurm_polling()  # a SLURM sweep without accounting: squeue, not sacct's errors
+    if threading.current_thread() is threading.main_thread():  # outside training, too
+        signal.signal(signal.SIGTERM, interrupt_now)
     own_command = COMMAND_ENV not in os.environ  # what a sweep's jobs record as their command
     os.environ.setdefault(COMMAND_ENV, shlex.join(sys.orig_argv))
     full = _user_full_error()  # the user's HYDRA_FULL_ERROR=1: every traceback, as Hydra's

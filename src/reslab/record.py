@@ -46,6 +46,8 @@ def record(
     stopper = _callback(trainer, StopOnSignal)
     stopped = stopper is not None and (error is not None or stopper.stopped_at is not None)
     signum = stopper.signum if stopped else None
+    if signum is None and isinstance(error, RunInterrupted):  # outside the loop (interrupt_now)
+        signum = error.signum
     if signum is None and isinstance(error, KeyboardInterrupt | SIGTERMException):
         signum = signal.SIGINT if isinstance(error, KeyboardInterrupt) else signal.SIGTERM
     if signum is not None:  # outside the training loop: at the last checkpoint
@@ -98,7 +100,10 @@ def record_failure(
     folder has (a finished or interrupted run that a resume could not continue); a started
     one keeps the failure it recorded itself (a DDP job's own)."""
     status = run_folder.read_status(output_dir).get("status")
-    if status is None or (started and status != "failed"):
+    if status is None and isinstance(err, RunInterrupted | KeyboardInterrupt):
+        write_status(output_dir, "interrupted", name=name, interrupted_at=None,
+                     error="stopped by a signal before training started")  # fmt: skip
+    elif status is None or (started and status != "failed"):
         error = f"{type(err).__name__}: {err}"
         write_status(output_dir, "failed", name=name, error=error)
     elif not started:  # a continuation refused before it started: the folder as it was

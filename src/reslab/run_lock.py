@@ -149,31 +149,42 @@ def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
 
 
 # A continued run folder's files that Hydra and the lock rewrite before the run starts, as they
-# were: a continuation refused before it starts puts them back (reslab.record.record_failure).
+# were: a continuation refused before it starts puts them back (reslab.record.record_failure;
+# a resumed sweep's jobs: hydra_plugins/reslab_sweeper).
 _KEPT: dict[Path, bytes | None] = {}
-_REWRITTEN = (LOCK_FILE, "reslab.log", ".hydra/config.yaml", ".hydra/hydra.yaml",
+_REWRITTEN = (LOCK_FILE, "reslab.log", "error.txt", ".hydra/config.yaml", ".hydra/hydra.yaml",
               ".hydra/overrides.yaml")  # fmt: skip
 
 
-def keep(folder: Path) -> None:
-    """Remembers the files of ``folder``, a run's, that a start rewrites (for :func:`put_back`),
-    and its status.json."""
-    _KEPT.clear()
-    if (folder / STATUS_FILE).is_file():
-        for path in (folder / name for name in (STATUS_FILE, *_REWRITTEN)):
-            _KEPT[path] = path.read_bytes() if path.is_file() else None
+def snapshot(folder: Path) -> dict[Path, bytes | None]:
+    """The files of ``folder``, a run's, that a start rewrites, status.json first (none for a
+    folder that holds no run)."""
+    if not (folder / STATUS_FILE).is_file():
+        return {}
+    paths = (folder / name for name in (STATUS_FILE, *_REWRITTEN))
+    return {path: path.read_bytes() if path.is_file() else None for path in paths}
 
 
-def put_back() -> None:
-    """Restores what :func:`keep` remembered, the folder byte for byte as before this start,
+def restore(kept: dict[Path, bytes | None]) -> None:
+    """Puts back what :func:`snapshot` took, the folder byte for byte as before the start,
     unless the run started (its status.json changed): then what it wrote stays."""
-    status = next(iter(_KEPT), None)
-    if status is None or not status.is_file() or status.read_bytes() != _KEPT[status]:
-        _KEPT.clear()
+    status = next(iter(kept), None)
+    if status is None or not status.is_file() or status.read_bytes() != kept[status]:
         return
-    for path, data in _KEPT.items():
+    for path, data in kept.items():
         if data is None:
             path.unlink(missing_ok=True)
         elif not path.is_file() or path.read_bytes() != data:
             path.write_bytes(data)
+
+
+def keep(folder: Path) -> None:
+    """This process's run continues ``folder``: :func:`snapshot` it for :func:`put_back`."""
+    _KEPT.clear()
+    _KEPT.update(snapshot(folder))
+
+
+def put_back() -> None:
+    """:func:`restore` of what :func:`keep` took."""
+    restore(_KEPT)
     _KEPT.clear()

@@ -26,6 +26,13 @@ class RunInterrupted(BaseException):
         super().__init__(f"{signal.Signals(signum).name} at iteration {step}")
 
 
+def interrupt_now(signum: int, frame: Any) -> None:
+    """reslab-train's SIGTERM handler outside the training loop (where :class:`StopOnSignal`
+    has not replaced it): stop at once, as Ctrl-C does, so that the run and the sweep still
+    say how they ended."""
+    raise RunInterrupted(signum, None)
+
+
 class StopOnSignal(L.Callback):
     """On SIGINT or SIGTERM (and, in a SLURM job, SIGUSR2: submitit's warning before the time
     limit), the training step in progress (its K iterations) finishes, ``last.ckpt`` is saved at
@@ -91,5 +98,5 @@ class StopOnSignal(L.Callback):
         """Calls the handler there before fit for the signal received (submitit's: it requeues
         the job and exits), unless it is Python's own Ctrl-C or none."""
         handler = self._before.get(self.signum)
-        if callable(handler) and handler is not signal.default_int_handler:
+        if callable(handler) and handler not in (signal.default_int_handler, interrupt_now):
             handler(self.signum, None)

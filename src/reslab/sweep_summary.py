@@ -80,6 +80,7 @@ def conclude(sweep_dir: Path) -> None:
 
     if not sweep_dir.is_dir():
         return
+    sweep_dir = sweep_dir.absolute()  # the command it prints works from any folder
     say_how_slurm_ended(sweep_dir)
     never = [f"{waiting} never started"] if (waiting := never_started(sweep_dir)) else []
     console = Console()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -61,7 +62,26 @@ def folders_of(jobs: list[list[str]], sweep_dir: Path) -> list[Path | None]:
 
 
 def is_sweep_folder(folder: Path) -> bool:
-    return (folder / SWEEP_FILE).is_file() and not (folder / "status.json").is_file()
+    """A sweep's folder: Hydra's record of it (a basic sweep's ``multirun.yaml``) or job folders
+    (a search's, which Hydra's optuna sweeper leaves without that record), and not a run."""
+    if (folder / "status.json").is_file():
+        return False
+    return (folder / SWEEP_FILE).is_file() or any(folder.glob(f"*/{OVERRIDES_FILE}"))
+
+
+def _sweeper(sweep_dir: Path) -> str | None:
+    """The sweeper of the sweep in ``sweep_dir`` (``multirun.yaml``'s, else a job's)."""
+    records = [sweep_dir / SWEEP_FILE, *sorted(sweep_dir.glob("*/.hydra/hydra.yaml"))]
+    record = next((r for r in records if r.is_file()), None)
+    if record is None:
+        return None
+    return OmegaConf.select(OmegaConf.load(record), "hydra.sweeper._target_")
+
+
+def _jobs(sweep: Any) -> list[list[str]]:
+    params = OmegaConf.select(sweep, "hydra.sweeper.params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in sweep.hydra.overrides.task]
+    return expand(OverridesParser.create(), lines)
 
 
 def sweep_resume_command(
@@ -70,17 +90,27 @@ def sweep_resume_command(
     """The ``reslab-train -m`` command that finishes the sweep in ``sweep_dir`` and the folder to
     run it in: its first start's (:func:`reslab.resume.first_start`: the launcher it used),
     ``extra`` and ``hydra/sweeper=resume``. ValueError for a search (a sweeper other than
-    Hydra's basic one: its trials are drawn as it runs)."""
+    Hydra's basic one: its trials are drawn as it runs) and for an ``extra`` of a key the sweep
+    varies."""
     from reslab.resume import _quoted, first_start
 
     sweep_dir = Path(sweep_dir).expanduser().absolute()
-    sweep = OmegaConf.load(sweep_dir / SWEEP_FILE)
-    target = OmegaConf.select(sweep, "hydra.sweeper._target_")
-    if target not in (BASIC_SWEEPER, RESUME_SWEEPER):
+    target = _sweeper(sweep_dir)
+    if target not in (BASIC_SWEEPER, RESUME_SWEEPER) or not (sweep_dir / SWEEP_FILE).is_file():
         raise ValueError(
             f"{sweep_dir} is a search ({target}): its trials are drawn as it runs, so it cannot "
             "be finished job by job; resume a trial with reslab-resume TRIAL_FOLDER, or start "
             "the search again"
+        )
+    sweep = OmegaConf.load(sweep_dir / SWEEP_FILE)
+    jobs = [dict(o.split("=", 1) for o in job) for job in _jobs(sweep)]
+    swept = {k for k in jobs[0] if len({job.get(k) for job in jobs}) > 1}
+    parsed = OverridesParser.create().parse_overrides(list(extra or []))
+    if given := [o.input_line for o in parsed if o.is_sweep_override() or o.key_or_group in swept]:
+        raise ValueError(
+            f"{' '.join(given)}: the sweep in {sweep_dir} varies {', '.join(sorted(swept))} "
+            "itself; reslab-resume SWEEP_FOLDER takes overrides of the other keys, for every "
+            "job (optim.max_steps=...), and no new sweep values"
         )
     config_dir, hydra_overrides, cwd = first_start(sweep_dir / SWEEP_FILE, _OWN)
     task = [str(o) for o in sweep.hydra.overrides.task if not str(o).startswith("ckpt_path=")]
@@ -93,11 +123,12 @@ def sweep_resume_command(
 
 def never_started(sweep_dir: Path) -> int:
     """How many jobs of the basic sweep in ``sweep_dir`` (its ``multirun.yaml``) have no folder
-    yet; 0 for a search, whose trials are drawn as it runs."""
-    sweep = OmegaConf.load(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else None
-    if sweep is None or OmegaConf.select(sweep, "hydra.sweeper._target_") != BASIC_SWEEPER:
+    yet; 0 for a search, whose trials are drawn as it runs, or a sweep of globs (which only
+    Hydra's config loader expands)."""
+    if _sweeper(sweep_dir) != BASIC_SWEEPER or not (sweep_dir / SWEEP_FILE).is_file():
         return 0
-    params = OmegaConf.select(sweep, "hydra.sweeper.params") or {}
-    lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in sweep.hydra.overrides.task]
-    jobs = expand(OverridesParser.create(), lines)
+    try:
+        jobs = _jobs(OmegaConf.load(sweep_dir / SWEEP_FILE))
+    except Exception:
+        return 0
     return sum(folder is None for folder in folders_of(jobs, sweep_dir))

@@ -12,6 +12,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from reslab.run_lock import restore, snapshot
 from reslab.sweeps import expand, folders_of
 
 
@@ -56,7 +57,12 @@ class ResumeSweeper(Sweeper):
               f"left as they are, {len(batch)} to run", flush=True)  # fmt: skip
         if not batch:
             return []
-        results = self.launcher.launch(batch, initial_job_idx=0)
+        kept = [snapshot(sweep_dir / job[-1].split("=", 1)[1]) for job in batch]
+        try:
+            results = self.launcher.launch(batch, initial_job_idx=0)
+        finally:  # a job refused before it started: its folder as it was
+            for folder in kept:
+                restore(folder)
         for result in results:
             _ = result.return_value  # a failed job raises here, as with Hydra's sweeper
         return [results]
