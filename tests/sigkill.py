@@ -37,3 +37,17 @@ class PauseAt(L.Callback):
         deadline = time.monotonic() + 120
         while Path(self.file).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class PauseInSetup(L.Callback):
+    """Waits in ``setup``, before training starts (StopOnSignal's handlers not yet in place),
+    while the file ``file`` exists (it writes it)."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        Path(self.file).write_text(f"{os.getpid()}\n")
+        deadline = time.monotonic() + 120
+        while Path(self.file).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)

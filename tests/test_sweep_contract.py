@@ -74,6 +74,12 @@ def test_a_sweep_stopped_by_sigterm_is_finished_by_reslab_resume(tmp_path: Path)
     assert jobs(sweep) == ["0_resnet-8A", "1_resnet-8A"]  # job 2 never started
     assert status(sweep / "1_resnet-8A")["status"] == "interrupted"
     finished = files(sweep / "0_resnet-8A")
+    stopped = {name: data for name, (data, _) in files(sweep / "1_resnet-8A").items()}
+    refused = reslab(tmp_path, str(sweep), "optim.lr=-1", command="resume")
+    assert refused.returncode == 1 and "optim.lr=-1" in refused.stdout
+    assert {n: d for n, (d, _) in files(sweep / "1_resnet-8A").items()} == stopped  # as it was
+    swept = reslab(tmp_path, str(sweep), "seed=5", command="resume")
+    assert swept.returncode == 1 and "varies seed itself" in swept.stderr
 
     result = reslab(tmp_path, str(sweep), command="resume")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -132,7 +138,7 @@ def test_a_new_run_or_sweep_never_overwrites_one(tmp_path: Path) -> None:
     ]
     again = reslab(tmp_path, "-m", *S, "seed=2", f"hydra.sweep.dir={sweep}")
     assert again.returncode == 1
-    assert f"{sweep} already holds a sweep (multirun.yaml); continue it with reslab-resume" in (
+    assert f"{sweep} already holds a sweep (multirun.yaml or job folders); continue it with" in (
         again.stderr
     )
     assert files(tmp_path) == before
@@ -208,6 +214,12 @@ def test_a_search_records_diverged_and_failed_trials_and_goes_on(tmp_path: Path)
     assert "3 job(s) of the sweep failed" in result.stderr
     assert result.stdout.count("│ failed") == 3 and "│ diverged at" in result.stdout
     assert "Values cannot be specified" not in result.stdout + result.stderr
+    before = files(sweep)  # a search folder has no multirun.yaml: still a sweep's folder
+    again = reslab(tmp_path, "-m", *S, "seed=9", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 1 and "already holds a sweep" in again.stderr
+    resumed = reslab(tmp_path, str(sweep), command="resume")
+    assert resumed.returncode == 1 and "is a search" in resumed.stderr
+    assert files(sweep) == before
 
 
 def test_an_ad_hoc_sweep_is_its_own_wandb_group_and_experiments_keep_theirs() -> None:
@@ -375,3 +387,32 @@ def test_the_printed_resume_command_works_pasted_for_a_folder_with_a_space(tmp_p
                             env={**env(tmp_path), "PATH": path}, timeout=600)  # fmt: skip
     assert pasted.returncode == 0, pasted.stdout[-2000:] + pasted.stderr[-2000:]
     assert status(run)["status"] == "finished" and status(run)["iterations"] == 300
+
+
+
+def test_sigterm_before_training_starts_still_records_the_job_and_prints_the_table(
+    tmp_path: Path,
+) -> None:
+    sweep, paused = tmp_path / "W", tmp_path / "paused"
+    tests = str(Path(__file__).resolve().parent)
+    command = [sys.executable, "-c", "from reslab.cli import train_main; train_main()", "-m",
+               *S, "seed=0,1", f"hydra.sweep.dir={sweep}",
+               "+callbacks.pause._target_=sigkill.PauseInSetup", f"+callbacks.pause.file={paused}"]
+    started = subprocess.Popen(command, env={**env(tmp_path), "PYTHONPATH": tests}, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not paused.exists():
+        assert started.poll() is None and time.time() < deadline, started.stdout.read()[-3000:]
+        time.sleep(0.05)
+    started.send_signal(signal.SIGTERM)  # in setup: StopOnSignal's handlers are not there yet
+    out = started.communicate(timeout=300)[0]
+    assert started.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert status(sweep / "0_resnet-8A")["status"] == "interrupted"
+    assert "│ 0_resnet-8A │ interrupted" in out  # the table
+    assert "1 never started" in out
+
+
+def test_a_glob_sweep_prints_its_table(tmp_path: Path) -> None:
+    result = reslab(tmp_path, "-m", *S, "shortcut=glob(A*)", f"hydra.sweep.dir={tmp_path / 'W'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reslab sweep" in result.stdout and "0_resnet-8A" in result.stdout

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import yaml
-from omegaconf import OmegaConf
 
 from reslab.checkpoints import check_ckpt_path, first_start_path, verify_checkpoint
 from reslab.config import CONFIG_DIR, CONFIG_NAME
 from reslab.run_folder import LAST_CHECKPOINT, OVERRIDES_FILE, read_status
+from reslab.sweeps import first_start, hydra_quoted
 
 TRAIN_MODULE = "reslab.cli"  # the module `python -m` runs for reslab-train
 HYDRA_FILE = ".hydra/hydra.yaml"  # Hydra's own config of the run: how it was started
@@ -77,25 +77,9 @@ def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple
     config_dir, hydra_overrides, cwd = first_start(run_dir / HYDRA_FILE, RUN_ONLY)
     command = [
         sys.executable, "-m", TRAIN_MODULE, *config_dir, *hydra_overrides, *_run_overrides(run_dir),
-        *(extra or []), f"hydra.run.dir={_quoted(run_dir)}", "ckpt_path=last",
+        *(extra or []), f"hydra.run.dir={hydra_quoted(run_dir)}", "ckpt_path=last",
     ]  # fmt: skip
     return command, cwd
-
-
-def first_start(hydra_file: Path, drop: tuple[str, ...]) -> tuple[list[str], list[str], Path]:
-    """What Hydra recorded of a run's or sweep's first start (``.hydra/hydra.yaml``,
-    ``multirun.yaml``) that its task overrides do not hold: ``--config-dir``, the ``hydra.*``
-    overrides the user gave (``hydra.job.chdir``, ``hydra.job.env_set``, the launcher; not
-    those of ``drop``) and the folder it started in (relative paths resolve there again)."""
-    hydra = OmegaConf.load(hydra_file).hydra if hydra_file.is_file() else OmegaConf.create()
-    sources = OmegaConf.select(hydra, "runtime.config_sources") or []
-    config_dir = [f"--config-dir={s.path}" for s in sources if s.provider == "command-line"]
-    overrides = [
-        str(o) for o in OmegaConf.select(hydra, "overrides.hydra") or []
-        if not str(o).lstrip("+~").startswith(drop)
-    ]  # fmt: skip
-    cwd = Path(str(OmegaConf.select(hydra, "runtime.cwd") or "."))
-    return config_dir, overrides, cwd if cwd.is_dir() else Path.cwd()
 
 
 def resume_done(run_dir: str | Path, extra: list[str] | None = None) -> str | None:
@@ -119,10 +103,3 @@ def _run_overrides(run_dir: Path) -> list[str]:
     """The run's own overrides (``.hydra/overrides.yaml``), without the checkpoint it named."""
     overrides = yaml.safe_load((run_dir / OVERRIDES_FILE).read_text()) or []
     return [o for o in overrides if not o.startswith("ckpt_path=")]
-
-
-def _quoted(path: Path) -> str:
-    """``path`` as a value of Hydra's override grammar."""
-    text = str(path)
-    quoted = "'" + text.replace("'", "\\'") + "'"  # the grammar's escaped quote: \'
-    return quoted if any(c in text for c in " ,=[]{}()'\"\\$:") else text

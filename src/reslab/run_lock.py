@@ -129,7 +129,7 @@ def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
     """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not its
     continuation (``ckpt_path=last``, a requeued SLURM job), or holds a sweep (multirun.yaml)
     and this is not ``reslab-resume``'s (``hydra/sweeper=resume``): nothing is overwritten."""
-    from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE
+    from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
 
     if mode == "run":
         requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
@@ -139,9 +139,9 @@ def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
         what = f"a {state} run ({STATUS_FILE})"
     else:
         target = OmegaConf.select(config, "hydra.sweeper._target_")
-        if not (folder / SWEEP_FILE).is_file() or target == RESUME_SWEEPER:
+        if not is_sweep_folder(folder) or target == RESUME_SWEEPER:
             return
-        what = f"a sweep ({SWEEP_FILE})"
+        what = f"a sweep ({SWEEP_FILE} or job folders)"
     raise FolderTaken(
         f"{folder} already holds {what}; continue it with reslab-resume {shlex.quote(str(folder))}"
         f", or choose another folder (hydra.{mode}.dir=...): a new {mode} never overwrites one"

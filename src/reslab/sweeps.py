@@ -88,12 +88,10 @@ def sweep_resume_command(
     sweep_dir: str | Path, extra: list[str] | None = None
 ) -> tuple[list[str], Path]:
     """The ``reslab-train -m`` command that finishes the sweep in ``sweep_dir`` and the folder to
-    run it in: its first start's (:func:`reslab.resume.first_start`: the launcher it used),
+    run it in: its first start's (:func:`first_start`: the launcher it used),
     ``extra`` and ``hydra/sweeper=resume``. ValueError for a search (a sweeper other than
     Hydra's basic one: its trials are drawn as it runs) and for an ``extra`` of a key the sweep
     varies."""
-    from reslab.resume import _quoted, first_start
-
     sweep_dir = Path(sweep_dir).expanduser().absolute()
     target = _sweeper(sweep_dir)
     if target not in (BASIC_SWEEPER, RESUME_SWEEPER) or not (sweep_dir / SWEEP_FILE).is_file():
@@ -116,7 +114,7 @@ def sweep_resume_command(
     task = [str(o) for o in sweep.hydra.overrides.task if not str(o).startswith("ckpt_path=")]
     command = [
         sys.executable, "-m", "reslab.cli", "-m", *config_dir, *hydra_overrides, *task,
-        *(extra or []), f"hydra.sweep.dir={_quoted(sweep_dir)}", "hydra/sweeper=resume",
+        *(extra or []), f"hydra.sweep.dir={hydra_quoted(sweep_dir)}", "hydra/sweeper=resume",
     ]  # fmt: skip
     return command, cwd
 
@@ -132,3 +130,26 @@ def never_started(sweep_dir: Path) -> int:
     except Exception:
         return 0
     return sum(folder is None for folder in folders_of(jobs, sweep_dir))
+
+
+def first_start(hydra_file: Path, drop: tuple[str, ...]) -> tuple[list[str], list[str], Path]:
+    """What Hydra recorded of a run's or sweep's first start (``.hydra/hydra.yaml``,
+    ``multirun.yaml``) that its task overrides do not hold: ``--config-dir``, the ``hydra.*``
+    overrides the user gave (``hydra.job.chdir``, ``hydra.job.env_set``, the launcher; not
+    those of ``drop``) and the folder it started in (relative paths resolve there again)."""
+    hydra = OmegaConf.load(hydra_file).hydra if hydra_file.is_file() else OmegaConf.create()
+    sources = OmegaConf.select(hydra, "runtime.config_sources") or []
+    config_dir = [f"--config-dir={s.path}" for s in sources if s.provider == "command-line"]
+    overrides = [
+        str(o) for o in OmegaConf.select(hydra, "overrides.hydra") or []
+        if not str(o).lstrip("+~").startswith(drop)
+    ]  # fmt: skip
+    cwd = Path(str(OmegaConf.select(hydra, "runtime.cwd") or "."))
+    return config_dir, overrides, cwd if cwd.is_dir() else Path.cwd()
+
+
+def hydra_quoted(path: Path) -> str:
+    """``path`` as a value of Hydra's override grammar."""
+    text = str(path)
+    quoted = "'" + text.replace("'", "\\'") + "'"  # the grammar's escaped quote: \'
+    return quoted if any(c in text for c in " ,=[]{}()'\"\\$:") else text

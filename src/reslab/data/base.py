@@ -173,12 +173,6 @@ class InMemoryDataModule(L.LightningDataModule):
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size].sort().values, order[self.val_size :].sort().values
         train = train[: self.train_subset]
-        if len(train) < self.batch_size:  # not one whole batch: no iteration could train
-            raise ValueError(
-                f"data.batch_size={self.batch_size} is larger than the {len(train)} training "
-                f"images (data.train_subset={self.train_subset}, data.val_size={self.val_size}"
-                f"); valid: a batch of at most {len(train)} images, or more training images"
-            )
         self.splits = Splits(x[train], y[train], x[val], y[val], test_x, test_y)
         # The paper's only normalisation: the per-pixel mean of the training images.
         self.mean = self.splits.train_images.float().mean(0)
@@ -205,6 +199,12 @@ class InMemoryDataModule(L.LightningDataModule):
     def train_dataloader(self) -> BatchLoader:
         splits, (rank, world), trainer = self._placed(), self._world(), self.trainer
         require_batch_split(self.batch_size, world, "devices")
+        if (n := len(splits.train_labels)) < self.batch_size:  # no whole batch: no iteration
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is larger than the {n} training images "
+                f"(data.train_subset={self.train_subset}, data.val_size={self.val_size}); "
+                f"valid: a batch of at most {n} images, or more training images"
+            )
         module = trainer.lightning_module if trainer is not None else None
         return BatchLoader(
             splits.train_images, splits.train_labels, self.batch_size,
