@@ -68,9 +68,8 @@ def test_a_sweep_stopped_by_sigterm_is_finished_by_reslab_resume(tmp_path: Path)
     started.send_signal(signal.SIGTERM)
     out = started.communicate(timeout=300)[0].decode()
     assert started.returncode == 128 + signal.SIGTERM, out[-3000:]
-    assert "2 job(s) did not finish: 1_resnet-8A (interrupted), 1 never started; finish the " (
-        f"sweep: reslab-resume {sweep}"
-    ) in out
+    said = "2 job(s) did not finish: 1_resnet-8A (interrupted), 1 never started; finish the sweep"
+    assert f"{said}: reslab-resume {sweep}" in out
     assert jobs(sweep) == ["0_resnet-8A", "1_resnet-8A"]  # job 2 never started
     assert status(sweep / "1_resnet-8A")["status"] == "interrupted"
     finished = files(sweep / "0_resnet-8A")
