@@ -35,12 +35,13 @@ def train(cfg: DictConfig) -> float:
     sweeper's metric (:func:`reslab.record.record`). Resuming a finished run with nothing left
     to train changes nothing; a run that could not start (its checkpoint missing or damaged)
     leaves the status.json a folder had."""
-    output_dir, started = Path(cfg.paths.output_dir), time.time()
+    output_dir, started, step = Path(cfg.paths.output_dir), time.time(), None
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
         if resume is not None:  # refused here, the folder stays as it was
             checkpoint = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
             check_resume(checkpoint, OmegaConf.select(cfg, "module.fused_iterations", default=1))
+            step = checkpoint["global_step"]
         own = resume == str(output_dir / run_folder.LAST_CHECKPOINT)
         done = run_complete(output_dir, cfg.trainer.max_steps) if own else None
     except BaseException as err:
@@ -53,13 +54,15 @@ def train(cfg: DictConfig) -> float:
     write_status(output_dir, "running", name=cfg.name)
     trainer, metrics = None, {}
     try:
-        trainer, module, datamodule = build(cfg, output_dir, resume)
+        trainer, module, datamodule = build(cfg, output_dir, resume, step)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = final_metrics(trainer)  # validate() and test() replace the trainer's metrics
-        out_of_time_or_done = out_of_time(trainer) is not None or not ended_early(trainer)
-        if out_of_time_or_done and isinstance(trainer.checkpoint_callback, RunCheckpoint):
+        early = ended_early(trainer)
+        if (out_of_time(trainer) is not None or not early) and isinstance(
+            trainer.checkpoint_callback, RunCheckpoint
+        ):  # the last iteration's checkpoint: a finished run's, or one out of time
             trainer.checkpoint_callback.save_final(trainer)
-        if not ended_early(trainer):
+        if not early:
             if datamodule.has_val and module.validated_at != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)  # the final net
                 metrics.update(final_metrics(trainer))
@@ -71,10 +74,12 @@ def train(cfg: DictConfig) -> float:
     return record(cfg.name, output_dir, started, trainer, metrics)
 
 
-def build(cfg: DictConfig, output_dir: Path, resume: str | None) -> tuple[L.Trainer, Any, Any]:
+def build(
+    cfg: DictConfig, output_dir: Path, resume: str | None, step: int | None = None
+) -> tuple[L.Trainer, Any, Any]:
     """The run's trainer, module and datamodule, its folder prepared (:func:`prepare_folder`),
     its header printed, its provenance and hyperparameters recorded."""
-    prepare_folder(cfg.name, output_dir, resume)
+    prepare_folder(cfg.name, output_dir, resume, step)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     given = cfg.data.get("data_dir")  # a relative one: as the command meant it (chdir or not)
     where = {"data_dir": str(first_start_path(given))} if given else {}
@@ -109,7 +114,9 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 
 @rank_zero_only
-def prepare_folder(name: str, output_dir: Path, resume: str | None) -> None:
+def prepare_folder(
+    name: str, output_dir: Path, resume: str | None, step: int | None = None
+) -> None:
     """A resumed run cuts metrics.csv back to its checkpoint (it logs the rest again) and keeps
     its wandb run; a fresh start in a folder that has them begins a new metrics.csv and a new
     wandb run."""
@@ -117,7 +124,6 @@ def prepare_folder(name: str, output_dir: Path, resume: str | None) -> None:
         for stale in (run_folder.METRICS_FILE, run_folder.WANDB_ID_FILE):
             (output_dir / stale).unlink(missing_ok=True)
         return
-    step = torch.load(resume, map_location="cpu", weights_only=True)["global_step"]
     dropped = run_folder.cut_metrics(output_dir, step)
     print(
         f"[reslab] {name}: resuming from {resume} at iteration {step}"
