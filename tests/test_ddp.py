@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import torch
 from conftest import CIFAR_BATCH
 from hydra import compose, initialize_config_dir
+from processes import run_group
 from test_bad_input import IMAGENET_SMALL
 
 from reslab.checks import check_run
@@ -46,12 +46,12 @@ def ddp_run(tmp: Path, data_dir: Path, *overrides: str) -> list[dict]:
     record = tmp / "record"
     pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": pythonpath}
-    result = subprocess.run(
+    result = run_group(
         [sys.executable, "-m", "reslab.cli", *run_args(data_dir), "trainer=ddp",
          "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
          "+callbacks.record._target_=ddp_worker.RankRecorder",
          f"+callbacks.record.out_dir={record}", f"hydra.run.dir={tmp / 'run'}", *overrides],
-        capture_output=True, text=True, env=env, cwd=tmp, timeout=180,
+        env=env, cwd=tmp, timeout=180,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -193,12 +193,11 @@ def test_imagenet_evaluation_counts_each_val_image_once_over_the_ranks(
     those one process computes from the run's last checkpoint."""
     args = [*IMAGENET_SMALL, f"data.data_dir={tiny_imagenet}", "debug=smoke", "data.val_size=5",
             "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0"]  # fmt: skip
-    result = subprocess.run(
+    result = run_group(
         [sys.executable, "-m", "reslab.cli", *args, "data.num_workers=1", "logger=csv",
          "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
          f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-        env={**os.environ, "WANDB_MODE": "offline"},
+        cwd=tmp_path, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
     )  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     status = json.loads((tmp_path / "run" / "status.json").read_text())
