@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,8 +75,11 @@ def test_a_sweep_stopped_by_sigterm_is_finished_by_reslab_resume(tmp_path: Path)
     assert status(sweep / "1_resnet-8A")["status"] == "interrupted"
     finished = files(sweep / "0_resnet-8A")
     stopped = {name: data for name, (data, _) in files(sweep / "1_resnet-8A").items()}
+    before = {n: d for n, (d, _) in files(sweep).items() if n != ".lock"}  # (the lock's holder)
     refused = reslab(tmp_path, str(sweep), "optim.lr=-1", command="resume")
-    assert refused.returncode == 1 and "optim.lr=-1" in refused.stdout
+    assert refused.returncode == 1 and "optim.lr=-1" in refused.stderr
+    assert "the sweep's resume is refused, no job was launched" in refused.stderr
+    assert {n: d for n, (d, _) in files(sweep).items() if n != ".lock"} == before  # no job 2
     assert {n: d for n, (d, _) in files(sweep / "1_resnet-8A").items()} == stopped  # as it was
     swept = reslab(tmp_path, str(sweep), "seed=5", command="resume")
     assert swept.returncode == 1 and "varies seed itself" in swept.stderr
@@ -94,6 +98,29 @@ def test_a_sweep_stopped_by_sigterm_is_finished_by_reslab_resume(tmp_path: Path)
     assert (sweep / "1_resnet-8A" / "metrics.csv").read_bytes() == (
         whole / "metrics.csv"
     ).read_bytes()
+
+
+@pytest.mark.slow  # a sweep of four smoke jobs, resumed twice
+def test_a_resume_refused_for_every_job_launches_none(tmp_path: Path) -> None:
+    """The resume's own override is bad for every job to launch: one line, no job folder made
+    (the one that never started) or changed (the failed one); a job bad alone fails alone."""
+    sweep = tmp_path / "W"
+    first = reslab(tmp_path, "-m", *S, "optim.lr=0.1,-1", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert [status(sweep / job)["status"] for job in jobs(sweep)] == [
+        "finished", "finished", "failed", "failed"
+    ]
+    shutil.rmtree(sweep / "1_resnet-8A")  # as if it never started
+    before = {n: d for n, (d, _) in files(sweep).items() if n != ".lock"}
+    refused = reslab(tmp_path, str(sweep), "data.batch_size=0", command="resume")
+    assert refused.returncode == 1, refused.stdout[-3000:] + refused.stderr[-3000:]
+    (line,) = [x for x in refused.stderr.splitlines() if "error:" in x]
+    assert "the sweep's resume is refused, no job was launched" in line
+    assert "data.batch_size=0" in line
+    assert {n: d for n, (d, _) in files(sweep).items() if n != ".lock"} == before
+    again = reslab(tmp_path, str(sweep), command="resume")  # job 1 runs; lr=-1 refused alone
+    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "1_resnet-8A │ finished" in again.stdout and "failed" in again.stdout
 
 
 def test_a_bad_network_name_fails_its_job_alone(tmp_path: Path) -> None:

@@ -199,12 +199,14 @@ def _end_sweep(err: BaseException) -> None:
     """A sweep that ended on an error (Hydra's sweeper raises a failed job's after the other
     jobs ran; a signal stops it; a SLURM job ends without a result): its table
     (sweep_summary.conclude), then exit 1 when a job failed or did not finish, 0 when the jobs
-    without a result diverged, and the signal's exit code after a signal."""
+    without a result diverged, and the signal's exit code after a signal. A refused resume
+    (reslab.sweeps.ResumeRefused) launched nothing: no table."""
     from reslab.signals import RunInterrupted
     from reslab.sweep_summary import SweepFailed, conclude, running_sweep
+    from reslab.sweeps import ResumeRefused
 
     sweep = running_sweep()
-    if sweep is None:
+    if sweep is None or isinstance(err, ResumeRefused):  # nothing ran: its one line says why
         return
     try:
         conclude(sweep)

@@ -25,6 +25,11 @@ RESUME_SWEEPER = "hydra_plugins.reslab_sweeper.ResumeSweeper"  # conf/hydra/swee
 _OWN = ("hydra.sweep.dir", "hydra.mode", "hydra/sweeper")
 
 
+class ResumeRefused(ValueError):
+    """``reslab-resume SWEEP_FOLDER`` whose every job to launch is refused by reslab's checks:
+    nothing ran, every folder is as it was."""
+
+
 def expand(parser: OverridesParser, lines: list[str]) -> list[list[str]]:
     """The jobs of ``lines`` as Hydra's basic sweeper numbers them (``BasicSweeper.
     split_arguments``, pinned by tests/test_upstream.py): one list of overrides per job, the

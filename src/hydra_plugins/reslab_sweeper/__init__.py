@@ -13,7 +13,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from reslab.run_lock import restore, snapshot
-from reslab.sweeps import expand, folders_of
+from reslab.sweeps import ResumeRefused, expand, folders_of
 
 
 class ResumeSweeper(Sweeper):
@@ -57,6 +57,7 @@ class ResumeSweeper(Sweeper):
               f"left as they are, {len(batch)} to run", flush=True)  # fmt: skip
         if not batch:
             return []
+        self._check(batch)
         kept = [snapshot(sweep_dir / job[-1].split("=", 1)[1]) for job in batch]
         try:
             results = self.launcher.launch(batch, initial_job_idx=0)
@@ -66,3 +67,33 @@ class ResumeSweeper(Sweeper):
         for result in results:
             _ = result.return_value  # a failed job raises here, as with Hydra's sweeper
         return [results]
+
+    def _check(self, batch: list[list[str]]) -> None:
+        """reslab's checks (reslab.checks.check_run) of each job to launch, on its composed
+        config: when every job is refused (the resume's own overrides are bad), nothing is
+        launched and no folder is made or changed (:class:`reslab.sweeps.ResumeRefused`); a job
+        refused alone fails alone, as in the sweep's first start."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from reslab import console
+        from reslab.checks import check_run
+        from reslab.cli import explain
+
+        console.quiet_third_party()  # Lightning's notices, as in a job
+        assert self.config is not None
+        loader, first, hydra = self.hydra_context.config_loader, None, HydraConfig.instance()
+        previous = hydra.cfg
+        for job in batch:
+            try:
+                cfg = loader.load_sweep_config(self.config, job)
+                hydra.set_config(cfg)  # its ${hydra:...} values, as when it runs
+                check_run(cfg)
+                return
+            except Exception as err:  # the job's own error, said below
+                first = first or err
+            finally:
+                hydra.cfg = previous
+        raise ResumeRefused(
+            f"the sweep's resume is refused, no job was launched and its folder is as it was: "
+            f"{explain(first) or first}"
+        ) from first
