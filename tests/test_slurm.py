@@ -158,6 +158,25 @@ def test_a_cancelled_job_is_said_the_others_run_on_and_the_sweep_resumes(
     )
 
 
+@pytest.mark.slow  # a SLURM job that runs past its 1-minute time limit (checked every ~30 s)
+def test_a_timed_out_job_is_said_timed_out(slurm_cluster, tmp_path: Path) -> None:
+    """No warning before the time limit (``signal_delay_s=0``): SLURM ends the job TIMEOUT
+    (SIGTERM, then SIGKILL); its status.json, the table and the closing line say so and how to
+    continue it."""
+    proc, folder = start_sweep(
+        slurm_cluster, tmp_path, "model.depth=8", "optim.max_steps=100000",
+        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=0",
+    )  # fmt: skip
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    ended = status(folder / "0_resnet-8A")
+    assert ended.get("ended_by_slurm") == "TIMEOUT", ended
+    assert ended["status"] in ("preempted", "interrupted"), ended
+    assert f"│ 0_resnet-8A │ {ended['status']} (TIMEOUT)" in out, out[-3000:]
+    assert f"finish the sweep: reslab-resume {folder}" in out
+
+
 @pytest.mark.slow  # a SLURM job warned of its time limit with no requeue left
 def test_a_job_whose_requeues_are_used_up_says_so_and_how_to_continue(
     slurm_cluster, tmp_path: Path

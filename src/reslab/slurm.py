@@ -72,6 +72,8 @@ class _SqueueWhenNoAccounting(SlurmInfoWatcher):
 # SLURM's job states that end a job from outside (the job itself ends COMPLETED or FAILED).
 ENDED_BY_SLURM = ("CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                   "BOOT_FAIL", "DEADLINE")  # fmt: skip
+# What a job ended from outside says of itself: killed (running), or stopped on SLURM's signal.
+ENDED_BY_SIGNAL_OR_KILL = ("running", "preempted", "interrupted")
 _ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
            "REQUEUE_FED", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING")  # fmt: skip
 
@@ -91,7 +93,8 @@ def say_how_slurm_ended(sweep_dir: Path, poll_s: float = 2.0) -> None:
     """Waits until every SLURM job of the sweep in ``sweep_dir`` (``.submitit/<job>``) has left
     the queue, then writes into each job folder's status.json how SLURM ended a job that did
     not end itself (``ended_by_slurm``: CANCELLED, TIMEOUT, NODE_FAIL, ...; a job killed while
-    ``running`` is ``interrupted`` at its last checkpoint)."""
+    ``running`` is ``interrupted`` at its last checkpoint; one stopped on SLURM's SIGTERM keeps
+    what it said, preempted or interrupted)."""
     tasks = [p.name for p in (sweep_dir / ".submitit").glob("[0-9]*") if p.is_dir()]
     if not tasks or shutil.which("squeue") is None:
         return
@@ -106,6 +109,7 @@ def say_how_slurm_ended(sweep_dir: Path, poll_s: float = 2.0) -> None:
     for folder in (p for p in sweep_dir.iterdir() if (p / STATUS_FILE).is_file()):
         status = read_status(folder)
         state = states.get(str(status.get("slurm_job")))
-        if state in ENDED_BY_SLURM and status.get("status") in ("running", "preempted"):
-            status["status"] = "interrupted" if status["status"] == "running" else "preempted"
+        if state in ENDED_BY_SLURM and status.get("status") in ENDED_BY_SIGNAL_OR_KILL:
+            if status["status"] == "running":  # killed before it could say so
+                status["status"] = "interrupted"
             write_status(folder, status.pop("status"), **status, ended_by_slurm=state)
