@@ -64,8 +64,8 @@ def run_complete(run_dir: Path, max_steps: int) -> str | None:
 def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple[list, Path]:
     """The ``reslab-train`` command that resumes the run in ``run_dir`` and the folder to run it
     in: the first start's command (:func:`first_start`), then ``extra``, in that folder,
-    ``ckpt_path=last``. FileNotFoundError (not a run folder) or DamagedCheckpointError when it
-    cannot, before Hydra writes anything."""
+    ``ckpt_path=last``, as one run. FileNotFoundError (not a run folder) or
+    DamagedCheckpointError when it cannot, before Hydra writes anything."""
     run_dir = Path(run_dir).expanduser().absolute()
     if not (run_dir / OVERRIDES_FILE).is_file():
         raise FileNotFoundError(
@@ -78,6 +78,7 @@ def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple
     command = [
         sys.executable, "-m", TRAIN_MODULE, *config_dir, *hydra_overrides, *_run_overrides(run_dir),
         *(extra or []), f"hydra.run.dir={hydra_quoted(run_dir)}", "ckpt_path=last",
+        "hydra.mode=RUN",  # one run, also for a trial of a search (hparams_search sets MULTIRUN)
     ]  # fmt: skip
     return command, cwd
 

@@ -84,8 +84,8 @@ def _sweeper(sweep_dir: Path) -> str | None:
 
 
 def _jobs(sweep: Any) -> list[list[str]]:
-    params = OmegaConf.select(sweep, "hydra.sweeper.params") or {}
-    lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in sweep.hydra.overrides.task]
+    params = as_written(OmegaConf.select(sweep, "hydra.sweeper.params")) or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + as_written(sweep.hydra.overrides.task)
     return expand(OverridesParser.create(), lines)
 
 
@@ -116,7 +116,7 @@ def sweep_resume_command(
             "job (optim.max_steps=...), and no new sweep values"
         )
     config_dir, hydra_overrides, cwd = first_start(sweep_dir / SWEEP_FILE, _OWN)
-    task = [str(o) for o in sweep.hydra.overrides.task if not str(o).startswith("ckpt_path=")]
+    task = [o for o in as_written(sweep.hydra.overrides.task) if not o.startswith("ckpt_path=")]
     command = [
         sys.executable, "-m", "reslab.cli", "-m", *config_dir, *hydra_overrides, *task,
         *(extra or []), f"hydra.sweep.dir={hydra_quoted(sweep_dir)}", "hydra/sweeper=resume",
@@ -146,11 +146,21 @@ def first_start(hydra_file: Path, drop: tuple[str, ...]) -> tuple[list[str], lis
     sources = OmegaConf.select(hydra, "runtime.config_sources") or []
     config_dir = [f"--config-dir={s.path}" for s in sources if s.provider == "command-line"]
     overrides = [
-        str(o) for o in OmegaConf.select(hydra, "overrides.hydra") or []
-        if not str(o).lstrip("+~").startswith(drop)
+        o for o in as_written(OmegaConf.select(hydra, "overrides.hydra")) or []
+        if not o.lstrip("+~").startswith(drop)
     ]  # fmt: skip
     cwd = Path(str(OmegaConf.select(hydra, "runtime.cwd") or "."))
     return config_dir, overrides, cwd if cwd.is_dir() else Path.cwd()
+
+
+def as_written(node: Any) -> Any:
+    """A list or dict of Hydra's record as the user wrote it: an override's interpolation
+    (``hydra.sweep.subdir=lr${optim.lr}``) stays one, not the value it has in the record's
+    config (OmegaConf resolves a value as it is read)."""
+    if node is None:
+        return None
+    plain = OmegaConf.to_container(node, resolve=False)
+    return [str(o) for o in plain] if isinstance(plain, list) else plain
 
 
 def hydra_quoted(path: Path) -> str:

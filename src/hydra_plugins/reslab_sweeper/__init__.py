@@ -10,10 +10,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, open_dict
 
+from reslab.run_folder import read_status
 from reslab.run_lock import restore, snapshot
-from reslab.sweeps import ResumeRefused, expand, folders_of
+from reslab.sweeps import ResumeRefused, expand, folders_of, hydra_quoted
 
 
 class ResumeSweeper(Sweeper):
@@ -40,25 +41,28 @@ class ResumeSweeper(Sweeper):
         loader = self.hydra_context.config_loader
         parser = OverridesParser.create(config_loader=loader)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)["subdir"]
-        batch, finished = [], []
+        batch, wheres, finished, diverged = [], [], [], 0
         jobs = expand(parser, [f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         for num, (job, folder) in enumerate(zip(jobs, folders_of(jobs, sweep_dir), strict=True)):
             if folder is not None:
                 max_steps = loader.load_sweep_config(self.config, job).trainer.max_steps
-                if run_complete(folder, max_steps):
+                ended = read_status(folder).get("status")
+                if ended == "diverged" or run_complete(folder, max_steps):  # results, as they are
                     finished.append(folder.name)
+                    diverged += ended == "diverged"
                     continue
                 where = folder.name
-            else:
-                where = str(subdir).replace("${hydra.job.num}", str(num))
-            batch.append([*job, "ckpt_path=last", f"hydra.sweep.subdir={where}"])
-        print(f"[reslab] resuming the sweep {sweep_dir}: {len(finished)} job(s) finished and "
-              f"left as they are, {len(batch)} to run", flush=True)  # fmt: skip
+            else:  # its folder as Hydra's launcher names it: hydra.sweep.subdir of its config
+                where = self._subdir(job, num)
+            batch.append([*job, "ckpt_path=last", f"hydra.sweep.subdir={hydra_quoted(where)}"])
+            wheres.append(where)
+        some = f" ({diverged} diverged)" if diverged else ""
+        print(f"[reslab] resuming the sweep {sweep_dir}: {len(finished)} job(s) finished{some} "
+              f"and left as they are, {len(batch)} to run", flush=True)  # fmt: skip
         if not batch:
             return []
         self._check(batch)
-        kept = [snapshot(sweep_dir / job[-1].split("=", 1)[1]) for job in batch]
+        kept = [snapshot(sweep_dir / where) for where in wheres]
         try:
             results = self.launcher.launch(batch, initial_job_idx=0)
         finally:  # a job refused before it started: its folder as it was
@@ -67,6 +71,24 @@ class ResumeSweeper(Sweeper):
         for result in results:
             _ = result.return_value  # a failed job raises here, as with Hydra's sweeper
         return [results]
+
+    def _subdir(self, job: list[str], num: int) -> str:
+        """The folder (under hydra.sweep.dir) of job ``num``, as the launcher would name it:
+        its config's ``hydra.sweep.subdir``, resolved with its values (``${seed}``, the job
+        number, ``${folder_name:}``)."""
+        from hydra.core.hydra_config import HydraConfig
+
+        assert self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job)
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+        hydra = HydraConfig.instance()
+        previous = hydra.cfg
+        try:
+            hydra.set_config(cfg)
+            return str(cfg.hydra.sweep.subdir)
+        finally:
+            hydra.cfg = previous
 
     def _check(self, batch: list[list[str]]) -> None:
         """reslab's checks (reslab.checks.check_run) of each job to launch, on its composed
