@@ -126,13 +126,17 @@ def hydra_task(cfg: DictConfig) -> float:
         print(f"[reslab] {said} (traceback: {trace})", flush=True)
         raise JobFailed(said) from None
     if multirun and math.isnan(metric):  # diverged: no result, a failed trial for a search
-        raise JobFailed(f"{cfg.name}: diverged (status.json in {output_dir})")
+        raise JobFailed(f"{cfg.name}: diverged (status.json in {output_dir})", diverged=True)
     return metric
 
 
 class JobFailed(Exception):
-    """A sweep job that has no result (failed or diverged): Hydra's JobReturn is FAILED, a
+    """A sweep job that has no result (failed or ``diverged``): Hydra's JobReturn is FAILED, a
     search records a failed trial, and the sweep's other jobs run on (reslab.sweep_summary)."""
+
+    def __init__(self, said: str, diverged: bool = False) -> None:
+        super().__init__(said)
+        self.diverged = diverged
 
 
 # --- the commands --------------------------------------------------------------------------------
@@ -157,7 +161,8 @@ def train_main() -> None:
 
     quiet_slurm_polling()  # a SLURM sweep without accounting: squeue, not sacct's errors
     if threading.current_thread() is threading.main_thread():  # outside training, too
-        signal.signal(signal.SIGTERM, interrupt_now)
+        for signum in (signal.SIGTERM, signal.SIGINT):  # (Lightning's Ctrl-C would exit 1)
+            signal.signal(signum, interrupt_now)
     own_command = COMMAND_ENV not in os.environ  # what a sweep's jobs record as their command
     os.environ.setdefault(COMMAND_ENV, shlex.join(sys.orig_argv))
     full = _user_full_error()  # the user's HYDRA_FULL_ERROR=1: every traceback, as Hydra's
@@ -208,18 +213,32 @@ def _end_sweep(err: BaseException) -> None:
     sweep = running_sweep()
     if sweep is None or isinstance(err, ResumeRefused):  # nothing ran: its one line says why
         return
+    by_signal = isinstance(err, (RunInterrupted, KeyboardInterrupt))
+    # the launcher's own error (a job's config that did not compose): said after the table
+    ended_on = isinstance(err, Exception) and not isinstance(err, JobFailed) and not by_signal
     try:
         conclude(sweep)
     except SweepFailed as failed:
-        if not isinstance(err, RunInterrupted):
-            raise
-        print(failed, file=sys.stderr)
-    if isinstance(err, JobFailed):
-        raise SystemExit(0)  # diverged jobs: results the table shows
-    if isinstance(err, Exception) and not _user_full_error():  # the launcher's own error
-        sys.stderr.write(f"{PROG}: error: the sweep ended on {type(err).__name__}: "
-                         f"{_first_lines(str(err), 2)}\n")  # fmt: skip
+        if by_signal:  # the table and what did not finish; the signal's exit code follows
+            print(failed, file=sys.stderr)
+            return
+        if ended_on:
+            _say_sweep_error(err)
+        raise
+    if isinstance(err, JobFailed):  # no job's status.json says failed
+        if err.diverged:
+            raise SystemExit(0)  # diverged jobs: results the table shows
+        print(f"[reslab] a job was refused and left as it was: {err}", file=sys.stderr)
+        raise SystemExit(1)  # (a resume's extension refused: its folder put back)
+    if ended_on:
+        _say_sweep_error(err)
         raise SystemExit(1)
+
+
+def _say_sweep_error(err: BaseException) -> None:
+    if not _user_full_error():  # (with the user's HYDRA_FULL_ERROR=1, its traceback follows)
+        said = explain(err) or f"{type(err).__name__}: {_first_lines(str(err), 2)}"
+        sys.stderr.write(f"{PROG}: error: the sweep stopped: {said}\n")
 
 
 def resume_main(argv: list[str] | None = None) -> None:

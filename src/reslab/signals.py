@@ -27,9 +27,9 @@ class RunInterrupted(BaseException):
 
 
 def interrupt_now(signum: int, frame: Any) -> None:
-    """reslab-train's SIGTERM handler outside the training loop (where :class:`StopOnSignal`
-    has not replaced it): stop at once, as Ctrl-C does, so that the run and the sweep still
-    say how they ended."""
+    """reslab-train's SIGTERM and SIGINT handler outside the training loop (where
+    :class:`StopOnSignal` has not replaced it): stop at once, so that the run and the sweep
+    still say how they ended."""
     raise RunInterrupted(signum, None)
 
 
