@@ -110,7 +110,8 @@ def test_a_second_run_in_a_live_runs_folder_is_refused_before_it_changes_anythin
         )
         assert {p: p.read_bytes() for p in (run / ".hydra").iterdir()} == before
         status = json.loads((run / "status.json").read_text())
-        assert status == {"status": "running", "name": "resnet-8A"}
+        assert status == {"status": "running", "name": "resnet-8A", "pid": first.pid,
+                          "host": socket.gethostname()}  # fmt: skip
         assert first.poll() is None  # the first run goes on
     finally:
         first.kill()

@@ -123,6 +123,76 @@ def test_a_resume_refused_for_every_job_launches_none(tmp_path: Path) -> None:
     assert "1_resnet-8A │ finished" in again.stdout and "failed" in again.stdout
 
 
+@pytest.mark.slow  # a sweep of three smoke jobs, one resumed
+def test_a_resumed_sweep_names_folders_as_its_subdir_and_leaves_diverged_jobs(
+    tmp_path: Path,
+) -> None:
+    """A never-started job's folder is the sweep's own ``hydra.sweep.subdir`` of that job
+    (here ``lr${optim.lr}``), not another job's; a diverged job is a result, left as it is."""
+    sweep = tmp_path / "W"
+    first = reslab(tmp_path, "-m", *S, "optim.lr=0.1,1e30,0.05", "hydra.sweep.subdir=lr${optim.lr}",
+                   f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert jobs(sweep) == ["lr0.05", "lr0.1", "lr1e+30"]
+    assert status(sweep / "lr1e+30")["status"] == "diverged"
+    shutil.rmtree(sweep / "lr0.05")  # as if it never started
+    kept = {job: files(sweep / job) for job in ("lr0.1", "lr1e+30")}
+    result = reslab(tmp_path, str(sweep), command="resume")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 job(s) finished (1 diverged) and left as they are, 1 to run" in result.stdout
+    assert jobs(sweep) == ["lr0.05", "lr0.1", "lr1e+30"]
+    assert status(sweep / "lr0.05")["status"] == "finished"
+    assert {job: files(sweep / job) for job in kept} == kept
+
+
+@pytest.mark.slow  # two 300-iteration jobs at once (joblib), stopped, resumed
+def test_a_local_sweep_stopped_by_sigterm_says_its_killed_jobs_and_resumes(
+    tmp_path: Path,
+) -> None:
+    """``hydra/launcher=local``: on the controller's SIGTERM joblib's loky kills its workers
+    (SIGKILL); their jobs are ``interrupted`` at their last checkpoint (``killed``), not
+    ``running``, and ``reslab-resume`` finishes them."""
+    sweep = tmp_path / "W"
+    command = [sys.executable, "-c", "from reslab.cli import train_main; train_main()", "-m",
+               *LONG, "seed=0,1", "hydra/launcher=local", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    started = subprocess.Popen(command, env=env(tmp_path), cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.time() + 400
+    while not all((sweep / job / "checkpoints" / "last.ckpt").is_file()
+                  for job in ("0_resnet-8A", "1_resnet-8A")):  # fmt: skip
+        assert started.poll() is None and time.time() < deadline, started.stdout.read()[-3000:]
+        time.sleep(0.05)
+    started.send_signal(signal.SIGTERM)
+    out = started.communicate(timeout=300)[0].decode()
+    assert started.returncode == 128 + signal.SIGTERM, out[-3000:]
+    for job in ("0_resnet-8A", "1_resnet-8A"):
+        stopped = status(sweep / job)
+        assert stopped["status"] == "interrupted" and stopped["killed"] is True, stopped
+        assert stopped["interrupted_at"] % 50 == 0 and stopped["interrupted_at"] >= 50, stopped
+        assert f"│ {job} │ interrupted" in out, out[-3000:]
+    result = reslab(tmp_path, str(sweep), command="resume")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for job in ("0_resnet-8A", "1_resnet-8A"):
+        assert status(sweep / job)["status"] == "finished"
+        assert status(sweep / job)["iterations"] == 300
+
+
+@pytest.mark.slow  # two smoke jobs, both extended by a resume
+def test_a_refused_extension_of_one_job_exits_1_and_leaves_it(tmp_path: Path) -> None:
+    sweep = tmp_path / "W"
+    first = reslab(tmp_path, "-m", *S, "seed=0,1", f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = sweep / "1_resnet-8A" / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # cut short
+    damaged = {n: d for n, (d, _) in files(sweep / "1_resnet-8A").items()}
+    result = reslab(tmp_path, str(sweep), "optim.max_steps=6", command="resume")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "a job was refused and left as it was" in result.stderr
+    assert "DamagedCheckpointError" in result.stderr
+    assert status(sweep / "0_resnet-8A")["iterations"] == 6
+    assert {n: d for n, (d, _) in files(sweep / "1_resnet-8A").items()} == damaged
+
+
 def test_a_bad_network_name_fails_its_job_alone(tmp_path: Path) -> None:
     sweep = tmp_path / "W"
     result = reslab(tmp_path, "-m", "experiment=fig6", *S[:3], f"hydra.sweep.dir={sweep}",
@@ -240,6 +310,11 @@ def test_a_search_records_diverged_and_failed_trials_and_goes_on(tmp_path: Path)
     assert "3 job(s) of the sweep failed" in result.stderr
     assert result.stdout.count("│ failed") == 3 and "│ diverged at" in result.stdout
     assert "Values cannot be specified" not in result.stdout + result.stderr
+    (diverged,) = [sweep / j for j in jobs(sweep) if status(sweep / j)["status"] == "diverged"]
+    trial = reslab(tmp_path, str(diverged), command="resume")  # one trial: one run, no search
+    assert trial.returncode == 0, trial.stdout[-3000:] + trial.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists() and "Study name" not in trial.stdout
+    assert status(diverged)["status"] == "diverged"
     before = files(sweep)  # a search folder has no multirun.yaml: still a sweep's folder
     again = reslab(tmp_path, "-m", *S, "seed=9", f"hydra.sweep.dir={sweep}")
     assert again.returncode == 1 and "already holds a sweep" in again.stderr
@@ -416,8 +491,9 @@ def test_the_printed_resume_command_works_pasted_for_a_folder_with_a_space(tmp_p
 
 
 
-def test_sigterm_before_training_starts_still_records_the_job_and_prints_the_table(
-    tmp_path: Path,
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_before_training_starts_still_records_the_job_and_prints_the_table(
+    tmp_path: Path, signum: signal.Signals
 ) -> None:
     sweep, paused = tmp_path / "W", tmp_path / "paused"
     tests = str(Path(__file__).resolve().parent)
@@ -430,12 +506,23 @@ def test_sigterm_before_training_starts_still_records_the_job_and_prints_the_tab
     while not paused.exists():
         assert started.poll() is None and time.time() < deadline, started.stdout.read()[-3000:]
         time.sleep(0.05)
-    started.send_signal(signal.SIGTERM)  # in setup: StopOnSignal's handlers are not there yet
+    started.send_signal(signum)  # in setup: StopOnSignal's handlers are not there yet
     out = started.communicate(timeout=300)[0]
-    assert started.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert started.returncode == 128 + signum, out[-3000:]
     assert status(sweep / "0_resnet-8A")["status"] == "interrupted"
     assert "│ 0_resnet-8A │ interrupted" in out  # the table
     assert "1 never started" in out
+
+
+def test_a_job_config_that_does_not_compose_is_said_with_the_table(tmp_path: Path) -> None:
+    """Hydra's launcher composes each job before it runs: a bad key in the swept values stops
+    the sweep there; the table, what never started and the error's one line are all said."""
+    sweep = tmp_path / "W"
+    result = reslab(tmp_path, "-m", *S, "optim.lrr=0.1,0.2", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if "error:" in x]
+    assert "the sweep stopped: unknown config key 'optim.lrr'; did you mean 'optim.lr'?" in line
+    assert "2 never started" in result.stderr and "reslab sweep" in result.stdout
 
 
 def test_a_glob_sweep_prints_its_table(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from reslab.run_folder import STATUS_FILE, read_status
+from reslab.run_folder import LAST_CHECKPOINT, STATUS_FILE, read_status, write_status
 
 LOCK_FILE = ".lock"  # held by the process writing the folder (pid and host inside)
 
@@ -154,6 +154,44 @@ def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
 _KEPT: dict[Path, bytes | None] = {}
 _REWRITTEN = (LOCK_FILE, "reslab.log", "error.txt", ".hydra/config.yaml", ".hydra/hydra.yaml",
               ".hydra/overrides.yaml")  # fmt: skip
+
+
+def say_killed(folder: Path) -> bool:
+    """A run folder whose status.json says ``running`` while the process that wrote it (its
+    ``pid`` on this ``host``) is gone: its run was killed (SIGKILL, or a launcher's workers torn
+    down: joblib's loky kills them) before it could say so. Its status becomes ``interrupted``
+    at its last checkpoint's iteration (0 without one), where ``reslab-resume`` continues it,
+    with ``killed: true``; True if so."""
+    status = read_status(folder)
+    pid = status.get("pid")
+    if status.get("status") != "running" or not isinstance(pid, int):
+        return False
+    if status.get("host") != socket.gethostname() or _alive(pid):
+        return False  # its writer lives, or it is on another machine (a SLURM node: slurm.py)
+    step = 0
+    if (folder / LAST_CHECKPOINT).is_file():
+        import torch  # the checkpoint's iteration: its global_step
+
+        checkpoint = torch.load(folder / LAST_CHECKPOINT, map_location="cpu", weights_only=True,
+                                mmap=True)  # fmt: skip
+        step = int(checkpoint.get("global_step", 0))
+    fields = {k: v for k, v in status.items() if k not in ("status", "pid", "host")}
+    write_status(folder, "interrupted", **{**fields, "iterations": step},
+                 interrupted_at=step, killed=True)  # fmt: skip
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def snapshot(folder: Path) -> dict[Path, bytes | None]:

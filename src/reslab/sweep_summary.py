@@ -75,6 +75,7 @@ def conclude(sweep_dir: Path) -> None:
     :func:`sweep_table`, then raises :class:`SweepFailed` naming the jobs that failed or did
     not finish (with the command that finishes the sweep); diverged jobs are results (the table
     says where they diverged)."""
+    from reslab.run_lock import say_killed
     from reslab.slurm import say_how_slurm_ended
     from reslab.sweeps import never_started
 
@@ -82,6 +83,8 @@ def conclude(sweep_dir: Path) -> None:
         return
     sweep_dir = sweep_dir.absolute()  # the command it prints works from any folder
     say_how_slurm_ended(sweep_dir)
+    for folder in run_folders(sweep_dir):  # a job killed without a word (a joblib worker)
+        say_killed(folder)
     never = [f"{waiting} never started"] if (waiting := never_started(sweep_dir)) else []
     console = Console()
     console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise

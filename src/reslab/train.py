@@ -3,6 +3,8 @@ reslab.record writes how it ended."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ def train(cfg: DictConfig) -> float:
         put_back()
         rank_zero_only(print)(f"[reslab] {cfg.name}: {done}", flush=True)
         return run_folder.final_metric(run_folder.read_status(output_dir))
-    write_status(output_dir, "running", name=cfg.name)
+    write_status(output_dir, "running", name=cfg.name, pid=os.getpid(), host=socket.gethostname())
     trainer, metrics = None, {}
     try:
         trainer, module, datamodule = build(cfg, output_dir, resume, step)
