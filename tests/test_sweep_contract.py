@@ -237,6 +237,13 @@ def test_a_new_run_or_sweep_never_overwrites_one(tmp_path: Path) -> None:
     assert f"{sweep} already holds a sweep (multirun.yaml or job folders); continue it with" in (
         again.stderr
     )
+    crossed = reslab(tmp_path, "-m", *S, "seed=3", f"hydra.sweep.dir={run}")  # a sweep in a run
+    assert crossed.returncode == 1
+    assert f"{run} already holds a finished run (status.json)" in crossed.stderr
+    assert "(hydra.sweep.dir=...): a new sweep never overwrites one" in crossed.stderr
+    crossed = reslab(tmp_path, *S, f"hydra.run.dir={sweep}")  # a run among a sweep's jobs
+    assert crossed.returncode == 1
+    assert f"{sweep} already holds a sweep (multirun.yaml or job folders)" in crossed.stderr
     assert files(tmp_path) == before
 
 

@@ -127,21 +127,28 @@ class FolderTaken(RuntimeError):
 
 def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
     """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not its
-    continuation (``ckpt_path=last``, a requeued SLURM job), or holds a sweep (multirun.yaml)
-    and this is not ``reslab-resume``'s (``hydra/sweeper=resume``): nothing is overwritten."""
+    continuation (``ckpt_path=last``, a requeued SLURM job) or is a sweep, or holds a sweep
+    (multirun.yaml, job folders) and this is not ``reslab-resume``'s (``hydra/sweeper=resume``)
+    or is a run: nothing is overwritten, and no run and sweep share a folder."""
     from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
 
+    state = read_status(folder).get("status")
     if mode == "run":
         requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-        state = read_status(folder).get("status")
-        if state is None or OmegaConf.select(config, "ckpt_path") is not None or requeued:
+        if is_sweep_folder(folder):  # a run's files would sit among the sweep's job folders
+            what = f"a sweep ({SWEEP_FILE} or job folders)"
+        elif state is None or OmegaConf.select(config, "ckpt_path") is not None or requeued:
             return
-        what = f"a {state} run ({STATUS_FILE})"
+        else:
+            what = f"a {state} run ({STATUS_FILE})"
     else:
         target = OmegaConf.select(config, "hydra.sweeper._target_")
-        if not is_sweep_folder(folder) or target == RESUME_SWEEPER:
+        if state is not None:  # a sweep's files would sit in a run's folder
+            what = f"a {state} run ({STATUS_FILE})"
+        elif not is_sweep_folder(folder) or target == RESUME_SWEEPER:
             return
-        what = f"a sweep ({SWEEP_FILE} or job folders)"
+        else:
+            what = f"a sweep ({SWEEP_FILE} or job folders)"
     raise FolderTaken(
         f"{folder} already holds {what}; continue it with reslab-resume {shlex.quote(str(folder))}"
         f", or choose another folder (hydra.{mode}.dir=...): a new {mode} never overwrites one"
