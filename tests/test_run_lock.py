@@ -41,6 +41,11 @@ def test_a_held_lock_is_refused_naming_its_process(tmp_path: Path) -> None:
         with pytest.raises(FolderInUse) as info:
             lock(tmp_path)
         assert f"is being written by pid {holder.pid} on {socket.gethostname()}" in str(info.value)
+        assert str(info.value).startswith("the run folder") and "(hydra.run.dir=...)" in str(
+            info.value
+        )
+        with pytest.raises(FolderInUse, match=r"^the sweep folder .*\(hydra\.sweep\.dir=\.\.\.\)"):
+            lock(tmp_path, mode="sweep")  # a second reslab-resume of a sweep
         assert (tmp_path / LOCK_FILE).read_text() == f"pid {holder.pid} on {socket.gethostname()}\n"
     finally:
         holder.kill()

@@ -245,6 +245,11 @@ def test_a_new_run_or_sweep_never_overwrites_one(tmp_path: Path) -> None:
     assert crossed.returncode == 1
     assert f"{sweep} already holds a sweep (multirun.yaml or job folders)" in crossed.stderr
     assert files(tmp_path) == before
+    moved = reslab(tmp_path, str(sweep), f"hydra.sweep.dir={tmp_path / 'Y'}", command="resume")
+    assert moved.returncode == 1 and "reslab-resume finishes the sweep in" in moved.stderr
+    bad = reslab(tmp_path, str(sweep), "model.depth=abc", command="resume")  # all finished
+    assert bad.returncode == 1, bad.stdout[-2000:]
+    assert "the sweep's resume is refused" in bad.stderr and "model.depth" in bad.stderr
 
 
 def test_sweeps_whose_default_folder_is_taken_get_their_own_and_their_jobs_follow(

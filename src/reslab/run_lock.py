@@ -27,7 +27,9 @@ class FolderInUse(RuntimeError):
     """The run folder is being written by another live process."""
 
 
-def lock(run_dir: str | Path, check: Callable[[], None] | None = None) -> io.TextIOWrapper:
+def lock(
+    run_dir: str | Path, check: Callable[[], None] | None = None, mode: str = "run"
+) -> io.TextIOWrapper:
     """Takes the lock of ``run_dir`` (made when missing) for this process and returns the open
     lock file (close it to release). Raises :class:`FolderInUse` naming the holder (pid and
     host) when a live process holds it, or what ``check`` raises once the lock is held; then
@@ -42,8 +44,8 @@ def lock(run_dir: str | Path, check: Callable[[], None] | None = None) -> io.Tex
         holder = file.read().strip() or "another process"
         file.close()
         raise FolderInUse(
-            f"the run folder {run_dir} is being written by {holder}; wait for it to end, or "
-            "choose another folder (hydra.run.dir=...)"
+            f"the {mode} folder {run_dir} is being written by {holder}; wait for it to end, or "
+            f"choose another folder (hydra.{mode}.dir=...)"
         ) from None
     try:
         if check is not None:
@@ -107,7 +109,7 @@ class RunFolderGuard(Callback):
                     # a sweep's jobs compose their config again from the overrides: they follow
                     config.hydra.overrides.hydra.append(f"{key}={folder}")
             self._lock = lock(
-                folder, (lambda: self._continue(folder, config, mode)) if given else None
+                folder, (lambda: self._continue(folder, config, mode)) if given else None, mode
             )
         except Exception as err:  # SystemExit: Hydra would only warn of an exception
             said = str(err) if isinstance(err, FolderInUse | FolderTaken) else repr(err)

@@ -115,6 +115,11 @@ def sweep_resume_command(
             "itself; reslab-resume SWEEP_FOLDER takes overrides of the other keys, for every "
             "job (optim.max_steps=...), and no new sweep values"
         )
+    if moved := [o.input_line for o in parsed if o.key_or_group.lstrip("+~") in _OWN]:
+        raise ValueError(
+            f"{' '.join(moved)}: reslab-resume finishes the sweep in {sweep_dir} itself, with "
+            "its own sweeper; to finish it elsewhere, move the folder and resume it there"
+        )
     config_dir, hydra_overrides, cwd = first_start(sweep_dir / SWEEP_FILE, _OWN)
     task = [o for o in as_written(sweep.hydra.overrides.task) if not o.startswith("ckpt_path=")]
     command = [

@@ -59,9 +59,9 @@ class ResumeSweeper(Sweeper):
         some = f" ({diverged} diverged)" if diverged else ""
         print(f"[reslab] resuming the sweep {sweep_dir}: {len(finished)} job(s) finished{some} "
               f"and left as they are, {len(batch)} to run", flush=True)  # fmt: skip
+        self._check(batch or jobs[:1])  # (every job finished: the resume's overrides, still)
         if not batch:
             return []
-        self._check(batch)
         kept = [snapshot(sweep_dir / where) for where in wheres]
         try:
             results = self.launcher.launch(batch, initial_job_idx=0)
