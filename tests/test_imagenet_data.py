@@ -212,6 +212,25 @@ def test_pixel_mean_and_its_cache(tree) -> None:
     assert cache.is_dir() and not list(root.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_the_mean_cache_and_evaluation_draw_nothing_from_the_global_rng(
+    tree, num_workers: int
+) -> None:
+    """Computing the per-pixel mean (or reading its cache) and iterating the evaluation
+    loaders leave torch's global generator as it was: a run that computes the cache and one
+    that reads it draw the same augmentation (a DataLoader without a generator draws its
+    base seed from the global one)."""
+    root, _ = tree
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    dm = module(root, num_workers=num_workers)  # computes the cache
+    assert torch.equal(torch.get_rng_state(), state)
+    module(root, num_workers=num_workers)  # reads it
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        assert len(list(loader)) > 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_mean_subtracted_from_eval_batches_of_10_crops(tree) -> None:
     dm = module(tree[0], test_crops=10)
     images, labels = next(iter(dm.test_dataloader()))

@@ -373,7 +373,9 @@ class ImageNetDataModule(L.LightningDataModule):
         persistent: bool = True, shard: bool = True,
     ) -> DataLoader:  # fmt: skip
         """``crops`` None: the training crop, else 1 or 10 evaluation crops. A distributed
-        evaluation loader takes this rank's ``EvalShard`` (with ``shard``)."""
+        evaluation loader takes this rank's ``EvalShard`` (with ``shard``). Every loader draws
+        from a generator of its own, never torch's global one (its base seed, the workers'
+        seeds): computing the mean cache or evaluating leaves training's draws as they were."""
         if crops is None:
             transform = partial(train_crop, crop_size=self.crop_size, scale=self.scale)
         else:
@@ -388,9 +390,9 @@ class ImageNetDataModule(L.LightningDataModule):
                 )
             sampler = EvalShard(dataset, world, self.trainer.global_rank)
         context = multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
-        return DataLoader(
+        return DataLoader(  # its own generator: a loader without one draws from the global one
             dataset, batch_size=batch_size, sampler=sampler, shuffle=train, drop_last=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers, multiprocessing_context=context,
             persistent_workers=persistent and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
