@@ -1,10 +1,13 @@
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import CIFAR_BATCH, make_cifar10, write_cifar_batch, write_idx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reslab.data import BatchLoader, CIFAR10DataModule, FashionMNISTDataModule, SyntheticDataModule
 from reslab.data.cifar import load_pickle_batch
@@ -58,6 +61,50 @@ def test_data_dir_that_does_not_exist(tmp_path: Path) -> None:
     dm = CIFAR10DataModule(tmp_path / "nowhere", download=False)
     with pytest.raises(FileNotFoundError, match=r"data.data_dir '.*nowhere' does not exist"):
         dm.setup()
+
+
+LABEL_KINDS = {  # how writers hold the labels: lists of ints or numpy scalars, arrays
+    "ints": lambda y: [int(v) for v in y],
+    "numpy scalars": lambda y: [np.int64(v) for v in y],
+    "uint8 scalars": lambda y: [np.uint8(v) for v in y],
+    "int64 array": lambda y: np.asarray(y, dtype=np.int64),
+    "int32 array": lambda y: np.asarray(y, dtype=np.int32),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    protocol=st.integers(0, pickle.HIGHEST_PROTOCOL),
+    kind=st.sampled_from(sorted(LABEL_KINDS)),
+    str_keys=st.booleans(),
+    labels=st.lists(st.integers(0, 9), min_size=1, max_size=5),
+)
+def test_a_cifar_batch_at_any_protocol_with_numpy_labels_loads(
+    protocol: int, kind: str, str_keys: bool, labels: list[int]
+) -> None:
+    """Safe is not narrow: what numpy's arrays and scalars need at every pickle protocol (5's
+    out-of-band buffers, numpy >= 2's module names) loads; other globals do not (below)."""
+    images = np.random.default_rng(len(labels)).integers(0, 256, (len(labels), 3072), np.uint8)
+    key = (lambda k: k) if str_keys else (lambda k: k.encode())
+    batch = {key("data"): images, key("labels"): LABEL_KINDS[kind](labels)}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "data_batch_1"
+        path.write_bytes(pickle.dumps(batch, protocol=protocol))
+        got, got_labels = load_pickle_batch(path)
+    assert np.array_equal(got.reshape(len(labels), -1), images)
+    assert got_labels.dtype == np.int64 and got_labels.tolist() == labels
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_crafted_pickle_is_refused_at_every_protocol(tmp_path: Path, protocol: int) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    (tmp_path / "evil").write_bytes(pickle.dumps({b"data": [np.int64(1), Evil()]}, protocol))
+    with pytest.raises(ValueError, match=r"evil' is not safe to load: refusing to load"):
+        load_pickle_batch(tmp_path / "evil")
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_truncated_cifar_batch_names_the_file(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ that accepts only the types the format needs, so a crafted file cannot run code.
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 from functools import partial
@@ -15,12 +16,21 @@ import torch
 
 from reslab.data.base import InMemoryDataModule
 
+# What numpy's arrays and scalars need at any pickle protocol (0-5), and nothing else: an array
+# (_reconstruct, ndarray, dtype; protocol 5's _frombuffer), a scalar label (numpy.int64: scalar),
+# bytes pickled by Python 3 at protocols 0-2 (_codecs.encode). numpy 2 renamed numpy.core to
+# numpy._core; a file names the one its writer had.
+_NUMPY_INTERNALS = {("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                    ("numeric", "_frombuffer")}  # fmt: skip
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
-    ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+    ("_codecs", "encode"),
+    *(
+        (f"{core}.{module}", name)
+        for core in ("numpy.core", "numpy._core")
+        for module, name in _NUMPY_INTERNALS
+    ),
 }
 
 
@@ -35,8 +45,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name}: a CIFAR batch holds only numpy arrays, "
                 "lists, numbers and strings"
             )
-        if name == "_reconstruct":  # numpy 2 renamed numpy.core to numpy._core
-            return np.empty(0).__reduce__()[0]
+        if module.startswith(("numpy.core.", "numpy._core.")):  # this numpy's own
+            core = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+            return getattr(importlib.import_module(f"{core}.{module.rsplit('.', 1)[1]}"), name)
         return super().find_class(module, name)
 
 
