@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,30 @@ def test_a_resumed_offline_wandb_run_steps_on_above_its_first_piece(tmp_path: Pa
     with open(run / "metrics.csv") as f:  # every step of metrics.csv, each in one piece
         logged = sorted({int(r["step"]) for r in csv.DictReader(f)})
     assert sorted(set(steps[0] + steps[1])) == logged
+
+
+@pytest.mark.slow  # a short run, then a long resume stopped by kill
+def test_reslab_resume_is_the_trainers_process_so_kill_reaches_it(tmp_path: Path) -> None:
+    """``reslab-resume`` execs the trainer: the process the user started is the one training
+    (status.json's pid), so ``kill PID`` stops the run at its iteration, with no orphan left
+    behind and a status.json that says so."""
+    run = tmp_path / "run"
+    assert reslab_train(run, "logger=csv", "optim.max_steps=2").returncode == 0
+    resumed = subprocess.Popen(
+        [sys.executable, "-c", "from reslab.cli import resume_main; resume_main()", str(run),
+         "optim.max_steps=100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=own_env(), cwd=tmp_path,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while json.loads((run / "status.json").read_text())["status"] != "running":
+        assert resumed.poll() is None and time.monotonic() < deadline, resumed.stdout.read()
+        time.sleep(0.1)
+    assert json.loads((run / "status.json").read_text())["pid"] == resumed.pid
+    while not any(row["step"] == "4" for row in csv.DictReader((run / "metrics.csv").open())):
+        assert resumed.poll() is None and time.monotonic() < deadline, resumed.stdout.read()
+        time.sleep(0.1)  # into training: its iteration 4 logged
+    resumed.send_signal(signal.SIGTERM)
+    out = resumed.communicate(timeout=120)[0]
+    assert resumed.returncode == 128 + signal.SIGTERM, out[-3000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["interrupted_at"] > 2, status
