@@ -107,6 +107,31 @@ def test_a_crafted_pickle_is_refused_at_every_protocol(tmp_path: Path, protocol:
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize(
+    ("split", "images", "labels", "said"),
+    [
+        ("test", (4, 1, 28, 28), [0, 1, 14, 2], "fashion_mnist test labels run from 0 to 14"),
+        ("train", (4, 1, 28, 28), [0, 10, 3, 2], "fashion_mnist train labels run from 0 to 10"),
+        ("train", (4, 1, 27, 27), [0, 1, 2, 3], r"train images are torch.uint8 \(4, 1, 27, 27\)"),
+        ("test", (3, 1, 28, 28), [0, 1, 2, 3], r"test files hold images \(3, 28, 28\) and labels"),
+    ],
+)
+def test_what_a_dataset_reads_is_checked_against_its_facts(
+    tmp_path: Path, split: str, images: tuple, labels: list[int], said: str
+) -> None:
+    """Every in-memory dataset's files are checked as they are read (InMemoryDataModule): the
+    images' shape and the labels' range; a test label outside 0-9 inflated test/error, a 27x27
+    file trained."""
+    good = {"train": ((6, 1, 28, 28), [0, 1, 2, 3, 4, 5]), "test": ((4, 1, 28, 28), [0, 1, 2, 3])}
+    good[split] = (images, labels)
+    for name, (shape, values) in good.items():
+        prefix = "t10k" if name == "test" else "train"
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros(shape, np.uint8)[:, 0])
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.array(values) % 256)
+    with pytest.raises(ValueError, match=said):
+        FashionMNISTDataModule(tmp_path, val_size=1, download=False).setup()
+
+
 def test_truncated_cifar_batch_names_the_file(tmp_path: Path) -> None:
     root = make_cifar10(tmp_path)
     batch = root / "cifar-10-batches-py" / "data_batch_3"

@@ -165,6 +165,8 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.splits is not None:
             return
         x, y, test_x, test_y = self.load()  # x, y: the training images before the split
+        for split, images, labels in (("train", x, y), ("test", test_x, test_y)):
+            self.check_split(split, images, labels)
         if self.val_size >= len(y):
             raise ValueError(
                 f"data.val_size={self.val_size} leaves no training images "
@@ -176,6 +178,25 @@ class InMemoryDataModule(L.LightningDataModule):
         self.splits = Splits(x[train], y[train], x[val], y[val], test_x, test_y)
         # The paper's only normalisation: the per-pixel mean of the training images.
         self.mean = self.splits.train_images.float().mean(0)
+
+    def check_split(self, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """What ``load`` read, checked against the dataset's facts before anything uses it:
+        uint8 images (N, ``in_channels``, ``image_size``, ``image_size``), N int64 labels in
+        0 .. ``num_classes`` - 1. A ``ValueError`` names the split and what it holds."""
+        size, channels = self.image_size, self.in_channels
+        expected = (len(labels), channels, size, size)
+        if images.dtype != torch.uint8 or tuple(images.shape) != expected:
+            raise ValueError(
+                f"{self.name} {split} images are {images.dtype} {tuple(images.shape)}; expected "
+                f"uint8 (N, {channels}, {size}, {size}) with N = {len(labels)} labels "
+                f"(data.data_dir={self.data_dir})"
+            )
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"{self.name} {split} labels run from {int(labels.min())} to "
+                f"{int(labels.max())}; valid: 0 to {self.num_classes - 1} "
+                f"(data.data_dir={self.data_dir})"
+            )
 
     @property
     def has_val(self) -> bool:
