@@ -362,7 +362,8 @@ def test_an_ad_hoc_sweep_is_its_own_wandb_group_and_experiments_keep_theirs() ->
 def test_a_spent_time_budget_stops_a_run_and_resume_gives_it_a_new_one(tmp_path: Path) -> None:
     run = tmp_path / "X"
     budget = [*LONG[:4], "optim.max_steps=100000", "+trainer.max_time=00:00:00:04",
-              "callbacks.checkpoint.every_n_train_steps=1000000"]  # fmt: skip
+              "callbacks.checkpoint.every_n_train_steps=1000000",
+              "trainer.log_every_n_steps=2"]  # fmt: skip (rows however slow the machine is)
     first = reslab(tmp_path, *budget, f"hydra.run.dir={run}")
     assert first.returncode == 0, first.stderr[-3000:]
     stopped = status(run)
