@@ -214,8 +214,10 @@ def _end_sweep(err: BaseException) -> None:
     if sweep is None or isinstance(err, ResumeRefused):  # nothing ran: its one line says why
         return
     by_signal = isinstance(err, (RunInterrupted, KeyboardInterrupt))
-    # the launcher's own error (a job's config that did not compose): said after the table
+    # the launcher's own error (a job's config that did not compose): said after the table;
+    # not submitit's for a job SLURM ended (the table says how: CANCELLED, TIMEOUT, ...)
     ended_on = isinstance(err, Exception) and not isinstance(err, JobFailed) and not by_signal
+    ended_on = ended_on and not _ended_by_slurm(err)
     try:
         conclude(sweep)
     except SweepFailed as failed:
@@ -233,6 +235,14 @@ def _end_sweep(err: BaseException) -> None:
     if ended_on:
         _say_sweep_error(err)
         raise SystemExit(1)
+
+
+def _ended_by_slurm(err: BaseException) -> bool:
+    try:
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:  # (no SLURM launcher installed)
+        return False
+    return isinstance(err, UncompletedJobError)
 
 
 def _say_sweep_error(err: BaseException) -> None:
