@@ -274,7 +274,8 @@ def test_sweeps_whose_default_folder_is_taken_get_their_own_and_their_jobs_follo
         out = sweep.communicate(timeout=600)[0].decode()
         assert sweep.returncode == 0, out[-3000:]
     claimed = sorted(p for p in multiruns.iterdir() if not (p / "another sweep").exists())
-    assert [p.name[-4:] for p in claimed] == ["_g_2", "_g_3"]
+    # ("_2" and "_3" in one second; "_2" each when a loaded machine starts them in two)
+    assert len(claimed) == 2 and all(p.name.endswith(("_g_2", "_g_3")) for p in claimed)
     lrs = set()
     for folder in claimed:
         assert jobs(folder) == ["0_resnet-8A", "1_resnet-14A"]
