@@ -181,13 +181,9 @@ class IterationProgressBar(TQDMProgressBar):
 
 
 class DivergenceGuard(L.Callback):
-    """Stops a run whose network has become non-finite, on every DDP rank at once, and records
-    ``diverged_at``: the first iteration whose training loss was NaN or infinite (any rank's;
-    the last iteration when only its update made a weight so),
-    found by the module's device-side record (``nonfinite_at``) read where the run reads the
-    device anyway: at logging iterations, the checkpoint's, and the last. train.py marks the run
-    ``diverged`` and skips the final evaluations; no checkpoint of a non-finite network is saved
-    (RunCheckpoint) and nothing of it is evaluated (the module)."""
+    """Stops a run whose ``train/loss`` (the logging interval's mean: one host read an interval)
+    has become NaN or infinite, on every DDP rank at once, and records ``diverged_at``; train.py
+    marks the run ``diverged`` and skips the final evaluations."""
 
     def __init__(self, monitor: str = "train/loss") -> None:
         self.monitor = monitor
@@ -200,23 +196,17 @@ class DivergenceGuard(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.diverged_at, self.value = state_dict["diverged_at"], state_dict["value"]
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-        step, checkpoint = trainer.global_step, trainer.checkpoint_callback
-        saves = getattr(checkpoint, "saves_at", lambda _: False)(step)
-        if not (logging_iteration(trainer, step) or step == trainer.max_steps or saves):
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if not logging_iteration(trainer, step):
             return
-        at = getattr(pl_module, "nonfinite_at", lambda: None)()
-        finite = getattr(pl_module, "weights_finite", lambda: True)
-        if at is None and step == trainer.max_steps and not finite():
-            at = step  # the last update, which no loss will see
-        if not trainer.strategy.reduce_boolean_decision(at is not None, all=False):
-            return
-        mine = torch.tensor(float(math.inf if at is None else at), device=pl_module.device)
-        step = int(trainer.strategy.reduce(mine, reduce_op=torch.distributed.ReduceOp.MIN))
         value = trainer.callback_metrics.get(self.monitor)
+        bad = value is not None and not math.isfinite(float(value))
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
         self.diverged_at, self.value = step, float(value) if value is not None else math.nan
         trainer.should_stop = True
         rank_zero_warn(
-            f"[reslab] diverged: the training loss or a weight is NaN or infinite from iteration "
-            f"{step} ({self.monitor} {self.value}); stopping this run (a lower optim.lr may help)"
+            f"[reslab] diverged: {self.monitor} is {self.value} at iteration {step}; stopping "
+            "this run (a lower optim.lr may help)"
         )

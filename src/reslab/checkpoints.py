@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
 
 from reslab.run_folder import LAST_CHECKPOINT, atomic_write
 
@@ -34,20 +33,11 @@ class DamagedCheckpointError(ValueError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, atomic for local files (fsspec URLs: as Lightning); a
-    network with a NaN or infinite weight or buffer is not written (the last finite one stays)."""
+    """Lightning's checkpoint writer, atomic for local files (fsspec URLs: as Lightning)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
-        floats = [t for t in checkpoint.get("state_dict", {}).values()
-                  if torch.is_tensor(t) and t.is_floating_point()]  # fmt: skip
-        if floats and not bool(torch.stack([t.isfinite().all() for t in floats]).all()):
-            rank_zero_warn(  # every save passes here: Lightning's hooks', save_final's
-                f"[reslab] not saving {path}: the network holds NaN or infinite values (the last "
-                "finite checkpoint stays)"
-            )
-            return
         if "://" in str(path) and not str(path).startswith("file://"):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
@@ -59,24 +49,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` with one ``last.ckpt``, overwritten in place (no
     ``last-v1.ckpt``), whose state names no folder; :meth:`save_final` saves the final network
-    when the checkpoint interval did not end on the last iteration. A network that has become
-    non-finite (the module's ``nonfinite_at``) is never saved: the last finite one stays."""
+    when the checkpoint interval did not end on the last iteration."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **{"enable_version_counter": False, **kwargs})
         self.saved_step: int | None = None
-        self.every_n_train_steps = int(kwargs.get("every_n_train_steps") or 0)
-
-    def saves_at(self, step: int) -> bool:
-        """Whether the periodic checkpoint (``every_n_train_steps``) falls at ``step``."""
-        return self.every_n_train_steps > 0 and step > 0 and step % self.every_n_train_steps == 0
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        if self.saves_at(trainer.global_step) and _nonfinite(pl_module):
-            return  # the last finite checkpoint stays
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
         # the folder's own paths go; a run folder holds one last.ckpt and no best-k files
@@ -104,16 +81,9 @@ class RunCheckpoint(ModelCheckpoint):
     def save_final(self, trainer: L.Trainer) -> None:
         """Saves ``last.ckpt`` at the current iteration unless it was just saved there."""
         step = trainer.global_step
-        if _nonfinite(trainer.lightning_module):
-            return  # the last finite checkpoint stays
         if self.save_last and self.dirpath and step > 0 and self.saved_step != step:
             name = f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
             trainer.save_checkpoint(Path(self.dirpath) / name)
-
-
-def _nonfinite(module: Any) -> bool:
-    """Whether the network of ``module`` (reslab's Classifier: ``broken``) is not finite."""
-    return bool(getattr(module, "broken", lambda: False)())
 
 
 def check_ckpt_path(ckpt_path: Any) -> None:

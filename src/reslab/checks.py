@@ -4,7 +4,6 @@ torch's SGD); this module builds those consumers without data and names the key 
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
@@ -55,10 +54,6 @@ def check_run(cfg: DictConfig) -> None:
         optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
         raise ValueError(_optimizer_error(cfg, err)) from err
-    for argument, value in optimizer.defaults.items():  # torch refuses < 0, not NaN or inf
-        if isinstance(value, float) and not math.isfinite(value):
-            key = source_key(cfg, f"module.optimizer.{argument}")
-            raise ValueError(f"{key}={value} is not valid; valid: a finite number >= 0")
     if module.scheduler_factory is not None:
         try:
             module.scheduler_factory(optimizer)

@@ -59,11 +59,6 @@ class Classifier(L.LightningModule):
         # (loss sum, wrong-image percent sum, iterations, images) of the logging interval, on
         # the device (no host sync; a nan shows in the mean); not a buffer, which DDP would sync
         self._interval_sums = torch.zeros(4)
-        # [iterations done, the first whose training loss was NaN or infinite (0: none)], on the
-        # device: updated every iteration without a host sync, read where the run syncs anyway
-        self._nonfinite = torch.zeros(2, dtype=torch.int64)
-        self._broken_at: int | None = None  # nonfinite_at() once it found one
-        self._eval_broken = False  # this evaluation's network is not finite: nothing evaluated
         self.train_wrong: torch.Tensor | None = None  # the last training batch's wrong percents
         for name in ("val_error", "val_error_top5", "test_error", "test_error_top5"):
             setattr(self, name, MeanMetric(nan_strategy="disable"))  # (nan checks read back)
@@ -127,29 +122,7 @@ class Classifier(L.LightningModule):
         self._interval_sums.add_(
             torch.stack([loss.detach(), self.train_wrong.sum(), one, one * len(labels)])
         )
-        if self._nonfinite.device != loss.device:
-            self._nonfinite = self._nonfinite.to(loss.device)
-        done, first = self._nonfinite[:1].add_(1), self._nonfinite[1:]  # (in place: views)
-        first.copy_(torch.where(~torch.isfinite(loss.detach()) & (first == 0), done, first))
         return loss
-
-    def nonfinite_at(self) -> int | None:
-        """The first iteration whose training loss was NaN or infinite (on any batch since the
-        fit began), else None: one host read, for the points where the run reads the device
-        anyway (logging, checkpoint, validation, the end)."""
-        if self._broken_at is None:
-            self._broken_at = int(self._nonfinite[1]) or None
-        return self._broken_at
-
-    def weights_finite(self) -> bool:
-        """Whether every weight and float buffer of the network (batch norm's running
-        statistics too: a training batch's loss never sees them) is finite; one host read."""
-        tensors = [t for t in self.net.state_dict().values() if t.is_floating_point()]
-        return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
-
-    def broken(self) -> bool:
-        """A non-finite loss so far, or a non-finite weight now: never saved, never evaluated."""
-        return self.nonfinite_at() is not None or not self.weights_finite()
 
     def log_interval(self, iteration: int) -> None:
         """At a logging iteration, logs the interval's means (over every rank) and starts the
@@ -170,8 +143,6 @@ class Classifier(L.LightningModule):
             self.log("lr", float(optimizer.param_groups[0]["lr"]))
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
-        if self._eval_broken:  # a non-finite network is never a result
-            return
         logits, labels = self(batch[0]), batch[1]
         error, error_top5 = getattr(self, f"{split}_error"), getattr(self, f"{split}_error_top5")
         error.update(_wrong_percent(logits, labels))
@@ -184,21 +155,14 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
-    def on_validation_start(self) -> None:
-        self._eval_broken = self.broken()
-
-    on_test_start = on_validation_start
-
     def on_validation_epoch_end(self) -> None:
-        if self._eval_broken:
-            return
         self.log("step", float(self.global_step), sync_dist=True)  # the same on every rank
         self.validated_at = self.global_step
 
     def on_validation_end(self) -> None:
         # After Lightning has reduced the epoch's metrics: one host read per validation.
         value, trainer = self.trainer.callback_metrics.get("val/error"), self.trainer
-        if value is None or trainer.sanity_checking or self._eval_broken:
+        if value is None or trainer.sanity_checking:
             return
         if self.best_val_error is None or float(value) < self.best_val_error:
             self.best_val_error, self.best_val_step = float(value), self.global_step
@@ -258,8 +222,6 @@ class Classifier(L.LightningModule):
         self._interval_sums = state["interval_sums"].cpu() * float(self.global_rank == 0)
 
     def on_train_start(self) -> None:
-        self._nonfinite = torch.tensor([self.global_step, 0], device=self.device)
-        self._broken_at = None
         # as late as possible: a resumed run's augmentation draws what the interrupted one would
         if self._rng_to_restore is not None:
             set_rng_states(self._rng_to_restore)
