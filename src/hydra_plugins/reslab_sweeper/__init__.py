@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +74,10 @@ class ResumeSweeper(Sweeper):
             _ = result.return_value  # a failed job raises here, as with Hydra's sweeper
         return [results]
 
-    def _subdir(self, job: list[str], num: int) -> str:
-        """The folder (under hydra.sweep.dir) of job ``num``, as the launcher would name it:
-        its config's ``hydra.sweep.subdir``, resolved with its values (``${seed}``, the job
-        number, ``${folder_name:}``)."""
+    @contextlib.contextmanager
+    def _as_job(self, job: list[str], num: int = 0) -> Iterator[DictConfig]:
+        """Job ``num``'s composed config, Hydra's config of the process while it is used (its
+        ``${hydra:...}`` values, as when it runs)."""
         from hydra.core.hydra_config import HydraConfig
 
         assert self.config is not None
@@ -86,35 +88,35 @@ class ResumeSweeper(Sweeper):
         previous = hydra.cfg
         try:
             hydra.set_config(cfg)
-            return str(cfg.hydra.sweep.subdir)
+            yield cfg
         finally:
             hydra.cfg = previous
+
+    def _subdir(self, job: list[str], num: int) -> str:
+        """The folder (under hydra.sweep.dir) of job ``num``, as the launcher would name it:
+        its config's ``hydra.sweep.subdir``, resolved with its values (``${seed}``, the job
+        number, ``${folder_name:}``)."""
+        with self._as_job(job, num) as cfg:
+            return str(cfg.hydra.sweep.subdir)
 
     def _check(self, batch: list[list[str]]) -> None:
         """reslab's checks (reslab.checks.check_run) of each job to launch, on its composed
         config: when every job is refused (the resume's own overrides are bad), nothing is
         launched and no folder is made or changed (:class:`reslab.sweeps.ResumeRefused`); a job
         refused alone fails alone, as in the sweep's first start."""
-        from hydra.core.hydra_config import HydraConfig
-
         from reslab import console
         from reslab.checks import check_run
         from reslab.cli import explain
 
         console.quiet_third_party()  # Lightning's notices, as in a job
-        assert self.config is not None
-        loader, first, hydra = self.hydra_context.config_loader, None, HydraConfig.instance()
-        previous = hydra.cfg
+        first = None
         for job in batch:
             try:
-                cfg = loader.load_sweep_config(self.config, job)
-                hydra.set_config(cfg)  # its ${hydra:...} values, as when it runs
-                check_run(cfg)
+                with self._as_job(job) as cfg:
+                    check_run(cfg)
                 return
             except Exception as err:  # the job's own error, said below
                 first = first or err
-            finally:
-                hydra.cfg = previous
         raise ResumeRefused(
             f"the sweep's resume is refused, no job was launched and its folder is as it was: "
             f"{explain(first) or first}"
