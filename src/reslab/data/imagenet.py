@@ -30,9 +30,6 @@ from reslab.validation import is_int, require_choice, require_int
 
 log = logging.getLogger(__name__)
 
-# The 10 evaluation crops (torchvision's ten_crop order): k + 5 mirrors crop k; 4 is the centre.
-_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
-TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
 # The usual per-channel statistics of ImageNet (torchvision, fb.resnet.torch), pixels in [0, 1].
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
 CHANNEL_STD = (0.229, 0.224, 0.225)
@@ -146,13 +143,6 @@ def _some(folder: Path, names: list[str]) -> str:
 
 
 # --- per-image geometry (in the workers) ----------------------------------------------------
-def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The ``size``×``size`` centre of ``image`` (offsets rounded down)."""
-    h, w = image.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[..., top : top + size, left : left + size]
-
-
 def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> torch.Tensor:
     """The paper's scale augmentation: shorter side resized to a uniform integer in ``scale``, a
     random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
@@ -167,14 +157,18 @@ def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> t
 
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
     """Shorter side resized to ``resize`` (bilinear, antialiased; torchvision returns an image
-    of that size as it is), then the centre crop (3, c, c) or 10 (10, 3, c, c) in
-    ``TEN_CROP_ORDER``."""
+    of that size as it is), then the centre crop (3, c, c) (offsets rounded down) or 10
+    (10, 3, c, c): top-left, top-right, bottom-left, bottom-right, centre, then those five
+    mirrored (crop k + 5 mirrors crop k)."""
+    c = crop_size
     image = TF.resize(image, [resize], antialias=True)
+    h, w = image.shape[-2:]
+    top, left = (h - c) // 2, (w - c) // 2
+    centre = image[..., top : top + c, left : left + c]
     if crops == 1:
-        return center_crop(image, crop_size)
-    (h, w), c = image.shape[-2:], crop_size
+        return centre
     corners = [image[..., y : y + c, x : x + c] for y in (0, h - c) for x in (0, w - c)]
-    five = torch.stack([*corners, center_crop(image, c)])
+    five = torch.stack([*corners, centre])
     return torch.cat([five, five.flip(-1)])
 
 
