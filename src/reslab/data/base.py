@@ -4,7 +4,6 @@ PIL, no worker processes."""
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -75,8 +74,7 @@ class BatchLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batches_done, self.fused, self.stop_at = batches_done, fused, stop_at
         self.epoch = 0
-        # each epoch's order drawn once; a fused group may run on into the next epoch's
-        self._order = functools.lru_cache(maxsize=2)(self._draw_order)
+        self._orders: dict[int, torch.Tensor] = {}
 
     def _batches(self) -> int:
         n = len(self.labels)
@@ -85,11 +83,15 @@ class BatchLoader:
     def __len__(self) -> int:
         return math.ceil(self._batches() / self.fused)
 
-    def _draw_order(self, epoch: int) -> torch.Tensor:
-        """The image order of ``epoch`` on the images' device (indexing stays there)."""
-        n, g = len(self.labels), torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        return order.to(self.images.device)
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The image order of ``epoch`` on the images' device (the last two kept)."""
+        if epoch not in self._orders:
+            n, g = len(self.labels), torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+            # once per epoch; indexing stays on the device
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = order.to(self.images.device)
+        return self._orders[epoch]
 
     def _index(self, batch: int) -> torch.Tensor:
         """This rank's image indices of batch number ``batch`` of the whole sequence."""
