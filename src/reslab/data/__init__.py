@@ -1,7 +1,7 @@
 """Datasets as uint8 image tensors: the CIFAR-size ones held in memory with the paper's batched
 augmentation, ImageNet decoded from its folders by worker processes."""
 
-from reslab.data.base import BatchLoader, InMemoryDataModule, Splits
+from reslab.data.base import BatchLoader, InMemoryDataModule
 from reslab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from reslab.data.fashion_mnist import FashionMNISTDataModule
 from reslab.data.imagenet import ImageNetDataModule
@@ -14,6 +14,5 @@ __all__ = [
     "FashionMNISTDataModule",
     "ImageNetDataModule",
     "InMemoryDataModule",
-    "Splits",
     "SyntheticDataModule",
 ]

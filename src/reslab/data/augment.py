@@ -14,27 +14,6 @@ def subtract_mean(images: torch.Tensor, mean: torch.Tensor, scale: float = 255.0
     return (images.float() - mean) / scale
 
 
-def _crop_flip_index(
-    n: int, h: int, w: int, padding: int, flip: bool, generator: torch.Generator | None,
-    device: torch.device, out: torch.Tensor | None,
-) -> torch.Tensor:  # fmt: skip
-    """Each image's crop and flip as an int64 (N, 1, H*W) index into its zero-padded image
-    flattened to (H+2p)*(W+2p) pixels (``out``: an int64 (N, H, W) tensor to write into).
-    One ``randint`` v per image in [0, (2p+1)² · 2) (without ``flip``: (2p+1)²): mirrored =
-    v % 2, left = (v // 2) % (2p+1), top = (v // 2) // (2p+1). One draw per image makes the
-    draws of N·K images those of K batches of N drawn in turn (on the CPU), so K batches
-    augmented at once are augmented exactly as one at a time."""
-    side = 2 * padding + 1
-    draws = side * side * (2 if flip else 1)
-    v = torch.randint(0, draws, (n, 1), device=device, generator=generator)
-    cols = torch.arange(w, device=device)
-    if flip:
-        cols, v = torch.where((v % 2).bool(), cols.flip(0), cols), v // 2
-    top, cols = v // side, cols + v % side  # cols: (n, w)
-    rows = (top + torch.arange(h, device=device)) * (w + 2 * padding)  # (n, h): row starts
-    return torch.add(rows[:, :, None], cols[:, None, :], out=out).view(n, 1, h * w)
-
-
 # On the CPU, fresh multi-megabyte buffers every batch cost page faults that took as long as
 # the work itself; so the padded buffer (its border stays zero) and the index are kept between
 # calls, one pair per thread, for the last batch shape seen.
@@ -65,7 +44,12 @@ def subtract_mean_crop_flip(
     """``subtract_mean(images, mean, scale)`` (N, C, H, W), zero-padded by ``padding`` pixels
     after the subtraction, then a random crop of the original size of each image, mirrored with
     probability 1/2 (``flip``), independently per image; ``generator`` (on the images' device)
-    makes it repeatable. A new tensor; for data batches (no autograd)."""
+    makes it repeatable. A new tensor; for data batches (no autograd).
+
+    One ``randint`` v per image in [0, (2p+1)² · 2) (without ``flip``: (2p+1)²): mirrored =
+    v % 2, left = (v // 2) % (2p+1), top = (v // 2) // (2p+1). One draw per image makes the
+    draws of N·K images those of K batches of N drawn in turn (on the CPU), so K batches
+    augmented at once are augmented exactly as one at a time."""
     if images.dim() != 4:
         raise ValueError(f"expected a batch of shape (N, C, H, W), got {tuple(images.shape)}")
     if padding < 0:
@@ -73,11 +57,21 @@ def subtract_mean_crop_flip(
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     n, c, h, w = images.shape
+    device = images.device
     if images.dtype != torch.uint8:  # uint8 converts exactly, in the copy below
         images = images.float()  # as subtract_mean converts it
     dtype = torch.promote_types(torch.float32, mean.dtype)  # that of subtract_mean
-    padded, index = _buffers(n, c, h, w, padding, dtype, images.device)
-    index = _crop_flip_index(n, h, w, padding, flip, generator, images.device, index)
+    padded, index = _buffers(n, c, h, w, padding, dtype, device)
+    side = 2 * padding + 1
+    draws = side * side * (2 if flip else 1)
+    v = torch.randint(0, draws, (n, 1), device=device, generator=generator)
+    cols = torch.arange(w, device=device)
+    if flip:
+        cols, v = torch.where((v % 2).bool(), cols.flip(0), cols), v // 2
+    top, cols = v // side, cols + v % side  # cols: (n, w)
+    rows = (top + torch.arange(h, device=device)) * (w + 2 * padding)  # (n, h): row starts
+    # each image's crop and flip: an index into its padded image flattened to (H+2p)*(W+2p)
+    index = torch.add(rows[:, :, None], cols[:, None, :], out=index).view(n, 1, h * w)
     padded[:, :, padding : padding + h, padding : padding + w].copy_(images).sub_(mean)
     # Dividing after the crop gives each pixel the same (x - mean) / scale, and 0 / scale = 0.
     crops = padded.view(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)

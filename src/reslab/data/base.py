@@ -260,9 +260,12 @@ class InMemoryDataModule(L.LightningDataModule):
             return crops.view(images.shape), labels
         return subtract_mean(images, self.mean), labels
 
-    def fetch(self, download: Callable[[str], object], failed: str) -> None:
-        """``download(data_dir)``, the folder created, where ``data.download`` allows it, else an
-        error if the folder is missing; a failed download (``failed``) says where the files go."""
+    def fetch(self, missing: Callable[[], str], download: Callable[[str], object]) -> None:
+        """When ``missing()`` says what is missing: ``download(data_dir)``, the folder created,
+        where ``data.download`` allows it, else an error if the folder is missing. A failed
+        download, or files still missing, is a ``FileNotFoundError`` saying where they go."""
+        if not missing():
+            return
         if not self.download and not self.data_dir.is_dir():
             raise FileNotFoundError(
                 f"data.data_dir '{self.data_dir}' does not exist (and data.download=false); "
@@ -273,4 +276,6 @@ class InMemoryDataModule(L.LightningDataModule):
             try:
                 download(str(self.data_dir))
             except Exception as err:  # no network, a proxy, a bad archive: say what to do
-                raise FileNotFoundError(self._where_message(f"{failed} ({err})")) from err
+                raise FileNotFoundError(self._where_message(f"downloading failed ({err})")) from err
+        if why := missing():
+            raise FileNotFoundError(self._where_message(why))

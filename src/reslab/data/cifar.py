@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.datasets.utils import download_and_extract_archive
 
 from reslab.data.base import InMemoryDataModule
 
@@ -85,19 +86,10 @@ class CIFAR10DataModule(InMemoryDataModule):
     md5, folder = "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"
     train_files, test_files = tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",)
 
-    def _missing(self) -> list[str]:
+    def _missing(self) -> str:
         folder = self.data_dir / self.folder
-        return [f for f in (*self.train_files, *self.test_files) if not (folder / f).is_file()]
-
-    def _ensure_files(self) -> Path:
-        if self._missing():
-            from torchvision.datasets.utils import download_and_extract_archive
-
-            archive = partial(download_and_extract_archive, self.url, md5=self.md5)
-            self.fetch(archive, "downloading it failed")
-        if missing := self._missing():
-            raise FileNotFoundError(self._where_message(f"missing {', '.join(missing)}"))
-        return self.data_dir / self.folder
+        missing = [f for f in (*self.train_files, *self.test_files) if not (folder / f).is_file()]
+        return f"missing {', '.join(missing)}" if missing else ""
 
     def _where_message(self, why: str) -> str:
         return (
@@ -107,7 +99,8 @@ class CIFAR10DataModule(InMemoryDataModule):
         )
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        folder = self._ensure_files()
+        self.fetch(self._missing, partial(download_and_extract_archive, self.url, md5=self.md5))
+        folder = self.data_dir / self.folder
 
         def read(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
             parts = zip(*(load_pickle_batch(folder / f) for f in files), strict=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets import FashionMNIST
 
 from reslab.data.base import InMemoryDataModule
 
@@ -65,15 +66,12 @@ class FashionMNISTDataModule(InMemoryDataModule):
                 return found
         return None
 
-    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        files = self.find_files()
-        if files is None:
-            from torchvision.datasets import FashionMNIST  # it fetches all four files
+    def _missing(self) -> str:
+        return "" if self.find_files() else "the four idx files are missing"
 
-            self.fetch(partial(FashionMNIST, download=True), "downloading failed")
-            files = self.find_files()
-            if files is None:
-                raise FileNotFoundError(self._where_message("the four idx files are missing"))
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.fetch(self._missing, partial(FashionMNIST, download=True))  # it fetches all four
+        files = self.find_files()
         tensors = []
         for split in ("train", "test"):
             images, labels = read_idx(files[f"{split}_images"]), read_idx(files[f"{split}_labels"])

@@ -20,8 +20,9 @@ import lightning as L
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pillow decodes all
 
 from reslab.data.base import require_batch_split, require_ints
@@ -29,9 +30,6 @@ from reslab.validation import is_int, require_choice, require_int
 
 log = logging.getLogger(__name__)
 
-# The 10 evaluation crops (torchvision's ten_crop order): k + 5 mirrors crop k; 4 is the centre.
-_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
-TEN_CROP_ORDER = (*_CORNERS, *(f"{c} flipped" for c in _CORNERS))
 # The usual per-channel statistics of ImageNet (torchvision, fb.resnet.torch), pixels in [0, 1].
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
 CHANNEL_STD = (0.229, 0.224, 0.225)
@@ -52,7 +50,7 @@ WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 @dataclass
 class ImageList(Dataset):
     """A split's files (relative to ``root``) and int64 labels, as numpy arrays: forked
-    workers share them without copying. As a dataset: (``transform`` of the uint8 image, label)."""
+    workers share them without copying."""
 
     root: Path
     files: np.ndarray
@@ -63,7 +61,15 @@ class ImageList(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_image(self.path(i))), int(self.labels[i])
+        """(``transform`` of image ``i``, its label); the image uint8 RGB (3, H, W) in H, W, C
+        memory order (it resizes fastest), whatever its format (ImageNet has a PNG named .JPEG;
+        grey and CMYK become RGB)."""
+        try:
+            with Image.open(self.path(i)) as image:
+                pixels = np.array(image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as err:  # unknown format, truncated, corrupt
+            raise ValueError(f"cannot decode image '{self.path(i)}': {err}") from err
+        return self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), int(self.labels[i])
 
     def path(self, i: int) -> Path:
         return self.root / os.fsdecode(self.files[i])
@@ -136,33 +142,7 @@ def _some(folder: Path, names: list[str]) -> str:
     return ", ".join(f"'{folder / n}'" for n in names[:5]) + more
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """An image file as uint8 RGB (3, H, W) in H, W, C memory order (it resizes fastest), whatever
-    its format (ImageNet has a PNG named .JPEG; grey and CMYK become RGB)."""
-    try:
-        with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as err:  # unknown format, truncated, corrupt
-        raise ValueError(f"cannot decode image '{path}': {err}") from err
-    return torch.from_numpy(pixels).permute(2, 0, 1)
-
-
 # --- per-image geometry (in the workers) ----------------------------------------------------
-def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The ``size``×``size`` centre of ``image`` (offsets rounded down)."""
-    h, w = image.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[..., top : top + size, left : left + size]
-
-
-def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(10, C, size, size): the crops of ``TEN_CROP_ORDER``."""
-    h, w = image.shape[-2:]
-    corners = [image[..., y : y + size, x : x + size] for y in (0, h - size) for x in (0, w - size)]
-    five = torch.stack([*corners, center_crop(image, size)])
-    return torch.cat([five, five.flip(-1)])
-
-
 def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> torch.Tensor:
     """The paper's scale augmentation: shorter side resized to a uniform integer in ``scale``, a
     random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
@@ -177,24 +157,28 @@ def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> t
 
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
     """Shorter side resized to ``resize`` (bilinear, antialiased; torchvision returns an image
-    of that size as it is), then the centre crop (3, c, c) or 10 (10, 3, c, c)."""
+    of that size as it is), then the centre crop (3, c, c) (offsets rounded down) or 10
+    (10, 3, c, c): top-left, top-right, bottom-left, bottom-right, centre, then those five
+    mirrored (crop k + 5 mirrors crop k)."""
+    c = crop_size
     image = TF.resize(image, [resize], antialias=True)
-    return center_crop(image, crop_size) if crops == 1 else ten_crop(image, crop_size)
+    h, w = image.shape[-2:]
+    top, left = (h - c) // 2, (w - c) // 2
+    centre = image[..., top : top + c, left : left + c]
+    if crops == 1:
+        return centre
+    corners = [image[..., y : y + c, x : x + c] for y in (0, h - c) for x in (0, w - c)]
+    five = torch.stack([*corners, centre])
+    return torch.cat([five, five.flip(-1)])
 
 
-class EvalShard(DistributedSampler):
+class EvalShard(UnrepeatedDistributedSampler):
     """Rank r of n evaluates images r, r + n, ...: every image once over the ranks (Lightning's
     DistributedSampler pads to equal shares, counting some twice; it keeps a subclass as it
     is). Batch counts may differ by one: evaluation runs no collective per batch."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-
-    def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 # --- the DataModule --------------------------------------------------------------------------
