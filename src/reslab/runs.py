@@ -33,6 +33,7 @@ def run_folders(path: str | Path, required: bool = False) -> list[Path]:
 
 
 Series = list[tuple[int, float]]  # (iteration, value)
+IGNORED = (None, "step", "epoch")  # metrics.csv's columns that are no series (None: extra cells)
 
 
 @dataclass
@@ -65,23 +66,19 @@ class Run:
 
 def read_metrics(path: Path) -> dict[str, Series]:
     """Lightning's CSVLogger file as one (iteration, value) series per column ({} without it):
-    a running run's cut-off last row is skipped where it does not parse; nan and inf are kept."""
+    a running run's cut-off last row is skipped when it does not parse; nan and inf are kept."""
     series: dict[str, Series] = {}
     if not path.is_file():
         return series
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                step = int(float(row.get("step") or ""))
-            except ValueError:
+                step = int(float(row["step"]))
+                values = {k: float(v) for k, v in row.items() if k not in IGNORED and v}
+            except (KeyError, TypeError, ValueError):
                 continue
-            for key, text in row.items():
-                if key in (None, "step", "epoch") or not text:
-                    continue
-                try:
-                    series.setdefault(key, []).append((step, float(text)))
-                except ValueError:
-                    continue
+            for key, value in values.items():
+                series.setdefault(key, []).append((step, value))
     return series
 
 
