@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from reslab.run_folder import OVERRIDES_FILE, read_status
+from reslab.run_folder import read_status
 from reslab.runs import run_folders
 
 ERRORS = ("train/error", "val/error", "test/error")
@@ -114,11 +114,10 @@ def conclude(sweep_dir: Path) -> None:
 
 def best_trial(sweep_dir: Path, results: dict[str, Any]) -> str:
     """The search's best trial as ``optimization_results.yaml`` gives it, with its folder."""
-    params = results.get("best_params") or {}
+    from reslab.sweeps import job_folders
+
+    params = {k: str(v) for k, v in (results.get("best_params") or {}).items()}
     said = " ".join(f"{k}={v}" for k, v in params.items())
-    for folder in run_folders(sweep_dir):
-        overrides = yaml.safe_load((folder / OVERRIDES_FILE).read_text()) or []
-        if all(any(o == f"{k}={v}" for o in overrides) for k, v in params.items()):
-            said += f" ({folder.name})"
-            break
+    if found := [f for f, ran in job_folders(sweep_dir).items() if params.items() <= ran.items()]:
+        said += f" ({found[0].name})"
     return f"best trial: {said}: objective {results.get('best_value')} ({SEARCH_RESULTS})"
