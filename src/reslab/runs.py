@@ -58,11 +58,6 @@ class Run:
     error: str | None = None  # the exception of a failed run
     code: str | None = None  # the commit it ran (report.code_label); None: not recorded
 
-    @property
-    def label(self) -> str:
-        """The legend text: the network name, with the status unless finished."""
-        return self.name if self.status == "finished" else f"{self.name} ({self.status})"
-
 
 def read_metrics(path: Path) -> dict[str, Series]:
     """Lightning's CSVLogger file as one (iteration, value) series per column ({} without it):
