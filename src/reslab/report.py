@@ -197,12 +197,9 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
     for name, members in by_network(runs).items():
         params = next((r.params for r in members if r.params is not None), None)
         row = [name, format_params(params), str(len(members))]
+        finished = [r for r in members if r.status == "finished"]
         for key in measured:
-            values = [
-                r.final[key]
-                for r in members
-                if r.status == "finished" and math.isfinite(r.final.get(key, math.nan))
-            ]
+            values = [r.final[key] for r in finished if math.isfinite(r.final.get(key, math.nan))]
             row.append(_mean_std(values))
             if key in compared:
                 shown, number = _paper(name, family, key.endswith("top5"), len(values))
