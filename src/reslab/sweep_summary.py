@@ -18,6 +18,8 @@ from reslab.run_folder import read_status
 from reslab.runs import run_folders
 
 ERRORS = ("train/error", "val/error", "test/error")
+# What status.json adds to a job's status in the table: its key, and how it is said.
+SAID = {"diverged_at": " at {}", "ended_by_slurm": " ({})", "not_requeued": " (not requeued)"}
 SEARCH_RESULTS = "optimization_results.yaml"  # a search's best trial (Hydra's optuna sweeper)
 
 
@@ -28,16 +30,10 @@ def sweep_table(sweep_dir: Path) -> Table:
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for folder in run_folders(sweep_dir):
         status = read_status(folder)
-        state = status.get("status", "?")
-        if "diverged_at" in status:
-            state += f" at {status['diverged_at']}"
-        if "ended_by_slurm" in status:
-            state += f" ({status['ended_by_slurm']})"
-        if "not_requeued" in status:
-            state += " (not requeued)"
+        said = "".join(text.format(status[key]) for key, text in SAID.items() if key in status)
         table.add_row(
             folder.name,
-            state,
+            status.get("status", "?") + said,
             str(status.get("iterations", "")),
             *(f"{status[k]:.2f}" if status.get(k) is not None else "" for k in ERRORS),
             str(status.get("seconds", "")),
