@@ -47,9 +47,8 @@ def _colours(runs: Sequence[Run]) -> dict[str, Any]:
 
 def _xy(series: Series, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Iterations (divided by ``scale``) and values, with inf as nan (a gap in the line)."""
-    steps = np.array([s for s, _ in series], dtype=float) / scale
-    values = np.array([v for _, v in series], dtype=float)
-    return steps, np.where(np.isfinite(values), values, np.nan)
+    steps, values = np.array(series, dtype=float).T
+    return steps / scale, np.where(np.isfinite(values), values, np.nan)
 
 
 def _y_top(runs: Sequence[Run], last: int) -> float:
