@@ -51,19 +51,6 @@ def _xy(series: Series, scale: float) -> tuple[np.ndarray, np.ndarray]:
     return steps / scale, np.where(np.isfinite(values), values, np.nan)
 
 
-def _y_top(runs: Sequence[Run], last: int) -> float:
-    """The error axis's top: the largest error after the first 5% of the iterations (those
-    near chance would squash the rest), plus a margin; at most 100."""
-    values = [
-        v
-        for r in runs
-        for key in CURVE_KEYS
-        for s, v in r.metrics.get(key, [])
-        if s >= 0.05 * last and np.isfinite(v)
-    ]
-    return min(100.0, 1.08 * max(values)) if values and max(values) > 0 else 100.0
-
-
 def curves_figure(runs: Sequence[Run], title: str) -> Figure:
     """Figures 1/4/6: error (%) against iterations, plain nets left and residual nets right on
     one y scale; dashed train/error, bold val/error, a dot for the final test/error; one
@@ -75,7 +62,8 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
         for residual, text in ((False, "plain networks"), (True, "residual networks"))
     ]
     panels = [(text, members) for text, members in panels if members]
-    last = max((s for r in runs for k in CURVE_KEYS for s, _ in r.metrics.get(k, [])), default=0)
+    points = [(s, v) for r in runs for k in CURVE_KEYS for s, v in r.metrics.get(k, [])]
+    last = max((s for s, _ in points), default=0)
     scale = 1e4 if last > PER_TEN_THOUSAND_ABOVE else 1.0
     colour = _colours(runs)
     fig = Figure(figsize=(6.4 * len(panels), 4.8), layout="constrained")
@@ -99,7 +87,10 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[0].set_ylabel("error (%)")
-    axes[0].set_ylim(0, _y_top(runs, last))
+    # the largest error after the first 5% of the iterations (those near chance would squash
+    # the rest) sets the top, with a margin; at most 100
+    top = [v for s, v in points if s >= 0.05 * last and np.isfinite(v)]
+    axes[0].set_ylim(0, min(100.0, 1.08 * max(top)) if top and max(top) > 0 else 100.0)
     has_val = any(r.metrics.get("val/error") for r in runs)
     solid = "solid: validation error, dot: final test error" if has_val else "dot: test error"
     fig.suptitle(f"{title} — dashed: training error, {solid}")
