@@ -30,10 +30,9 @@ def count_parameters(net: nn.Module) -> int:
 def _trace(
     net: nn.Module, input_shape: Sequence[int], watch: Sequence[nn.Module] = ()
 ) -> tuple[dict[str, int], dict[nn.Module, tuple[int, ...]]]:
-    """One forward pass of one zero image in eval mode (BN statistics unchanged), counted by
-    torch's FlopCounterMode (convolutions and matrix products; a multiply-add is 2 FLOPs):
-    multiply-adds per module, keyed ``"ResNet.stages.0"`` (``"Global"``: the whole network),
-    and the per-image output shape of each module in ``watch``."""
+    """One forward pass of one zero image in eval mode (BN statistics unchanged) under torch's
+    FlopCounterMode (2 FLOPs a multiply-add): multiply-adds per module name (``"Global"``: all;
+    ``"ResNet.stages.0"``), and the per-image output shape of each module in ``watch``."""
     if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
     shapes: dict[nn.Module, tuple[int, ...]] = {}
