@@ -86,10 +86,8 @@ def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                key = (row["split"], int(row["step"]))
-                measurements.setdefault(key, []).append(
-                    (int(row["index"]), row["layer"], float(row["std"]))
-                )
+                layer = (int(row["index"]), row["layer"], float(row["std"]))
+                measurements.setdefault((row["split"], int(row["step"])), []).append(layer)
             except (KeyError, TypeError, ValueError):
                 continue  # a cut-off last row
     if not measurements:
