@@ -44,7 +44,7 @@ def _trace(
     modes = {m: m.training for m in net.modules()}
     param = next(net.parameters(), torch.zeros(()))
     x = torch.zeros(1, *map(int, input_shape), device=param.device, dtype=param.dtype)
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False)
     try:
         net.eval()
         with torch.no_grad(), counter:
