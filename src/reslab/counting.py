@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)
@@ -28,65 +29,60 @@ def count_parameters(net: nn.Module) -> int:
 
 def _trace(
     net: nn.Module, input_shape: Sequence[int], watch: Sequence[nn.Module] = ()
-) -> tuple[dict[nn.Module, int], dict[nn.Module, tuple[int, ...]]]:
-    """One forward pass of one zero image in eval mode (BN statistics unchanged): multiply-adds
-    per conv/linear module, and the per-image output shape of each module in ``watch``."""
+) -> tuple[dict[str, int], dict[nn.Module, tuple[int, ...]]]:
+    """One forward pass of one zero image in eval mode (BN statistics unchanged) under torch's
+    FlopCounterMode (2 FLOPs a multiply-add): multiply-adds per module name (``"Global"``: all;
+    ``"ResNet.stages.0"``), and the per-image output shape of each module in ``watch``."""
     if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
-    macs: dict[nn.Module, int] = {}
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         shapes[module] = tuple(output.shape[1:])
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            n = module.in_channels // module.groups * kh * kw
-        elif isinstance(module, nn.Linear):
-            n = module.in_features
-        else:
-            return
-        macs[module] = macs.get(module, 0) + n * output[0].numel()  # per output element
 
-    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles = [m.register_forward_hook(hook) for m in {*layers, *watch}]  # each module once
+    handles = [m.register_forward_hook(hook) for m in watch]
     modes = {m: m.training for m in net.modules()}
     param = next(net.parameters(), torch.zeros(()))
     x = torch.zeros(1, *map(int, input_shape), device=param.device, dtype=param.dtype)
+    counter = FlopCounterMode(display=False)
     try:
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             net(x)
     finally:
         for h in handles:
             h.remove()
         for m, training in modes.items():
             m.training = training
-    return macs, shapes
+    flops = counter.get_flop_counts()
+    return {name: sum(by_op.values()) // 2 for name, by_op in flops.items()}, shapes
 
 
 def count_multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-adds of one image of ``input_shape`` (C, H, W): output elements × in_channels /
-    groups × kh × kw per ``nn.Conv2d``, in × out per ``nn.Linear``."""
-    return sum(_trace(net, input_shape)[0].values())
+    groups × kh × kw per convolution, in × out per fully connected layer."""
+    return _trace(net, input_shape)[0].get("Global", 0)
 
 
 def parts(net: nn.Module, input_shape: Sequence[int]) -> list[Part]:
     """Parameters and multiply-adds per top-level child of ``net``; ``stages``' children are
     ``stage 1``, ``stage 2``, ..., and ``pool`` + ``fc`` the ``head``."""
-    groups: dict[str, list[nn.Module]] = {}
+    groups: dict[str, dict[str, nn.Module]] = {}
     for name, child in net.named_children():
         if name == "stages":
-            for i, stage in enumerate(child.children()):
-                groups[f"stage {i + 1}"] = [stage]
+            for i, (index, stage) in enumerate(child.named_children()):
+                groups[f"stage {i + 1}"] = {f"stages.{index}": stage}
         else:
-            groups.setdefault("head" if name in ("pool", "fc") else name, []).append(child)
-    macs, shapes = _trace(net, input_shape, [m for members in groups.values() for m in members])
+            groups.setdefault("head" if name in ("pool", "fc") else name, {})[name] = child
+    watch = [m for members in groups.values() for m in members.values()]
+    macs, shapes = _trace(net, input_shape, watch)
+    root = type(net).__name__  # FlopCounterMode's name of the network
     return [
         Part(
             label,
-            shapes.get(members[-1], ()),
-            sum(count_parameters(m) for m in members),
-            sum(macs.get(m, 0) for member in members for m in member.modules()),
+            shapes.get([*members.values()][-1], ()),
+            sum(count_parameters(m) for m in members.values()),
+            sum(macs.get(f"{root}.{name}", 0) for name in members),
         )
         for label, members in groups.items()
     ]

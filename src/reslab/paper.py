@@ -7,11 +7,8 @@ from section 4.2). Errors are in percent; Figure 6's are APPROXIMATE, read off t
 
 from __future__ import annotations
 
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import NamedTuple
-
-from reslab.networks import network_name, parse_network_name
 
 
 class TopErrors(NamedTuple):
@@ -21,24 +18,25 @@ class TopErrors(NamedTuple):
     top5: float | None = None
 
 
-CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)  # the depths the paper reports on CIFAR-10
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152)  # Table 1
 _CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962,
                  1202: 19_421_274}  # fmt: skip
 _CIFAR_MULTIPLY_ADDS = {20: 40.55e6, 32: 68.86e6, 44: 97.17e6, 56: 125.49e6, 110: 252.89e6,
                         1202: 2.83e9}  # fmt: skip
 CIFAR_OPTION_B_EXTRA_PARAMS = 2_752
 
-PARAMS: dict[str, int] = {
+# Every network the paper gives a number for is in one of these two.
+CIFAR_PARAMS: dict[str, int] = {
     **{f"plain-{d}": p for d, p in _CIFAR_PARAMS.items()},
     **{f"resnet-{d}A": p for d, p in _CIFAR_PARAMS.items()},
     **{f"resnet-{d}B": p + CIFAR_OPTION_B_EXTRA_PARAMS for d, p in _CIFAR_PARAMS.items()},
-    # ImageNet, 1000 classes
+}
+IMAGENET_PARAMS: dict[str, int] = {  # 1000 classes
     "plain-18": 11_515_688, "resnet-18A": 11_515_688, "resnet-18B": 11_689_512,
     "plain-34": 21_623_848, "resnet-34A": 21_623_848, "resnet-34B": 21_797_672,
     "resnet-34C": 22_716_840, "resnet-50B": 25_557_032, "resnet-101B": 44_549_160,
     "resnet-152B": 60_192_808,
 }  # fmt: skip
+PARAMS: dict[str, int] = {**CIFAR_PARAMS, **IMAGENET_PARAMS}
 
 # ImageNet (Table 1): one number per depth; plain and option A nets have those of B.
 _IMAGENET_MULTIPLY_ADDS = {18: 1.814e9, 34: 3.664e9, 50: 3.858e9, 101: 7.57e9, 152: 11.28e9}
@@ -91,7 +89,6 @@ TABLE4_MULTISCALE: dict[str, TopErrors] = {
 class Published:
     """Everything the paper gives for one network; None where it gives nothing."""
 
-    name: str
     family: str | None  # "cifar" or "imagenet": the setting the numbers belong to
     params: int | None
     multiply_adds: float | None
@@ -104,15 +101,9 @@ class Published:
 def published(name: str) -> Published:
     """The paper's numbers for ``name`` (e.g. ``"resnet-56A"``); all None for a name of none of
     its networks. Depths 50 and 152 are also valid CIFAR depths: check ``family`` first."""
-    depth = None
-    with suppress(ValueError):
-        parsed = parse_network_name(name)
-        if network_name(parsed["depth"], parsed["shortcut"]) == name:  # not -1layer, -v1.5, @seed
-            depth = parsed["depth"]
-    family = "cifar" if depth in CIFAR_DEPTHS else "imagenet" if depth in IMAGENET_DEPTHS else None
+    family = "cifar" if name in CIFAR_PARAMS else "imagenet" if name in IMAGENET_PARAMS else None
     top1_only = TopErrors(TABLE2_TOP1[name]) if name in TABLE2_TOP1 else None
     return Published(
-        name=name,
         family=family,
         params=PARAMS.get(name),
         multiply_adds=MULTIPLY_ADDS.get(name),

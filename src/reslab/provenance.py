@@ -45,9 +45,9 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _git(root: Path, *args: str) -> str:
+def _git(root: Path, *args: str, check: bool = True) -> str:
     return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30
+        ["git", "-C", str(root), *args], capture_output=True, text=True, check=check, timeout=30
     ).stdout
 
 
@@ -82,10 +82,7 @@ def git_state(root: Path | None) -> tuple[dict[str, Any], str | None]:
             diff += f"# untracked, not copied here: {name}\n"
             continue
         # git diff --no-index exits 1 when the files differ, which they do
-        diff += subprocess.run(
-            ["git", "-C", str(root), "diff", "--no-index", "--binary", "/dev/null", name],
-            capture_output=True, text=True, timeout=30,
-        ).stdout  # fmt: skip
+        diff += _git(root, "diff", "--no-index", "--binary", "/dev/null", name, check=False)
     digest = hashlib.sha256(diff.encode()).hexdigest()
     return {"commit": commit, "dirty": True, "diff_sha256": digest}, diff
 

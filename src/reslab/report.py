@@ -30,7 +30,7 @@ from reslab import run_folder
 from reslab.networks import parse_network_name
 from reslab.paper import RESNET110_MEAN_STD, published
 from reslab.provenance import code_label
-from reslab.report_figures import curves_figure, network_order, responses_figure
+from reslab.report_figures import by_network, curves_figure, responses_figure
 from reslab.runs import Run, read_metrics, read_responses, run_folders
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
@@ -179,35 +179,29 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
     the cifar family (Table 6; Figure 6's approximate plain nets), ImageNet with the imagenet
     family (Tables 2 and 3). Columns no run logged are left out."""
     paper = (dataset, family) in PAPER_SETTINGS
-    top5 = any("test/error_top5" in r.final for r in runs)
-    top1 = top5 or dataset == "imagenet"  # ImageNet's test/error: 10-crop top-1
-    # (metric, heading, compared with the paper)
-    measured = [
-        ("train/error", "train error (%)", False),
-        ("val/error", "val error (%)", False),
-        ("test/error", "test top-1 error (%)" if top1 else "test error (%)", True),
-        ("test/error_top5", "test top-5 error (%)", True),
-    ]
-    measured = [m for m in measured if m[0] == "test/error" or any(m[0] in r.final for r in runs)]
+    # ImageNet's test/error: 10-crop top-1
+    top1 = dataset == "imagenet" or any("test/error_top5" in r.final for r in runs)
+    headings = {
+        "train/error": "train error (%)",
+        "val/error": "val error (%)",
+        "test/error": "test top-1 error (%)" if top1 else "test error (%)",
+        "test/error_top5": "test top-5 error (%)",
+    }
+    measured = [k for k in headings if k == "test/error" or any(k in r.final for r in runs)]
+    compared = [k for k in measured if paper and k.startswith("test/")]  # beside the paper's
     columns = ["network", "params", "runs"]
-    for _, heading, compared in measured:
-        columns += [heading, "paper (%)", "Δ"] if paper and compared else [heading]
+    for key in measured:
+        columns += [headings[key], "paper (%)", "Δ"] if key in compared else [headings[key]]
     columns.append("status")
-    by_name: dict[str, list[Run]] = {}
-    for run in sorted(runs, key=network_order):
-        by_name.setdefault(run.name, []).append(run)
     rows, notes = [], []
-    for name, members in by_name.items():
+    for name, members in by_network(runs).items():
         params = next((r.params for r in members if r.params is not None), None)
         row = [name, format_params(params), str(len(members))]
-        for key, _, compared in measured:
-            values = [
-                r.final[key]
-                for r in members
-                if r.status == "finished" and math.isfinite(r.final.get(key, math.nan))
-            ]
+        finished = [r for r in members if r.status == "finished"]
+        for key in measured:
+            values = [r.final[key] for r in finished if math.isfinite(r.final.get(key, math.nan))]
             row.append(_mean_std(values))
-            if paper and compared:
+            if key in compared:
                 shown, number = _paper(name, family, key.endswith("top5"), len(values))
                 sign = "≈" if shown.startswith("≈") else ""
                 delta = "—"
@@ -224,7 +218,7 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
                 notes.append(f"{r.path.name}: {r.status}{where}{why}; not in the mean.")
     notes.append("Measured: mean ± sample std over the finished runs of a network.")
     notes += code_notes(runs)
-    if said := "; ".join(t for k, t in EXPLAINED.items() if any(m[0] == k for m in measured)):
+    if said := "; ".join(t for k, t in EXPLAINED.items() if k in measured):
         notes.append(f"{said[0].upper()}{said[1:]}.")
     if paper and family == "cifar":
         notes.append("Paper: Table 6, CIFAR-10 test error; ResNet-110 is the best of 5 runs.")

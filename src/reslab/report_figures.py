@@ -3,7 +3,8 @@ responses), as matplotlib Figures made without pyplot (Agg canvas: no display ne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +24,11 @@ def network_order(run: Run) -> tuple[bool, int, str]:
     return (run.residual, run.depth if run.depth is not None else 1 << 30, run.name)
 
 
+def by_network(runs: Iterable[Run]) -> dict[str, list[Run]]:
+    """Runs by network name, the networks in :func:`network_order`."""
+    return {name: list(g) for name, g in groupby(sorted(runs, key=network_order), lambda r: r.name)}
+
+
 def _palette(n: int) -> list[Any]:
     if n <= 10:
         return [colormaps["tab10"](i) for i in range(n)]
@@ -32,10 +38,7 @@ def _palette(n: int) -> list[Any]:
 def _colours(runs: Sequence[Run]) -> dict[str, Any]:
     """Network name → colour: one colour per depth, as in the paper's figures, unless a panel
     holds two networks of one depth (options A, B and C): then one colour per network."""
-    names_at: dict[tuple[bool, int | None], set[str]] = {}
-    for run in runs:
-        names_at.setdefault((run.residual, run.depth), set()).add(run.name)
-    by_depth = all(len(names) == 1 for names in names_at.values())
+    by_depth = len({r.name for r in runs}) == len({(r.residual, r.depth) for r in runs})
     ordered = sorted(runs, key=network_order)
     keys = list(dict.fromkeys(r.depth if by_depth else r.name for r in ordered))
     colour = dict(zip(keys, _palette(len(keys)), strict=True))
@@ -44,22 +47,8 @@ def _colours(runs: Sequence[Run]) -> dict[str, Any]:
 
 def _xy(series: Series, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Iterations (divided by ``scale``) and values, with inf as nan (a gap in the line)."""
-    steps = np.array([s for s, _ in series], dtype=float) / scale
-    values = np.array([v for _, v in series], dtype=float)
-    return steps, np.where(np.isfinite(values), values, np.nan)
-
-
-def _y_top(runs: Sequence[Run], last: int) -> float:
-    """The error axis's top: the largest error after the first 5% of the iterations (those
-    near chance would squash the rest), plus a margin; at most 100."""
-    values = [
-        v
-        for r in runs
-        for key in CURVE_KEYS
-        for s, v in r.metrics.get(key, [])
-        if s >= 0.05 * last and np.isfinite(v)
-    ]
-    return min(100.0, 1.08 * max(values)) if values and max(values) > 0 else 100.0
+    steps, values = np.array(series, dtype=float).T
+    return steps / scale, np.where(np.isfinite(values), values, np.nan)
 
 
 def curves_figure(runs: Sequence[Run], title: str) -> Figure:
@@ -73,7 +62,8 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
         for residual, text in ((False, "plain networks"), (True, "residual networks"))
     ]
     panels = [(text, members) for text, members in panels if members]
-    last = max((s for r in runs for k in CURVE_KEYS for s, _ in r.metrics.get(k, [])), default=0)
+    points = [(s, v) for r in runs for k in CURVE_KEYS for s, v in r.metrics.get(k, [])]
+    last = max((s for s, _ in points), default=0)
     scale = 1e4 if last > PER_TEN_THOUSAND_ABOVE else 1.0
     colour = _colours(runs)
     fig = Figure(figsize=(6.4 * len(panels), 4.8), layout="constrained")
@@ -87,16 +77,20 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
                     ax.plot(*_xy(run.metrics[key], scale), style, color=c, lw=width)
             if run.metrics.get("test/error"):
                 ax.plot(*_xy(run.metrics["test/error"][-1:], scale), "o", color=c, ms=6)
-            if run.label not in labels:  # repeated seeds: one legend entry
-                labels.append(run.label)
-                ax.plot([], [], "-", color=c, lw=2, label=run.label)
+            label = run.name if run.status == "finished" else f"{run.name} ({run.status})"
+            if label not in labels:  # repeated seeds: one legend entry
+                labels.append(label)
+                ax.plot([], [], "-", color=c, lw=2, label=label)
         ax.set_title(text)
         ax.set_xlabel("iterations (×10⁴)" if scale > 1 else "iterations")
         ax.xaxis.set_major_locator(MaxNLocator(integer=scale == 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[0].set_ylabel("error (%)")
-    axes[0].set_ylim(0, _y_top(runs, last))
+    # the largest error after the first 5% of the iterations (those near chance would squash
+    # the rest) sets the top, with a margin; at most 100
+    top = [v for s, v in points if s >= 0.05 * last and np.isfinite(v)]
+    axes[0].set_ylim(0, min(100.0, 1.08 * max(top)) if top and max(top) > 0 else 100.0)
     has_val = any(r.metrics.get("val/error") for r in runs)
     solid = "solid: validation error, dot: final test error" if has_val else "dot: test error"
     fig.suptitle(f"{title} — dashed: training error, {solid}")
@@ -106,10 +100,7 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
 def responses_figure(runs: Sequence[Run], title: str) -> Figure:
     """Figure 7: each 3×3 layer's response std in network order (top) and sorted (bottom), one
     line per network (the mean over its runs), plain nets dashed."""
-    by_name: dict[str, list[Run]] = {}
-    for run in sorted((r for r in runs if r.responses), key=network_order):
-        by_name.setdefault(run.name, []).append(run)
-    if not by_name:
+    if not (by_name := by_network(r for r in runs if r.responses)):
         raise ValueError("no run holds responses.csv: nothing to draw for Figure 7")
     fig = Figure(figsize=(7.2, 7.2), layout="constrained")
     top, bottom = fig.subplots(2, 1)

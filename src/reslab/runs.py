@@ -33,6 +33,7 @@ def run_folders(path: str | Path, required: bool = False) -> list[Path]:
 
 
 Series = list[tuple[int, float]]  # (iteration, value)
+IGNORED = (None, "step", "epoch")  # metrics.csv's columns that are no series (None: extra cells)
 
 
 @dataclass
@@ -57,31 +58,22 @@ class Run:
     error: str | None = None  # the exception of a failed run
     code: str | None = None  # the commit it ran (report.code_label); None: not recorded
 
-    @property
-    def label(self) -> str:
-        """The legend text: the network name, with the status unless finished."""
-        return self.name if self.status == "finished" else f"{self.name} ({self.status})"
-
 
 def read_metrics(path: Path) -> dict[str, Series]:
     """Lightning's CSVLogger file as one (iteration, value) series per column ({} without it):
-    a running run's cut-off last row is skipped where it does not parse; nan and inf are kept."""
+    a running run's cut-off last row is skipped when it does not parse; nan and inf are kept."""
     series: dict[str, Series] = {}
     if not path.is_file():
         return series
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                step = int(float(row.get("step") or ""))
-            except ValueError:
+                step = int(float(row["step"]))
+                values = {k: float(v) for k, v in row.items() if k not in IGNORED and v}
+            except (KeyError, TypeError, ValueError):
                 continue
-            for key, text in row.items():
-                if key in (None, "step", "epoch") or not text:
-                    continue
-                try:
-                    series.setdefault(key, []).append((step, float(text)))
-                except ValueError:
-                    continue
+            for key, value in values.items():
+                series.setdefault(key, []).append((step, value))
     return series
 
 
@@ -94,10 +86,8 @@ def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                key = (row["split"], int(row["step"]))
-                measurements.setdefault(key, []).append(
-                    (int(row["index"]), row["layer"], float(row["std"]))
-                )
+                layer = (int(row["index"]), row["layer"], float(row["std"]))
+                measurements.setdefault((row["split"], int(row["step"])), []).append(layer)
             except (KeyError, TypeError, ValueError):
                 continue  # a cut-off last row
     if not measurements:

@@ -14,10 +14,12 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from reslab.run_folder import OVERRIDES_FILE, read_status
+from reslab.run_folder import read_status
 from reslab.runs import run_folders
 
 ERRORS = ("train/error", "val/error", "test/error")
+# What status.json adds to a job's status in the table: its key, and how it is said.
+SAID = {"diverged_at": " at {}", "ended_by_slurm": " ({})", "not_requeued": " (not requeued)"}
 SEARCH_RESULTS = "optimization_results.yaml"  # a search's best trial (Hydra's optuna sweeper)
 
 
@@ -28,16 +30,10 @@ def sweep_table(sweep_dir: Path) -> Table:
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for folder in run_folders(sweep_dir):
         status = read_status(folder)
-        state = status.get("status", "?")
-        if "diverged_at" in status:
-            state += f" at {status['diverged_at']}"
-        if "ended_by_slurm" in status:
-            state += f" ({status['ended_by_slurm']})"
-        if "not_requeued" in status:
-            state += " (not requeued)"
+        said = "".join(text.format(status[key]) for key, text in SAID.items() if key in status)
         table.add_row(
             folder.name,
-            state,
+            status.get("status", "?") + said,
             str(status.get("iterations", "")),
             *(f"{status[k]:.2f}" if status.get(k) is not None else "" for k in ERRORS),
             str(status.get("seconds", "")),
@@ -114,11 +110,10 @@ def conclude(sweep_dir: Path) -> None:
 
 def best_trial(sweep_dir: Path, results: dict[str, Any]) -> str:
     """The search's best trial as ``optimization_results.yaml`` gives it, with its folder."""
-    params = results.get("best_params") or {}
+    from reslab.sweeps import job_folders
+
+    params = {k: str(v) for k, v in (results.get("best_params") or {}).items()}
     said = " ".join(f"{k}={v}" for k, v in params.items())
-    for folder in run_folders(sweep_dir):
-        overrides = yaml.safe_load((folder / OVERRIDES_FILE).read_text()) or []
-        if all(any(o == f"{k}={v}" for o in overrides) for k, v in params.items()):
-            said += f" ({folder.name})"
-            break
+    if found := [f for f, ran in job_folders(sweep_dir).items() if params.items() <= ran.items()]:
+        said += f" ({found[0].name})"
     return f"best trial: {said}: objective {results.get('best_value')} ({SEARCH_RESULTS})"
