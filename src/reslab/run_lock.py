@@ -76,11 +76,14 @@ def claim_new_folder(path: str | Path) -> Path:
 class RunFolderGuard(Callback):
     """A Hydra callback (conf/train.yaml) that makes the run's folder (a multirun's: the sweep's)
     this process's before Hydra writes in it: a default folder taken in the same second becomes
-    ``<folder>_2``, one a live process writes is refused in one line naming it. DDP ranks other
-    than 0 share rank 0's folder and lock nothing."""
+    ``<folder>_2``, one a live process writes is refused in one line naming it. A run that
+    continues a folder and does not start (refused, or complete) leaves it byte for byte as it
+    was (:func:`snapshot`, :func:`restore`). DDP ranks other than 0 share rank 0's folder and
+    lock nothing."""
 
     def __init__(self) -> None:
         self._lock: Any = None
+        self._kept: dict[Path, bytes | None] = {}
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim(config, "run")
@@ -89,6 +92,8 @@ class RunFolderGuard(Callback):
         self._claim(config, "sweep")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        restore(self._kept)
+        self._kept = {}
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -116,11 +121,10 @@ class RunFolderGuard(Callback):
             sys.stderr.write(f"reslab-train: error: {said}\n")
             raise SystemExit(1) from None
 
-    @staticmethod
-    def _continue(folder: Path, config: DictConfig, mode: str) -> None:
+    def _continue(self, folder: Path, config: DictConfig, mode: str) -> None:
         check_not_taken(folder, config, mode)
-        if mode == "run":
-            keep(folder)
+        if mode == "run":  # the files Hydra and the lock rewrite, as they were
+            self._kept = snapshot(folder)
 
 
 class FolderTaken(RuntimeError):
@@ -135,32 +139,26 @@ def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
     from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
 
     state = read_status(folder).get("status")
-    if mode == "run":
+    run = f"a {state} run ({STATUS_FILE})" if state is not None else None
+    sweep = f"a sweep ({SWEEP_FILE} or job folders)" if is_sweep_folder(folder) else None
+    if mode == "run":  # never among a sweep's job folders; in a run's only to continue it
         requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-        if is_sweep_folder(folder):  # a run's files would sit among the sweep's job folders
-            what = f"a sweep ({SWEEP_FILE} or job folders)"
-        elif state is None or OmegaConf.select(config, "ckpt_path") is not None or requeued:
-            return
-        else:
-            what = f"a {state} run ({STATUS_FILE})"
-    else:
-        target = OmegaConf.select(config, "hydra.sweeper._target_")
-        if state is not None:  # a sweep's files would sit in a run's folder
-            what = f"a {state} run ({STATUS_FILE})"
-        elif not is_sweep_folder(folder) or target == RESUME_SWEEPER:
-            return
-        else:
-            what = f"a sweep ({SWEEP_FILE} or job folders)"
+        continued = OmegaConf.select(config, "ckpt_path") is not None or requeued
+        what = sweep or (None if continued else run)
+    else:  # never in a run's folder; in a sweep's only to resume it
+        resumed = OmegaConf.select(config, "hydra.sweeper._target_") == RESUME_SWEEPER
+        what = run or (None if resumed else sweep)
+    if what is None:
+        return
     raise FolderTaken(
         f"{folder} already holds {what}; continue it with reslab-resume {shlex.quote(str(folder))}"
         f", or choose another folder (hydra.{mode}.dir=...): a new {mode} never overwrites one"
     )
 
 
-# A continued run folder's files that Hydra and the lock rewrite before the run starts, as they
-# were: a continuation refused before it starts puts them back (reslab.record.record_failure;
-# a resumed sweep's jobs: hydra_plugins/reslab_sweeper).
-_KEPT: dict[Path, bytes | None] = {}
+# A continued run folder's files that Hydra and the lock rewrite before the run starts: a
+# continuation that does not start puts them back (RunFolderGuard; a resumed sweep's jobs:
+# hydra_plugins/reslab_sweeper).
 _REWRITTEN = (LOCK_FILE, "reslab.log", "error.txt", ".hydra/config.yaml", ".hydra/hydra.yaml",
               ".hydra/overrides.yaml")  # fmt: skip
 
@@ -223,15 +221,3 @@ def restore(kept: dict[Path, bytes | None]) -> None:
             path.unlink(missing_ok=True)
         elif not path.is_file() or path.read_bytes() != data:
             path.write_bytes(data)
-
-
-def keep(folder: Path) -> None:
-    """This process's run continues ``folder``: :func:`snapshot` it for :func:`put_back`."""
-    _KEPT.clear()
-    _KEPT.update(snapshot(folder))
-
-
-def put_back() -> None:
-    """:func:`restore` of what :func:`keep` took."""
-    restore(_KEPT)
-    _KEPT.clear()

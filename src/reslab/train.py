@@ -19,15 +19,8 @@ from reslab.checkpoints import RunCheckpoint, first_start_path
 from reslab.config import instantiate
 from reslab.fused import check_resume
 from reslab.provenance import provenance, trainer_device
-from reslab.record import (
-    ended_early,
-    out_of_time,
-    record,
-    record_failure,
-    write_status,
-)  # fmt: skip
+from reslab.record import ended_early, out_of_time, record, record_failure, write_status
 from reslab.resume import resume_checkpoint, run_complete
-from reslab.run_lock import put_back
 
 write_provenance = rank_zero_only(run_folder.write_provenance)
 
@@ -49,8 +42,7 @@ def train(cfg: DictConfig) -> float:
     except BaseException as err:
         record_failure(output_dir, cfg.name, err)
         raise
-    if done:  # resuming would only redo its end: the folder stays as it is
-        put_back()
+    if done:  # resuming would only redo its end: the folder stays as it is (RunFolderGuard)
         rank_zero_only(print)(f"[reslab] {cfg.name}: {done}", flush=True)
         return run_folder.final_metric(run_folder.read_status(output_dir))
     write_status(output_dir, "running", name=cfg.name, pid=os.getpid(), host=socket.gethostname())
