@@ -26,8 +26,13 @@ from reslab.signals import RunInterrupted, StopOnSignal
 
 @rank_zero_only
 def write_status(run_dir: Path, status: str, **fields: Any) -> None:
-    """:func:`reslab.run_folder.write_status` by rank 0, naming the SLURM job it runs in."""
-    run_folder.write_status(run_dir, status, **{**fields, **slurm_job()})
+    """:func:`reslab.run_folder.write_status` by rank 0, naming the SLURM job it runs in
+    (``slurm_job``: ``<array job>_<task>`` for a sweep's): how the job ended is SLURM's to say
+    (reslab.slurm.say_how_slurm_ended)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    run_folder.write_status(run_dir, status, **{**fields, **({"slurm_job": job} if job else {})})
+
 
 # A diverged run's errors are no result: null (what was measured before stays in metrics.csv).
 _BROKEN = ("train/loss", "train/error", "val/error", "test/error")
@@ -80,8 +85,6 @@ def record(
         said += f" ({seconds:.0f} s)"
     write_status(output_dir, name=name, **final)
     log_final_summary(trainer.loggers, {"network": name, **final}, step)
-    for logger in trainer.loggers:
-        logger.save()
     _say(f"[reslab] {name}: {said}")
     _finish_wandb(exit_code=0)
     return run_folder.final_metric(metrics) if final["status"] == "finished" else math.nan
@@ -134,14 +137,6 @@ def record_failure(
 def _resume(output_dir: Path) -> str:
     """The command that continues the run in ``output_dir`` (shell-quoted: paste it)."""
     return f"reslab-resume {shlex.quote(str(output_dir))}"
-
-
-def slurm_job() -> dict[str, str]:
-    """The SLURM job running this process (``<array job>_<task>`` for a sweep's), for
-    status.json: how the job ended is SLURM's to say (reslab.slurm.say_how_slurm_ended)."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
-    return {"slurm_job": job} if job else {}
 
 
 def out_of_time(trainer: L.Trainer) -> float | None:

@@ -27,6 +27,10 @@ class FolderInUse(RuntimeError):
     """The run folder is being written by another live process."""
 
 
+class FolderTaken(RuntimeError):
+    """A new run or sweep was pointed at the folder of another one."""
+
+
 def lock(
     run_dir: str | Path, check: Callable[[], None] | None = None, mode: str = "run"
 ) -> io.TextIOWrapper:
@@ -113,47 +117,39 @@ class RunFolderGuard(Callback):
                     config.hydra[mode].dir = str(folder)
                     # a sweep's jobs compose their config again from the overrides: they follow
                     config.hydra.overrides.hydra.append(f"{key}={folder}")
-            self._lock = lock(
-                folder, (lambda: self._continue(folder, config, mode)) if given else None, mode
-            )
+            check = (lambda: self._continue(folder, config, mode)) if given else None
+            self._lock = lock(folder, check, mode)
         except Exception as err:  # SystemExit: Hydra would only warn of an exception
             said = str(err) if isinstance(err, FolderInUse | FolderTaken) else repr(err)
             sys.stderr.write(f"reslab-train: error: {said}\n")
             raise SystemExit(1) from None
 
     def _continue(self, folder: Path, config: DictConfig, mode: str) -> None:
-        check_not_taken(folder, config, mode)
-        if mode == "run":  # the files Hydra and the lock rewrite, as they were
+        """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not
+        its continuation (``ckpt_path=last``, a requeued SLURM job) or is a sweep, or holds a
+        sweep (multirun.yaml, job folders) and this is not ``reslab-resume``'s
+        (``hydra/sweeper=resume``) or is a run: nothing is overwritten, and no run and sweep
+        share a folder. A run that continues it keeps the files it rewrites (:func:`snapshot`)."""
+        from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
+
+        state = read_status(folder).get("status")
+        run = f"a {state} run ({STATUS_FILE})" if state is not None else None
+        sweep = f"a sweep ({SWEEP_FILE} or job folders)" if is_sweep_folder(folder) else None
+        if mode == "run":  # never among a sweep's job folders; in a run's only to continue it
+            requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+            continued = OmegaConf.select(config, "ckpt_path") is not None or requeued
+            what = sweep or (None if continued else run)
+        else:  # never in a run's folder; in a sweep's only to resume it
+            resumed = OmegaConf.select(config, "hydra.sweeper._target_") == RESUME_SWEEPER
+            what = run or (None if resumed else sweep)
+        if what is not None:
+            raise FolderTaken(
+                f"{folder} already holds {what}; continue it with reslab-resume "
+                f"{shlex.quote(str(folder))}, or choose another folder (hydra.{mode}.dir=...): a "
+                f"new {mode} never overwrites one"
+            )
+        if mode == "run":
             self._kept = snapshot(folder)
-
-
-class FolderTaken(RuntimeError):
-    """A new run or sweep was pointed at the folder of another one."""
-
-
-def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
-    """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not its
-    continuation (``ckpt_path=last``, a requeued SLURM job) or is a sweep, or holds a sweep
-    (multirun.yaml, job folders) and this is not ``reslab-resume``'s (``hydra/sweeper=resume``)
-    or is a run: nothing is overwritten, and no run and sweep share a folder."""
-    from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
-
-    state = read_status(folder).get("status")
-    run = f"a {state} run ({STATUS_FILE})" if state is not None else None
-    sweep = f"a sweep ({SWEEP_FILE} or job folders)" if is_sweep_folder(folder) else None
-    if mode == "run":  # never among a sweep's job folders; in a run's only to continue it
-        requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-        continued = OmegaConf.select(config, "ckpt_path") is not None or requeued
-        what = sweep or (None if continued else run)
-    else:  # never in a run's folder; in a sweep's only to resume it
-        resumed = OmegaConf.select(config, "hydra.sweeper._target_") == RESUME_SWEEPER
-        what = run or (None if resumed else sweep)
-    if what is None:
-        return
-    raise FolderTaken(
-        f"{folder} already holds {what}; continue it with reslab-resume {shlex.quote(str(folder))}"
-        f", or choose another folder (hydra.{mode}.dir=...): a new {mode} never overwrites one"
-    )
 
 
 # A continued run folder's files that Hydra and the lock rewrite before the run starts: a

@@ -51,11 +51,9 @@ def train(cfg: DictConfig) -> float:
         trainer, module, datamodule = build(cfg, output_dir, resume, step)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = final_metrics(trainer)  # validate() and test() replace the trainer's metrics
-        early = ended_early(trainer)
-        if (out_of_time(trainer) is not None or not early) and isinstance(
-            trainer.checkpoint_callback, RunCheckpoint
-        ):  # the last iteration's checkpoint: a finished run's, or one out of time
-            trainer.checkpoint_callback.save_final(trainer)
+        early, callback = ended_early(trainer), trainer.checkpoint_callback
+        if isinstance(callback, RunCheckpoint) and (not early or out_of_time(trainer) is not None):
+            callback.save_final(trainer)  # the last iteration's: a finished run's, or out of time
         if not early:
             if datamodule.has_val and module.validated_at != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)  # the final net
@@ -119,8 +117,5 @@ def prepare_folder(
             (output_dir / stale).unlink(missing_ok=True)
         return
     dropped = run_folder.cut_metrics(output_dir, step)
-    print(
-        f"[reslab] {name}: resuming from {resume} at iteration {step}"
-        + (f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""),
-        flush=True,
-    )
+    said = f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""
+    print(f"[reslab] {name}: resuming from {resume} at iteration {step}{said}", flush=True)
