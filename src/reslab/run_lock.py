@@ -152,9 +152,7 @@ class RunFolderGuard(Callback):
             self._kept = snapshot(folder)
 
 
-# A continued run folder's files that Hydra and the lock rewrite before the run starts: a
-# continuation that does not start puts them back (RunFolderGuard; a resumed sweep's jobs:
-# hydra_plugins/reslab_sweeper).
+# what Hydra and the lock rewrite as a run starts (:func:`snapshot`; hydra_plugins too)
 _REWRITTEN = (LOCK_FILE, "reslab.log", "error.txt", ".hydra/config.yaml", ".hydra/hydra.yaml",
               ".hydra/overrides.yaml")  # fmt: skip
 
