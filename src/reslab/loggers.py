@@ -67,8 +67,8 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
         return run_id
     if rank_zero_only.rank != 0:
         return None
-    # a wandb sweep agent's run (its id is the agent's, and wandb logs under it), else an id of
-    # wandb's own form: 8 lowercase letters and digits
+    # a wandb sweep agent's run (its id is the agent's, and wandb logs under it), else 8 hex
+    # digits (wandb's own form of id: lowercase letters and digits)
     run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
     atomic_write(path, run_id + "\n")
     return run_id
