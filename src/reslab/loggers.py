@@ -9,7 +9,6 @@ import netrc
 import os
 import secrets
 import socket
-import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,11 +67,9 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
         return run_id
     if rank_zero_only.rank != 0:
         return None
-    # a wandb sweep agent's run (its id is the agent's, and wandb logs under it), else wandb's
-    # own form of id: 8 lowercase letters and digits
-    run_id = os.environ.get("WANDB_RUN_ID") or "".join(
-        secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)
-    )
+    # a wandb sweep agent's run (its id is the agent's, and wandb logs under it), else 8 hex
+    # digits (wandb's own form of id: lowercase letters and digits)
+    run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
     atomic_write(path, run_id + "\n")
     return run_id
 
@@ -92,9 +89,6 @@ class StepWandbLogger(WandbLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if step is None:
-            super().log_metrics(metrics, step)
-            return
         if self.after_step is not None and step <= self.after_step:
             return
         self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
@@ -129,19 +123,13 @@ class AppendingCSVLogger(Logger):
     sorted column per metric, and ``step``), but appended to, row by row: a resumed run adds its
     rows after those of the run it continues. A new metric rewrites the file atomically."""
 
+    name = version = ""  # the files are the run folder's own, beside its other files
+
     def __init__(self, save_dir: str | Path) -> None:
         super().__init__()
         self._save_dir = str(save_dir)
         self._keys: list[str] | None = None  # metrics.csv's header, once read
         self._hparams: dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        return ""
-
-    @property
-    def version(self) -> str:
-        return ""
 
     @property
     def save_dir(self) -> str:
@@ -158,18 +146,16 @@ class AppendingCSVLogger(Logger):
         row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
         row["step"] = step
         path, rows = Path(self._save_dir) / METRICS_FILE, []
-        if self._keys is None and path.is_file():
+        if path.is_file() and (self._keys is None or not set(row) <= set(self._keys)):
             with open(path, newline="") as f:
-                self._keys = list(csv.DictReader(f).fieldnames or [])
+                reader = csv.DictReader(f)
+                rows, self._keys = list(reader), list(reader.fieldnames or [])
         if path.is_file() and set(row) <= set(self._keys or ()):
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self._keys).writerow(row)
             return
-        if path.is_file():
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))  # written again below the wider header
-        self._keys = sorted(set(self._keys or ()) | set(row))
-        write_csv(path, self._keys, [*rows, row])
+        self._keys = sorted({*(self._keys or ()), *row})
+        write_csv(path, self._keys, [*rows, row])  # every row again, below the wider header
 
 
 def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: int) -> None:

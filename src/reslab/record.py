@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 from lightning.pytorch.callbacks import Timer
@@ -21,14 +21,18 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from reslab import run_folder
 from reslab.callbacks import DivergenceGuard
 from reslab.loggers import log_final_summary
-from reslab.run_lock import put_back
 from reslab.signals import RunInterrupted, StopOnSignal
 
 
 @rank_zero_only
 def write_status(run_dir: Path, status: str, **fields: Any) -> None:
-    """:func:`reslab.run_folder.write_status` by rank 0, naming the SLURM job it runs in."""
-    run_folder.write_status(run_dir, status, **{**fields, **slurm_job()})
+    """:func:`reslab.run_folder.write_status` by rank 0, naming the SLURM job it runs in
+    (``slurm_job``: ``<array job>_<task>`` for a sweep's): how the job ended is SLURM's to say
+    (reslab.slurm.say_how_slurm_ended)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    run_folder.write_status(run_dir, status, **{**fields, **({"slurm_job": job} if job else {})})
+
 
 # A diverged run's errors are no result: null (what was measured before stays in metrics.csv).
 _BROKEN = ("train/loss", "train/error", "val/error", "test/error")
@@ -39,9 +43,9 @@ def record(
     metrics: dict[str, float], error: BaseException | None = None,
 ) -> float:  # fmt: skip
     """Records how the run ended; returns the sweeper's metric (the final ``val/error``, else
-    ``test/error``; nan for a diverged or failed run). A run stopped by a signal is recorded
-    ``interrupted`` (``preempted`` in a SLURM job) and raises :class:`RunInterrupted`; for a
-    failed one (``error``) the caller raises the error on."""
+    ``test/error``; nan for a diverged, stopped or failed run). A run stopped by a signal is
+    recorded ``interrupted`` (``preempted`` in a SLURM job) and raises :class:`RunInterrupted`;
+    for a failed one (``error``) the caller raises the error on."""
     seconds = round(time.time() - started, 1)
     stopper = _callback(trainer, StopOnSignal)
     stopped = stopper is not None and (error is not None or stopper.stopped_at is not None)
@@ -50,46 +54,67 @@ def record(
         signum = error.signum
     if signum is None and isinstance(error, KeyboardInterrupt | SIGTERMException):
         signum = signal.SIGINT if isinstance(error, KeyboardInterrupt) else signal.SIGTERM
-    if signum is not None:  # outside the training loop: at the last checkpoint
-        step = stopper.stopped_at if stopper is not None else None
-        fields = _record_stop(name, output_dir, signum, step, seconds)
-        try:
-            if stopper is not None:
-                stopper.pass_on()  # submitit's handler: it requeues the job and exits
-        except Exception as err:  # it did not requeue (its requeues used up): stopped for good
-            write_status(output_dir, fields.pop("status"), **fields, not_requeued=str(err))
-            _say(f"[reslab] {name}: not requeued ({err}); continue it: {_resume(output_dir)}")
-            raise
-        raise RunInterrupted(signum, step) from None
+    if signum is not None:
+        _record_stop(name, output_dir, signum, stopper, seconds)
     if error is not None or trainer is None:
         record_failure(output_dir, name, error or RuntimeError("no trainer"), started=True)
         _finish_wandb(exit_code=1)
         return math.nan
-    diverged, budget = _diverged_at(trainer), out_of_time(trainer)
-    if budget is not None and diverged is None:
-        return _record_time_up(name, output_dir, trainer, metrics, budget, seconds)
-    status = "finished"
-    if diverged is not None or any(not math.isfinite(v) for v in metrics.values()):
-        status = "diverged"
-        broken = [*_BROKEN, *(k for k in run_folder.FINAL_ERRORS if k in metrics)]
-        metrics = {**metrics, **dict.fromkeys(broken)}
-    module, best = trainer.lightning_module, {}
-    # the final error is the paper's; the best, for reference, if measured before any divergence
-    if module.best_val_error is not None and (diverged is None or module.best_val_step < diverged):
-        best = {"val/error_best": module.best_val_error, "val/error_best_at": module.best_val_step}
-    if diverged is not None:
-        best["diverged_at"] = diverged
-    final = {"status": status, "iterations": trainer.global_step, "seconds": seconds,
-             **metrics, **best}  # fmt: skip
+    step, diverged, budget = trainer.global_step, _diverged_at(trainer), out_of_time(trainer)
+    if budget is not None and diverged is None:  # no result: not trained to its end
+        final = {"status": "stopped", "stopped_at": step, "iterations": step,
+                 "max_time_s": round(budget, 1), "seconds": seconds, **metrics}  # fmt: skip
+        said = (f"stopped at iteration {step} (checkpoint there): its time budget, "
+                f"trainer.max_time ({budget:.0f} s), is spent; continue it with a new one: "
+                f"{_resume(output_dir)}")  # fmt: skip
+    else:
+        status = "finished"
+        if diverged is not None or any(not math.isfinite(v) for v in metrics.values()):
+            status = "diverged"
+            broken = [*_BROKEN, *(k for k in run_folder.FINAL_ERRORS if k in metrics)]
+            metrics = {**metrics, **dict.fromkeys(broken)}
+        final = {"status": status, "iterations": step, "seconds": seconds, **metrics}
+        best, at = trainer.lightning_module.best_val_error, trainer.lightning_module.best_val_step
+        # the final error is the paper's; the best, for reference, if measured before divergence
+        if best is not None and (diverged is None or at < diverged):
+            final |= {"val/error_best": best, "val/error_best_at": at}
+        if diverged is not None:
+            final["diverged_at"] = diverged
+        errors = [f"{k} {v:.2f}%" for k, v in metrics.items() if "error" in k and v is not None]
+        said = f"{step} iterations, {', '.join(errors) or 'no final errors (diverged)'}"
+        said += f" ({seconds:.0f} s)"
     write_status(output_dir, name=name, **final)
-    log_final_summary(trainer.loggers, {"network": name, **final}, trainer.global_step)
-    for logger in trainer.loggers:
-        logger.save()
-    said = [f"{k} {v:.2f}%" for k, v in metrics.items() if "error" in k and v is not None]
-    said_all = ", ".join(said) or "no final errors (diverged)"
-    _say(f"[reslab] {name}: {trainer.global_step} iterations, {said_all} ({seconds:.0f} s)")
+    log_final_summary(trainer.loggers, {"network": name, **final}, step)
+    _say(f"[reslab] {name}: {said}")
     _finish_wandb(exit_code=0)
-    return math.nan if status == "diverged" else run_folder.final_metric(metrics)
+    return run_folder.final_metric(metrics) if final["status"] == "finished" else math.nan
+
+
+def _record_stop(
+    name: str, output_dir: Path, signum: int, stopper: StopOnSignal | None, seconds: float
+) -> NoReturn:
+    """Records a run stopped by ``signum`` at the stopper's checkpoint (none: at once), then
+    passes the signal on (submitit's handler requeues the job and exits)."""
+    step = getattr(stopper, "stopped_at", None)
+    status = "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
+    fields: dict[str, Any] = {"name": name, "seconds": seconds}
+    if step is None:
+        fields["error"] = (f"stopped at once by {signal.Signals(signum).name} (a second signal, "
+                           "or outside the training loop), without a checkpoint there")  # fmt: skip
+    else:
+        fields |= {"interrupted_at": step, "iterations": step}
+    write_status(output_dir, status, **fields)
+    _finish_wandb(exit_code=RunInterrupted(signum, step).exit_code)
+    where = f"checkpoint at iteration {step}" if step is not None else "its last checkpoint"
+    _say(f"[reslab] {name}: {status} ({where}); continue it: {_resume(output_dir)}")
+    try:
+        if stopper is not None:
+            stopper.pass_on()
+    except Exception as err:  # it did not requeue (its requeues used up): stopped for good
+        write_status(output_dir, status, **fields, not_requeued=str(err))
+        _say(f"[reslab] {name}: not requeued ({err}); continue it: {_resume(output_dir)}")
+        raise
+    raise RunInterrupted(signum, step) from None
 
 
 @rank_zero_only
@@ -97,8 +122,9 @@ def record_failure(
     output_dir: Path, name: str | None, err: BaseException, *, started: bool = False
 ) -> None:
     """status.json ``failed`` with ``err``. A run that did not start leaves the status.json a
-    folder has (a finished or interrupted run that a resume could not continue); a started
-    one keeps the failure it recorded itself (a DDP job's own)."""
+    folder has (a finished or interrupted run that a resume could not continue: the rest of the
+    folder is put back by reslab.run_lock.RunFolderGuard); a started one keeps the failure it
+    recorded itself (a DDP job's own)."""
     status = run_folder.read_status(output_dir).get("status")
     if status is None and isinstance(err, RunInterrupted | KeyboardInterrupt):
         write_status(output_dir, "interrupted", name=name, interrupted_at=None,
@@ -106,52 +132,11 @@ def record_failure(
     elif status is None or (started and status != "failed"):
         error = f"{type(err).__name__}: {err}"
         write_status(output_dir, "failed", name=name, error=error)
-    elif not started:  # a continuation refused before it started: the folder as it was
-        put_back()
-
-
-def _record_stop(name: str, output_dir: Path, signum: int, step: int | None, seconds: float):
-    fields: dict[str, Any] = {"interrupted_at": step, "iterations": step}
-    if step is None:
-        fields = {"error": f"stopped at once by {signal.Signals(signum).name} (a second signal, "
-                  "or outside the training loop), without a checkpoint there"}  # fmt: skip
-    status = "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
-    fields = {"name": name, "seconds": seconds, **fields}
-    write_status(output_dir, status, **fields)
-    _finish_wandb(exit_code=RunInterrupted(signum, step).exit_code)
-    where = f"checkpoint at iteration {step}" if step is not None else "its last checkpoint"
-    _say(f"[reslab] {name}: {status} ({where}); continue it: {_resume(output_dir)}")
-    return {"status": status, **fields}
 
 
 def _resume(output_dir: Path) -> str:
     """The command that continues the run in ``output_dir`` (shell-quoted: paste it)."""
     return f"reslab-resume {shlex.quote(str(output_dir))}"
-
-
-def slurm_job() -> dict[str, str]:
-    """The SLURM job running this process (``<array job>_<task>`` for a sweep's), for
-    status.json: how the job ended is SLURM's to say (reslab.slurm.say_how_slurm_ended)."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
-    return {"slurm_job": job} if job else {}
-
-
-def _record_time_up(
-    name: str, output_dir: Path, trainer: L.Trainer, metrics: dict[str, float], budget: float,
-    seconds: float,
-) -> float:  # fmt: skip
-    step = trainer.global_step
-    write_status(output_dir, "stopped", name=name, stopped_at=step, iterations=step,
-                 max_time_s=round(budget, 1), seconds=seconds, **metrics)  # fmt: skip
-    log_final_summary(trainer.loggers, {"network": name, "status": "stopped"}, step)
-    for logger in trainer.loggers:
-        logger.save()
-    _say(f"[reslab] {name}: stopped at iteration {step} (checkpoint there): its time budget, "
-         f"trainer.max_time ({budget:.0f} s), is spent; continue it with a new one: "
-         f"{_resume(output_dir)}")  # fmt: skip
-    _finish_wandb(exit_code=0)
-    return math.nan  # no result: not trained to its end
 
 
 def out_of_time(trainer: L.Trainer) -> float | None:

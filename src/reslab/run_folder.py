@@ -25,9 +25,7 @@ WANDB_ID_FILE = "wandb_id.txt"  # the wandb run's id: a resumed run continues th
 ERROR_FILE = "error.txt"  # a failed sweep job's traceback
 RESPONSES_FILE = "responses.csv"  # Figure 7's layer responses, when measured
 
-STATUSES = (
-    "finished", "running", "interrupted", "preempted", "stopped", "diverged", "failed",
-)  # fmt: skip
+STATUSES = ("finished", "running", "interrupted", "preempted", "stopped", "diverged", "failed")
 # The final numbers status.json keeps, and reports read.
 FINAL_ERRORS = ("train/error", "val/error", "test/error", "val/error_top5", "test/error_top5")
 

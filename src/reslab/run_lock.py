@@ -27,6 +27,10 @@ class FolderInUse(RuntimeError):
     """The run folder is being written by another live process."""
 
 
+class FolderTaken(RuntimeError):
+    """A new run or sweep was pointed at the folder of another one."""
+
+
 def lock(
     run_dir: str | Path, check: Callable[[], None] | None = None, mode: str = "run"
 ) -> io.TextIOWrapper:
@@ -76,11 +80,14 @@ def claim_new_folder(path: str | Path) -> Path:
 class RunFolderGuard(Callback):
     """A Hydra callback (conf/train.yaml) that makes the run's folder (a multirun's: the sweep's)
     this process's before Hydra writes in it: a default folder taken in the same second becomes
-    ``<folder>_2``, one a live process writes is refused in one line naming it. DDP ranks other
-    than 0 share rank 0's folder and lock nothing."""
+    ``<folder>_2``, one a live process writes is refused in one line naming it. A run that
+    continues a folder and does not start (refused, or complete) leaves it byte for byte as it
+    was (:func:`snapshot`, :func:`restore`). DDP ranks other than 0 share rank 0's folder and
+    lock nothing."""
 
     def __init__(self) -> None:
         self._lock: Any = None
+        self._kept: dict[Path, bytes | None] = {}
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim(config, "run")
@@ -89,6 +96,8 @@ class RunFolderGuard(Callback):
         self._claim(config, "sweep")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        restore(self._kept)
+        self._kept = {}
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -108,59 +117,42 @@ class RunFolderGuard(Callback):
                     config.hydra[mode].dir = str(folder)
                     # a sweep's jobs compose their config again from the overrides: they follow
                     config.hydra.overrides.hydra.append(f"{key}={folder}")
-            self._lock = lock(
-                folder, (lambda: self._continue(folder, config, mode)) if given else None, mode
-            )
+            check = (lambda: self._continue(folder, config, mode)) if given else None
+            self._lock = lock(folder, check, mode)
         except Exception as err:  # SystemExit: Hydra would only warn of an exception
             said = str(err) if isinstance(err, FolderInUse | FolderTaken) else repr(err)
             sys.stderr.write(f"reslab-train: error: {said}\n")
             raise SystemExit(1) from None
 
-    @staticmethod
-    def _continue(folder: Path, config: DictConfig, mode: str) -> None:
-        check_not_taken(folder, config, mode)
+    def _continue(self, folder: Path, config: DictConfig, mode: str) -> None:
+        """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not
+        its continuation (``ckpt_path=last``, a requeued SLURM job) or is a sweep, or holds a
+        sweep (multirun.yaml, job folders) and this is not ``reslab-resume``'s
+        (``hydra/sweeper=resume``) or is a run: nothing is overwritten, and no run and sweep
+        share a folder. A run that continues it keeps the files it rewrites (:func:`snapshot`)."""
+        from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
+
+        state = read_status(folder).get("status")
+        run = f"a {state} run ({STATUS_FILE})" if state is not None else None
+        sweep = f"a sweep ({SWEEP_FILE} or job folders)" if is_sweep_folder(folder) else None
+        if mode == "run":  # never among a sweep's job folders; in a run's only to continue it
+            requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+            continued = OmegaConf.select(config, "ckpt_path") is not None or requeued
+            what = sweep or (None if continued else run)
+        else:  # never in a run's folder; in a sweep's only to resume it
+            resumed = OmegaConf.select(config, "hydra.sweeper._target_") == RESUME_SWEEPER
+            what = run or (None if resumed else sweep)
+        if what is not None:
+            raise FolderTaken(
+                f"{folder} already holds {what}; continue it with reslab-resume "
+                f"{shlex.quote(str(folder))}, or choose another folder (hydra.{mode}.dir=...): a "
+                f"new {mode} never overwrites one"
+            )
         if mode == "run":
-            keep(folder)
+            self._kept = snapshot(folder)
 
 
-class FolderTaken(RuntimeError):
-    """A new run or sweep was pointed at the folder of another one."""
-
-
-def check_not_taken(folder: Path, config: DictConfig, mode: str) -> None:
-    """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not its
-    continuation (``ckpt_path=last``, a requeued SLURM job) or is a sweep, or holds a sweep
-    (multirun.yaml, job folders) and this is not ``reslab-resume``'s (``hydra/sweeper=resume``)
-    or is a run: nothing is overwritten, and no run and sweep share a folder."""
-    from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
-
-    state = read_status(folder).get("status")
-    if mode == "run":
-        requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-        if is_sweep_folder(folder):  # a run's files would sit among the sweep's job folders
-            what = f"a sweep ({SWEEP_FILE} or job folders)"
-        elif state is None or OmegaConf.select(config, "ckpt_path") is not None or requeued:
-            return
-        else:
-            what = f"a {state} run ({STATUS_FILE})"
-    else:
-        target = OmegaConf.select(config, "hydra.sweeper._target_")
-        if state is not None:  # a sweep's files would sit in a run's folder
-            what = f"a {state} run ({STATUS_FILE})"
-        elif not is_sweep_folder(folder) or target == RESUME_SWEEPER:
-            return
-        else:
-            what = f"a sweep ({SWEEP_FILE} or job folders)"
-    raise FolderTaken(
-        f"{folder} already holds {what}; continue it with reslab-resume {shlex.quote(str(folder))}"
-        f", or choose another folder (hydra.{mode}.dir=...): a new {mode} never overwrites one"
-    )
-
-
-# A continued run folder's files that Hydra and the lock rewrite before the run starts, as they
-# were: a continuation refused before it starts puts them back (reslab.record.record_failure;
-# a resumed sweep's jobs: hydra_plugins/reslab_sweeper).
-_KEPT: dict[Path, bytes | None] = {}
+# what Hydra and the lock rewrite as a run starts (:func:`snapshot`; hydra_plugins too)
 _REWRITTEN = (LOCK_FILE, "reslab.log", "error.txt", ".hydra/config.yaml", ".hydra/hydra.yaml",
               ".hydra/overrides.yaml")  # fmt: skip
 
@@ -223,15 +215,3 @@ def restore(kept: dict[Path, bytes | None]) -> None:
             path.unlink(missing_ok=True)
         elif not path.is_file() or path.read_bytes() != data:
             path.write_bytes(data)
-
-
-def keep(folder: Path) -> None:
-    """This process's run continues ``folder``: :func:`snapshot` it for :func:`put_back`."""
-    _KEPT.clear()
-    _KEPT.update(snapshot(folder))
-
-
-def put_back() -> None:
-    """:func:`restore` of what :func:`keep` took."""
-    restore(_KEPT)
-    _KEPT.clear()

@@ -36,8 +36,7 @@ class _SqueueWhenNoAccounting(SlurmInfoWatcher):
 
     def __init__(self, delay_s: int = 60) -> None:
         super().__init__(delay_s=delay_s)
-        self.squeue = False
-        self.probed = False  # sacct tried once
+        self.squeue: bool | None = None  # None until sacct is tried, once
 
     def _make_command(self) -> list[str] | None:
         command = super()._make_command()
@@ -46,18 +45,13 @@ class _SqueueWhenNoAccounting(SlurmInfoWatcher):
         return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%N", "--me"]
 
     def update(self) -> None:
-        if not self.probed:
-            command = self._make_command()
-            if command is None:
-                return
+        if self.squeue is None and (command := self._make_command()) is not None:
             probe = subprocess.run(command, capture_output=True)
-            self.probed, self.squeue = True, probe.returncode != 0
+            self.squeue = probe.returncode != 0
             if self.squeue:
-                logging.getLogger(__name__).debug(
-                    "sacct failed (%s): asking squeue",
-                    probe.stderr.decode(errors="replace").strip(),
-                )
-        super().update()
+                error = probe.stderr.decode(errors="replace").strip()
+                logging.getLogger(__name__).debug("sacct failed (%s): asking squeue", error)
+        super().update()  # with no job to ask about, nothing
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         if not self.squeue:

@@ -19,15 +19,8 @@ from reslab.checkpoints import RunCheckpoint, first_start_path
 from reslab.config import instantiate
 from reslab.fused import check_resume
 from reslab.provenance import provenance, trainer_device
-from reslab.record import (
-    ended_early,
-    out_of_time,
-    record,
-    record_failure,
-    write_status,
-)  # fmt: skip
+from reslab.record import ended_early, out_of_time, record, record_failure, write_status
 from reslab.resume import resume_checkpoint, run_complete
-from reslab.run_lock import put_back
 
 write_provenance = rank_zero_only(run_folder.write_provenance)
 
@@ -49,8 +42,7 @@ def train(cfg: DictConfig) -> float:
     except BaseException as err:
         record_failure(output_dir, cfg.name, err)
         raise
-    if done:  # resuming would only redo its end: the folder stays as it is
-        put_back()
+    if done:  # resuming would only redo its end: the folder stays as it is (RunFolderGuard)
         rank_zero_only(print)(f"[reslab] {cfg.name}: {done}", flush=True)
         return run_folder.final_metric(run_folder.read_status(output_dir))
     write_status(output_dir, "running", name=cfg.name, pid=os.getpid(), host=socket.gethostname())
@@ -59,11 +51,9 @@ def train(cfg: DictConfig) -> float:
         trainer, module, datamodule = build(cfg, output_dir, resume, step)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = final_metrics(trainer)  # validate() and test() replace the trainer's metrics
-        early = ended_early(trainer)
-        if (out_of_time(trainer) is not None or not early) and isinstance(
-            trainer.checkpoint_callback, RunCheckpoint
-        ):  # the last iteration's checkpoint: a finished run's, or one out of time
-            trainer.checkpoint_callback.save_final(trainer)
+        early, callback = ended_early(trainer), trainer.checkpoint_callback
+        if isinstance(callback, RunCheckpoint) and (not early or out_of_time(trainer) is not None):
+            callback.save_final(trainer)  # the last iteration's: a finished run's, or out of time
         if not early:
             if datamodule.has_val and module.validated_at != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)  # the final net
@@ -127,8 +117,5 @@ def prepare_folder(
             (output_dir / stale).unlink(missing_ok=True)
         return
     dropped = run_folder.cut_metrics(output_dir, step)
-    print(
-        f"[reslab] {name}: resuming from {resume} at iteration {step}"
-        + (f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""),
-        flush=True,
-    )
+    said = f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""
+    print(f"[reslab] {name}: resuming from {resume} at iteration {step}{said}", flush=True)
