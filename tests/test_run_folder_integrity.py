@@ -238,3 +238,24 @@ def test_a_damaged_checkpoint_is_refused_by_its_crcs(tmp_path: Path) -> None:
     damage(path, "truncated")
     with pytest.raises(DamagedCheckpointError, match=r"is not a whole torch checkpoint"):
         verify_checkpoint(path)
+
+
+def test_a_signal_as_a_continuation_starts_leaves_its_folder_as_it_was(
+    finished: Path, tmp_path: Path
+) -> None:
+    """SIGINT as the continuation opens last.ckpt (strace delivers it at that system call: after
+    Hydra has rewritten .hydra/ and the lock .lock, before training): exit 130, and every file of
+    the folder as it was, byte for byte (Hydra calls no callback for a signal; record_failure
+    puts the folder back)."""
+    run = copy_of(finished, tmp_path / "run")
+    before = snapshot(run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    strace = ["strace", "-f", "-qq", "-o", os.devnull, "-P", str(ckpt),
+              "-e", "trace=openat", "-e", "inject=openat:signal=SIGINT:when=1"]  # fmt: skip
+    result = subprocess.run(
+        [*strace, sys.executable, "-m", "reslab.cli", *RUN, "logger=wandb", "optim.max_steps=8",
+         f"hydra.run.dir={run}", "ckpt_path=last"],
+        capture_output=True, text=True, timeout=300, env=env(),
+    )  # fmt: skip
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert snapshot(run) == before

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from reslab import run_folder
 from reslab.callbacks import DivergenceGuard
 from reslab.loggers import log_final_summary
+from reslab.run_lock import RunFolderGuard
 from reslab.signals import RunInterrupted, StopOnSignal
 
 
@@ -123,8 +124,8 @@ def record_failure(
 ) -> None:
     """status.json ``failed`` with ``err``. A run that did not start leaves the status.json a
     folder has (a finished or interrupted run that a resume could not continue: the rest of the
-    folder is put back by reslab.run_lock.RunFolderGuard); a started one keeps the failure it
-    recorded itself (a DDP job's own)."""
+    folder is put back by reslab.run_lock.RunFolderGuard, here for a signal: Hydra calls no
+    callback then); a started one keeps the failure it recorded itself (a DDP job's own)."""
     status = run_folder.read_status(output_dir).get("status")
     if status is None and isinstance(err, RunInterrupted | KeyboardInterrupt):
         write_status(output_dir, "interrupted", name=name, interrupted_at=None,
@@ -132,6 +133,8 @@ def record_failure(
     elif status is None or (started and status != "failed"):
         error = f"{type(err).__name__}: {err}"
         write_status(output_dir, "failed", name=name, error=error)
+    if not isinstance(err, Exception):
+        RunFolderGuard.put_back()
 
 
 def _resume(output_dir: Path) -> str:

@@ -12,7 +12,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
@@ -82,12 +82,13 @@ class RunFolderGuard(Callback):
     this process's before Hydra writes in it: a default folder taken in the same second becomes
     ``<folder>_2``, one a live process writes is refused in one line naming it. A run that
     continues a folder and does not start (refused, or complete) leaves it byte for byte as it
-    was (:func:`snapshot`, :func:`restore`). DDP ranks other than 0 share rank 0's folder and
+    was (:func:`snapshot`, :func:`put_back`). DDP ranks other than 0 share rank 0's folder and
     lock nothing."""
+
+    kept: ClassVar[dict[Path, bytes | None]] = {}  # the continued run's files (one run a process)
 
     def __init__(self) -> None:
         self._lock: Any = None
-        self._kept: dict[Path, bytes | None] = {}
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim(config, "run")
@@ -96,13 +97,19 @@ class RunFolderGuard(Callback):
         self._claim(config, "sweep")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        restore(self._kept)
-        self._kept = {}
+        self.put_back()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
     on_multirun_end = on_run_end
+
+    @classmethod
+    def put_back(cls) -> None:
+        """The continued folder as :func:`snapshot` took it, unless the run started: at the run's
+        end, and for a signal before training, when Hydra calls no callback (record_failure)."""
+        restore(cls.kept)
+        cls.kept = {}
 
     def _claim(self, config: DictConfig, mode: str) -> None:
         if rank_zero_only.rank != 0:
@@ -149,7 +156,7 @@ class RunFolderGuard(Callback):
                 f"new {mode} never overwrites one"
             )
         if mode == "run":
-            self._kept = snapshot(folder)
+            RunFolderGuard.kept = snapshot(folder)
 
 
 # what Hydra and the lock rewrite as a run starts (:func:`snapshot`; hydra_plugins too)
