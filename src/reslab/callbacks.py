@@ -113,7 +113,6 @@ class LayerResponses(L.Callback):
 
     def _finish(self, trainer: L.Trainer, split: str) -> None:
         self._remove_hooks()
-        assert self._sums is not None
         count, total, squares = trainer.strategy.reduce(self._sums, reduce_op="sum").unbind(1)
         self._sums = None
         if not bool((count > 0).all()):  # one host sync per measurement, not per batch
