@@ -113,7 +113,6 @@ class LayerResponses(L.Callback):
 
     def _finish(self, trainer: L.Trainer, split: str) -> None:
         self._remove_hooks()
-        assert self._sums is not None
         count, total, squares = trainer.strategy.reduce(self._sums, reduce_op="sum").unbind(1)
         self._sums = None
         if not bool((count > 0).all()):  # one host sync per measurement, not per batch
@@ -188,13 +187,12 @@ class DivergenceGuard(L.Callback):
     def __init__(self, monitor: str = "train/loss") -> None:
         self.monitor = monitor
         self.diverged_at: int | None = None
-        self.value: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"diverged_at": self.diverged_at, "value": self.value}
+        return {"diverged_at": self.diverged_at}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.diverged_at, self.value = state_dict["diverged_at"], state_dict["value"]
+        self.diverged_at = state_dict["diverged_at"]
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
@@ -204,9 +202,9 @@ class DivergenceGuard(L.Callback):
         bad = value is not None and not math.isfinite(float(value))
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
-        self.diverged_at, self.value = step, float(value) if value is not None else math.nan
+        self.diverged_at, said = step, float(value) if value is not None else math.nan
         trainer.should_stop = True
         rank_zero_warn(
-            f"[reslab] diverged: {self.monitor} is {self.value} at iteration {step}; stopping "
+            f"[reslab] diverged: {self.monitor} is {said} at iteration {step}; stopping "
             "this run (a lower optim.lr may help)"
         )

@@ -32,9 +32,7 @@ def batchnorm_in_fp32(net: nn.Module) -> int:
 def cuda_graph_network(net: nn.Module, sample: torch.Tensor) -> nn.Module:
     """``net`` with its training forward and backward in CUDA graphs (``make_graphed_callables``)
     for inputs like ``sample`` (shape, dtype, memory format); evaluation runs eagerly. The
-    capture leaves the BN running statistics as they were. Off CUDA: ``ValueError``."""
-    if not sample.is_cuda:
-        raise ValueError(f"CUDA graphs need a CUDA device; the batch is on {sample.device}")
+    capture leaves the BN running statistics as they were. ``sample`` is on a CUDA device."""
     buffers = [b.detach().clone() for b in net.buffers()]
     autocast, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
     # make_graphed_callables asks for autocast without its weight cache during the capture.

@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from reslab.module import Classifier
 from reslab.validation import is_int, require_int
@@ -119,7 +118,6 @@ class FusedClassifier(Classifier):
         images, labels = batch  # (K, B, ...): K batches
         graph, optimizer = self._step_graph, self.optimizers()
         schedulers = [c.scheduler for c in self.trainer.lr_scheduler_configs]
-        schedulers = [s for s in schedulers if not isinstance(s, ReduceLROnPlateau)]
         followed, self._lr_followed_schedule = self._lr_followed_schedule, True
         if graph is not None and graph.captured and followed:
             optimizer.optimizer.zero_grad(set_to_none=True)  # the steps below update nothing
@@ -130,7 +128,7 @@ class FusedClassifier(Classifier):
         capture = graph is not None and followed
         with graph.side_stream(images.device) if capture else contextlib.nullcontext():
             for k in range(labels.shape[0]):
-                loss = self.training_iteration(images[k], labels[k])
+                loss = super().training_step((images[k], labels[k]), batch_idx)
                 optimizer.optimizer.zero_grad()
                 self.trainer.strategy.pre_backward(loss)  # (DDP: this backward all-reduces)
                 loss.backward()
@@ -140,7 +138,8 @@ class FusedClassifier(Classifier):
         return None
 
     def _step(self, optimizer: Any, schedulers: list[Any]) -> list[Any]:
-        """One iteration's optimizer step through Lightning, then its schedule's: the lrs used."""
+        """One iteration's optimizer step through Lightning, then its schedule's (a plateau
+        schedule's ``lr_scheduler_step`` does nothing): the lrs used."""
         scheduled = [group["lr"] for group in optimizer.param_groups]
         optimizer.step()
         self._lr_followed_schedule &= self._stepped_lr == scheduled
@@ -162,10 +161,6 @@ class FusedClassifier(Classifier):
             sgd.step()
         sgd.zero_grad(set_to_none=True)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["reslab"]["fused_iterations"] = self.fused_iterations
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         check_resume(checkpoint, self.fused_iterations)
@@ -174,7 +169,7 @@ class FusedClassifier(Classifier):
 def check_resume(checkpoint: dict[str, Any], fused_iterations: int) -> None:
     """A ValueError when ``checkpoint`` was trained with another ``module.fused_iterations``
     (train() asks before the run starts, so the folder stays as it was)."""
-    fused = checkpoint.get("reslab", {}).get("fused_iterations", 1)  # (a Classifier's: 1)
+    fused = checkpoint.get("reslab", {}).get("fused_iterations", 1)  # (before reslab said it: 1)
     if fused != fused_iterations:
         raise ValueError(
             f"module.fused_iterations={fused_iterations}, but the checkpoint was trained with "
@@ -257,7 +252,6 @@ class StepGraph:
 
     def replay(self, images: torch.Tensor, labels: torch.Tensor, lrs: list[list[Any]]) -> None:
         """Runs the captured step on ``images`` and ``labels``, iteration k at ``lrs[k]``."""
-        assert self._inputs is not None, "capture() first"
         if images.shape != self._inputs[0].shape:
             raise ValueError(
                 f"a captured step takes batches of shape {tuple(self._inputs[0].shape)}; got "

@@ -98,10 +98,8 @@ class Classifier(L.LightningModule):
         return self.net(images.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
-        return self.training_iteration(*batch)
-
-    def training_iteration(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The forward, its counts and at a logging iteration the interval's means: the loss."""
+        images, labels = batch
         if self._graph_pending:
             sample = images.contiguous(memory_format=self.memory_format)
             self.net = cuda_graph_network(self.net, sample)
@@ -208,10 +206,16 @@ class Classifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # All that shapes what comes next, the logging interval's sums too (over the ranks;
         # rank 0 gets them back): a checkpoint inside an interval resumes to the same numbers.
+        # torch's generators only (reslab draws from neither numpy's nor Python's), as tensors:
+        # torch.load(weights_only=True) loads them
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["reslab"] = {
             **{key: getattr(self, key) for key in self._checkpointed},
-            "rng": rng_states(),
+            "rng": rng,
             "interval_sums": summed_over_ranks(self._interval_sums),
+            "fused_iterations": self.iterations_per_step,  # (reslab.fused.check_resume)
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -223,25 +227,11 @@ class Classifier(L.LightningModule):
 
     def on_train_start(self) -> None:
         # as late as possible: a resumed run's augmentation draws what the interrupted one would
-        if self._rng_to_restore is not None:
-            set_rng_states(self._rng_to_restore)
+        if (rng := self._rng_to_restore) is not None:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
             self._rng_to_restore = None
-
-
-def rng_states() -> dict[str, Any]:
-    """The states of the random number generators training draws from, torch's (reslab draws
-    from neither numpy's nor Python's), as tensors: ``torch.load(weights_only=True)`` loads them."""
-    states: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restores what :func:`rng_states` returned."""
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def summed_over_ranks(tensor: torch.Tensor) -> torch.Tensor:

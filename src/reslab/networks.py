@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from reslab.validation import require_choice, require_int
+from reslab.validation import is_int, require_choice, require_int
 
 FAMILIES = ("cifar", "imagenet")
 SHORTCUTS = ("none", "A", "B", "C")
@@ -94,9 +94,8 @@ def cifar_blocks_per_stage(depth: int) -> int:
         "of the form 6n+2 (the cifar family): 8, 14, 20, 26, 32, 38, 44, 50, 56, ...; the "
         "paper's are 20, 32, 44, 56, 110, 1202"
     )
-    require_int("model.depth", depth, low=8, note=valid)
-    if (depth - 2) % 6:
-        raise ValueError(f"model.depth={depth} is not valid; valid: an integer >= 8 {valid}")
+    if not is_int(depth) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"model.depth={depth!r} is not valid; valid: an integer >= 8 {valid}")
     return (depth - 2) // 6
 
 
@@ -259,12 +258,11 @@ def _blocks(
         )  # fmt: skip
         block = Bottleneck if bottleneck else BasicBlock
         options = {"stride_on": bottleneck_stride} if bottleneck else {}
+    note = f"({family} depth {depth} has no bottleneck blocks; 3x3 is for imagenet 50-152)"
     if block is Bottleneck:
         note = "(1x1: the paper's stride placement; 3x3: torchvision's v1.5)"
-        require_choice("model.bottleneck_stride", bottleneck_stride, ("1x1", "3x3"), note)
-    else:
-        note = f"({family} depth {depth} has no bottleneck blocks; 3x3 is for imagenet 50-152)"
-        require_choice("model.bottleneck_stride", bottleneck_stride, ("1x1",), note)
+    strides = ("1x1", "3x3") if block is Bottleneck else ("1x1",)
+    require_choice("model.bottleneck_stride", bottleneck_stride, strides, note)
     return block, per_stage, options
 
 
