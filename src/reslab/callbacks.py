@@ -202,9 +202,10 @@ class DivergenceGuard(L.Callback):
         bad = value is not None and not math.isfinite(float(value))
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
-        self.diverged_at, said = step, float(value) if value is not None else math.nan
+        self.diverged_at = step
         trainer.should_stop = True
+        shown = float(value) if value is not None else math.nan  # (another rank's was bad)
         rank_zero_warn(
-            f"[reslab] diverged: {self.monitor} is {said} at iteration {step}; stopping "
+            f"[reslab] diverged: {self.monitor} is {shown} at iteration {step}; stopping "
             "this run (a lower optim.lr may help)"
         )

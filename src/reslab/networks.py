@@ -258,10 +258,12 @@ def _blocks(
         )  # fmt: skip
         block = Bottleneck if bottleneck else BasicBlock
         options = {"stride_on": bottleneck_stride} if bottleneck else {}
-    note = f"({family} depth {depth} has no bottleneck blocks; 3x3 is for imagenet 50-152)"
     if block is Bottleneck:
+        strides = ("1x1", "3x3")
         note = "(1x1: the paper's stride placement; 3x3: torchvision's v1.5)"
-    strides = ("1x1", "3x3") if block is Bottleneck else ("1x1",)
+    else:
+        strides = ("1x1",)
+        note = f"({family} depth {depth} has no bottleneck blocks; 3x3 is for imagenet 50-152)"
     require_choice("model.bottleneck_stride", bottleneck_stride, strides, note)
     return block, per_stage, options
 
