@@ -1,7 +1,8 @@
 """Callbacks for tests/test_resume.py and tests/test_signals.py, loaded by ``reslab-train
 +callbacks.kill._target_=sigkill.SigkillAt`` with this folder on PYTHONPATH: SigkillAt kills
 the process with SIGKILL (no cleanup, no exception handler, no atexit) at the end of a given
-iteration; PauseAt holds it there while a test sends it signals."""
+iteration; PauseAt holds it there while a test sends it signals; MeetInSetup holds each job of a
+sweep until the others have started too."""
 
 from __future__ import annotations
 
@@ -51,3 +52,21 @@ class PauseInSetup(L.Callback):
         deadline = time.monotonic() + 120
         while Path(self.file).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class MeetInSetup(L.Callback):
+    """Each of ``jobs`` jobs waits in ``setup`` until all have reached it (a file each in
+    ``folder``); a job that waits 120 s for the others raises: they did not run at once."""
+
+    def __init__(self, folder: str, jobs: int) -> None:
+        self.folder, self.jobs = Path(folder), jobs
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(list(self.folder.iterdir())) < self.jobs:
+            if time.monotonic() > deadline:
+                said = f"the other jobs did not start while this one ran ({self.folder})"
+                raise RuntimeError(said)
+            time.sleep(0.05)

@@ -186,7 +186,8 @@ def test_a_job_whose_requeues_are_used_up_says_so_and_how_to_continue(
     proc, folder = start_sweep(
         slurm_cluster, tmp_path, "model.depth=8", "optim.max_steps=100000",
         "hydra.launcher.max_num_timeout=0", "hydra.launcher.timeout_min=1",
-        "hydra.launcher.signal_delay_s=45",
+        "hydra.launcher.signal_delay_s=30",  # 30 s to start: a loaded machine needed over 15
+
     )  # fmt: skip
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 1, out[-3000:]
