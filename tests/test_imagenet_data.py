@@ -468,6 +468,10 @@ def test_evaluation_images_are_shared_by_the_processes_once_each(tree) -> None:
         assert isinstance(loader.sampler, EvalShard)  # Lightning keeps a DistributedSampler
         assert loader.sampler.rank == 0 and list(loader.sampler) == [0, 2, 4]
     assert list(EvalShard(range(5), 2, 1)) == [1, 3] and len(EvalShard(range(5), 2, 1)) == 2
+    for n, ranks in ((0, 3), (1, 2), (2, 5), (7, 3)):  # each image once (ranks > images too)
+        shards = [EvalShard(range(n), ranks, r) for r in range(ranks)]
+        assert sorted(i for s in shards for i in s) == list(range(n))
+        assert [len(s) for s in shards] == [len(range(r, n, ranks)) for r in range(ranks)]
     dm = module(tree[0], val_size=1, normalize="channel")
     dm.trainer = trainer(devices=2, strategy="ddp")
     with pytest.raises(ValueError, match=r"1 evaluation images cannot be shared by 2 processes"):

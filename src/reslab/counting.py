@@ -60,7 +60,8 @@ def _trace(
 
 def count_multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-adds of one image of ``input_shape`` (C, H, W): output elements × in_channels /
-    groups × kh × kw per convolution, in × out per fully connected layer."""
+    groups × kh × kw per convolution, in × out per fully connected layer (every convolution and
+    matrix product torch's FlopCounterMode counts: in reslab's networks, those two)."""
     return _trace(net, input_shape)[0].get("Global", 0)
 
 

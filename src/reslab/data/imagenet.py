@@ -20,9 +20,8 @@ import lightning as L
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pillow decodes all
 
 from reslab.data.base import require_batch_split, require_ints
@@ -172,13 +171,19 @@ def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> 
     return torch.cat([five, five.flip(-1)])
 
 
-class EvalShard(UnrepeatedDistributedSampler):
+class EvalShard(DistributedSampler):
     """Rank r of n evaluates images r, r + n, ...: every image once over the ranks (Lightning's
     DistributedSampler pads to equal shares, counting some twice; it keeps a subclass as it
     is). Batch counts may differ by one: evaluation runs no collective per batch."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:  # (a rank of more ranks than images: 0, not Lightning's assert)
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 # --- the DataModule --------------------------------------------------------------------------
