@@ -11,7 +11,6 @@ Overrides are reslab-train's; the input is data.crop_size (else the dataset's im
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from reslab.config import CONFIG_DIR, CONFIG_NAME, instantiate, register_resolve
 from reslab.counting import Part, count_parameters, human, parts
 from reslab.networks import DEFAULT_WIDTHS, network_name
 from reslab.paper import published
+from reslab.sweeps import expand
 
 # The setting the paper's counts belong to: (in_channels, image size, classes) per family.
 PAPER_SETTING = {"cifar": (3, 32, 10), "imagenet": (3, 224, 1000)}
@@ -83,22 +83,15 @@ def summarize(cfg: DictConfig) -> Summary:
 
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
-    """Each job's overrides as Hydra's basic sweeper makes them: ``hydra.sweeper.params``, then
-    ``overrides`` (which win on a key), comma lists expanded into their product. Call inside an
-    initialised Hydra context."""
+    """Each job's overrides as Hydra's basic sweeper makes them (:func:`reslab.sweeps.expand`):
+    ``hydra.sweeper.params``, then ``overrides``. Call inside an initialised Hydra context."""
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     fixed = [
         o.input_line for o in parser.parse_overrides(list(overrides)) if not o.is_sweep_override()
     ]
     cfg = compose(CONFIG_NAME, overrides=fixed, return_hydra_config=True)
     params = cfg.hydra.get("sweeper", {}).get("params") or {}
-    lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
-    values: dict[str, list[str]] = {}  # key -> its values; a later override of a key wins
-    for override in parser.parse_overrides(lines):
-        key = override.get_key_element()
-        sweep = override.sweep_string_iterator() if override.is_sweep_override() else None
-        values[key] = [override.input_line] if sweep is None else [f"{key}={v}" for v in sweep]
-    return [list(job) for job in itertools.product(*values.values())]
+    return expand(parser, [f"{k}={v}" for k, v in params.items()] + list(overrides))
 
 
 def network_configs(overrides: Sequence[str]) -> list[DictConfig]:
