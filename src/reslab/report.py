@@ -71,8 +71,8 @@ def load_run(folder: Path) -> Run:
         path=folder,
         name=str(hparams.get("network") or status["name"]),
         **{key: hparams.get(key) for key in ("dataset", "family", "depth", "shortcut")},
-        residual=bool(hparams.get("residual")),
-        seed=None if hparams.get("seed") is None else int(hparams["seed"]),
+        residual=hparams.get("shortcut") not in (None, "none"),
+        seed=hparams.get("seed"),
         params=hparams.get("parameters"),
         status=state,
         iterations=status.get("iterations", max(steps, default=None)),
@@ -86,21 +86,14 @@ def load_run(folder: Path) -> Run:
 
 
 def _hparams_from_hydra(folder: Path, name: str) -> dict[str, Any]:
-    """For a run that failed before it wrote hparams.yaml: what its name, Hydra's config group
-    choices (``data`` is the dataset, ``model`` the family) and the job's overrides say."""
+    """For a run that failed before it wrote hparams.yaml: its dataset and family (Hydra's
+    ``data`` and ``model`` choices), its depth and shortcut (its name)."""
     hydra = _read_yaml(folder / ".hydra" / "hydra.yaml") or {}
     choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    lines = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
-    overrides = dict(str(o).split("=", 1) for o in lines if "=" in str(o))
     found: dict[str, Any] = {"dataset": choices.get("data"), "family": choices.get("model")}
     with suppress(ValueError):
         parsed = parse_network_name(name)
         found |= {"depth": parsed["depth"], "shortcut": parsed["shortcut"]}
-        found["residual"] = parsed["shortcut"] != "none"
-    found["seed"] = overrides.get("seed")
-    if found["seed"] is None and "net" in overrides:
-        with suppress(ValueError):  # else the bad net= that made the run fail
-            found["seed"] = parse_network_name(overrides["net"])["seed"]
     return found
 
 
