@@ -15,7 +15,7 @@ import argparse
 import math
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,11 +127,13 @@ def setting_title(dataset: str | None, family: str | None) -> str:
     return f"{name}, {family or 'unknown'} family"
 
 
-def group_runs(runs: Sequence[Run]) -> dict[tuple[str | None, str | None], list[Run]]:
-    """Runs by (dataset, family), in the order they first appear."""
-    groups: dict[tuple[str | None, str | None], list[Run]] = {}
+def group_runs(
+    runs: Iterable[Run], key: Callable[[Run], Any] = lambda r: (r.dataset, r.family)
+) -> dict[Any, list[Run]]:
+    """Runs by ``key`` (default: (dataset, family)), in the order the keys first appear."""
+    groups: dict[Any, list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.dataset, run.family), []).append(run)
+        groups.setdefault(key(run), []).append(run)
     return groups
 
 
@@ -224,20 +226,18 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
     return Table(setting_title(dataset, family), columns, rows, notes)
 
 
-def code_notes(runs: Sequence[Run], listed: int = 4) -> list[str]:
-    """The commit the runs ran, or a warning naming each version's runs; and how many ran
-    without provenance.json."""
-    by_code: dict[str, list[str]] = {}
-    for run in runs:
-        if run.code is not None:
-            by_code.setdefault(run.code, []).append(run.path.name)
+def code_notes(runs: Sequence[Run]) -> list[str]:
+    """The commit the runs ran, or a warning naming each version's runs (4 at most); and how
+    many ran without provenance.json."""
+    grouped = group_runs((r for r in runs if r.code is not None), key=lambda r: r.code)
+    by_code = {code: [r.path.name for r in members] for code, members in grouped.items()}
     notes = []
     if len(by_code) == 1:
         ((code, names),) = by_code.items()
         notes.append(f"Code: {code} ({len(names)} run{'s' * (len(names) != 1)}).")
     elif by_code:
         parts = [
-            f"{code} ({', '.join(names[:listed])}{', ...' if len(names) > listed else ''})"
+            f"{code} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
             for code, names in by_code.items()
         ]
         mixed = f"{len(by_code)} versions of the code: {'; '.join(parts)}"
