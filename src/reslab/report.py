@@ -36,9 +36,9 @@ from reslab.runs import Run, read_metrics, read_responses, run_folders
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
                  "imagenet": "ImageNet", "synthetic": "synthetic data"}  # fmt: skip
 EXPLAINED = {
-    "train/error": "train error: the mean over the training batches of the last logging "
-    "interval (the network in training mode)",
-    "val/error": "val error: the final network on the validation split",
+    "train/error": "Train error: the mean over the training batches of the last logging "
+    "interval (the network in training mode).",
+    "val/error": "Val error: the final network on the validation split.",
 }
 # The settings the paper's error numbers belong to: (dataset, network family).
 PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
@@ -213,8 +213,7 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
                 notes.append(f"{r.path.name}: {r.status}{where}{why}; not in the mean.")
     notes.append("Measured: mean ± sample std over the finished runs of a network.")
     notes += code_notes(runs)
-    if said := "; ".join(t for k, t in EXPLAINED.items() if k in measured):
-        notes.append(f"{said[0].upper()}{said[1:]}.")
+    notes += [text for key, text in EXPLAINED.items() if key in measured]
     if paper and family == "cifar":
         notes.append("Paper: Table 6, CIFAR-10 test error; ResNet-110 is the best of 5 runs.")
         if any(cell.startswith("≈") for row in rows for cell in row):
