@@ -57,18 +57,15 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
     colour per depth; the legend names each network, with its status unless finished."""
     if not runs:
         raise ValueError("no runs to draw")
-    panels = [
-        (text, sorted((r for r in runs if r.residual == residual), key=network_order))
-        for residual, text in ((False, "plain networks"), (True, "residual networks"))
-    ]
-    panels = [(text, members) for text, members in panels if members]
+    ordered = sorted(runs, key=network_order)  # plain nets first
+    panels = [(residual, list(group)) for residual, group in groupby(ordered, lambda r: r.residual)]
     points = [(s, v) for r in runs for k in CURVE_KEYS for s, v in r.metrics.get(k, [])]
     last = max((s for s, _ in points), default=0)
     scale = 1e4 if last > PER_TEN_THOUSAND_ABOVE else 1.0
     colour = _colours(runs)
     fig = Figure(figsize=(6.4 * len(panels), 4.8), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, (text, members) in zip(axes, panels, strict=True):
+    for ax, (residual, members) in zip(axes, panels, strict=True):
         labels: list[str] = []
         for run in members:
             c = colour[run.name]
@@ -81,7 +78,7 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
             if label not in labels:  # repeated seeds: one legend entry
                 labels.append(label)
                 ax.plot([], [], "-", color=c, lw=2, label=label)
-        ax.set_title(text)
+        ax.set_title("residual networks" if residual else "plain networks")
         ax.set_xlabel("iterations (×10⁴)" if scale > 1 else "iterations")
         ax.xaxis.set_major_locator(MaxNLocator(integer=scale == 1))
         ax.grid(alpha=0.3)
