@@ -16,6 +16,7 @@ from rich.table import Table
 
 from reslab.run_folder import read_status
 from reslab.runs import run_folders
+from reslab.sweeps import job_folders, never_started
 
 ERRORS = ("train/error", "val/error", "test/error")
 # What status.json adds to a job's status in the table: its key, and how it is said.
@@ -73,7 +74,6 @@ def conclude(sweep_dir: Path) -> None:
     says where they diverged)."""
     from reslab.run_lock import say_killed
     from reslab.slurm import say_how_slurm_ended
-    from reslab.sweeps import never_started
 
     if not sweep_dir.is_dir():
         return
@@ -110,8 +110,6 @@ def conclude(sweep_dir: Path) -> None:
 
 def best_trial(sweep_dir: Path, results: dict[str, Any]) -> str:
     """The search's best trial as ``optimization_results.yaml`` gives it, with its folder."""
-    from reslab.sweeps import job_folders
-
     params = {k: str(v) for k, v in (results.get("best_params") or {}).items()}
     said = " ".join(f"{k}={v}" for k, v in params.items())
     if found := [f for f, ran in job_folders(sweep_dir).items() if params.items() <= ran.items()]:
