@@ -257,16 +257,6 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines + [f"- {n}" for n in table.notes]) + "\n"
 
 
-def rich_table(table: Table) -> RichTable:
-    """The table for the terminal (its notes are printed under it separately)."""
-    out = RichTable(title=table.title)
-    for c in table.columns:
-        out.add_column(c, justify="left" if c in ("network", "status") else "right")
-    for row in table.rows:
-        out.add_row(*row)
-    return out
-
-
 def write_report(
     runs: Sequence[Run], out_dir: str | Path, sources: Sequence[str | Path] | None = None
 ) -> Path:
@@ -312,7 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.width = max(console.width, 120)  # pipes and logs get 80 columns otherwise
     for (dataset, family), members in group_runs(runs).items():
         table = build_table(dataset, family, members)
-        console.print(rich_table(table))
+        shown = RichTable(title=table.title)
+        for c in table.columns:
+            shown.add_column(c, justify="left" if c in ("network", "status") else "right")
+        for row in table.rows:
+            shown.add_row(*row)
+        console.print(shown)
         console.print("\n".join(table.notes), markup=False, highlight=False)
     console.print(f"wrote {path}")
     return 0
