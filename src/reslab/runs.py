@@ -20,10 +20,8 @@ def run_folders(path: str | Path, required: bool = False) -> list[Path]:
     """``path`` itself when it is a run folder (it has a status.json), else every run folder
     under it, in job order. With ``required``, FileNotFoundError or ValueError instead of []."""
     path = Path(path)
-    if required and not path.is_dir():
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; give a sweep folder or a run folder")
-        raise ValueError(f"{path} is not a folder; give a sweep folder or a run folder")
+    if required and not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a sweep folder or a run folder")
     if (path / STATUS_FILE).is_file():
         return [path]
     found = sorted((p.parent for p in path.rglob(STATUS_FILE)), key=job_order)
