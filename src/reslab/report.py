@@ -121,12 +121,6 @@ def format_params(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f}M" if n < 1e6 else f"{n / 1e6:.1f}M"
 
 
-def setting_title(dataset: str | None, family: str | None) -> str:
-    """``CIFAR-10, cifar family``: the heading of one figure and table."""
-    name = DATASET_NAMES.get(dataset or "", dataset or "unknown dataset")
-    return f"{name}, {family or 'unknown'} family"
-
-
 def group_runs(
     runs: Iterable[Run], key: Callable[[Run], Any] = lambda r: (r.dataset, r.family)
 ) -> dict[Any, list[Run]]:
@@ -222,7 +216,8 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
         notes.append("Paper: Tables 2 and 3, 10-crop error on the ImageNet val set.")
     else:
         notes.append("The paper reports no errors for this setting.")
-    return Table(setting_title(dataset, family), columns, rows, notes)
+    name = DATASET_NAMES.get(dataset or "", dataset or "unknown dataset")
+    return Table(f"{name}, {family or 'unknown'} family", columns, rows, notes)
 
 
 def code_notes(runs: Sequence[Run]) -> list[str]:
@@ -270,16 +265,16 @@ def write_report(
     read = f"Read {', '.join(f'`{s}`' for s in sources)} on {datetime.now():%Y-%m-%d %H:%M:%S}"
     text = ["# reslab report", "", f"{read}: {len(runs)} runs ({_statuses(runs)}).", ""]
     for (dataset, family), members in group_runs(runs).items():
-        title = setting_title(dataset, family)
+        table = build_table(dataset, family, members)
         slug = f"{dataset or 'unknown'}_{family or 'unknown'}"
-        text += [f"## {title}", ""]
+        text += [f"## {table.title}", ""]
         figures = [("curves", curves_figure, "error against iterations")]
         if any(r.responses for r in members):
             figures.append(("responses", responses_figure, "layer responses"))
         for kind, draw, alt in figures:
-            draw(members, title).savefig(out / f"{kind}_{slug}.png", dpi=120)
-            text += [f"![{title}: {alt}]({kind}_{slug}.png)", ""]
-        text += [markdown_table(build_table(dataset, family, members))]
+            draw(members, table.title).savefig(out / f"{kind}_{slug}.png", dpi=120)
+            text += [f"![{table.title}: {alt}]({kind}_{slug}.png)", ""]
+        text += [markdown_table(table)]
     path = out / "report.md"
     path.write_text("\n".join(text))
     return path
