@@ -1,6 +1,5 @@
-"""What a user sees when a sweep ends: a table of its runs' final errors (a Hydra callback,
-named in conf/train.yaml), and a non-zero exit when jobs failed. Report side: it reads run
-folders and imports nothing of training."""
+"""What a user sees when a sweep ends (a Hydra callback, named in conf/train.yaml): a table of
+its runs' final errors from their folders, and a non-zero exit when jobs failed."""
 
 from __future__ import annotations
 
@@ -69,9 +68,8 @@ def running_sweep() -> Path | None:
 
 def conclude(sweep_dir: Path) -> None:
     """Waits for a SLURM sweep's jobs (reslab.slurm.say_how_slurm_ended), prints
-    :func:`sweep_table`, then raises :class:`SweepFailed` naming the jobs that failed or did
-    not finish (with the command that finishes the sweep); diverged jobs are results (the table
-    says where they diverged)."""
+    :func:`sweep_table`, then raises :class:`SweepFailed` naming the jobs that failed or did not
+    finish, with the command that finishes the sweep (diverged jobs are results)."""
     from reslab.run_lock import say_killed
     from reslab.slurm import say_how_slurm_ended
 
