@@ -50,18 +50,14 @@ class StopOnSignal(L.Callback):
         self.stopped_at: int | None = None
         self._before: dict[int, Any] = {}  # the handlers before fit
 
-    @staticmethod
-    def _signals() -> list[int]:
-        slurm = [signal.SIGUSR2] if os.environ.get("SLURM_JOB_ID") else []
-        return [signal.SIGINT, signal.SIGTERM, *slurm]
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._before = {signum: signal.getsignal(signum) for signum in self._signals()}
+            slurm = [signal.SIGUSR2] if os.environ.get("SLURM_JOB_ID") else []
+            self._before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, *slurm)}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():  # handlers live there
-            for signum in self._signals():
+            for signum in self._before:
                 signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
