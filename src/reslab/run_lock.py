@@ -171,13 +171,12 @@ def say_killed(folder: Path) -> bool:
         return False
     if status.get("host") != socket.gethostname() or _alive(pid):
         return False  # its writer lives, or it is on another machine (a SLURM node: slurm.py)
-    step = 0
-    if (folder / LAST_CHECKPOINT).is_file():
-        import torch  # the checkpoint's iteration: its global_step
+    last, step = folder / LAST_CHECKPOINT, 0
+    if last.is_file():
+        import torch
 
-        checkpoint = torch.load(folder / LAST_CHECKPOINT, map_location="cpu", weights_only=True,
-                                mmap=True)  # fmt: skip
-        step = int(checkpoint.get("global_step", 0))
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        step = int(checkpoint["global_step"])
     fields = {k: v for k, v in status.items() if k not in ("status", "pid", "host")}
     write_status(folder, "interrupted", **{**fields, "iterations": step},
                  interrupted_at=step, killed=True)  # fmt: skip
