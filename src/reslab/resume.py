@@ -72,8 +72,8 @@ def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple
         verify_checkpoint(run_dir / LAST_CHECKPOINT)
     config_dir, hydra_overrides, cwd = first_start(run_dir / HYDRA_FILE, RUN_ONLY)
     command = [
-        sys.executable, "-m", TRAIN_MODULE, *config_dir, *hydra_overrides, *_run_overrides(run_dir),
-        *(extra or []), f"hydra.run.dir={hydra_quoted(run_dir)}", "ckpt_path=last",
+        sys.executable, "-m", TRAIN_MODULE, *config_dir, *hydra_overrides,
+        *_run_overrides(run_dir, extra), f"hydra.run.dir={hydra_quoted(run_dir)}", "ckpt_path=last",
         "hydra.mode=RUN",  # one run, also for a trial of a search (hparams_search sets MULTIRUN)
     ]  # fmt: skip
     return command, cwd
@@ -87,16 +87,14 @@ def resume_done(run_dir: str | Path, extra: list[str] | None = None) -> str | No
     run_dir = Path(run_dir).expanduser().absolute()
     config_dir, _, _ = first_start(run_dir / HYDRA_FILE, RUN_ONLY)
     search = [f"hydra.searchpath=[file://{d.split('=', 1)[1]}]" for d in config_dir]
-    overrides = [
-        o for o in [*_run_overrides(run_dir), *(extra or [])]
-        if not o.lstrip("+~").startswith("hydra")
-    ]  # fmt: skip
+    own = [o for o in _run_overrides(run_dir, extra) if not o.lstrip("+~").startswith("hydra")]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=CONFIG_NAME, overrides=[*overrides, *search])
+        cfg = compose(config_name=CONFIG_NAME, overrides=[*own, *search])
     return run_complete(run_dir, int(cfg.trainer.max_steps))
 
 
-def _run_overrides(run_dir: Path) -> list[str]:
-    """The run's own overrides (``.hydra/overrides.yaml``), without the checkpoint it named."""
+def _run_overrides(run_dir: Path, extra: list[str] | None) -> list[str]:
+    """The run's own overrides (``.hydra/overrides.yaml``) but the checkpoint it named, then
+    ``extra``."""
     overrides = yaml.safe_load((run_dir / OVERRIDES_FILE).read_text()) or []
-    return [o for o in overrides if not o.startswith("ckpt_path=")]
+    return [*(o for o in overrides if not o.startswith("ckpt_path=")), *(extra or [])]
