@@ -41,9 +41,7 @@ class StopOnSignal(L.Callback):
     nothing. Under DDP the ranks agree at logging iterations.
 
     Its handlers replace Lightning's (which would stop without a checkpoint) while ``fit``
-    trains; Lightning's teardown restores the ones before fit, which ``setup`` records (before
-    Lightning installs its own) and :meth:`pass_on` calls once the run is recorded (submitit's
-    requeues the job)."""
+    trains; ``setup`` records the ones before fit, which Lightning's teardown restores."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -91,8 +89,8 @@ class StopOnSignal(L.Callback):
             raise RunInterrupted(self.signum or signal.SIGTERM, self.stopped_at)
 
     def pass_on(self) -> None:
-        """Calls the handler there before fit for the signal received (submitit's: it requeues
-        the job and exits), unless it is Python's own Ctrl-C or none."""
+        """Once the run is recorded, calls the handler there before fit for the signal received
+        (submitit's: it requeues the job and exits), unless it is Python's own Ctrl-C or none."""
         handler = self._before.get(self.signum)
         if callable(handler) and handler not in (signal.default_int_handler, interrupt_now):
             handler(self.signum, None)
