@@ -84,9 +84,7 @@ class RunFolderGuard(Callback):
     ranks other than 0 share rank 0's folder and lock nothing."""
 
     kept: ClassVar[dict[Path, bytes | None]] = {}  # the continued run's files (one run a process)
-
-    def __init__(self) -> None:
-        self._lock: Any = None
+    _lock: io.TextIOWrapper | None = None  # the lock file while the folder is held
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim(config, "run")
