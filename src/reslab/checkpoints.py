@@ -56,8 +56,7 @@ class RunCheckpoint(ModelCheckpoint):
         self.saved_step: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        # the folder's own paths go; a run folder holds one last.ckpt and no best-k files
-        # (save_top_k: 0), so a moved folder resumes as if it had never moved
+        # one last.ckpt and no best-k files (save_top_k: 0): the folder's paths are not needed
         state = super().state_dict()
         return {**state, "dirpath": "", "best_model_path": "", "last_model_path": ""}
 

@@ -27,9 +27,8 @@ from reslab.signals import RunInterrupted, StopOnSignal
 
 @rank_zero_only
 def write_status(run_dir: Path, status: str, **fields: Any) -> None:
-    """:func:`reslab.run_folder.write_status` by rank 0, naming the SLURM job it runs in
-    (``slurm_job``: ``<array job>_<task>`` for a sweep's): how the job ended is SLURM's to say
-    (reslab.slurm.say_how_slurm_ended)."""
+    """:func:`reslab.run_folder.write_status` by rank 0, with the SLURM job it runs in
+    (``slurm_job``, ``<array job>_<task>`` in an array) for reslab.slurm.say_how_slurm_ended."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
     run_folder.write_status(run_dir, status, **{**fields, **({"slurm_job": job} if job else {})})
