@@ -56,8 +56,7 @@ class RunCheckpoint(ModelCheckpoint):
         self.saved_step: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        # the folder's own paths go; a run folder holds one last.ckpt and no best-k files
-        # (save_top_k: 0), so a moved folder resumes as if it had never moved
+        # one last.ckpt and no best-k files (save_top_k: 0): the folder's paths are not needed
         state = super().state_dict()
         return {**state, "dirpath": "", "best_model_path": "", "last_model_path": ""}
 
@@ -86,14 +85,15 @@ class RunCheckpoint(ModelCheckpoint):
             trainer.save_checkpoint(Path(self.dirpath) / name)
 
 
-def check_ckpt_path(ckpt_path: Any) -> None:
-    """``ckpt_path`` must be null, one of Lightning's keywords (last, best, hpc), a URL, or a
-    whole checkpoint file that holds only what ``torch.load(weights_only=True)`` loads."""
+def check_ckpt_path(ckpt_path: Any) -> str | None:
+    """What ``trainer.fit`` loads for ``ckpt_path``: null, one of Lightning's keywords (last,
+    best, hpc, registry), a URL, or the path (:func:`first_start_path`) of a whole checkpoint
+    file that holds only what ``torch.load(weights_only=True)`` loads."""
     if ckpt_path is None:
-        return
+        return None
     text = str(ckpt_path)
     if text in _CKPT_KEYWORDS or text.startswith("registry:") or "://" in text:
-        return
+        return text
     path = first_start_path(text)
     if not path.exists():
         raise FileNotFoundError(f"ckpt_path={text} does not exist; valid: {CKPT_CHOICES}")
@@ -111,6 +111,7 @@ def check_ckpt_path(ckpt_path: Any) -> None:
             "checkpoint never holds (only tensors, numbers, strings, lists and dicts); "
             "refusing to load it"
         )
+    return str(path)
 
 
 def first_start_path(path: str | Path) -> Path:

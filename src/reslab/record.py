@@ -27,9 +27,8 @@ from reslab.signals import RunInterrupted, StopOnSignal
 
 @rank_zero_only
 def write_status(run_dir: Path, status: str, **fields: Any) -> None:
-    """:func:`reslab.run_folder.write_status` by rank 0, naming the SLURM job it runs in
-    (``slurm_job``: ``<array job>_<task>`` for a sweep's): how the job ended is SLURM's to say
-    (reslab.slurm.say_how_slurm_ended)."""
+    """:func:`reslab.run_folder.write_status` by rank 0, with the SLURM job it runs in
+    (``slurm_job``, ``<array job>_<task>`` in an array) for reslab.slurm.say_how_slurm_ended."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
     run_folder.write_status(run_dir, status, **{**fields, **({"slurm_job": job} if job else {})})
@@ -43,22 +42,21 @@ def record(
     name: str, output_dir: Path, started: float, trainer: L.Trainer | None,
     metrics: dict[str, float], error: BaseException | None = None,
 ) -> float:  # fmt: skip
-    """Records how the run ended; returns the sweeper's metric (the final ``val/error``, else
-    ``test/error``; nan for a diverged, stopped or failed run). A run stopped by a signal is
-    recorded ``interrupted`` (``preempted`` in a SLURM job) and raises :class:`RunInterrupted`;
-    for a failed one (``error``) the caller raises the error on."""
+    """Records how the run ended; returns the sweeper's metric (:func:`run_folder.final_metric`;
+    nan for a diverged, stopped or failed run). A run stopped by a signal is recorded
+    ``interrupted`` (``preempted`` in a SLURM job) and raises :class:`RunInterrupted`; for a
+    failed one (``error``) the caller raises the error on."""
     seconds = round(time.time() - started, 1)
     stopper = _callback(trainer, StopOnSignal)
-    stopped = stopper is not None and (error is not None or stopper.stopped_at is not None)
-    signum = stopper.signum if stopped else None
-    if signum is None and isinstance(error, RunInterrupted):  # outside the loop (interrupt_now)
-        signum = error.signum
-    if signum is None and isinstance(error, KeyboardInterrupt | SIGTERMException):
+    signum = error.signum if isinstance(error, RunInterrupted) else None  # interrupt_now's
+    if isinstance(error, KeyboardInterrupt | SIGTERMException):
         signum = signal.SIGINT if isinstance(error, KeyboardInterrupt) else signal.SIGTERM
+    if stopper is not None and (error is not None or stopper.stopped_at is not None):
+        signum = stopper.signum or signum  # the first signal, which the stop obeyed
     if signum is not None:
         _record_stop(name, output_dir, signum, stopper, seconds)
-    if error is not None or trainer is None:
-        record_failure(output_dir, name, error or RuntimeError("no trainer"), started=True)
+    if error is not None:  # train() passes no trainer only with the error that stopped it
+        record_failure(output_dir, name, error, started=True)
         _finish_wandb(exit_code=1)
         return math.nan
     step, diverged, budget = trainer.global_step, _diverged_at(trainer), out_of_time(trainer)

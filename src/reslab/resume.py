@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from reslab.checkpoints import check_ckpt_path, first_start_path, verify_checkpoint
+from reslab.checkpoints import check_ckpt_path, verify_checkpoint
 from reslab.config import CONFIG_DIR, CONFIG_NAME
 from reslab.run_folder import LAST_CHECKPOINT, OVERRIDES_FILE, read_status
 from reslab.sweeps import first_start, hydra_quoted
@@ -24,14 +24,13 @@ RUN_ONLY = ("hydra.run.dir", "hydra.mode", "hydra.sweep", "hydra/sweeper", "hydr
 
 
 def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """The checkpoint file a run in ``run_dir`` continues from, or None for a start at iteration
-    0: ``ckpt_path=last`` (or none in a requeued SLURM job) is the folder's own
-    ``checkpoints/last.ckpt``, when it has one. Raises as
-    :func:`reslab.checkpoints.check_ckpt_path` does."""
+    """What a run in ``run_dir`` continues from (:func:`reslab.checkpoints.check_ckpt_path`'s,
+    raising as it does), or None for a start at iteration 0: ``ckpt_path=last`` (or none in a
+    requeued SLURM job) is the folder's own ``checkpoints/last.ckpt``, when it has one."""
     requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
     if ckpt_path is None and not requeued:
         return None
-    if ckpt_path is None or ckpt_path == "last":
+    if ckpt_path in (None, "last"):
         last = run_dir / LAST_CHECKPOINT
         if not last.is_file():  # stopped before its first checkpoint, or never started
             if ckpt_path == "last" and read_status(run_dir):
@@ -39,10 +38,7 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
                       "iteration 0", flush=True)  # fmt: skip
             return None
         ckpt_path = str(last)
-    check_ckpt_path(ckpt_path)
-    text = str(ckpt_path)
-    keyword = text in ("best", "hpc") or "://" in text or text.startswith("registry:")
-    return text if keyword else str(first_start_path(text))
+    return check_ckpt_path(ckpt_path)
 
 
 def run_complete(run_dir: Path, max_steps: int) -> str | None:
@@ -76,8 +72,8 @@ def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple
         verify_checkpoint(run_dir / LAST_CHECKPOINT)
     config_dir, hydra_overrides, cwd = first_start(run_dir / HYDRA_FILE, RUN_ONLY)
     command = [
-        sys.executable, "-m", TRAIN_MODULE, *config_dir, *hydra_overrides, *_run_overrides(run_dir),
-        *(extra or []), f"hydra.run.dir={hydra_quoted(run_dir)}", "ckpt_path=last",
+        sys.executable, "-m", TRAIN_MODULE, *config_dir, *hydra_overrides,
+        *_run_overrides(run_dir, extra), f"hydra.run.dir={hydra_quoted(run_dir)}", "ckpt_path=last",
         "hydra.mode=RUN",  # one run, also for a trial of a search (hparams_search sets MULTIRUN)
     ]  # fmt: skip
     return command, cwd
@@ -91,16 +87,14 @@ def resume_done(run_dir: str | Path, extra: list[str] | None = None) -> str | No
     run_dir = Path(run_dir).expanduser().absolute()
     config_dir, _, _ = first_start(run_dir / HYDRA_FILE, RUN_ONLY)
     search = [f"hydra.searchpath=[file://{d.split('=', 1)[1]}]" for d in config_dir]
-    overrides = [
-        o for o in [*_run_overrides(run_dir), *(extra or [])]
-        if not o.lstrip("+~").startswith("hydra")
-    ]  # fmt: skip
+    own = [o for o in _run_overrides(run_dir, extra) if not o.lstrip("+~").startswith("hydra")]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=CONFIG_NAME, overrides=[*overrides, *search])
+        cfg = compose(config_name=CONFIG_NAME, overrides=[*own, *search])
     return run_complete(run_dir, int(cfg.trainer.max_steps))
 
 
-def _run_overrides(run_dir: Path) -> list[str]:
-    """The run's own overrides (``.hydra/overrides.yaml``), without the checkpoint it named."""
+def _run_overrides(run_dir: Path, extra: list[str] | None) -> list[str]:
+    """The run's own overrides (``.hydra/overrides.yaml``) but the checkpoint it named, then
+    ``extra``."""
     overrides = yaml.safe_load((run_dir / OVERRIDES_FILE).read_text()) or []
-    return [o for o in overrides if not o.startswith("ckpt_path=")]
+    return [*(o for o in overrides if not o.startswith("ckpt_path=")), *(extra or [])]

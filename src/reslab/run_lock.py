@@ -34,10 +34,9 @@ class FolderTaken(RuntimeError):
 def lock(
     run_dir: str | Path, check: Callable[[], None] | None = None, mode: str = "run"
 ) -> io.TextIOWrapper:
-    """Takes the lock of ``run_dir`` (made when missing) for this process and returns the open
-    lock file (close it to release). Raises :class:`FolderInUse` naming the holder (pid and
-    host) when a live process holds it, or what ``check`` raises once the lock is held; then
-    nothing in the folder has changed."""
+    """The lock of ``run_dir`` (made when missing) for this process: the open lock file (close
+    it to release). Raises :class:`FolderInUse` naming the live holder (pid and host), or what
+    ``check`` raises once the lock is held; then nothing in the folder has changed."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     file = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
@@ -79,16 +78,13 @@ def claim_new_folder(path: str | Path) -> Path:
 
 class RunFolderGuard(Callback):
     """A Hydra callback (conf/train.yaml) that makes the run's folder (a multirun's: the sweep's)
-    this process's before Hydra writes in it: a default folder taken in the same second becomes
-    ``<folder>_2``, one a live process writes is refused in one line naming it. A run that
-    continues a folder and does not start (refused, or complete) leaves it byte for byte as it
-    was (:func:`snapshot`, :func:`put_back`). DDP ranks other than 0 share rank 0's folder and
-    lock nothing."""
+    this process's before Hydra writes in it: a default folder already taken becomes
+    ``<folder>_2``, one a live process writes is refused in one line naming it, and a
+    continuation that does not start leaves it byte for byte as it was (:meth:`put_back`). DDP
+    ranks other than 0 share rank 0's folder and lock nothing."""
 
     kept: ClassVar[dict[Path, bytes | None]] = {}  # the continued run's files (one run a process)
-
-    def __init__(self) -> None:
-        self._lock: Any = None
+    _lock: io.TextIOWrapper | None = None  # the lock file while the folder is held
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim(config, "run")
@@ -107,7 +103,7 @@ class RunFolderGuard(Callback):
     @classmethod
     def put_back(cls) -> None:
         """The continued folder as :func:`snapshot` took it, unless the run started: at the run's
-        end, and for a signal before training, when Hydra calls no callback (record_failure)."""
+        end, and from record_failure for a signal before training (Hydra calls no callback)."""
         restore(cls.kept)
         cls.kept = {}
 
@@ -132,11 +128,9 @@ class RunFolderGuard(Callback):
             raise SystemExit(1) from None
 
     def _continue(self, folder: Path, config: DictConfig, mode: str) -> None:
-        """Raises :class:`FolderTaken` when ``folder`` holds a run (status.json) and this is not
-        its continuation (``ckpt_path=last``, a requeued SLURM job) or is a sweep, or holds a
-        sweep (multirun.yaml, job folders) and this is not ``reslab-resume``'s
-        (``hydra/sweeper=resume``) or is a run: nothing is overwritten, and no run and sweep
-        share a folder. A run that continues it keeps the files it rewrites (:func:`snapshot`)."""
+        """Raises :class:`FolderTaken` unless this run continues the run in ``folder`` or this
+        sweep resumes the sweep there: no run or sweep overwrites or shares another's folder. A
+        continuing run keeps the files it rewrites (:func:`snapshot`)."""
         from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
 
         state = read_status(folder).get("status")
@@ -165,24 +159,22 @@ _REWRITTEN = (LOCK_FILE, "reslab.log", "error.txt", ".hydra/config.yaml", ".hydr
 
 
 def say_killed(folder: Path) -> bool:
-    """A run folder whose status.json says ``running`` while the process that wrote it (its
-    ``pid`` on this ``host``) is gone: its run was killed (SIGKILL, or a launcher's workers torn
-    down: joblib's loky kills them) before it could say so. Its status becomes ``interrupted``
-    at its last checkpoint's iteration (0 without one), where ``reslab-resume`` continues it,
-    with ``killed: true``; True if so."""
+    """True, and status.json ``interrupted`` with ``killed: true`` at the last checkpoint's
+    iteration (0 without one: where reslab-resume continues), when it said ``running`` and its
+    writer (``pid`` on this ``host``) is gone: killed before it could say so (SIGKILL, or a
+    launcher's workers torn down: joblib's loky kills them)."""
     status = read_status(folder)
     pid = status.get("pid")
     if status.get("status") != "running" or not isinstance(pid, int):
         return False
     if status.get("host") != socket.gethostname() or _alive(pid):
         return False  # its writer lives, or it is on another machine (a SLURM node: slurm.py)
-    step = 0
-    if (folder / LAST_CHECKPOINT).is_file():
-        import torch  # the checkpoint's iteration: its global_step
+    last, step = folder / LAST_CHECKPOINT, 0
+    if last.is_file():
+        import torch
 
-        checkpoint = torch.load(folder / LAST_CHECKPOINT, map_location="cpu", weights_only=True,
-                                mmap=True)  # fmt: skip
-        step = int(checkpoint.get("global_step", 0))
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        step = int(checkpoint["global_step"])
     fields = {k: v for k, v in status.items() if k not in ("status", "pid", "host")}
     write_status(folder, "interrupted", **{**fields, "iterations": step},
                  interrupted_at=step, killed=True)  # fmt: skip

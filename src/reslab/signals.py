@@ -41,27 +41,21 @@ class StopOnSignal(L.Callback):
     nothing. Under DDP the ranks agree at logging iterations.
 
     Its handlers replace Lightning's (which would stop without a checkpoint) while ``fit``
-    trains; Lightning's teardown restores the ones before fit, which ``setup`` records (before
-    Lightning installs its own) and :meth:`pass_on` calls once the run is recorded (submitit's
-    requeues the job)."""
+    trains; ``setup`` records the ones before fit, which Lightning's teardown restores."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.stopped_at: int | None = None
         self._before: dict[int, Any] = {}  # the handlers before fit
 
-    @staticmethod
-    def _signals() -> list[int]:
-        slurm = [signal.SIGUSR2] if os.environ.get("SLURM_JOB_ID") else []
-        return [signal.SIGINT, signal.SIGTERM, *slurm]
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._before = {signum: signal.getsignal(signum) for signum in self._signals()}
+            slurm = [signal.SIGUSR2] if os.environ.get("SLURM_JOB_ID") else []
+            self._before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, *slurm)}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():  # handlers live there
-            for signum in self._signals():
+            for signum in self._before:
                 signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -95,8 +89,8 @@ class StopOnSignal(L.Callback):
             raise RunInterrupted(self.signum or signal.SIGTERM, self.stopped_at)
 
     def pass_on(self) -> None:
-        """Calls the handler there before fit for the signal received (submitit's: it requeues
-        the job and exits), unless it is Python's own Ctrl-C or none."""
+        """Once the run is recorded, calls the handler there before fit for the signal received
+        (submitit's: it requeues the job and exits), unless it is Python's own Ctrl-C or none."""
         handler = self._before.get(self.signum)
         if callable(handler) and handler not in (signal.default_int_handler, interrupt_now):
             handler(self.signum, None)

@@ -48,7 +48,8 @@ def train(cfg: DictConfig) -> float:
     write_status(output_dir, "running", name=cfg.name, pid=os.getpid(), host=socket.gethostname())
     trainer, metrics = None, {}
     try:
-        trainer, module, datamodule = build(cfg, output_dir, resume, step)
+        prepare_folder(cfg.name, output_dir, resume, step)
+        trainer, module, datamodule = build(cfg, output_dir, resume)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = final_metrics(trainer)  # validate() and test() replace the trainer's metrics
         early, callback = ended_early(trainer), trainer.checkpoint_callback
@@ -66,12 +67,9 @@ def train(cfg: DictConfig) -> float:
     return record(cfg.name, output_dir, started, trainer, metrics)
 
 
-def build(
-    cfg: DictConfig, output_dir: Path, resume: str | None, step: int | None = None
-) -> tuple[L.Trainer, Any, Any]:
-    """The run's trainer, module and datamodule, its folder prepared (:func:`prepare_folder`),
-    its header printed, its provenance and hyperparameters recorded."""
-    prepare_folder(cfg.name, output_dir, resume, step)
+def build(cfg: DictConfig, output_dir: Path, resume: str | None) -> tuple[L.Trainer, Any, Any]:
+    """The run's trainer, module and datamodule, its header printed, its provenance and
+    hyperparameters recorded."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     given = cfg.data.get("data_dir")  # a relative one: as the command meant it (chdir or not)
     where = {"data_dir": str(first_start_path(given))} if given else {}
