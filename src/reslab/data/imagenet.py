@@ -23,6 +23,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pillow decodes all
+from torchvision.datasets.folder import has_file_allowed_extension
 
 from reslab.data.base import require_batch_split, require_ints
 from reslab.validation import is_int, require_choice, require_int
@@ -43,6 +44,7 @@ PCA_EIGVEC = (
 # Set, not inherited: in a joblib (loky) job of hydra/launcher=local the default context cannot
 # start DataLoader workers. Linux forks (the file lists are shared, not copied).
 WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+_is_image = partial(has_file_allowed_extension, extensions=IMAGE_EXTENSIONS)  # any case
 
 
 # --- the folders -----------------------------------------------------------------------------
@@ -132,10 +134,6 @@ def scan_class_folders(folder: Path) -> tuple[list[str], ImageList]:
     return classes, ImageList(folder, paths, np.array(labels, dtype=np.int64))
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def _some(folder: Path, names: list[str]) -> str:
     more = f" and {len(names) - 5} more" if len(names) > 5 else ""
     return ", ".join(f"'{folder / n}'" for n in names[:5]) + more
@@ -155,10 +153,9 @@ def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> t
 
 
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
-    """Shorter side resized to ``resize`` (bilinear, antialiased; torchvision returns an image
-    of that size as it is), then the centre crop (3, c, c) (offsets rounded down) or 10
-    (10, 3, c, c): top-left, top-right, bottom-left, bottom-right, centre, then those five
-    mirrored (crop k + 5 mirrors crop k)."""
+    """Shorter side resized to ``resize`` (bilinear, antialiased), then the centre crop (3, c, c)
+    (offsets rounded down) or 10 (10, 3, c, c): top-left, top-right, bottom-left, bottom-right,
+    centre, then those five mirrored (crop k + 5 mirrors crop k)."""
     c = crop_size
     image = TF.resize(image, [resize], antialias=True)
     h, w = image.shape[-2:]
@@ -175,9 +172,6 @@ class EvalShard(DistributedSampler):
     """Rank r of n evaluates images r, r + n, ...: every image once over the ranks (Lightning's
     DistributedSampler pads to equal shares, counting some twice; it keeps a subclass as it
     is). Batch counts may differ by one: evaluation runs no collective per batch."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
     def __iter__(self):
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
@@ -232,8 +226,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.classes: list[str] = []
         self.train_images = self.val_images = self.test_images = None  # ImageLists after setup
-        # float pixels (0..255) on the training device: (x - mean) / std
-        self.mean = self.std = None
+        self.mean = self.std = None  # (x - mean) / std, x: float pixels (0..255) on the device
         # (3, 3): column j is eigenvector j × eigenvalue j, in pixels: noise = alpha @ lighting.T
         self.lighting = torch.tensor(PCA_EIGVEC) * torch.tensor(PCA_EIGVAL) * 255
 
@@ -308,7 +301,7 @@ class ImageNetDataModule(L.LightningDataModule):
         """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 (x - mean) / std, with the PCA
         lighting noise in training."""
         images, labels = batch
-        if self.mean is None or self.std is None:
+        if self.mean is None:  # (set with self.std)
             raise RuntimeError("ImageNetDataModule: call setup() before using its batches")
         if self.mean.device != images.device:  # once, not every batch
             self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
@@ -377,9 +370,9 @@ class ImageNetDataModule(L.LightningDataModule):
                     f"{len(images)} evaluation images cannot be shared by {world} processes; "
                     f"choose data.val_size >= {world} (or null: the whole val folder)"
                 )
-            sampler = EvalShard(dataset, world, self.trainer.global_rank)
+            sampler = EvalShard(dataset, world, self.trainer.global_rank, shuffle=False)
         context = multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
-        return DataLoader(  # its own generator: a loader without one draws from the global one
+        return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, shuffle=train, drop_last=train,
             generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers, multiprocessing_context=context,
