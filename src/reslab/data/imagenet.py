@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pillow decodes all
 from torchvision.datasets.folder import has_file_allowed_extension
+from torchvision.transforms import v2
 
 from reslab.data.base import require_batch_split, require_ints
 from reslab.validation import is_int, require_choice, require_int
@@ -140,18 +141,6 @@ def _some(folder: Path, names: list[str]) -> str:
 
 
 # --- per-image geometry (in the workers) ----------------------------------------------------
-def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> torch.Tensor:
-    """The paper's scale augmentation: shorter side resized to a uniform integer in ``scale``, a
-    random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
-    generator, which DataLoader seeds per worker and epoch."""
-    c = crop_size
-    image = TF.resize(image, [int(torch.randint(scale[0], scale[1] + 1, ()))], antialias=True)
-    h, w = image.shape[-2:]
-    top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
-    crop = image[:, top : top + c, left : left + c]
-    return crop.flip(-1) if torch.rand(()) < 0.5 else crop
-
-
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
     """Shorter side resized to ``resize`` (bilinear, antialiased), then the centre crop (3, c, c)
     (offsets rounded down) or 10 (10, 3, c, c): top-left, top-right, bottom-left, bottom-right,
@@ -267,11 +256,13 @@ class ImageNetDataModule(L.LightningDataModule):
         self.test_images = test  # ImageNet's errors are reported on the val set
         self.train_images = train
 
-    def check_processes(self, world_size: int) -> None:
-        """Before a run on ``world_size`` processes (checks.py): each needs an evaluation image."""
-        if self.val_size is not None and 0 < self.val_size < world_size:
+    def check_processes(self, world_size: int, images: int | None = None) -> None:
+        """Each process needs an evaluation image: of a loader's ``images``, else (checks.py,
+        before the data loads) of ``val_size``."""
+        n = self.val_size if images is None else images
+        if n is not None and 0 < n < world_size:
             raise ValueError(
-                f"data.val_size={self.val_size} evaluation images cannot be shared by "
+                f"data.val_size={self.val_size}: {n} evaluation images cannot be shared by "
                 f"{world_size} processes; valid: 0, null or an integer >= {world_size}"
             )
 
@@ -354,22 +345,22 @@ class ImageNetDataModule(L.LightningDataModule):
         self, images: ImageList, crops: int | None, batch_size: int, *, train: bool,
         persistent: bool = True, shard: bool = True,
     ) -> DataLoader:  # fmt: skip
-        """``crops`` None: the training crop, else 1 or 10 evaluation crops. A distributed
-        evaluation loader takes this rank's ``EvalShard`` (with ``shard``). Every loader draws
-        from a generator of its own, never torch's global one (its base seed, the workers'
-        seeds): computing the mean cache or evaluating leaves training's draws as they were."""
+        """``crops`` None: the paper's scale augmentation (shorter side resized to a uniform
+        integer in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2: torch's
+        default generator, which DataLoader seeds per worker and epoch), else 1 or 10 evaluation
+        crops. A distributed evaluation loader takes this rank's ``EvalShard`` (with ``shard``).
+        Every loader draws from a generator of its own, never torch's global one (its base seed,
+        the workers' seeds): computing the mean cache or evaluating leaves training's draws as
+        they were."""
+        size, resize = self.crop_size, self.eval_resize
         if crops is None:
-            transform = partial(train_crop, crop_size=self.crop_size, scale=self.scale)
+            scale = v2.RandomResize(self.scale[0], self.scale[1] + 1, antialias=True)
+            transform = v2.Compose([scale, v2.RandomCrop(size), v2.RandomHorizontalFlip()])
         else:
-            size, resize = self.crop_size, self.eval_resize
             transform = partial(eval_crops, crop_size=size, resize=resize, crops=crops)
         dataset, world, sampler = replace(images, transform=transform), self._world(), None
         if shard and not train and world > 1:
-            if len(images) < world:
-                raise ValueError(
-                    f"{len(images)} evaluation images cannot be shared by {world} processes; "
-                    f"choose data.val_size >= {world} (or null: the whole val folder)"
-                )
+            self.check_processes(world, len(images))
             sampler = EvalShard(dataset, world, self.trainer.global_rank, shuffle=False)
         context = multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
         return DataLoader(
