@@ -246,8 +246,7 @@ def _blocks(
         block, per_stage = BasicBlock, (2 * n // block_layers,) * 3
         options: dict[str, Any] = {"layers": block_layers}
     else:
-        note = "(the imagenet family, Table 1)"
-        require_choice("model.depth", depth, tuple(IMAGENET_STAGES), note)
+        require_choice("model.depth", depth, IMAGENET_STAGES, "(the imagenet family, Table 1)")
         per_stage, bottleneck = IMAGENET_STAGES[depth]
         require_choice(
             "model.block_layers", block_layers, (2,),

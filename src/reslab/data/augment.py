@@ -14,9 +14,8 @@ def subtract_mean(images: torch.Tensor, mean: torch.Tensor, scale: float = 255.0
     return (images.float() - mean) / scale
 
 
-# On the CPU, fresh multi-megabyte buffers every batch cost page faults that took as long as
-# the work itself; so the padded buffer (its border stays zero) and the index are kept between
-# calls, one pair per thread, for the last batch shape seen.
+# On the CPU fresh multi-megabyte buffers every batch cost page faults that took as long as the
+# work itself: _buffers keeps them between calls, one pair per thread, for the last shape seen.
 _cpu_workspace = threading.local()
 
 
