@@ -20,10 +20,9 @@ import lightning as L
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pillow decodes all
-from torchvision.datasets.folder import has_file_allowed_extension
+from torchvision.datasets.folder import has_file_allowed_extension, pil_loader
 from torchvision.transforms import v2
 
 from reslab.data.base import require_batch_split, require_ints
@@ -67,8 +66,7 @@ class ImageList(Dataset):
         memory order (it resizes fastest), whatever its format (ImageNet has a PNG named .JPEG;
         grey and CMYK become RGB)."""
         try:
-            with Image.open(self.path(i)) as image:
-                pixels = np.array(image.convert("RGB"))
+            pixels = np.array(pil_loader(self.path(i)))  # Pillow's decoding, as RGB
         except (OSError, ValueError, SyntaxError) as err:  # unknown format, truncated, corrupt
             raise ValueError(f"cannot decode image '{self.path(i)}': {err}") from err
         return self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), int(self.labels[i])
