@@ -185,22 +185,19 @@ class Bottleneck(_Block):
 
 @contextmanager
 def _running_stats_frozen(block: nn.Module) -> Iterator[None]:
-    """BN layers of ``block`` train on the batch statistics, but their running statistics come
-    out unchanged: an activation-checkpointed block's recomputation must not count the batch
-    twice. The updates go to scratch copies, so it runs the very operations of the forward."""
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    kept = []
-    for bn in block.modules():
-        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-            kept.append((bn, [getattr(bn, name) for name in names]))
-            for name in names:
-                setattr(bn, name, getattr(bn, name).clone())
+    """``block``'s buffers (its BN layers' running statistics) come out unchanged: an
+    activation-checkpointed block's recomputation must not count the batch twice. The updates
+    go to scratch copies, so it runs the very operations of the forward."""
+    kept = [(module, dict(module.named_buffers(recurse=False))) for module in block.modules()]
+    for module, buffers in kept:
+        for name, buffer in buffers.items():
+            setattr(module, name, buffer.clone())
     try:
         yield
     finally:
-        for bn, buffers in kept:
-            for name, buffer in zip(names, buffers, strict=True):
-                setattr(bn, name, buffer)
+        for module, buffers in kept:
+            for name, buffer in buffers.items():
+                setattr(module, name, buffer)
 
 
 class ResNet(nn.Module):
@@ -249,8 +246,7 @@ def _blocks(
         block, per_stage = BasicBlock, (2 * n // block_layers,) * 3
         options: dict[str, Any] = {"layers": block_layers}
     else:
-        note = "(the imagenet family, Table 1)"
-        require_choice("model.depth", depth, tuple(IMAGENET_STAGES), note)
+        require_choice("model.depth", depth, IMAGENET_STAGES, "(the imagenet family, Table 1)")
         per_stage, bottleneck = IMAGENET_STAGES[depth]
         require_choice(
             "model.block_layers", block_layers, (2,),

@@ -14,9 +14,8 @@ def subtract_mean(images: torch.Tensor, mean: torch.Tensor, scale: float = 255.0
     return (images.float() - mean) / scale
 
 
-# On the CPU, fresh multi-megabyte buffers every batch cost page faults that took as long as
-# the work itself; so the padded buffer (its border stays zero) and the index are kept between
-# calls, one pair per thread, for the last batch shape seen.
+# On the CPU fresh multi-megabyte buffers every batch cost page faults that took as long as the
+# work itself: _buffers keeps them between calls, one pair per thread, for the last shape seen.
 _cpu_workspace = threading.local()
 
 
@@ -41,15 +40,14 @@ def subtract_mean_crop_flip(
     images: torch.Tensor, mean: torch.Tensor, padding: int = 4, flip: bool = True,
     generator: torch.Generator | None = None, scale: float = 255.0,
 ) -> torch.Tensor:  # fmt: skip
-    """``subtract_mean(images, mean, scale)`` (N, C, H, W), zero-padded by ``padding`` pixels
-    after the subtraction, then a random crop of the original size of each image, mirrored with
-    probability 1/2 (``flip``), independently per image; ``generator`` (on the images' device)
-    makes it repeatable. A new tensor; for data batches (no autograd).
+    """``subtract_mean(images, mean, scale)`` (N, C, H, W) zero-padded by ``padding`` pixels,
+    then each image's own random crop of the original size, mirrored with probability 1/2
+    (``flip``); ``generator`` (on the images' device) makes it repeatable. A new tensor, no
+    autograd; a ``ValueError`` for a batch not (N, C, H, W), ``padding`` < 0 or ``scale`` <= 0.
 
     One ``randint`` v per image in [0, (2p+1)² · 2) (without ``flip``: (2p+1)²): mirrored =
-    v % 2, left = (v // 2) % (2p+1), top = (v // 2) // (2p+1). One draw per image makes the
-    draws of N·K images those of K batches of N drawn in turn (on the CPU), so K batches
-    augmented at once are augmented exactly as one at a time."""
+    v % 2, left = (v // 2) % (2p+1), top = (v // 2) // (2p+1); so K batches augmented at once
+    draw exactly as the K batches in turn (on the CPU)."""
     if images.dim() != 4:
         raise ValueError(f"expected a batch of shape (N, C, H, W), got {tuple(images.shape)}")
     if padding < 0:

@@ -1,6 +1,5 @@
-"""In-memory datasets: every image of a split in one uint8 tensor, a batch one index into it,
-augmented whole on the training device (``on_after_batch_transfer``): no per-image Python, no
-PIL, no worker processes."""
+"""In-memory datasets: each split one uint8 tensor, a batch one index into it, augmented whole
+on the training device (``on_after_batch_transfer``): no per-image Python, PIL or workers."""
 
 from __future__ import annotations
 
@@ -45,23 +44,16 @@ class Splits:
 
 
 class BatchLoader:
-    """Batches of (images, labels) sliced from in-memory tensors.
+    """Batches of (images, labels) sliced from in-memory tensors. With ``shuffle`` epoch e's
+    order is a permutation drawn from ``seed`` and e, the same on every rank; rank r of
+    ``world_size`` takes every world_size-th image of each global batch.
 
-    With ``shuffle`` each epoch's permutation comes from ``seed`` and the epoch number, the same
-    on every rank; rank r of ``world_size`` takes every world_size-th image of each global
-    batch, so the ranks together see the batch one process would.
-
-    ``batches_done()`` (the trainer's iteration) places each new pass at epoch ``done // len``,
-    batch ``done % len``: the data order is a function of the iteration alone, so a run resumed
-    at iteration k sees the batches an uninterrupted one sees. Without it, each pass is the
-    next epoch from 0.
-
-    ``fused`` > 1 (``module.fused_iterations``): each item is the next ``fused`` batches of
-    that same sequence stacked, images (K, B, C, H, W) and labels (K, B), for one training
-    step of K iterations; a group may run on into the next epoch's order. A pass yields the
-    groups that start in its epoch, and none past ``stop_at()`` batches (``trainer.max_steps``;
-    -1 or None: no end): the last group is cut there.
-    """
+    Each pass starts at batch ``batches_done()`` (the trainer's iteration) of that sequence of
+    epochs, so a run resumed at iteration k sees the batches of an uninterrupted one (without
+    it: the next epoch). ``fused`` = K > 1 (``module.fused_iterations``): each item stacks the
+    next K batches, images (K, B, C, H, W) and labels (K, B), running on into the next epoch's
+    order if need be; a pass yields the groups that start in its epoch, the last cut at
+    ``stop_at()`` batches (``trainer.max_steps``; -1 or None: no end)."""
 
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
@@ -180,9 +172,8 @@ class InMemoryDataModule(L.LightningDataModule):
         self.mean = self.splits.train_images.float().mean(0)
 
     def check_split(self, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """What ``load`` read, checked against the dataset's facts before anything uses it:
-        uint8 images (N, ``in_channels``, ``image_size``, ``image_size``), N int64 labels in
-        0 .. ``num_classes`` - 1. A ``ValueError`` names the split and what it holds."""
+        """``load``'s uint8 images (N, ``in_channels``, ``image_size``, ``image_size``) and N
+        labels in 0 .. ``num_classes`` - 1, else a ``ValueError`` naming the split's content."""
         size, channels = self.image_size, self.in_channels
         expected = (len(labels), channels, size, size)
         if images.dtype != torch.uint8 or tuple(images.shape) != expected:

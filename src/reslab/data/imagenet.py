@@ -20,9 +20,10 @@ import lightning as L
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pillow decodes all
+from torchvision.datasets.folder import has_file_allowed_extension, pil_loader
+from torchvision.transforms import v2
 
 from reslab.data.base import require_batch_split, require_ints
 from reslab.validation import is_int, require_choice, require_int
@@ -43,6 +44,7 @@ PCA_EIGVEC = (
 # Set, not inherited: in a joblib (loky) job of hydra/launcher=local the default context cannot
 # start DataLoader workers. Linux forks (the file lists are shared, not copied).
 WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+_is_image = partial(has_file_allowed_extension, extensions=IMAGE_EXTENSIONS)  # any case
 
 
 # --- the folders -----------------------------------------------------------------------------
@@ -64,8 +66,7 @@ class ImageList(Dataset):
         memory order (it resizes fastest), whatever its format (ImageNet has a PNG named .JPEG;
         grey and CMYK become RGB)."""
         try:
-            with Image.open(self.path(i)) as image:
-                pixels = np.array(image.convert("RGB"))
+            pixels = np.array(pil_loader(self.path(i)))  # Pillow's decoding, as RGB
         except (OSError, ValueError, SyntaxError) as err:  # unknown format, truncated, corrupt
             raise ValueError(f"cannot decode image '{self.path(i)}': {err}") from err
         return self.transform(torch.from_numpy(pixels).permute(2, 0, 1)), int(self.labels[i])
@@ -132,33 +133,16 @@ def scan_class_folders(folder: Path) -> tuple[list[str], ImageList]:
     return classes, ImageList(folder, paths, np.array(labels, dtype=np.int64))
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def _some(folder: Path, names: list[str]) -> str:
     more = f" and {len(names) - 5} more" if len(names) > 5 else ""
     return ", ".join(f"'{folder / n}'" for n in names[:5]) + more
 
 
 # --- per-image geometry (in the workers) ----------------------------------------------------
-def train_crop(image: torch.Tensor, crop_size: int, scale: tuple[int, int]) -> torch.Tensor:
-    """The paper's scale augmentation: shorter side resized to a uniform integer in ``scale``, a
-    random ``crop_size`` square, mirrored with probability 1/2. Draws from torch's default
-    generator, which DataLoader seeds per worker and epoch."""
-    c = crop_size
-    image = TF.resize(image, [int(torch.randint(scale[0], scale[1] + 1, ()))], antialias=True)
-    h, w = image.shape[-2:]
-    top, left = int(torch.randint(0, h - c + 1, ())), int(torch.randint(0, w - c + 1, ()))
-    crop = image[:, top : top + c, left : left + c]
-    return crop.flip(-1) if torch.rand(()) < 0.5 else crop
-
-
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
-    """Shorter side resized to ``resize`` (bilinear, antialiased; torchvision returns an image
-    of that size as it is), then the centre crop (3, c, c) (offsets rounded down) or 10
-    (10, 3, c, c): top-left, top-right, bottom-left, bottom-right, centre, then those five
-    mirrored (crop k + 5 mirrors crop k)."""
+    """Shorter side resized to ``resize`` (bilinear, antialiased), then the centre crop (3, c, c)
+    (offsets rounded down) or 10 (10, 3, c, c): top-left, top-right, bottom-left, bottom-right,
+    centre, then those five mirrored (crop k + 5 mirrors crop k)."""
     c = crop_size
     image = TF.resize(image, [resize], antialias=True)
     h, w = image.shape[-2:]
@@ -175,9 +159,6 @@ class EvalShard(DistributedSampler):
     """Rank r of n evaluates images r, r + n, ...: every image once over the ranks (Lightning's
     DistributedSampler pads to equal shares, counting some twice; it keeps a subclass as it
     is). Batch counts may differ by one: evaluation runs no collective per batch."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
     def __iter__(self):
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
@@ -232,8 +213,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.classes: list[str] = []
         self.train_images = self.val_images = self.test_images = None  # ImageLists after setup
-        # float pixels (0..255) on the training device: (x - mean) / std
-        self.mean = self.std = None
+        self.mean = self.std = None  # (x - mean) / std, x: float pixels (0..255) on the device
         # (3, 3): column j is eigenvector j × eigenvalue j, in pixels: noise = alpha @ lighting.T
         self.lighting = torch.tensor(PCA_EIGVEC) * torch.tensor(PCA_EIGVAL) * 255
 
@@ -274,11 +254,13 @@ class ImageNetDataModule(L.LightningDataModule):
         self.test_images = test  # ImageNet's errors are reported on the val set
         self.train_images = train
 
-    def check_processes(self, world_size: int) -> None:
-        """Before a run on ``world_size`` processes (checks.py): each needs an evaluation image."""
-        if self.val_size is not None and 0 < self.val_size < world_size:
+    def check_processes(self, world_size: int, images: int | None = None) -> None:
+        """Each process needs an evaluation image: of a loader's ``images``, else (checks.py,
+        before the data loads) of ``val_size``."""
+        n = self.val_size if images is None else images
+        if n is not None and 0 < n < world_size:
             raise ValueError(
-                f"data.val_size={self.val_size} evaluation images cannot be shared by "
+                f"data.val_size={self.val_size}: {n} evaluation images cannot be shared by "
                 f"{world_size} processes; valid: 0, null or an integer >= {world_size}"
             )
 
@@ -308,7 +290,7 @@ class ImageNetDataModule(L.LightningDataModule):
         """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 (x - mean) / std, with the PCA
         lighting noise in training."""
         images, labels = batch
-        if self.mean is None or self.std is None:
+        if self.mean is None:  # (set with self.std)
             raise RuntimeError("ImageNetDataModule: call setup() before using its batches")
         if self.mean.device != images.device:  # once, not every batch
             self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
@@ -361,25 +343,25 @@ class ImageNetDataModule(L.LightningDataModule):
         self, images: ImageList, crops: int | None, batch_size: int, *, train: bool,
         persistent: bool = True, shard: bool = True,
     ) -> DataLoader:  # fmt: skip
-        """``crops`` None: the training crop, else 1 or 10 evaluation crops. A distributed
-        evaluation loader takes this rank's ``EvalShard`` (with ``shard``). Every loader draws
-        from a generator of its own, never torch's global one (its base seed, the workers'
-        seeds): computing the mean cache or evaluating leaves training's draws as they were."""
+        """``crops`` None: the paper's scale augmentation (shorter side resized to a uniform
+        integer in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2: torch's
+        default generator, which DataLoader seeds per worker and epoch), else 1 or 10 evaluation
+        crops. A distributed evaluation loader takes this rank's ``EvalShard`` (with ``shard``).
+        Every loader draws from a generator of its own, never torch's global one (its base seed,
+        the workers' seeds): computing the mean cache or evaluating leaves training's draws as
+        they were."""
+        size, resize = self.crop_size, self.eval_resize
         if crops is None:
-            transform = partial(train_crop, crop_size=self.crop_size, scale=self.scale)
+            scale = v2.RandomResize(self.scale[0], self.scale[1] + 1, antialias=True)
+            transform = v2.Compose([scale, v2.RandomCrop(size), v2.RandomHorizontalFlip()])
         else:
-            size, resize = self.crop_size, self.eval_resize
             transform = partial(eval_crops, crop_size=size, resize=resize, crops=crops)
         dataset, world, sampler = replace(images, transform=transform), self._world(), None
         if shard and not train and world > 1:
-            if len(images) < world:
-                raise ValueError(
-                    f"{len(images)} evaluation images cannot be shared by {world} processes; "
-                    f"choose data.val_size >= {world} (or null: the whole val folder)"
-                )
-            sampler = EvalShard(dataset, world, self.trainer.global_rank)
+            self.check_processes(world, len(images))
+            sampler = EvalShard(dataset, world, self.trainer.global_rank, shuffle=False)
         context = multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
-        return DataLoader(  # its own generator: a loader without one draws from the global one
+        return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, shuffle=train, drop_last=train,
             generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers, multiprocessing_context=context,
