@@ -85,17 +85,9 @@ def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
 
 
 def source_key(cfg: DictConfig, key: str) -> str:
-    """The key a user sets for ``key``: interpolations such as ``module.optimizer.lr`` →
-    ``${optim.lr}`` followed to the end."""
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    for _ in range(10):  # interpolation chains are short; no cycles in a composed config
-        parts, node = key.split("."), raw
-        for i, part in enumerate(parts):
-            node = node.get(part) if isinstance(node, dict) else None
-            if isinstance(node, str) and (link := re.fullmatch(r"\$\{([\w.]+)\}", node)):
-                key = ".".join([link.group(1), *parts[i + 1 :]])
-                break
-        else:
-            return key
-    return key
-
+    """The key a user sets for ``key``: the one its value links to (``module.optimizer.lr`` is
+    ``${optim.lr}`` in conf/, one hop), else ``key`` itself."""
+    parent, _, leaf = key.rpartition(".")
+    value = OmegaConf.to_container(OmegaConf.select(cfg, parent), resolve=False).get(leaf)
+    link = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+    return link.group(1) if link else key
