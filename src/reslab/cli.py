@@ -206,6 +206,8 @@ def _end_sweep(err: BaseException) -> None:
     (sweep_summary.conclude), then exit 1 when a job failed or did not finish, 0 when the jobs
     without a result diverged, and the signal's exit code after a signal. A refused resume
     (reslab.sweeps.ResumeRefused) launched nothing: no table."""
+    from submitit.core.utils import UncompletedJobError
+
     from reslab.signals import RunInterrupted
     from reslab.sweep_summary import SweepFailed, conclude, running_sweep
     from reslab.sweeps import ResumeRefused
@@ -213,42 +215,30 @@ def _end_sweep(err: BaseException) -> None:
     sweep = running_sweep()
     if sweep is None or isinstance(err, ResumeRefused):  # nothing ran: its one line says why
         return
-    by_signal = isinstance(err, (RunInterrupted, KeyboardInterrupt))
-    # the launcher's own error (a job's config that did not compose): said after the table;
-    # not submitit's for a job SLURM ended (the table says how: CANCELLED, TIMEOUT, ...)
-    ended_on = isinstance(err, Exception) and not isinstance(err, JobFailed) and not by_signal
-    ended_on = ended_on and not _ended_by_slurm(err)
+    failed = None
     try:
         conclude(sweep)
-    except SweepFailed as failed:
-        if by_signal:  # the table and what did not finish; the signal's exit code follows
+    except SweepFailed as raised:
+        failed = raised
+    if isinstance(err, (RunInterrupted, KeyboardInterrupt)):  # the signal's exit code follows
+        if failed:
             print(failed, file=sys.stderr)
-            return
-        if ended_on:
-            _say_sweep_error(err)
-        raise
+        return
+    # the launcher's own error (a job's config that did not compose), said after the table; not
+    # submitit's for a job SLURM ended (the table says how: CANCELLED, TIMEOUT, ...)
+    if isinstance(err, Exception) and not isinstance(err, (JobFailed, UncompletedJobError)):
+        if _user_full_error():
+            traceback.print_exception(err)
+        else:
+            said = explain(err) or f"{type(err).__name__}: {_first_lines(str(err), 2)}"
+            sys.stderr.write(f"{PROG}: error: the sweep stopped: {said}\n")
+        raise failed or SystemExit(1)
+    if failed:
+        raise failed
     if isinstance(err, JobFailed):  # no job's status.json says failed
-        if err.diverged:
-            raise SystemExit(0)  # diverged jobs: results the table shows
-        print(f"[reslab] a job was refused and left as it was: {err}", file=sys.stderr)
-        raise SystemExit(1)  # (a resume's extension refused: its folder put back)
-    if ended_on:
-        _say_sweep_error(err)
-        raise SystemExit(1)
-
-
-def _ended_by_slurm(err: BaseException) -> bool:
-    try:
-        from submitit.core.utils import UncompletedJobError
-    except ImportError:  # (no SLURM launcher installed)
-        return False
-    return isinstance(err, UncompletedJobError)
-
-
-def _say_sweep_error(err: BaseException) -> None:
-    if not _user_full_error():  # (with the user's HYDRA_FULL_ERROR=1, its traceback follows)
-        said = explain(err) or f"{type(err).__name__}: {_first_lines(str(err), 2)}"
-        sys.stderr.write(f"{PROG}: error: the sweep stopped: {said}\n")
+        if not err.diverged:  # (a resume's extension refused: its folder put back)
+            print(f"[reslab] a job was refused and left as it was: {err}", file=sys.stderr)
+        raise SystemExit(0 if err.diverged else 1)  # diverged jobs: results the table shows
 
 
 def resume_main(argv: list[str] | None = None) -> None:
