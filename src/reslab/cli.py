@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import traceback
+from contextlib import suppress
 from pathlib import Path
 
 import hydra
@@ -59,7 +60,7 @@ reslab-train: train the paper's networks (He et al., "Deep Residual Learning for
 Recognition", CVPR 2016), residual and plain, with its recipes. Every setting is a Hydra
 override: GROUP=CHOICE picks a config file, KEY=VALUE sets one value.
 
-Config groups (GROUP=CHOICE; the first choice shown in [] is the default):
+Config groups (GROUP=CHOICE; the choice in [] is the default):
 {groups}
 
 Examples:
@@ -81,14 +82,13 @@ tracebacks. reslab-summary takes the same overrides and prints parameters and mu
 
 def help_text() -> str:
     """reslab-train's --help: what it does, each config group with its choices, examples."""
-    defaults: dict[str, str] = {}
+    defaults = {}
     for entry in OmegaConf.load(Path(CONFIG_DIR) / f"{CONFIG_NAME}.yaml").defaults:
-        if isinstance(entry, DictConfig):
-            defaults.update({str(k): str(v) for k, v in entry.items() if v is not None})
+        if isinstance(entry, DictConfig):  # (not _self_)
+            defaults.update(entry)
     lines = []
     for group, choices in config_groups().items():
-        default = defaults.get(group)
-        shown = [f"[{c}]" if c == default else c for c in choices]
+        shown = [f"[{c}]" if c == defaults.get(group) else c for c in choices]
         lines.append(f"  {group:<16}{', '.join(shown)}")
         if group in GROUPS:
             lines.append(textwrap.fill(GROUPS[group], 98, initial_indent=" " * 18,
@@ -262,24 +262,21 @@ def resume_main(argv: list[str] | None = None) -> None:
             command, cwd = sweep_resume_command(args[0], args[1:])
         else:
             command, cwd = resume_command(args[0], args[1:])
-            done = resume_done(args[0], args[1:])
-            if done:
-                print(f"reslab-resume: {done}")
-                raise SystemExit(0)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"reslab-resume: error: {err}", file=sys.stderr)
+            with suppress(HydraException):  # overrides that do not compose: reslab-train says why
+                if done := resume_done(args[0], args[1:]):
+                    print(f"reslab-resume: {done}")
+                    raise SystemExit(0)
+    except (FileNotFoundError, ValueError, HydraException) as err:  # (HydraException: a sweep's)
+        print(f"reslab-resume: error: {explain(err)}", file=sys.stderr)
         raise SystemExit(1) from None
-    except HydraException:  # the overrides do not compose: reslab-train says why
-        pass
     sys.stdout.flush()
     os.chdir(cwd)  # where it first started: relative paths resolve as they did
     os.execv(sys.executable, command)  # the trainer is this process: every signal reaches it
 
 
 # --- the short message ---------------------------------------------------------------------------
-# Other libraries' wording that explain() reads where no attribute holds it (tests/test_upstream.py
-# pins each): Hydra's failed override and instantiation, torch's refusal of an unsafe checkpoint,
-# and the traceback that a DataLoader worker's error carries in its message.
+# Other libraries' wording that explain() reads where no attribute holds it, each pinned by
+# tests/test_upstream.py.
 _OVERRIDE = re.compile(r"Could not override '([^']+)'")
 _FULL_KEY = re.compile(r"full_key: (\S+)")
 _TARGET = re.compile(r"target '([^']+)'")
