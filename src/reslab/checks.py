@@ -63,7 +63,6 @@ def check_run(cfg: DictConfig) -> None:
 
 
 def _strategy_error(cfg: DictConfig, strategy: str) -> str:
-    """A strategy reslab does not run, with the ones it does (``launch.SUPPORTED_STRATEGIES``)."""
     return (
         f"{source_key(cfg, 'trainer.strategy')}={strategy} is not supported: reslab runs one "
         "process, or DDP ranks that are processes of their own (started by Lightning, SLURM or "
@@ -73,8 +72,7 @@ def _strategy_error(cfg: DictConfig, strategy: str) -> str:
 
 
 def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
-    """torch's refusal of the optimizer's arguments, with the key the user set: a negative one
-    (read from the config), else the optimizer's key with torch's words."""
+    """torch's refusal, with the key the user set: a negative argument's, else the optimizer's."""
     target = OmegaConf.select(cfg, "module.optimizer._target_", default="?")
     for argument in ("lr", "momentum", "weight_decay", "dampening"):
         value = OmegaConf.select(cfg, f"module.optimizer.{argument}")

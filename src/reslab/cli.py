@@ -99,10 +99,9 @@ def help_text() -> str:
 # --- the Hydra task ------------------------------------------------------------------------------
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def hydra_task(cfg: DictConfig) -> float:
-    """One job of ``reslab-train``: the checks, then the run (alone in a process of its own when
-    a multirun job's DDP ranks need it: reslab.launch). A failure is recorded in the run folder
-    (record.record_failure); in a sweep, a failed job does not stop the others: its traceback
-    goes beside it, and the sweep's summary names the failures and exits non-zero."""
+    """One job of ``reslab-train``: the checks, then the run (reslab.launch: alone in its own
+    process when a multirun job's DDP ranks need it). A failure is recorded in the run folder; in
+    a sweep it is the job's alone (its traceback beside it) and a ``JobFailed`` for Hydra."""
     from reslab import console
     from reslab.checks import check_run
     from reslab.launch import run_ddp_job_alone
@@ -191,8 +190,7 @@ def train_main() -> None:
         if message is None:
             raise
         sys.stdout.flush()
-        sys.stderr.write(f"{PROG}: error: {message}\n{FULL_ERROR_HINT}\n")
-        sys.stderr.flush()
+        sys.stderr.write(f"{PROG}: error: {message}\n{FULL_ERROR_HINT}\n")  # line-buffered
         sys.exit(1)
     finally:  # for this process's next command (tests); its children have theirs
         for key in [*(() if full else ("HYDRA_FULL_ERROR", _SET_BY_RESLAB)),
