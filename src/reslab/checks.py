@@ -63,7 +63,6 @@ def check_run(cfg: DictConfig) -> None:
 
 
 def _strategy_error(cfg: DictConfig, strategy: str) -> str:
-    """A strategy reslab does not run, with the ones it does (``launch.SUPPORTED_STRATEGIES``)."""
     return (
         f"{source_key(cfg, 'trainer.strategy')}={strategy} is not supported: reslab runs one "
         "process, or DDP ranks that are processes of their own (started by Lightning, SLURM or "
@@ -73,8 +72,7 @@ def _strategy_error(cfg: DictConfig, strategy: str) -> str:
 
 
 def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
-    """torch's refusal of the optimizer's arguments, with the key the user set: a negative one
-    (read from the config), else the optimizer's key with torch's words."""
+    """torch's refusal, with the key the user set: a negative argument's, else the optimizer's."""
     target = OmegaConf.select(cfg, "module.optimizer._target_", default="?")
     for argument in ("lr", "momentum", "weight_decay", "dampening"):
         value = OmegaConf.select(cfg, f"module.optimizer.{argument}")
@@ -85,17 +83,9 @@ def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
 
 
 def source_key(cfg: DictConfig, key: str) -> str:
-    """The key a user sets for ``key``: interpolations such as ``module.optimizer.lr`` →
-    ``${optim.lr}`` followed to the end."""
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    for _ in range(10):  # interpolation chains are short; no cycles in a composed config
-        parts, node = key.split("."), raw
-        for i, part in enumerate(parts):
-            node = node.get(part) if isinstance(node, dict) else None
-            if isinstance(node, str) and (link := re.fullmatch(r"\$\{([\w.]+)\}", node)):
-                key = ".".join([link.group(1), *parts[i + 1 :]])
-                break
-        else:
-            return key
-    return key
-
+    """The key a user sets for ``key``: the one its value links to (``module.optimizer.lr`` is
+    ``${optim.lr}`` in conf/, one hop), else ``key`` itself."""
+    parent, _, leaf = key.rpartition(".")
+    value = OmegaConf.to_container(OmegaConf.select(cfg, parent), resolve=False).get(leaf)
+    link = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+    return link.group(1) if link else key

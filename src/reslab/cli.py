@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import traceback
+from contextlib import suppress
 from pathlib import Path
 
 import hydra
@@ -59,7 +60,7 @@ reslab-train: train the paper's networks (He et al., "Deep Residual Learning for
 Recognition", CVPR 2016), residual and plain, with its recipes. Every setting is a Hydra
 override: GROUP=CHOICE picks a config file, KEY=VALUE sets one value.
 
-Config groups (GROUP=CHOICE; the first choice shown in [] is the default):
+Config groups (GROUP=CHOICE; the choice in [] is the default):
 {groups}
 
 Examples:
@@ -81,14 +82,13 @@ tracebacks. reslab-summary takes the same overrides and prints parameters and mu
 
 def help_text() -> str:
     """reslab-train's --help: what it does, each config group with its choices, examples."""
-    defaults: dict[str, str] = {}
+    defaults = {}
     for entry in OmegaConf.load(Path(CONFIG_DIR) / f"{CONFIG_NAME}.yaml").defaults:
-        if isinstance(entry, DictConfig):
-            defaults.update({str(k): str(v) for k, v in entry.items() if v is not None})
+        if isinstance(entry, DictConfig):  # (not _self_)
+            defaults.update(entry)
     lines = []
     for group, choices in config_groups().items():
-        default = defaults.get(group)
-        shown = [f"[{c}]" if c == default else c for c in choices]
+        shown = [f"[{c}]" if c == defaults.get(group) else c for c in choices]
         lines.append(f"  {group:<16}{', '.join(shown)}")
         if group in GROUPS:
             lines.append(textwrap.fill(GROUPS[group], 98, initial_indent=" " * 18,
@@ -99,10 +99,9 @@ def help_text() -> str:
 # --- the Hydra task ------------------------------------------------------------------------------
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def hydra_task(cfg: DictConfig) -> float:
-    """One job of ``reslab-train``: the checks, then the run (alone in a process of its own when
-    a multirun job's DDP ranks need it: reslab.launch). A failure is recorded in the run folder
-    (record.record_failure); in a sweep, a failed job does not stop the others: its traceback
-    goes beside it, and the sweep's summary names the failures and exits non-zero."""
+    """One job of ``reslab-train``: the checks, then the run (reslab.launch: alone in its own
+    process when a multirun job's DDP ranks need it). A failure is recorded in the run folder; in
+    a sweep it is the job's alone (its traceback beside it) and a ``JobFailed`` for Hydra."""
     from reslab import console
     from reslab.checks import check_run
     from reslab.launch import run_ddp_job_alone
@@ -191,8 +190,7 @@ def train_main() -> None:
         if message is None:
             raise
         sys.stdout.flush()
-        sys.stderr.write(f"{PROG}: error: {message}\n{FULL_ERROR_HINT}\n")
-        sys.stderr.flush()
+        sys.stderr.write(f"{PROG}: error: {message}\n{FULL_ERROR_HINT}\n")  # line-buffered
         sys.exit(1)
     finally:  # for this process's next command (tests); its children have theirs
         for key in [*(() if full else ("HYDRA_FULL_ERROR", _SET_BY_RESLAB)),
@@ -206,6 +204,8 @@ def _end_sweep(err: BaseException) -> None:
     (sweep_summary.conclude), then exit 1 when a job failed or did not finish, 0 when the jobs
     without a result diverged, and the signal's exit code after a signal. A refused resume
     (reslab.sweeps.ResumeRefused) launched nothing: no table."""
+    from submitit.core.utils import UncompletedJobError
+
     from reslab.signals import RunInterrupted
     from reslab.sweep_summary import SweepFailed, conclude, running_sweep
     from reslab.sweeps import ResumeRefused
@@ -213,42 +213,30 @@ def _end_sweep(err: BaseException) -> None:
     sweep = running_sweep()
     if sweep is None or isinstance(err, ResumeRefused):  # nothing ran: its one line says why
         return
-    by_signal = isinstance(err, (RunInterrupted, KeyboardInterrupt))
-    # the launcher's own error (a job's config that did not compose): said after the table;
-    # not submitit's for a job SLURM ended (the table says how: CANCELLED, TIMEOUT, ...)
-    ended_on = isinstance(err, Exception) and not isinstance(err, JobFailed) and not by_signal
-    ended_on = ended_on and not _ended_by_slurm(err)
+    failed = None
     try:
         conclude(sweep)
-    except SweepFailed as failed:
-        if by_signal:  # the table and what did not finish; the signal's exit code follows
+    except SweepFailed as raised:
+        failed = raised
+    if isinstance(err, (RunInterrupted, KeyboardInterrupt)):  # the signal's exit code follows
+        if failed:
             print(failed, file=sys.stderr)
-            return
-        if ended_on:
-            _say_sweep_error(err)
-        raise
+        return
+    # the launcher's own error (a job's config that did not compose), said after the table; not
+    # submitit's for a job SLURM ended (the table says how: CANCELLED, TIMEOUT, ...)
+    if isinstance(err, Exception) and not isinstance(err, (JobFailed, UncompletedJobError)):
+        if _user_full_error():
+            traceback.print_exception(err)
+        else:
+            said = explain(err) or f"{type(err).__name__}: {_first_lines(str(err), 2)}"
+            sys.stderr.write(f"{PROG}: error: the sweep stopped: {said}\n")
+        raise failed or SystemExit(1)
+    if failed:
+        raise failed
     if isinstance(err, JobFailed):  # no job's status.json says failed
-        if err.diverged:
-            raise SystemExit(0)  # diverged jobs: results the table shows
-        print(f"[reslab] a job was refused and left as it was: {err}", file=sys.stderr)
-        raise SystemExit(1)  # (a resume's extension refused: its folder put back)
-    if ended_on:
-        _say_sweep_error(err)
-        raise SystemExit(1)
-
-
-def _ended_by_slurm(err: BaseException) -> bool:
-    try:
-        from submitit.core.utils import UncompletedJobError
-    except ImportError:  # (no SLURM launcher installed)
-        return False
-    return isinstance(err, UncompletedJobError)
-
-
-def _say_sweep_error(err: BaseException) -> None:
-    if not _user_full_error():  # (with the user's HYDRA_FULL_ERROR=1, its traceback follows)
-        said = explain(err) or f"{type(err).__name__}: {_first_lines(str(err), 2)}"
-        sys.stderr.write(f"{PROG}: error: the sweep stopped: {said}\n")
+        if not err.diverged:  # (a resume's extension refused: its folder put back)
+            print(f"[reslab] a job was refused and left as it was: {err}", file=sys.stderr)
+        raise SystemExit(0 if err.diverged else 1)  # diverged jobs: results the table shows
 
 
 def resume_main(argv: list[str] | None = None) -> None:
@@ -272,24 +260,21 @@ def resume_main(argv: list[str] | None = None) -> None:
             command, cwd = sweep_resume_command(args[0], args[1:])
         else:
             command, cwd = resume_command(args[0], args[1:])
-            done = resume_done(args[0], args[1:])
-            if done:
-                print(f"reslab-resume: {done}")
-                raise SystemExit(0)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"reslab-resume: error: {err}", file=sys.stderr)
+            with suppress(HydraException):  # overrides that do not compose: reslab-train says why
+                if done := resume_done(args[0], args[1:]):
+                    print(f"reslab-resume: {done}")
+                    raise SystemExit(0)
+    except (FileNotFoundError, ValueError, HydraException) as err:  # (HydraException: a sweep's)
+        print(f"reslab-resume: error: {explain(err)}", file=sys.stderr)
         raise SystemExit(1) from None
-    except HydraException:  # the overrides do not compose: reslab-train says why
-        pass
     sys.stdout.flush()
     os.chdir(cwd)  # where it first started: relative paths resolve as they did
     os.execv(sys.executable, command)  # the trainer is this process: every signal reaches it
 
 
 # --- the short message ---------------------------------------------------------------------------
-# Other libraries' wording that explain() reads where no attribute holds it (tests/test_upstream.py
-# pins each): Hydra's failed override and instantiation, torch's refusal of an unsafe checkpoint,
-# and the traceback that a DataLoader worker's error carries in its message.
+# Other libraries' wording that explain() reads where no attribute holds it, each pinned by
+# tests/test_upstream.py.
 _OVERRIDE = re.compile(r"Could not override '([^']+)'")
 _FULL_KEY = re.compile(r"full_key: (\S+)")
 _TARGET = re.compile(r"target '([^']+)'")

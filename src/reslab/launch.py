@@ -84,13 +84,12 @@ def job_command(output_dir: str | Path) -> list[str]:
 def run_ddp_job_alone(cfg: DictConfig) -> float | None:
     """In a multirun whose trainer would re-run the command line for its DDP ranks, runs this
     job as its own ``reslab-train`` and returns its metric; None otherwise (train here)."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    if not reruns_command_line(quiet_trainer(cfg.trainer)):
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN or not reruns_command_line(quiet_trainer(cfg.trainer)):
         return None
     output_dir = Path(cfg.paths.output_dir)
     command = job_command(output_dir)
-    with subprocess.Popen(command, cwd=HydraConfig.get().runtime.cwd) as process:
+    with subprocess.Popen(command, cwd=hydra.runtime.cwd) as process:
         try:
             code = process.wait()
         except BaseException:

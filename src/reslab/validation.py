@@ -19,36 +19,34 @@ def _refuse(key: str, value: Any, valid: str, note: str) -> ValueError:
 
 
 def _in_range(
-    kind: str, key: str, value: Any, low: float | None, high: float | None, low_open: bool,
+    kind: str, key: str, value: Any, low: float, high: float | None, low_open: bool,
     optional: bool, note: str,
 ) -> Any:  # fmt: skip
     if value is None and optional:
         return None
     number = kind == "a number" and isinstance(value, float) and math.isfinite(value)
-    if (number or is_int(value)) and (
-        (low is None or (value > low if low_open else value >= low))
+    if (
+        (number or is_int(value))
+        and (value > low if low_open else value >= low)
         and (high is None or value <= high)
     ):
         return value
-    bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
-    bounds += [f"<= {high:g}"] if high is not None else []
-    valid = " ".join([kind, " and ".join(bounds)]).strip() + (" or null" if optional else "")
-    raise _refuse(key, value, valid, note)
+    bounds = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+    raise _refuse(key, value, f"{kind} {bounds}" + (" or null" if optional else ""), note)
 
 
 def require_int(
-    key: str, value: Any, low: int | None = None, high: int | None = None, *,
-    optional: bool = False, note: str = "",
-) -> int | None:  # fmt: skip
-    """``value`` when it is an integer in [low, high] (or None with ``optional``)."""
-    return _in_range("an integer", key, value, low, high, False, optional, note)
+    key: str, value: Any, low: int, *, optional: bool = False, note: str = ""
+) -> int | None:
+    """``value`` when it is an integer >= ``low`` (or None with ``optional``)."""
+    return _in_range("an integer", key, value, low, None, False, optional, note)
 
 
 def require_number(
-    key: str, value: Any, low: float | None = None, high: float | None = None, *,
-    low_open: bool = False, optional: bool = False, note: str = "",
+    key: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,
+    optional: bool = False, note: str = "",
 ) -> float | None:  # fmt: skip
-    """``value`` when it is a finite int or float in its range (``low`` excluded with
+    """``value`` when it is a finite int or float in [low, high] (``low`` excluded with
     ``low_open``), or None with ``optional``."""
     return _in_range("a number", key, value, low, high, low_open, optional, note)
 
