@@ -66,8 +66,7 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
         return run_id
     if rank_zero_only.rank != 0:
         return None
-    # a wandb sweep agent's run (its id is the agent's, and wandb logs under it), else 8 hex
-    # digits (wandb's own form of id: lowercase letters and digits)
+    # a wandb sweep agent's id (wandb logs under it), else 8 hex digits (a wandb-style id)
     run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
     atomic_write(path, run_id + "\n")
     return run_id
