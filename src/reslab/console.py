@@ -1,6 +1,5 @@
-"""What a run prints: one header line (network, size, data, device, run folder), then the
-progress bar and train.py's result line; and the libraries' messages that no public switch
-silences, filtered one by one (warnings about the user's own settings stay)."""
+"""What a run prints: one header line, the progress bar and train.py's result line; library
+messages no public switch silences are filtered one by one (warnings on a user's setting stay)."""
 
 from __future__ import annotations
 
@@ -18,8 +17,7 @@ from torch import nn
 from reslab.counting import count_multiply_adds, count_parameters, human
 from reslab.provenance import trainer_device
 
-# Lightning's info lines that say nothing about this run: advertisements, and the device lines
-# the header replaces. They are logged (not warned) by Lightning, so a logging filter drops them.
+# Lightning's info lines that say nothing about this run (logged, not warned: a logging filter).
 _LIGHTNING_INFO = re.compile(
     r"💡 Tip: "  # litlogger / litmodels advertisements (no setting turns them off)
     r"|(GPU|TPU) available: "  # the header names the device used
@@ -31,8 +29,7 @@ _LIGHTNING_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"
 )
 
-# Warnings from inside the libraries, none about a setting of the user's: (message regex,
-# category). Each is matched from the start of the message.
+# Library warnings, none about a setting of the user's: (regex from the message's start, category).
 _WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # srun on PATH makes Lightning guess a SLURM job; reslab's start through submitit
     (r"The `srun` command is available on your system but is not used", UserWarning),
@@ -58,13 +55,12 @@ def quiet_third_party() -> None:
         logging.getLogger(name).addFilter(_drop_lightning_info)  # added once
 
 
-def split_sizes(datamodule: L.LightningDataModule) -> tuple[int, int, int] | None:
-    """Images in the (train, val, test) splits of a datamodule after ``setup``; None when it
-    does not say. In-memory datasets hold ``splits``, ImageNet ``{train,val,test}_images``."""
-    if (splits := getattr(datamodule, "splits", None)) is not None:
-        return len(splits.train_labels), len(splits.val_labels), len(splits.test_labels)
-    lists = [getattr(datamodule, f"{split}_images", None) for split in ("train", "val", "test")]
-    return None if None in lists else (len(lists[0]), len(lists[1]), len(lists[2]))
+def split_sizes(datamodule: L.LightningDataModule) -> tuple[int, ...] | None:
+    """Images in the (train, val, test) splits of a datamodule after ``setup`` (its ``splits``'
+    or ImageNet's own ``{train,val,test}_images``); None when it does not say."""
+    holder = getattr(datamodule, "splits", None) or datamodule
+    images = [getattr(holder, f"{split}_images", None) for split in ("train", "val", "test")]
+    return None if any(i is None for i in images) else tuple(len(i) for i in images)
 
 
 def header(name: str, parameters: int, multiply_adds: str, dataset: str,

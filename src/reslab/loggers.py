@@ -1,6 +1,5 @@
-"""Loggers: wandb that goes offline by itself when it cannot reach its server and continues its
-own run when the run folder resumes; a CSV logger that appends to the run folder's metrics.csv
-instead of deleting it."""
+"""Loggers: wandb, offline by itself without a key or its server, continuing its own run when the
+run folder resumes; a CSV logger that appends to the run folder's metrics.csv."""
 
 from __future__ import annotations
 
@@ -67,41 +66,36 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
         return run_id
     if rank_zero_only.rank != 0:
         return None
-    # a wandb sweep agent's run (its id is the agent's, and wandb logs under it), else 8 hex
-    # digits (wandb's own form of id: lowercase letters and digits)
+    # a wandb sweep agent's id (wandb logs under it), else 8 hex digits (a wandb-style id)
     run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
     atomic_write(path, run_id + "\n")
     return run_id
 
 
 class StepWandbLogger(WandbLogger):
-    """Lightning's ``WandbLogger`` whose rows are stepped by the training iteration, not by
-    wandb's count of rows (which restarts in each process, so ``wandb sync`` dropped a resumed
-    offline run's rows). ``step_file`` holds the last step logged; rows up to the step it held
-    at the start are skipped: the iterations a resumed run redoes keep their first rows."""
+    """Lightning's ``WandbLogger`` with rows stepped by the training iteration (wandb's own count
+    restarts in each process: ``wandb sync`` would drop a resumed offline run's rows).
+    ``step_file`` holds the last step logged; rows up to the step it held at the start are
+    skipped: the iterations a resumed run redoes keep their first rows."""
 
     def __init__(self, *args: Any, step_file: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.step_file, self.after_step = step_file, None
-        if step_file is not None and step_file.is_file():
-            self.after_step = int(step_file.read_text())
-        self._recorded = self.after_step
+        self.step_file = step_file
+        self.after_step = int(step_file.read_text()) if step_file and step_file.is_file() else None
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.after_step is not None and step <= self.after_step:
             return
         self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
-        if self.step_file is not None and step != self._recorded:
+        if self.step_file is not None:
             atomic_write(self.step_file, f"{step}\n")
-            self._recorded = step
 
 
 def wandb_logger(mode: str = "auto", save_dir: str | None = None, **kwargs: Any) -> WandbLogger:
-    """A :class:`StepWandbLogger` over ``wandb.init(**kwargs)`` (rank 0 only) in the mode
-    :func:`resolve_wandb_mode` picks; with ``save_dir`` (the run folder) and no ``id``, the
-    folder's run id (:func:`wandb_run_id`). reslab calls ``wandb.init`` itself, without the
-    ``anonymous=None`` that Lightning passes and wandb warns about."""
+    """A :class:`StepWandbLogger` over reslab's own ``wandb.init(**kwargs)`` (rank 0 only; without
+    the ``anonymous=None`` Lightning's passes, which wandb warns about) in the mode
+    :func:`resolve_wandb_mode` picks; with ``save_dir`` and no ``id``, :func:`wandb_run_id`."""
     resolved = resolve_wandb_mode(mode)
     own = {key: kwargs.pop(key) for key in _WANDB_LOGGER_ARGS if key in kwargs}
     wanted = save_dir and not kwargs.get("id") and resolved != "disabled"

@@ -19,11 +19,9 @@ if TYPE_CHECKING:
     import lightning as L
 
 UNKNOWN = "unknown"
-# The reslab-train command of a sweep, for its jobs: a job of hydra/launcher=local or slurm runs
-# in a worker (loky's, submitit's) whose own command line is not the one the user typed.
+# The reslab-train command of a sweep, for its jobs (a loky or submitit worker has its own).
 COMMAND_ENV = "RESLAB_COMMAND"
-# The distributions whose versions a run records: (key in the record, distribution name).
-LIBRARIES = (
+LIBRARIES = (  # whose versions a run records: (key in the record, distribution name)
     ("reslab", "reslab"),
     ("torch", "torch"),
     ("lightning", "lightning"),

@@ -20,23 +20,19 @@ from reslab.run_folder import STATUS_FILE, read_status, write_status
 
 
 def quiet_slurm_polling() -> None:
-    """submitit asks ``sacct`` for the states of a sweep's jobs; where SLURM keeps no accounting
-    (no slurmdbd: the common one-node case) sacct fails on every poll, with its error and three
-    warnings each time. From the first failure on, reslab's watcher asks ``squeue`` instead,
-    quietly: the same states while a job is queued, running or just ended (``MinJobAge``), and
-    a job gone from the queue is done (its result, or submitit's error naming its logs).
-    Private in submitit: ``SlurmJob.watcher``, the watcher's ``_delay_s`` and ``_registered``
-    (tests/test_upstream.py)."""
+    """submitit asks ``sacct`` for a sweep's job states; without accounting (no slurmdbd, as on
+    most one-node clusters) sacct fails on every poll, with an error and three warnings. When the
+    first poll fails, reslab's watcher asks ``squeue`` instead, quietly: the same states while a
+    job is queued, running or just ended (``MinJobAge``); a job gone from the queue is done (its
+    result, or submitit's error naming its logs). Private in submitit: ``SlurmJob.watcher``, the
+    watcher's ``_delay_s`` and ``_registered`` (tests/test_upstream.py)."""
     if not isinstance(SlurmJob.watcher, _SqueueWhenNoAccounting):
         SlurmJob.watcher = _SqueueWhenNoAccounting(delay_s=SlurmJob.watcher._delay_s)
 
 
 class _SqueueWhenNoAccounting(SlurmInfoWatcher):
     GONE = "NOT_IN_QUEUE"  # not an incomplete state for submitit: the job is done
-
-    def __init__(self, delay_s: int = 60) -> None:
-        super().__init__(delay_s=delay_s)
-        self.squeue: bool | None = None  # None until sacct is tried, once
+    squeue: bool | None = None  # None until sacct is tried, once
 
     def _make_command(self) -> list[str] | None:
         command = super()._make_command()
@@ -84,11 +80,10 @@ class SlurmExitCode(Callback):
 
 
 def say_how_slurm_ended(sweep_dir: Path, poll_s: float = 2.0) -> None:
-    """Waits until every SLURM job of the sweep in ``sweep_dir`` (``.submitit/<job>``) has left
-    the queue, then writes into each job folder's status.json how SLURM ended a job that did
-    not end itself (``ended_by_slurm``: CANCELLED, TIMEOUT, NODE_FAIL, ...; a job killed while
-    ``running`` is ``interrupted`` at its last checkpoint; one stopped on SLURM's SIGTERM keeps
-    what it said, preempted or interrupted)."""
+    """Waits until no SLURM job of the sweep in ``sweep_dir`` (``.submitit/<job>``) is active,
+    then writes into each job folder's status.json how SLURM ended a job that did not end itself
+    (``ended_by_slurm``: CANCELLED, TIMEOUT, ...; a job killed while ``running`` becomes
+    ``interrupted``, one stopped on SLURM's SIGTERM keeps its preempted or interrupted)."""
     tasks = [p.name for p in (sweep_dir / ".submitit").glob("[0-9]*") if p.is_dir()]
     if not tasks or shutil.which("squeue") is None:
         return

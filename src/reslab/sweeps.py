@@ -1,9 +1,7 @@
-"""A sweep holds as a run does: ``reslab-resume SWEEP_FOLDER`` finishes it. The command is the
-sweep's own (its task and ``hydra.*`` overrides, through the launcher it used) with
-``hydra/sweeper=resume``, whose sweeper (hydra_plugins/reslab_sweeper) expands the jobs as
-Hydra's basic sweeper did, leaves every finished job's folder untouched (it is not launched)
-and launches the others in their own folders with ``ckpt_path=last``: from their last
-checkpoint, or from iteration 0 when they stopped before one or never started."""
+"""``reslab-resume SWEEP_FOLDER`` finishes a sweep: its own command (task and ``hydra.*``
+overrides, its launcher) with ``hydra/sweeper=resume`` (hydra_plugins/reslab_sweeper), which
+expands the jobs as Hydra's basic sweeper did, leaves every finished job's folder untouched and
+launches the others in their own folders with ``ckpt_path=last`` (iteration 0 without one)."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ from reslab.run_folder import OVERRIDES_FILE
 SWEEP_FILE = "multirun.yaml"  # Hydra's record of the sweep: its config and overrides
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 RESUME_SWEEPER = "hydra_plugins.reslab_sweeper.ResumeSweeper"  # conf/hydra/sweeper/resume.yaml
-# Overrides of the first start that the resume command sets itself.
-_OWN = ("hydra.sweep.dir", "hydra.mode", "hydra/sweeper")
+_OWN = ("hydra.sweep.dir", "hydra.mode", "hydra/sweeper")  # the resume command sets them itself
 
 
 class ResumeRefused(ValueError):
@@ -76,11 +73,10 @@ def is_sweep_folder(folder: Path) -> bool:
 
 def _sweeper(sweep_dir: Path) -> str | None:
     """The sweeper of the sweep in ``sweep_dir`` (``multirun.yaml``'s, else a job's)."""
-    records = [sweep_dir / SWEEP_FILE, *sorted(sweep_dir.glob("*/.hydra/hydra.yaml"))]
-    record = next((r for r in records if r.is_file()), None)
-    if record is None:
-        return None
-    return OmegaConf.select(OmegaConf.load(record), "hydra.sweeper._target_")
+    for record in [sweep_dir / SWEEP_FILE, *sorted(sweep_dir.glob("*/.hydra/hydra.yaml"))]:
+        if record.is_file():
+            return OmegaConf.select(OmegaConf.load(record), "hydra.sweeper._target_")
+    return None
 
 
 def _jobs(sweep: Any) -> list[list[str]]:
@@ -92,11 +88,10 @@ def _jobs(sweep: Any) -> list[list[str]]:
 def sweep_resume_command(
     sweep_dir: str | Path, extra: list[str] | None = None
 ) -> tuple[list[str], Path]:
-    """The ``reslab-train -m`` command that finishes the sweep in ``sweep_dir`` and the folder to
-    run it in: its first start's (:func:`first_start`: the launcher it used),
-    ``extra`` and ``hydra/sweeper=resume``. ValueError for a search (a sweeper other than
-    Hydra's basic one: its trials are drawn as it runs) and for an ``extra`` of a key the sweep
-    varies."""
+    """The ``reslab-train -m`` command that finishes the sweep in ``sweep_dir`` (its first start's,
+    :func:`first_start`, then ``extra`` and ``hydra/sweeper=resume``) and the folder to run it
+    in. ValueError for a search (its trials are drawn as it runs), and for an ``extra`` of a key
+    the sweep varies or that the resume sets itself."""
     sweep_dir = Path(sweep_dir).expanduser().absolute()
     target = _sweeper(sweep_dir)
     if target not in (BASIC_SWEEPER, RESUME_SWEEPER) or not (sweep_dir / SWEEP_FILE).is_file():
@@ -130,9 +125,8 @@ def sweep_resume_command(
 
 
 def never_started(sweep_dir: Path) -> int:
-    """How many jobs of the basic sweep in ``sweep_dir`` (its ``multirun.yaml``) have no folder
-    yet; 0 for a search, whose trials are drawn as it runs, or a sweep of globs (which only
-    Hydra's config loader expands)."""
+    """How many jobs of the basic sweep in ``sweep_dir`` have no folder yet; 0 for a search (its
+    trials are drawn as it runs) or a sweep of globs (only Hydra's config loader expands them)."""
     if _sweeper(sweep_dir) != BASIC_SWEEPER or not (sweep_dir / SWEEP_FILE).is_file():
         return 0
     try:
@@ -144,9 +138,9 @@ def never_started(sweep_dir: Path) -> int:
 
 def first_start(hydra_file: Path, drop: tuple[str, ...]) -> tuple[list[str], list[str], Path]:
     """What Hydra recorded of a run's or sweep's first start (``.hydra/hydra.yaml``,
-    ``multirun.yaml``) that its task overrides do not hold: ``--config-dir``, the ``hydra.*``
-    overrides the user gave (``hydra.job.chdir``, ``hydra.job.env_set``, the launcher; not
-    those of ``drop``) and the folder it started in (relative paths resolve there again)."""
+    ``multirun.yaml``) beyond its task overrides: ``--config-dir``, the user's ``hydra.*``
+    overrides (``hydra.job.chdir``, the launcher, ...) but those of ``drop``, and the folder it
+    started in (relative paths resolve there again)."""
     hydra = OmegaConf.load(hydra_file).hydra if hydra_file.is_file() else OmegaConf.create()
     sources = OmegaConf.select(hydra, "runtime.config_sources") or []
     config_dir = [f"--config-dir={s.path}" for s in sources if s.provider == "command-line"]
@@ -160,12 +154,8 @@ def first_start(hydra_file: Path, drop: tuple[str, ...]) -> tuple[list[str], lis
 
 def as_written(node: Any) -> Any:
     """A list or dict of Hydra's record as the user wrote it: an override's interpolation
-    (``hydra.sweep.subdir=lr${optim.lr}``) stays one, not the value it has in the record's
-    config (OmegaConf resolves a value as it is read)."""
-    if node is None:
-        return None
-    plain = OmegaConf.to_container(node, resolve=False)
-    return [str(o) for o in plain] if isinstance(plain, list) else plain
+    (``hydra.sweep.subdir=lr${optim.lr}``) stays one (OmegaConf resolves a value as it is read)."""
+    return None if node is None else OmegaConf.to_container(node, resolve=False)
 
 
 def hydra_quoted(path: Path) -> str:
