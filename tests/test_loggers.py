@@ -1,3 +1,4 @@
+import socket
 import time
 from pathlib import Path
 
@@ -37,6 +38,18 @@ def test_wandb_mode_environment_wins(
     assert resolve_wandb_mode("auto") == "disabled"
     monkeypatch.setenv("WANDB_MODE", "dryrun")
     assert resolve_wandb_mode("auto") == "offline"
+
+
+def test_a_self_hosted_server_is_reached_at_its_own_port(
+    no_wandb_credentials: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a real listening port
+        port = server.getsockname()[1]
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        assert resolve_wandb_mode("auto") == "online"
+    with pytest.warns(UserWarning, match=f"127.0.0.1:{port} is unreachable"):  # closed now
+        assert resolve_wandb_mode("auto") == "offline"
 
 
 def test_explicit_mode_and_bad_mode(no_wandb_credentials: Path) -> None:

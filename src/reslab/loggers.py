@@ -25,8 +25,11 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 _WANDB_LOGGER_ARGS = ("log_model", "prefix", "checkpoint_name")
 
 
-def _wandb_host() -> str:
-    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+def _wandb_server() -> tuple[str, int]:
+    """The host and port of wandb's server (``WANDB_BASE_URL``; a self-hosted one may give a
+    port, else the scheme's)."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
 
 
 def has_wandb_api_key() -> bool:
@@ -34,7 +37,7 @@ def has_wandb_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        return netrc.netrc().authenticators(_wandb_host()) is not None
+        return netrc.netrc().authenticators(_wandb_server()[0]) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
@@ -50,10 +53,11 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
         return "offline" if env == "dryrun" else env
     if not has_wandb_api_key():
         return "offline"
+    host, port = _wandb_server()
     try:
-        socket.create_connection((_wandb_host(), 443), timeout=3.0).close()
+        socket.create_connection((host, port), timeout=3.0).close()
     except OSError:
-        rank_zero_warn(f"wandb server {_wandb_host()} is unreachable: logging offline")
+        rank_zero_warn(f"wandb server {host}:{port} is unreachable: logging offline")
         return "offline"
     return "online"
 
