@@ -161,21 +161,20 @@ class FusedClassifier(Classifier):
             sgd.step()
         sgd.zero_grad(set_to_none=True)
 
+    @classmethod
+    def check_resume(cls, checkpoint: dict[str, Any], fused_iterations: int = 1, **_: Any) -> None:
+        """A ``ValueError`` when ``checkpoint`` was trained with other ``fused_iterations``."""
+        fused = checkpoint["reslab"]["iterations_per_step"]
+        if fused != fused_iterations:
+            raise ValueError(
+                f"module.fused_iterations={fused_iterations}, but the checkpoint was trained with "
+                f"module.fused_iterations={fused} (Lightning counts its progress differently for "
+                f"each): resume with module.fused_iterations={fused}"
+            )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        check_resume(checkpoint, self.fused_iterations)
-
-
-def check_resume(checkpoint: dict[str, Any], fused_iterations: int) -> None:
-    """A ValueError when ``checkpoint`` was trained with another ``module.fused_iterations``
-    (train() asks before the run starts, so the folder stays as it was)."""
-    fused = checkpoint.get("reslab", {}).get("fused_iterations", 1)  # (before reslab said it: 1)
-    if fused != fused_iterations:
-        raise ValueError(
-            f"module.fused_iterations={fused_iterations}, but the checkpoint was trained with "
-            f"module.fused_iterations={fused} (Lightning counts its progress differently for "
-            f"each): resume with module.fused_iterations={fused}"
-        )
+        self.check_resume(checkpoint, self.fused_iterations)
 
 
 class StepGraph:

@@ -215,8 +215,14 @@ class Classifier(L.LightningModule):
             **{key: getattr(self, key) for key in self._checkpointed},
             "rng": rng,
             "interval_sums": summed_over_ranks(self._interval_sums),
-            "fused_iterations": self.iterations_per_step,  # (reslab.fused.check_resume)
+            "iterations_per_step": self.iterations_per_step,  # (check_resume)
         }
+
+    @classmethod
+    def check_resume(cls, checkpoint: dict[str, Any], **options: Any) -> None:
+        """Refuses (``ValueError``) a ``checkpoint`` that this class built with ``options`` (the
+        config's arguments) cannot continue; train.py asks before the run folder changes. A
+        Classifier checks nothing: its subclasses with other ``iterations_per_step`` do."""
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["reslab"]
