@@ -82,21 +82,19 @@ def check_fused_iterations(fused: int, datamodule: Any) -> None:
 
 
 class FusedClassifier(Classifier):
-    """The :class:`reslab.module.Classifier` with ``fused_iterations`` (K) iterations per
-    Lightning training step, in a Trainer built by :func:`trainer`: K = 1 is the Classifier,
-    K > 1 manual optimization. Each iteration's optimizer step goes through Lightning (it counts
-    in ``trainer.global_step``, its hooks run), the schedule steps every iteration, and logging,
-    validation and checkpoints come at the iterations of K = 1.
+    """The Classifier with ``fused_iterations`` (K) iterations per Lightning training step, in a
+    Trainer built by :func:`trainer`: K = 1 is the Classifier, K > 1 manual optimization. Each
+    optimizer step goes through Lightning (it counts in ``trainer.global_step``, its hooks run),
+    the schedule steps every iteration; logging, validation and checkpoints come as with K = 1.
 
     With ``cuda_graphs``, without ``compile``, on one device, a :class:`StepGraph` replays the
-    step's device work at the lrs that the K optimizer steps, run first on the host without
-    gradients, left. It replays only after a step that ran at its schedule's lr throughout:
-    while a callback sets the lr from what an iteration computed, the steps run eagerly."""
+    step's device work at the lrs of the K optimizer steps, run first on the host without
+    gradients; only after a step that ran at its schedule's lr throughout (while a callback sets
+    the lr from what an iteration computed, the steps run eagerly)."""
 
     def __init__(self, *args: Any, fused_iterations: int = 1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        k = require_int("module.fused_iterations", fused_iterations, 1)
-        self.fused_iterations = self.iterations_per_step = k
+        super().__init__(*args, **kwargs)  # (fused_iterations checked by trainer())
+        self.fused_iterations = self.iterations_per_step = fused_iterations
         self.automatic_optimization = fused_iterations == 1
         self._step_graph: StepGraph | None = None
         self._stepped_lr: list[Any] = []  # the learning rates of the last optimizer step
@@ -182,10 +180,10 @@ class StepGraph:
 
     ``with graph.side_stream(device):`` the step runs eagerly once (momentum buffers created,
     cuDNN's kernels chosen); ``graph.capture(step, images, labels, optimizer)`` captures, and
-    trains nothing with, ``step(images, labels, optimizer)``, which calls
-    ``graph.use_lr(optimizer, k)`` before iteration k's optimizer step; ``graph.replay(images,
-    labels, lrs)`` copies the inputs into the graph's, and ``lrs`` (K lists of each group's lr)
-    into the device tensor that torch's fused SGD reads. Off CUDA, the replay runs ``step``."""
+    trains nothing with, ``step(images, labels, optimizer)``, which calls ``use_lr(optimizer, k)``
+    before iteration k's optimizer step; ``replay(images, labels, lrs)`` copies the inputs, and
+    ``lrs`` (K lists of each group's lr) into the device tensor that torch's fused SGD reads.
+    Off CUDA, the replay runs ``step``."""
 
     def __init__(self) -> None:
         self.captured = False
