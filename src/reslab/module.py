@@ -22,16 +22,16 @@ class Classifier(L.LightningModule):
     """Trains ``net`` (images → logits) with cross-entropy.
 
     Logs, stepped by the global iteration: ``train/loss`` and ``train/error`` averaged over the
-    last ``log_every_n_iterations`` iterations (the smoothed curves of the paper's figures), the
-    ``lr`` that iteration's optimizer step used, and ``val/error`` / ``test/error`` (with 100
-    classes or more also ``*/error_top5``), in percent. An evaluation batch (B, crops, C, H, W)
-    is classified by the mean softmax over its crops (ImageNet's 10-crop testing).
+    logging interval (the smoothed curves of the paper's figures), the ``lr`` that iteration's
+    optimizer step used, and ``val/error`` / ``test/error`` (with 100 classes or more also
+    ``*/error_top5``), in percent. An evaluation batch (B, crops, C, H, W) is classified by the
+    mean softmax over its crops (ImageNet's 10-crop testing).
 
     Args:
         optimizer: builds the optimizer from the parameters (a ``_partial_`` config).
-        scheduler: builds the schedule from the optimizer, stepped every iteration (its
-            milestones are iterations, as in the paper); a ``ReduceLROnPlateau`` once after
-            each validation, on ``val/error``.
+        scheduler: builds the schedule from the optimizer, stepped every iteration (milestones
+            in iterations, as in the paper); a ``ReduceLROnPlateau`` once after each validation,
+            on ``val/error`` (a ``ValueError`` at fit without a validation set).
         channels_last: NHWC memory order: the same arithmetic up to float rounding.
         compile: ``torch.compile`` the network.
         cuda_graphs: on a CUDA device, replay each training forward and backward from CUDA
@@ -66,10 +66,6 @@ class Classifier(L.LightningModule):
         self.best_val_error: float | None = None  # the lowest val/error so far, and when
         self.best_val_step: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for on_train_start
-
-    @property
-    def log_every_n_iterations(self) -> int:
-        return self.trainer.log_every_n_steps * self.iterations_per_step
 
     def setup(self, stage: str) -> None:
         """Applies the speed options once the device and precision are known."""
@@ -113,8 +109,6 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.train_wrong = _wrong_percent(logits.detach(), labels)
-        if self._interval_sums.device != loss.device:  # once (and after a checkpoint loads)
-            self._interval_sums = self._interval_sums.to(loss.device)
         one = torch.ones_like(loss.detach())  # (no host-to-device copy)
         # (add_: an in-place update, not an attribute set through nn.Module.__setattr__)
         self._interval_sums.add_(
@@ -204,10 +198,9 @@ class Classifier(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # All that shapes what comes next, the logging interval's sums too (over the ranks;
-        # rank 0 gets them back): a checkpoint inside an interval resumes to the same numbers.
-        # torch's generators only (reslab draws from neither numpy's nor Python's), as tensors:
-        # torch.load(weights_only=True) loads them
+        # All that shapes what comes next: the logging interval's sums too (over the ranks; rank
+        # 0 gets them back), and torch's generators (reslab draws from neither numpy's nor
+        # Python's), as tensors, which torch.load(weights_only=True) loads
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -232,6 +225,7 @@ class Classifier(L.LightningModule):
         self._interval_sums = state["interval_sums"].cpu() * float(self.global_rank == 0)
 
     def on_train_start(self) -> None:
+        self._interval_sums = self._interval_sums.to(self.device)  # (a checkpoint's is on the CPU)
         # as late as possible: a resumed run's augmentation draws what the interrupted one would
         if (rng := self._rng_to_restore) is not None:
             torch.set_rng_state(rng["torch"])
@@ -254,7 +248,7 @@ def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def logging_iteration(trainer: L.Trainer, iteration: int) -> bool:
-    """Whether ``iteration`` (from 1) ends a logging interval: a multiple of the module's
-    ``log_every_n_iterations`` (or the Trainer's ``log_every_n_steps``), or ``max_steps``."""
-    every = getattr(trainer.lightning_module, "log_every_n_iterations", trainer.log_every_n_steps)
+    """Whether ``iteration`` (from 1) ends a logging interval (``log_every_n_steps`` Lightning
+    steps of the module's ``iterations_per_step``), or is ``max_steps``."""
+    every = trainer.log_every_n_steps * getattr(trainer.lightning_module, "iterations_per_step", 1)
     return every > 0 and (iteration % every == 0 or iteration == trainer.max_steps)
