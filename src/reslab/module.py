@@ -1,5 +1,7 @@
 """The Classifier LightningModule: cross-entropy, error rates in percent, SGD on a schedule in
-iterations. Every number comes from the config; nothing here knows which network it trains."""
+iterations, and its speed options, which change how the network runs, never what it computes
+(batch norm in fp32 under mixed precision, CUDA graphs). Every number comes from the config;
+nothing here knows which network it trains."""
 
 from __future__ import annotations
 
@@ -14,8 +16,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
-
-from reslab.fast import batchnorm_in_fp32, cuda_graph_network
 
 
 class Classifier(L.LightningModule):
@@ -36,7 +36,7 @@ class Classifier(L.LightningModule):
         compile: ``torch.compile`` the network.
         cuda_graphs: on a CUDA device, replay each training forward and backward from CUDA
             graphs (with ``compile``, the compiler's: mode ``reduce-overhead``).
-        batchnorm_fp32: under mixed precision, batch norm in fp32 (``reslab.fast``).
+        batchnorm_fp32: under mixed precision, batch norm in fp32 (:class:`FP32BatchNorm2d`).
     """
 
     iterations_per_step = 1  # training iterations per Lightning training step
@@ -252,3 +252,39 @@ def logging_iteration(trainer: L.Trainer, iteration: int) -> bool:
     steps of the module's ``iterations_per_step``), or is ``max_steps``."""
     every = trainer.log_every_n_steps * getattr(trainer.lightning_module, "iterations_per_step", 1)
     return every > 0 and (iteration % every == 0 or iteration == trainer.max_steps)
+
+
+class FP32BatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that under autocast (bf16 or fp16) normalises in fp32: input cast up,
+    statistics, affine parameters and output fp32 (the next convolution casts it down)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if x.dtype == torch.float32 or not torch.is_autocast_enabled(device):
+            return super().forward(x)
+        with torch.autocast(device, enabled=False):
+            return super().forward(x.float())
+
+
+def batchnorm_in_fp32(net: nn.Module) -> int:
+    """Makes every ``nn.BatchNorm2d`` of ``net`` an :class:`FP32BatchNorm2d` in place (same
+    parameters, buffers and state dict); returns how many it changed."""
+    batchnorms = [m for m in net.modules() if type(m) is nn.BatchNorm2d]
+    for module in batchnorms:
+        module.__class__ = FP32BatchNorm2d
+    return len(batchnorms)
+
+
+def cuda_graph_network(net: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """``net`` with its training forward and backward in CUDA graphs (``make_graphed_callables``)
+    for inputs like ``sample`` (shape, dtype, memory format); evaluation runs eagerly. The
+    capture leaves the BN running statistics as they were. ``sample`` is on a CUDA device."""
+    buffers = [b.detach().clone() for b in net.buffers()]
+    autocast, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    # make_graphed_callables asks for autocast without its weight cache during the capture.
+    with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
+        graphed = torch.cuda.make_graphed_callables(net, (sample.detach().clone(),))
+    with torch.no_grad():
+        for buffer, saved in zip(net.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
+    return graphed
