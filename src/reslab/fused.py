@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from reslab.module import Classifier
+from reslab.module import Classifier, graph_autocast
 from reslab.validation import is_int, require_int
 
 
@@ -237,14 +237,9 @@ class StepGraph:
         self._lr_values = [list(floats) for _ in range(labels.shape[0])]
         for group in optimizer.param_groups:
             group["fused"] = True  # torch's fused SGD reads a tensor learning rate on the device
-        dtype, autocast = torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda")
         self._graph = torch.cuda.CUDAGraph()
         optimizer.zero_grad(set_to_none=True)
-        # autocast without its weight cache, which a graph must not hold across replays
-        with (
-            torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False),
-            torch.cuda.graph(self._graph),
-        ):
+        with graph_autocast(), torch.cuda.graph(self._graph):
             run()
 
     def replay(self, images: torch.Tensor, labels: torch.Tensor, lrs: list[list[Any]]) -> None:

@@ -280,11 +280,16 @@ def cuda_graph_network(net: nn.Module, sample: torch.Tensor) -> nn.Module:
     for inputs like ``sample`` (shape, dtype, memory format); evaluation runs eagerly. The
     capture leaves the BN running statistics as they were. ``sample`` is on a CUDA device."""
     buffers = [b.detach().clone() for b in net.buffers()]
-    autocast, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    # make_graphed_callables asks for autocast without its weight cache during the capture.
-    with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
+    with graph_autocast():
         graphed = torch.cuda.make_graphed_callables(net, (sample.detach().clone(),))
     with torch.no_grad():
         for buffer, saved in zip(net.buffers(), buffers, strict=True):
             buffer.copy_(saved)
     return graphed
+
+
+def graph_autocast() -> torch.autocast:
+    """The CUDA autocast in force (off, bf16 or fp16) without its weight cache, which a CUDA
+    graph's capture must not hold across replays."""
+    enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
