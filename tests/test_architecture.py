@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "reslab"
 REPORT_SIDE = ("reslab.report", "reslab.report_figures", "reslab.sweep_summary")
 TRAINING_SIDE = (
     "reslab.train", "reslab.module", "reslab.callbacks", "reslab.launch", "reslab.checks",
-    "reslab.cli", "reslab.checkpoints", "reslab.loggers", "reslab.fast",
+    "reslab.cli", "reslab.checkpoints", "reslab.loggers",
 )  # fmt: skip
 
 

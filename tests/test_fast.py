@@ -17,7 +17,7 @@ from torchvision import transforms
 
 from reslab.config import instantiate
 from reslab.data.augment import subtract_mean_crop_flip
-from reslab.fast import FP32BatchNorm2d, batchnorm_in_fp32
+from reslab.module import FP32BatchNorm2d, batchnorm_in_fp32
 from reslab.networks import build_network
 from reslab.train import train
 

@@ -160,18 +160,14 @@ class IterationProgressBar(TQDMProgressBar):
         if trainer.max_steps > 0 and bar.total != trainer.max_steps:  # this process's first
             bar.reset(total=trainer.max_steps)
             bar.set_description("Iterations")
-        self._show(trainer, {})
+            bar.update(trainer.global_step)  # a resumed run's iterations done
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-        step = trainer.global_step
-        if step % max(self.refresh_rate, 1) == 0 or step == trainer.max_steps:
-            self._show(trainer, self.get_metrics(trainer, pl_module))
-
-    def _show(self, trainer: L.Trainer, metrics: dict[str, Any]) -> None:
-        bar = self.train_progress_bar
-        if not bar.disable:
-            bar.n = trainer.global_step
-            bar.set_postfix(metrics)  # and redraws
+        step, bar = trainer.global_step, self.train_progress_bar
+        if bar.disable or (step % max(self.refresh_rate, 1) and step != trainer.max_steps):
+            return  # (the metrics are read only where they are shown)
+        bar.n = step
+        bar.set_postfix(self.get_metrics(trainer, pl_module))  # and redraws
 
     def get_metrics(self, *args: Any) -> dict[str, Any]:
         metrics = super().get_metrics(*args)

@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from reslab.module import Classifier
+from reslab.module import Classifier, graph_autocast
 from reslab.validation import is_int, require_int
 
 
@@ -82,21 +82,19 @@ def check_fused_iterations(fused: int, datamodule: Any) -> None:
 
 
 class FusedClassifier(Classifier):
-    """The :class:`reslab.module.Classifier` with ``fused_iterations`` (K) iterations per
-    Lightning training step, in a Trainer built by :func:`trainer`: K = 1 is the Classifier,
-    K > 1 manual optimization. Each iteration's optimizer step goes through Lightning (it counts
-    in ``trainer.global_step``, its hooks run), the schedule steps every iteration, and logging,
-    validation and checkpoints come at the iterations of K = 1.
+    """The Classifier with ``fused_iterations`` (K) iterations per Lightning training step, in a
+    Trainer built by :func:`trainer`: K = 1 is the Classifier, K > 1 manual optimization. Each
+    optimizer step goes through Lightning (it counts in ``trainer.global_step``, its hooks run),
+    the schedule steps every iteration; logging, validation and checkpoints come as with K = 1.
 
     With ``cuda_graphs``, without ``compile``, on one device, a :class:`StepGraph` replays the
-    step's device work at the lrs that the K optimizer steps, run first on the host without
-    gradients, left. It replays only after a step that ran at its schedule's lr throughout:
-    while a callback sets the lr from what an iteration computed, the steps run eagerly."""
+    step's device work at the lrs of the K optimizer steps, run first on the host without
+    gradients; only after a step that ran at its schedule's lr throughout (while a callback sets
+    the lr from what an iteration computed, the steps run eagerly)."""
 
     def __init__(self, *args: Any, fused_iterations: int = 1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        k = require_int("module.fused_iterations", fused_iterations, 1)
-        self.fused_iterations = self.iterations_per_step = k
+        super().__init__(*args, **kwargs)  # (fused_iterations checked by trainer())
+        self.fused_iterations = self.iterations_per_step = fused_iterations
         self.automatic_optimization = fused_iterations == 1
         self._step_graph: StepGraph | None = None
         self._stepped_lr: list[Any] = []  # the learning rates of the last optimizer step
@@ -161,21 +159,20 @@ class FusedClassifier(Classifier):
             sgd.step()
         sgd.zero_grad(set_to_none=True)
 
+    @classmethod
+    def check_resume(cls, checkpoint: dict[str, Any], fused_iterations: int = 1, **_: Any) -> None:
+        """A ``ValueError`` when ``checkpoint`` was trained with other ``fused_iterations``."""
+        fused = checkpoint["reslab"]["iterations_per_step"]
+        if fused != fused_iterations:
+            raise ValueError(
+                f"module.fused_iterations={fused_iterations}, but the checkpoint was trained with "
+                f"module.fused_iterations={fused} (Lightning counts its progress differently for "
+                f"each): resume with module.fused_iterations={fused}"
+            )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        check_resume(checkpoint, self.fused_iterations)
-
-
-def check_resume(checkpoint: dict[str, Any], fused_iterations: int) -> None:
-    """A ValueError when ``checkpoint`` was trained with another ``module.fused_iterations``
-    (train() asks before the run starts, so the folder stays as it was)."""
-    fused = checkpoint.get("reslab", {}).get("fused_iterations", 1)  # (before reslab said it: 1)
-    if fused != fused_iterations:
-        raise ValueError(
-            f"module.fused_iterations={fused_iterations}, but the checkpoint was trained with "
-            f"module.fused_iterations={fused} (Lightning counts its progress differently for "
-            f"each): resume with module.fused_iterations={fused}"
-        )
+        self.check_resume(checkpoint, self.fused_iterations)
 
 
 class StepGraph:
@@ -183,10 +180,10 @@ class StepGraph:
 
     ``with graph.side_stream(device):`` the step runs eagerly once (momentum buffers created,
     cuDNN's kernels chosen); ``graph.capture(step, images, labels, optimizer)`` captures, and
-    trains nothing with, ``step(images, labels, optimizer)``, which calls
-    ``graph.use_lr(optimizer, k)`` before iteration k's optimizer step; ``graph.replay(images,
-    labels, lrs)`` copies the inputs into the graph's, and ``lrs`` (K lists of each group's lr)
-    into the device tensor that torch's fused SGD reads. Off CUDA, the replay runs ``step``."""
+    trains nothing with, ``step(images, labels, optimizer)``, which calls ``use_lr(optimizer, k)``
+    before iteration k's optimizer step; ``replay(images, labels, lrs)`` copies the inputs, and
+    ``lrs`` (K lists of each group's lr) into the device tensor that torch's fused SGD reads.
+    Off CUDA, the replay runs ``step``."""
 
     def __init__(self) -> None:
         self.captured = False
@@ -240,14 +237,9 @@ class StepGraph:
         self._lr_values = [list(floats) for _ in range(labels.shape[0])]
         for group in optimizer.param_groups:
             group["fused"] = True  # torch's fused SGD reads a tensor learning rate on the device
-        dtype, autocast = torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda")
         self._graph = torch.cuda.CUDAGraph()
         optimizer.zero_grad(set_to_none=True)
-        # autocast without its weight cache, which a graph must not hold across replays
-        with (
-            torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False),
-            torch.cuda.graph(self._graph),
-        ):
+        with graph_autocast(), torch.cuda.graph(self._graph):
             run()
 
     def replay(self, images: torch.Tensor, labels: torch.Tensor, lrs: list[list[Any]]) -> None:

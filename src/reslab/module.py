@@ -1,5 +1,7 @@
 """The Classifier LightningModule: cross-entropy, error rates in percent, SGD on a schedule in
-iterations. Every number comes from the config; nothing here knows which network it trains."""
+iterations, and its speed options, which change how the network runs, never what it computes
+(batch norm in fp32 under mixed precision, CUDA graphs). Every number comes from the config;
+nothing here knows which network it trains."""
 
 from __future__ import annotations
 
@@ -15,28 +17,26 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
-from reslab.fast import batchnorm_in_fp32, cuda_graph_network
-
 
 class Classifier(L.LightningModule):
     """Trains ``net`` (images → logits) with cross-entropy.
 
     Logs, stepped by the global iteration: ``train/loss`` and ``train/error`` averaged over the
-    last ``log_every_n_iterations`` iterations (the smoothed curves of the paper's figures), the
-    ``lr`` that iteration's optimizer step used, and ``val/error`` / ``test/error`` (with 100
-    classes or more also ``*/error_top5``), in percent. An evaluation batch (B, crops, C, H, W)
-    is classified by the mean softmax over its crops (ImageNet's 10-crop testing).
+    logging interval (the smoothed curves of the paper's figures), the ``lr`` that iteration's
+    optimizer step used, and ``val/error`` / ``test/error`` (with 100 classes or more also
+    ``*/error_top5``), in percent. An evaluation batch (B, crops, C, H, W) is classified by the
+    mean softmax over its crops (ImageNet's 10-crop testing).
 
     Args:
         optimizer: builds the optimizer from the parameters (a ``_partial_`` config).
-        scheduler: builds the schedule from the optimizer, stepped every iteration (its
-            milestones are iterations, as in the paper); a ``ReduceLROnPlateau`` once after
-            each validation, on ``val/error``.
+        scheduler: builds the schedule from the optimizer, stepped every iteration (milestones
+            in iterations, as in the paper); a ``ReduceLROnPlateau`` once after each validation,
+            on ``val/error`` (a ``ValueError`` at fit without a validation set).
         channels_last: NHWC memory order: the same arithmetic up to float rounding.
         compile: ``torch.compile`` the network.
         cuda_graphs: on a CUDA device, replay each training forward and backward from CUDA
             graphs (with ``compile``, the compiler's: mode ``reduce-overhead``).
-        batchnorm_fp32: under mixed precision, batch norm in fp32 (``reslab.fast``).
+        batchnorm_fp32: under mixed precision, batch norm in fp32 (:class:`FP32BatchNorm2d`).
     """
 
     iterations_per_step = 1  # training iterations per Lightning training step
@@ -66,10 +66,6 @@ class Classifier(L.LightningModule):
         self.best_val_error: float | None = None  # the lowest val/error so far, and when
         self.best_val_step: int | None = None
         self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for on_train_start
-
-    @property
-    def log_every_n_iterations(self) -> int:
-        return self.trainer.log_every_n_steps * self.iterations_per_step
 
     def setup(self, stage: str) -> None:
         """Applies the speed options once the device and precision are known."""
@@ -113,8 +109,6 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.train_wrong = _wrong_percent(logits.detach(), labels)
-        if self._interval_sums.device != loss.device:  # once (and after a checkpoint loads)
-            self._interval_sums = self._interval_sums.to(loss.device)
         one = torch.ones_like(loss.detach())  # (no host-to-device copy)
         # (add_: an in-place update, not an attribute set through nn.Module.__setattr__)
         self._interval_sums.add_(
@@ -204,10 +198,9 @@ class Classifier(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # All that shapes what comes next, the logging interval's sums too (over the ranks;
-        # rank 0 gets them back): a checkpoint inside an interval resumes to the same numbers.
-        # torch's generators only (reslab draws from neither numpy's nor Python's), as tensors:
-        # torch.load(weights_only=True) loads them
+        # All that shapes what comes next: the logging interval's sums too (over the ranks; rank
+        # 0 gets them back), and torch's generators (reslab draws from neither numpy's nor
+        # Python's), as tensors, which torch.load(weights_only=True) loads
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -215,8 +208,14 @@ class Classifier(L.LightningModule):
             **{key: getattr(self, key) for key in self._checkpointed},
             "rng": rng,
             "interval_sums": summed_over_ranks(self._interval_sums),
-            "fused_iterations": self.iterations_per_step,  # (reslab.fused.check_resume)
+            "iterations_per_step": self.iterations_per_step,  # (check_resume)
         }
+
+    @classmethod
+    def check_resume(cls, checkpoint: dict[str, Any], **options: Any) -> None:
+        """Refuses (``ValueError``) a ``checkpoint`` that this class built with ``options`` (the
+        config's arguments) cannot continue; train.py asks before the run folder changes. A
+        Classifier checks nothing: its subclasses with other ``iterations_per_step`` do."""
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["reslab"]
@@ -226,6 +225,7 @@ class Classifier(L.LightningModule):
         self._interval_sums = state["interval_sums"].cpu() * float(self.global_rank == 0)
 
     def on_train_start(self) -> None:
+        self._interval_sums = self._interval_sums.to(self.device)  # (a checkpoint's is on the CPU)
         # as late as possible: a resumed run's augmentation draws what the interrupted one would
         if (rng := self._rng_to_restore) is not None:
             torch.set_rng_state(rng["torch"])
@@ -248,7 +248,48 @@ def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def logging_iteration(trainer: L.Trainer, iteration: int) -> bool:
-    """Whether ``iteration`` (from 1) ends a logging interval: a multiple of the module's
-    ``log_every_n_iterations`` (or the Trainer's ``log_every_n_steps``), or ``max_steps``."""
-    every = getattr(trainer.lightning_module, "log_every_n_iterations", trainer.log_every_n_steps)
+    """Whether ``iteration`` (from 1) ends a logging interval (``log_every_n_steps`` Lightning
+    steps of the module's ``iterations_per_step``), or is ``max_steps``."""
+    every = trainer.log_every_n_steps * getattr(trainer.lightning_module, "iterations_per_step", 1)
     return every > 0 and (iteration % every == 0 or iteration == trainer.max_steps)
+
+
+class FP32BatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that under autocast (bf16 or fp16) normalises in fp32: input cast up,
+    statistics, affine parameters and output fp32 (the next convolution casts it down)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if x.dtype == torch.float32 or not torch.is_autocast_enabled(device):
+            return super().forward(x)
+        with torch.autocast(device, enabled=False):
+            return super().forward(x.float())
+
+
+def batchnorm_in_fp32(net: nn.Module) -> int:
+    """Makes every ``nn.BatchNorm2d`` of ``net`` an :class:`FP32BatchNorm2d` in place (same
+    parameters, buffers and state dict); returns how many it changed."""
+    batchnorms = [m for m in net.modules() if type(m) is nn.BatchNorm2d]
+    for module in batchnorms:
+        module.__class__ = FP32BatchNorm2d
+    return len(batchnorms)
+
+
+def cuda_graph_network(net: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """``net`` with its training forward and backward in CUDA graphs (``make_graphed_callables``)
+    for inputs like ``sample`` (shape, dtype, memory format); evaluation runs eagerly. The
+    capture leaves the BN running statistics as they were. ``sample`` is on a CUDA device."""
+    buffers = [b.detach().clone() for b in net.buffers()]
+    with graph_autocast():
+        graphed = torch.cuda.make_graphed_callables(net, (sample.detach().clone(),))
+    with torch.no_grad():
+        for buffer, saved in zip(net.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
+    return graphed
+
+
+def graph_autocast() -> torch.autocast:
+    """The CUDA autocast in force (off, bf16 or fp16) without its weight cache, which a CUDA
+    graph's capture must not hold across replays."""
+    enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from reslab import console, run_folder
 from reslab.checkpoints import RunCheckpoint, first_start_path
 from reslab.config import instantiate
-from reslab.fused import check_resume
 from reslab.provenance import provenance, trainer_device
 from reslab.record import ended_early, out_of_time, record, record_failure, write_status
 from reslab.resume import resume_checkpoint, run_complete
@@ -35,7 +34,8 @@ def train(cfg: DictConfig) -> float:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
         if resume is not None:  # refused here, the folder stays as it was
             checkpoint = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
-            check_resume(checkpoint, OmegaConf.select(cfg, "module.fused_iterations", default=1))
+            module = instantiate(cfg.module, _partial_=True)  # its class and arguments
+            module.func.check_resume(checkpoint, **module.keywords)
             step = checkpoint["global_step"]
         own = resume == str(output_dir / run_folder.LAST_CHECKPOINT)
         done = run_complete(output_dir, cfg.trainer.max_steps) if own else None

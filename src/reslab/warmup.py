@@ -73,7 +73,7 @@ class PaperWarmup(L.Callback):
                 group["lr"] = self.lr
             self._count(trainer, pl_module.train_wrong, iteration)
         if self.ended_at is not None and logging_iteration(trainer, iteration):
-            every = getattr(pl_module, "log_every_n_iterations", trainer.log_every_n_steps)
+            every = trainer.log_every_n_steps * pl_module.iterations_per_step
             if (iteration - 1) // every * every < self.ended_at <= iteration:  # in this interval
                 pl_module.log("warmup_ended_at", float(self.ended_at))
 
