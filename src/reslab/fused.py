@@ -93,8 +93,9 @@ class FusedClassifier(Classifier):
     the lr from what an iteration computed, the steps run eagerly)."""
 
     def __init__(self, *args: Any, fused_iterations: int = 1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # (fused_iterations checked by trainer())
-        self.fused_iterations = self.iterations_per_step = fused_iterations
+        super().__init__(*args, **kwargs)
+        k = require_int("module.fused_iterations", fused_iterations, 1)  # (built without trainer())
+        self.fused_iterations = self.iterations_per_step = k
         self.automatic_optimization = fused_iterations == 1
         self._step_graph: StepGraph | None = None
         self._stepped_lr: list[Any] = []  # the learning rates of the last optimizer step

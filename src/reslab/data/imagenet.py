@@ -259,9 +259,11 @@ class ImageNetDataModule(L.LightningDataModule):
         before the data loads) of ``val_size``."""
         n = self.val_size if images is None else images
         if n is not None and 0 < n < world_size:
+            shown = "null" if self.val_size is None else self.val_size
             raise ValueError(
-                f"data.val_size={self.val_size}: {n} evaluation images cannot be shared by "
-                f"{world_size} processes; valid: 0, null or an integer >= {world_size}"
+                f"data.val_size={shown}: {n} evaluation images cannot be shared by {world_size} "
+                f"processes; valid: 0, null or an integer >= {world_size} (null: the whole val "
+                f"folder, which then needs at least {world_size} images)"
             )
 
     @property
