@@ -52,6 +52,17 @@ def test_a_self_hosted_server_is_reached_at_its_own_port(
         assert resolve_wandb_mode("auto") == "offline"
 
 
+@pytest.mark.parametrize("url", ["http://host:abc", "http://127.0.0.1:99999", "http://[::1",
+                                 "127.0.0.1:1", "::::", "   "])  # fmt: skip
+def test_a_malformed_server_url_means_offline_not_a_crash(
+    no_wandb_credentials: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    with pytest.warns(UserWarning, match="unreachable: logging offline"):
+        assert resolve_wandb_mode("auto") == "offline"
+
+
 def test_explicit_mode_and_bad_mode(no_wandb_credentials: Path) -> None:
     assert resolve_wandb_mode("online") == "online"
     with pytest.raises(ValueError, match=r"unknown wandb mode 'sometimes'; valid choices are auto"):

@@ -27,9 +27,13 @@ _WANDB_LOGGER_ARGS = ("log_model", "prefix", "checkpoint_name")
 
 def _wandb_server() -> tuple[str, int]:
     """The host and port of wandb's server (``WANDB_BASE_URL``; a self-hosted one may give a
-    port, else the scheme's)."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    return url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    port, else the scheme's; ("", 0) for a malformed one)."""
+    try:
+        url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+        port = url.port
+    except ValueError:  # a bad IPv6 literal, a port that is no number or out of range
+        return "", 0
+    return url.hostname or "", (80 if url.scheme == "http" else 443) if port is None else port
 
 
 def has_wandb_api_key() -> bool:
@@ -55,6 +59,8 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
         return "offline"
     host, port = _wandb_server()
     try:
+        if not host or not port:
+            raise OSError(f"WANDB_BASE_URL={os.environ.get('WANDB_BASE_URL')!r} names no server")
         socket.create_connection((host, port), timeout=3.0).close()
     except OSError:
         rank_zero_warn(f"wandb server {host}:{port} is unreachable: logging offline")
