@@ -62,8 +62,8 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
         if not host or not port:
             raise OSError(f"WANDB_BASE_URL={os.environ.get('WANDB_BASE_URL')!r} names no server")
         socket.create_connection((host, port), timeout=3.0).close()
-    except OSError:
-        rank_zero_warn(f"wandb server {host}:{port} is unreachable: logging offline")
+    except OSError as err:
+        rank_zero_warn(f"wandb server {host}:{port} is unreachable: logging offline ({err})")
         return "offline"
     return "online"
 
