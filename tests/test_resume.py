@@ -359,3 +359,27 @@ def test_reslab_resume_is_the_trainers_process_so_kill_reaches_it(tmp_path: Path
     assert resumed.returncode == 128 + signal.SIGTERM, out[-3000:]
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "interrupted" and status["interrupted_at"] > 2, status
+
+
+@pytest.mark.parametrize(
+    "other",
+    [["model.depth=14"], ["shortcut=none"], ["shortcut=B"], ["model.widths=[8,16,32]"]],
+    ids=["depth", "plain", "option-B", "widths"],
+)
+def test_a_resume_with_another_network_is_refused_and_changes_no_file(
+    tmp_path: Path, hydra_cfg, other: list[str]
+) -> None:
+    # another depth, shortcut or width than the checkpoint's: refused before the folder changes
+    # (Lightning's load would fail only after status.json, metrics.csv and hparams.yaml had
+    # changed; a plain net's weights even load into option A's silently)
+    run = [*RUN[:4], "optim.max_steps=3", "callbacks.checkpoint.every_n_train_steps=3",
+           "trainer.val_check_interval=3", "logger=csv"]  # fmt: skip
+    train(hydra_cfg(tmp_path, run))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cfg = hydra_cfg(tmp_path, [*run, "optim.max_steps=6", "ckpt_path=last", *other])
+    with pytest.raises(ValueError, match=f"holds resnet-8A's weights, not {cfg.name}'s"):
+        train(cfg)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    resumed = hydra_cfg(tmp_path, [*run, "optim.max_steps=6", "ckpt_path=last"])
+    train(resumed)  # the same network resumes
+    assert json.loads((tmp_path / "status.json").read_text())["iterations"] == 6

@@ -19,7 +19,7 @@ from reslab.checkpoints import RunCheckpoint, first_start_path
 from reslab.config import instantiate
 from reslab.provenance import provenance, trainer_device
 from reslab.record import ended_early, out_of_time, record, record_failure, write_status
-from reslab.resume import resume_checkpoint, run_complete
+from reslab.resume import check_network, resume_checkpoint, run_complete
 
 write_provenance = rank_zero_only(run_folder.write_provenance)
 
@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> float:
             checkpoint = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
             module = instantiate(cfg.module, _partial_=True)  # its class and arguments
             module.func.check_resume(checkpoint, **module.keywords)
+            check_network(checkpoint, resume, cfg)
             step = checkpoint["global_step"]
         own = resume == str(output_dir / run_folder.LAST_CHECKPOINT)
         done = run_complete(output_dir, cfg.trainer.max_steps) if own else None
