@@ -50,7 +50,7 @@ def check_network(checkpoint: dict[str, Any], checkpoint_path: str, cfg: DictCon
     parameters and buffers differ from ``cfg.model``'s (built on the meta device) in name or
     shape; the classifier's output width is the data's, which a folder of images sets."""
     folder = Path(checkpoint_path).parent.parent  # <run folder>/checkpoints/<file>.ckpt
-    trained = read_status(folder).get("name") if Path(checkpoint_path).is_file() else None
+    trained = read_status(folder).get("name")
     data = instantiate(cfg.data)  # (its constructor loads nothing: reslab.checks)
     with torch.device("meta"):
         net = instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
