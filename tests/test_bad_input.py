@@ -133,6 +133,18 @@ CASES = {
         ("nope/last.ckpt does not exist", "checkpoints/last.ckpt"),
         cli=True,
     ),
+    # train() reads a checkpoint itself before the folder changes: a local file or nothing
+    **{
+        f"ckpt-path-{name}": Case(
+            (f"ckpt_path={value}", "data=synthetic"),
+            (f"ckpt_path={value} does not exist", "valid: a checkpoint file", *said),
+            cli=name == "url",
+        )
+        for name, value, said in (
+            ("best", "best", ()), ("hpc", "hpc", ()), ("registry", "registry", ()),
+            ("url", "s3://bucket/run/last.ckpt", ("a URL: copy the checkpoint to a local file",)),
+        )
+    },
     "ckpt-path-is-a-folder": Case(
         ("ckpt_path={data}", "data=synthetic"), ("is a folder, not a checkpoint file", "valid:")
     ),

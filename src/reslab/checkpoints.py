@@ -16,8 +16,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from reslab.run_folder import LAST_CHECKPOINT, atomic_write
 
-# ckpt_path values Lightning resolves itself rather than as a file
-_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 CKPT_CHOICES = (
     "a checkpoint file (such as <run folder>/checkpoints/last.ckpt), last (this run folder's "
     "own last checkpoint) or null (start afresh)"
@@ -86,17 +84,18 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 def check_ckpt_path(ckpt_path: Any) -> str | None:
-    """What ``trainer.fit`` loads for ``ckpt_path``: null, one of Lightning's keywords (last,
-    best, hpc, registry), a URL, or the path (:func:`first_start_path`) of a whole checkpoint
-    file that holds only what ``torch.load(weights_only=True)`` loads."""
-    if ckpt_path is None:
-        return None
+    """What ``trainer.fit`` loads for ``ckpt_path``: null, ``last``, or the path
+    (:func:`first_start_path`) of a whole checkpoint file that holds only what
+    ``torch.load(weights_only=True)`` loads. Anything else (a URL, Lightning's other keywords)
+    is refused (FileNotFoundError): train() reads the checkpoint itself before the run folder
+    changes (``check_resume``, ``check_network``), so it must be a local file."""
+    if ckpt_path is None or ckpt_path == "last":
+        return ckpt_path
     text = str(ckpt_path)
-    if text in _CKPT_KEYWORDS or text.startswith("registry:") or "://" in text:
-        return text
     path = first_start_path(text)
     if not path.exists():
-        raise FileNotFoundError(f"ckpt_path={text} does not exist; valid: {CKPT_CHOICES}")
+        url = " (a URL: copy the checkpoint to a local file first)" if "://" in text else ""
+        raise FileNotFoundError(f"ckpt_path={text} does not exist{url}; valid: {CKPT_CHOICES}")
     if not path.is_file():
         last = path / LAST_CHECKPOINT
         hint = f" (did you mean ckpt_path={last}?)" if last.is_file() else ""
