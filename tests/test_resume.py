@@ -235,6 +235,11 @@ def test_reslab_resume_names_what_is_missing(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith(f"reslab-resume: error: {tmp_path} is not a reslab run folder")
     assert "it has no .hydra/overrides.yaml" in err
+    (tmp_path / "a-file").write_text("")
+    for name, why in (("nope", "it does not exist"), ("a-file", "it is not a folder")):
+        with pytest.raises(SystemExit):
+            resume_main([str(tmp_path / name)])
+        assert f"{tmp_path / name} is not a reslab run folder: {why}" in capsys.readouterr().err
 
 
 

@@ -95,9 +95,12 @@ def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple
     DamagedCheckpointError when it cannot, before Hydra writes anything."""
     run_dir = Path(run_dir).expanduser().absolute()
     if not (run_dir / OVERRIDES_FILE).is_file():
+        why = f"it has no {OVERRIDES_FILE}"
+        if not run_dir.is_dir():
+            why = "it is not a folder" if run_dir.exists() else "it does not exist"
         raise FileNotFoundError(
-            f"{run_dir} is not a reslab run folder: it has no {OVERRIDES_FILE} (a run "
-            "folder is one that reslab-train made, under outputs/runs/ or outputs/multiruns/)"
+            f"{run_dir} is not a reslab run folder: {why} (a run folder is one that "
+            "reslab-train made, under outputs/runs/ or outputs/multiruns/)"
         )
     if (run_dir / LAST_CHECKPOINT).is_file():  # else it starts again at iteration 0
         verify_checkpoint(run_dir / LAST_CHECKPOINT)
