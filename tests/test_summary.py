@@ -221,6 +221,12 @@ def test_command_prints_one_row_per_network_of_an_experiment(tmp_path: Path) -> 
         assert len(re.findall(rf"│ {name} ", result.stdout)) == 1, name
 
 
+def test_a_difference_that_rounds_to_zero_has_no_sign(capsys: pytest.CaptureFixture) -> None:
+    assert main(["model.depth=20,110"]) == 0  # 110's multiply-adds: a hair under Table 6's
+    out = capsys.readouterr().out
+    assert "-0.00%" not in out and out.count("+0.00%") == 4
+
+
 def test_bad_depth_fails_naming_the_valid_depths(capsys: pytest.CaptureFixture) -> None:
     assert main(["model.depth=21"]) != 0
     assert "of the form 6n+2 (the cifar family): 8, 14, 20" in capsys.readouterr().err

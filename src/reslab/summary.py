@@ -107,7 +107,8 @@ def network_configs(overrides: Sequence[str]) -> list[DictConfig]:
 
 
 def _diff(measured: float, paper: float | None) -> str:
-    return "" if paper is None else f"{(measured - paper) / paper:+.2%}"
+    # rounded to what is shown, and + 0.0: a difference shown as 0.00% is never "-0.00%"
+    return "" if paper is None else f"{round((measured - paper) / paper, 4) + 0.0:+.2%}"
 
 
 def summary_table(rows: Sequence[Summary]) -> Table:
