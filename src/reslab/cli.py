@@ -11,6 +11,7 @@ import pickle
 import re
 import shlex
 import signal
+import string
 import sys
 import textwrap
 import threading
@@ -51,41 +52,19 @@ GROUPS = {
     "callbacks": "checkpoints (last.ckpt), the progress bar, the divergence guard",
     "experiment": "a figure or table of the paper as a ready multirun over net=NAME",
     "debug": "smoke: a few iterations on a few images, for checking",
+    "hydra/help": "reslab: this text (--hydra-help is Hydra's own help)",
     "hydra/launcher": "where sweep jobs run (default: one after another here): local (in "
     "parallel, joblib) or slurm (one SLURM job each, submitit)",
 }
 
-HELP = """\
-reslab-train: train the paper's networks (He et al., "Deep Residual Learning for Image
-Recognition", CVPR 2016), residual and plain, with its recipes. Every setting is a Hydra
-override: GROUP=CHOICE picks a config file, KEY=VALUE sets one value.
-
-Config groups (GROUP=CHOICE; the choice in [] is the default):
-{groups}
-
-Examples:
-  reslab-train model.depth=56 shortcut=none             # one run: plain-56 on CIFAR-10
-  reslab-train -m model.depth=20,56 shortcut=none,A     # a sweep: four runs, one table
-  reslab-train -m experiment=fig6 trainer=gpu           # Figure 6 of the paper, nine runs
-  reslab-resume outputs/runs/<date>_resnet-56A          # continue a stopped run
-  reslab-report outputs/multiruns/<date>_fig6           # its figures and tables
-
-Where results go: outputs/runs/<date>_<network>/ for one run, outputs/multiruns/<date>_<group>/
-<job>_<network>/ for each job of a sweep; each holds status.json, metrics.csv, hparams.yaml,
-.hydra/ (the resolved config), checkpoints/last.ckpt and wandb/.
-
-More: --cfg job [--resolve] prints the config without running, --info shows Hydra's search
-path, -m/--multirun sweeps, --hydra-help is Hydra's own help. HYDRA_FULL_ERROR=1 shows
-tracebacks. reslab-summary takes the same overrides and prints parameters and multiply-adds.
-"""
-
 
 def help_text() -> str:
-    """reslab-train's --help: what it does, each config group with its choices, examples."""
+    """reslab-train's --help: conf/hydra/help/reslab.yaml's template, each config group with its
+    choices (the default in []) and what it is for."""
     defaults = {}
     for entry in OmegaConf.load(Path(CONFIG_DIR) / f"{CONFIG_NAME}.yaml").defaults:
         if isinstance(entry, DictConfig):  # (not _self_)
-            defaults.update(entry)
+            defaults.update({key.removeprefix("override "): v for key, v in entry.items()})
     lines = []
     for group, choices in config_groups().items():
         shown = [f"[{c}]" if c == defaults.get(group) else c for c in choices]
@@ -93,7 +72,8 @@ def help_text() -> str:
         if group in GROUPS:
             lines.append(textwrap.fill(GROUPS[group], 98, initial_indent=" " * 18,
                                        subsequent_indent=" " * 18))  # fmt: skip
-    return HELP.format(groups="\n".join(lines))
+    template = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "help" / "reslab.yaml").template
+    return string.Template(template).substitute(APP_CONFIG_GROUPS="\n".join(lines))
 
 
 # --- the Hydra task ------------------------------------------------------------------------------
