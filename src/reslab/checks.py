@@ -52,8 +52,16 @@ def check_run(cfg: DictConfig) -> None:
     check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule)
     try:
         optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
-    except (ValueError, TypeError) as err:
-        raise ValueError(_optimizer_error(cfg, err)) from err
+    except (ValueError, TypeError) as err:  # torch's words, with the key the user set
+        target = OmegaConf.select(cfg, "module.optimizer._target_", default="?")
+        said = f"{source_key(cfg, 'module.optimizer')} ({target}): {err}"
+        for argument in ("lr", "momentum", "weight_decay", "dampening"):  # a negative one's
+            value = OmegaConf.select(cfg, f"module.optimizer.{argument}")
+            if isinstance(value, int | float) and value < 0:
+                key = source_key(cfg, f"module.optimizer.{argument}")
+                said = f"{key}={value} is not valid; valid: a number >= 0 ({target}: {err})"
+                break
+        raise ValueError(said) from err
     if module.scheduler_factory is not None:
         try:
             module.scheduler_factory(optimizer)
@@ -69,17 +77,6 @@ def _strategy_error(cfg: DictConfig, strategy: str) -> str:
         "torchrun; spawned ranks lose the run's iterations, logged rows and final errors); "
         f"valid: {', '.join(SUPPORTED_STRATEGIES)}"
     )
-
-
-def _optimizer_error(cfg: DictConfig, err: Exception) -> str:
-    """torch's refusal, with the key the user set: a negative argument's, else the optimizer's."""
-    target = OmegaConf.select(cfg, "module.optimizer._target_", default="?")
-    for argument in ("lr", "momentum", "weight_decay", "dampening"):
-        value = OmegaConf.select(cfg, f"module.optimizer.{argument}")
-        if isinstance(value, int | float) and value < 0:
-            key = source_key(cfg, f"module.optimizer.{argument}")
-            return f"{key}={value} is not valid; valid: a number >= 0 ({target}: {err})"
-    return f"{source_key(cfg, 'module.optimizer')} ({target}): {err}"
 
 
 def source_key(cfg: DictConfig, key: str) -> str:

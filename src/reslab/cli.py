@@ -179,11 +179,7 @@ def train_main() -> None:
 
 
 def _end_sweep(err: BaseException) -> None:
-    """A sweep that ended on an error (Hydra's sweeper raises a failed job's after the other
-    jobs ran; a signal stops it; a SLURM job ends without a result): its table
-    (sweep_summary.conclude), then exit 1 when a job failed or did not finish, 0 when the jobs
-    without a result diverged, and the signal's exit code after a signal. A refused resume
-    (reslab.sweeps.ResumeRefused) launched nothing: no table."""
+    """A sweep that stopped on ``err`` (a failed job's, a signal, SLURM's): its table, its exit."""
     from submitit.core.utils import UncompletedJobError
 
     from reslab.signals import RunInterrupted
@@ -355,8 +351,7 @@ def _explain_unpickling(err: pickle.UnpicklingError) -> str:
 
 
 def _worker_error(text: str) -> str:
-    """An error raised in a DataLoader worker carries the worker's traceback in its message:
-    its last line, without the exception's type name."""
+    """A DataLoader worker's error carries its traceback: the last line, without the type."""
     if _WORKER_TRACEBACK not in text:
         return text.strip()
     last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
