@@ -274,7 +274,12 @@ def explain(err: BaseException) -> str | None:
     if isinstance(err, HydraException):
         return _first_lines(str(err), 3)
     if isinstance(err, OmegaConfBaseException):
-        return _explain_omegaconf(err)
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, ValueError):  # a resolver's refusal (a bad net= name)
+            return _first_lines(str(cause), 3)
+        first = _first_lines(str(err), 1)
+        key = getattr(err, "full_key", None)
+        return f"{first} (config key {key})" if key and str(key) not in first else first
     if isinstance(err, pickle.UnpicklingError):
         return _explain_unpickling(err)
     from lightning.fabric.utilities.exceptions import MisconfigurationException  # slow import
@@ -331,15 +336,6 @@ def _explain_instantiation(err: InstantiationException) -> str:
     if (cause := err.__cause__) is not None:
         return f"{where}: {explain(cause) or f'{type(cause).__name__}: {cause}'}"
     return f"{where}: {_first_lines(str(err), 2)}"
-
-
-def _explain_omegaconf(err: OmegaConfBaseException) -> str:
-    cause = err.__cause__ or err.__context__
-    if isinstance(cause, ValueError):  # a resolver's refusal (a bad net= name)
-        return _first_lines(str(cause), 3)
-    first = _first_lines(str(err), 1)
-    key = getattr(err, "full_key", None)
-    return f"{first} (config key {key})" if key and str(key) not in first else first
 
 
 def _explain_unpickling(err: pickle.UnpicklingError) -> str:
