@@ -112,3 +112,10 @@ def published(name: str) -> Published:
         imagenet_10crop=TABLE3_10CROP.get(name, top1_only),
         imagenet_multiscale=TABLE4_MULTISCALE.get(name),
     )
+
+
+def signed(x: float, spec: str = "+.2f") -> str:
+    """``format(x, spec)`` for a signed ``spec`` ("+.2f", "+.2%"), with "+" for a number that
+    shows as zero: a difference from the paper's number is never "-0.00"."""
+    text = format(x, spec)
+    return "+" + text[1:] if text[0] == "-" and not float(text[1:].rstrip("%")) else text

@@ -28,7 +28,7 @@ from rich.table import Table as RichTable
 
 from reslab import run_folder
 from reslab.networks import parse_network_name
-from reslab.paper import RESNET110_MEAN_STD, published
+from reslab.paper import RESNET110_MEAN_STD, published, signed
 from reslab.provenance import code_label
 from reslab.report_figures import by_network, curves_figure, responses_figure
 from reslab.runs import Run, read_metrics, read_responses, run_folders
@@ -195,7 +195,7 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
                 sign = "≈" if shown.startswith("≈") else ""
                 delta = "—"
                 if number is not None and values:
-                    delta = f"{sign}{statistics.mean(values) - number:+.2f}"
+                    delta = sign + signed(statistics.mean(values) - number)
                 row += [shown or "—", delta]
         same = all(r.status == members[0].status for r in members)
         row.append(members[0].status if same else _statuses(members))
