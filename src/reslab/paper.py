@@ -115,7 +115,6 @@ def published(name: str) -> Published:
 
 
 def signed(x: float, spec: str = "+.2f") -> str:
-    """``format(x, spec)`` for a signed ``spec`` ("+.2f", "+.2%"), with "+" for a number that
-    shows as zero: a difference from the paper's number is never "-0.00"."""
+    """``format(x, spec)`` (a signed spec: "+.2f", "+.2%"), but what shows as zero is "+0.00"."""
     text = format(x, spec)
     return "+" + text[1:] if text[0] == "-" and not float(text[1:].rstrip("%")) else text
