@@ -47,7 +47,6 @@ WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 _is_image = partial(has_file_allowed_extension, extensions=IMAGE_EXTENSIONS)  # any case
 
 
-# --- the folders -----------------------------------------------------------------------------
 @dataclass
 class ImageList(Dataset):
     """A split's files (relative to ``root``) and int64 labels, as numpy arrays: forked
@@ -62,9 +61,8 @@ class ImageList(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """(``transform`` of image ``i``, its label); the image uint8 RGB (3, H, W) in H, W, C
-        memory order (it resizes fastest), whatever its format (ImageNet has a PNG named .JPEG;
-        grey and CMYK become RGB)."""
+        """(``transform`` of image ``i``, its label): uint8 RGB (3, H, W) in H, W, C memory order
+        (fastest to resize), whatever the format (a PNG named .JPEG; grey, CMYK become RGB)."""
         try:
             pixels = np.array(pil_loader(self.path(i)))  # Pillow's decoding, as RGB
         except (OSError, ValueError, SyntaxError) as err:  # unknown format, truncated, corrupt
@@ -138,7 +136,6 @@ def _some(folder: Path, names: list[str]) -> str:
     return ", ".join(f"'{folder / n}'" for n in names[:5]) + more
 
 
-# --- per-image geometry (in the workers) ----------------------------------------------------
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
     """Shorter side resized to ``resize`` (bilinear, antialiased), then the centre crop (3, c, c)
     (offsets rounded down) or 10 (10, 3, c, c): top-left, top-right, bottom-left, bottom-right,
@@ -167,7 +164,6 @@ class EvalShard(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
-# --- the DataModule --------------------------------------------------------------------------
 class ImageNetDataModule(L.LightningDataModule):
     """ImageNet's DataModule; conf/data/imagenet.yaml says what each option does (``batch_size``
     is global, ``eval_batch_size`` per process)."""
@@ -346,12 +342,10 @@ class ImageNetDataModule(L.LightningDataModule):
         persistent: bool = True, shard: bool = True,
     ) -> DataLoader:  # fmt: skip
         """``crops`` None: the paper's scale augmentation (shorter side resized to a uniform
-        integer in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2: torch's
-        default generator, which DataLoader seeds per worker and epoch), else 1 or 10 evaluation
-        crops. A distributed evaluation loader takes this rank's ``EvalShard`` (with ``shard``).
-        Every loader draws from a generator of its own, never torch's global one (its base seed,
-        the workers' seeds): computing the mean cache or evaluating leaves training's draws as
-        they were."""
+        integer in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2), else
+        1 or 10 evaluation crops; with ``shard`` a distributed evaluation takes this rank's
+        ``EvalShard``. Each loader seeds its workers from a generator of its own, never torch's
+        global one: the mean cache or an evaluation leaves training's draws as they were."""
         size, resize = self.crop_size, self.eval_resize
         if crops is None:
             scale = v2.RandomResize(self.scale[0], self.scale[1] + 1, antialias=True)
