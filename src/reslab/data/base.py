@@ -94,8 +94,7 @@ class BatchLoader:
         per_epoch = self._batches()
         if not per_epoch:
             return
-        done = self.batches_done
-        first = done() if done is not None else self.epoch * per_epoch
+        first = self.batches_done() if self.batches_done is not None else self.epoch * per_epoch
         self.epoch = first // per_epoch + 1
         stop = self.stop_at() if self.stop_at is not None and self.fused > 1 else None
         for start in range(first, self.epoch * per_epoch, self.fused):  # those in this epoch

@@ -268,21 +268,19 @@ class ImageNetDataModule(L.LightningDataModule):
         return self.val_images is not None and len(self.val_images) > 0
 
     def train_dataloader(self) -> DataLoader:
-        images, world = self._ready(self.train_images), self._world()
+        world = self._world()
         require_batch_split(self.batch_size, world, "processes")
         crops = None if self.augment else 1
-        return self._loader(images, crops, self.batch_size // world, train=True)
+        return self._loader(self.train_images, crops, self.batch_size // world, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        images = self._ready(self.val_images)
-        if not len(images):
+        if self.val_images is not None and not len(self.val_images):
             return []
-        return self._loader(images, self.val_crops, self.eval_batch_size, train=False)
+        return self._loader(self.val_images, self.val_crops, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
         """The val images (the whole folder when ``val_size`` is 0), ``test_crops`` crops each."""
-        images = self._ready(self.test_images)
-        return self._loader(images, self.test_crops, self.eval_batch_size, train=False)
+        return self._loader(self.test_images, self.test_crops, self.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 (x - mean) / std, with the PCA
@@ -329,16 +327,11 @@ class ImageNetDataModule(L.LightningDataModule):
             tmp.unlink(missing_ok=True)
         return mean
 
-    def _ready(self, images: ImageList | None) -> ImageList:
-        if images is None:
-            raise RuntimeError("ImageNetDataModule: call setup() before asking for its loaders")
-        return images
-
     def _world(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
     def _loader(
-        self, images: ImageList, crops: int | None, batch_size: int, *, train: bool,
+        self, images: ImageList | None, crops: int | None, batch_size: int, *, train: bool,
         persistent: bool = True, shard: bool = True,
     ) -> DataLoader:  # fmt: skip
         """``crops`` None: the paper's scale augmentation (shorter side resized to a uniform
@@ -346,6 +339,8 @@ class ImageNetDataModule(L.LightningDataModule):
         1 or 10 evaluation crops; with ``shard`` a distributed evaluation takes this rank's
         ``EvalShard``. Each loader seeds its workers from a generator of its own, never torch's
         global one: the mean cache or an evaluation leaves training's draws as they were."""
+        if images is None:
+            raise RuntimeError("ImageNetDataModule: call setup() before asking for its loaders")
         size, resize = self.crop_size, self.eval_resize
         if crops is None:
             scale = v2.RandomResize(self.scale[0], self.scale[1] + 1, antialias=True)
