@@ -250,6 +250,13 @@ def test_mixed_sweeps_give_one_figure_per_setting_and_paper_numbers_only_in_its_
         assert_png(out / png)
 
 
+def test_a_difference_from_the_paper_that_rounds_to_zero_shows_plus_zero(tmp_path: Path) -> None:
+    """8.749 against Table 6's 8.75: a Δ of -0.001 shows as +0.00, never -0.00."""
+    write_run(tmp_path / "0_resnet-20A", "resnet-20A", train=CURVE, val=CURVE, test=8.749)
+    (row,) = build_table("cifar10", "cifar", load_runs([tmp_path])).rows
+    assert row[5:8] == ["8.75", "8.75", "+0.00"]
+
+
 def test_figure7_png_from_responses_csv_uses_the_last_test_measurement(tmp_path: Path) -> None:
     plain = [0.5, 0.9, 0.7, 1.2, 1.0, 0.8, 1.1]
     residual = [0.4, 0.3, 0.6, 0.2, 0.5, 0.3, 0.4]

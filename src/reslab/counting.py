@@ -30,9 +30,7 @@ def count_parameters(net: nn.Module) -> int:
 def _trace(
     net: nn.Module, input_shape: Sequence[int], watch: Sequence[nn.Module] = ()
 ) -> tuple[dict[str, int], dict[nn.Module, tuple[int, ...]]]:
-    """One forward pass of one zero image in eval mode (BN statistics unchanged) under torch's
-    FlopCounterMode (2 FLOPs a multiply-add): multiply-adds per module name (``"Global"``: all;
-    ``"ResNet.stages.0"``), and the per-image output shape of each module in ``watch``."""
+    """Multiply-adds per module name ("Global": all) and per-image output shape per ``watch``."""
     if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
     shapes: dict[nn.Module, tuple[int, ...]] = {}
@@ -46,7 +44,7 @@ def _trace(
     x = torch.zeros(1, *map(int, input_shape), device=param.device, dtype=param.dtype)
     counter = FlopCounterMode(display=False)
     try:
-        net.eval()
+        net.eval()  # BN statistics unchanged
         with torch.no_grad(), counter:
             net(x)
     finally:
@@ -54,14 +52,13 @@ def _trace(
             h.remove()
         for m, training in modes.items():
             m.training = training
-    flops = counter.get_flop_counts()
+    flops = counter.get_flop_counts()  # 2 FLOPs a multiply-add; names like "ResNet.stages.0"
     return {name: sum(by_op.values()) // 2 for name, by_op in flops.items()}, shapes
 
 
 def count_multiply_adds(net: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-adds of one image of ``input_shape`` (C, H, W): output elements × in_channels /
-    groups × kh × kw per convolution, in × out per fully connected layer (every convolution and
-    matrix product torch's FlopCounterMode counts: in reslab's networks, those two)."""
+    """Multiply-adds of one (C, H, W) image: output elements × in_channels / groups × kh × kw
+    per convolution, in × out per FC layer (all FlopCounterMode counts in reslab's networks)."""
     return _trace(net, input_shape)[0].get("Global", 0)
 
 

@@ -42,7 +42,7 @@ VALID_NAMES = {
 def network_name(
     depth: int | str, shortcut: str, block_layers: int | str = 2, bottleneck_stride: str = "1x1"
 ) -> str:
-    """The name of wandb, run folders and reports: ``plain-56``, ``resnet-56A``,
+    """The name in wandb, run folders and reports: ``plain-56``, ``resnet-56A``,
     ``resnet-56A-1layer`` (blocks of one layer), ``resnet-50B-v1.5`` (stride on the 3×3)."""
     name = f"plain-{depth}" if shortcut == "none" else f"resnet-{depth}{shortcut}"
     if int(block_layers) != 2:
@@ -127,9 +127,7 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -
 
 
 class _Block(nn.Module):
-    """conv1, bn1, conv2, ... for each (kernel, channels, stride) of ``convs``, a ReLU after each
-    BN but the last, then the shortcut added (None: a plain block) and the last ReLU. Submodules
-    in that order, the shortcut last (as Figure 7's response layers are found)."""
+    """convk, bnk per (kernel, channels, stride) of ``convs``, ReLU between, + shortcut, ReLU."""
 
     def __init__(
         self, in_channels: int, convs: Sequence[tuple[int, int, int]], shortcut: nn.Module | None
@@ -141,7 +139,7 @@ class _Block(nn.Module):
             self.add_module(f"conv{k}", conv)
             self.add_module(f"bn{k}", nn.BatchNorm2d(channels))
             in_channels = channels
-        self.shortcut = shortcut
+        self.shortcut = shortcut  # last: the order Figure 7 finds response layers by
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
@@ -185,25 +183,21 @@ class Bottleneck(_Block):
 
 @contextmanager
 def _running_stats_frozen(block: nn.Module) -> Iterator[None]:
-    """``block``'s buffers (its BN layers' running statistics) come out unchanged: an
-    activation-checkpointed block's recomputation must not count the batch twice. The updates
-    go to scratch copies, so it runs the very operations of the forward."""
-    kept = [(module, dict(module.named_buffers(recurse=False))) for module in block.modules()]
-    for module, buffers in kept:
-        for name, buffer in buffers.items():
-            setattr(module, name, buffer.clone())
+    """BN running-stat updates go to scratch copies: a recomputed block counts no batch twice."""
+    kept = [(m, name, b) for m in block.modules() for name, b in m.named_buffers(recurse=False)]
+    for module, name, buffer in kept:
+        setattr(module, name, buffer.clone())
     try:
         yield
     finally:
-        for module, buffers in kept:
-            for name, buffer in buffers.items():
-                setattr(module, name, buffer)
+        for module, name, buffer in kept:
+            setattr(module, name, buffer)
 
 
 class ResNet(nn.Module):
-    """stem → stages → global average pooling → fully connected layer (logits). With
-    ``activation_checkpointing`` training keeps only each block's input and recomputes the rest
-    in the backward pass (one more forward of compute, the same result to the bit)."""
+    """stem → stages → global average pooling → fully connected layer (logits). Training with
+    ``activation_checkpointing`` keeps each block's input only and recomputes the rest in the
+    backward pass (one more forward of compute, the same result to the bit)."""
 
     def __init__(self, stem: nn.Module, stages: nn.Sequential, features: int, num_classes: int):
         super().__init__()
@@ -230,8 +224,7 @@ class ResNet(nn.Module):
 def _blocks(
     family: str, depth: int, block_layers: int, bottleneck_stride: str
 ) -> tuple[type[_Block], tuple[int, ...], dict[str, Any]]:
-    """The block class, blocks per stage and block options of a ``family`` net; a bad depth,
-    block_layers or bottleneck_stride is a ValueError naming the key and what is valid."""
+    """The block class, blocks per stage and block options; a ValueError names a bad key."""
     if family == "cifar":
         n = cifar_blocks_per_stage(depth)  # each of the three stages has 2n conv layers
         layers = [k for k in (1, 2, 3) if (2 * n) % k == 0]

@@ -112,3 +112,9 @@ def published(name: str) -> Published:
         imagenet_10crop=TABLE3_10CROP.get(name, top1_only),
         imagenet_multiscale=TABLE4_MULTISCALE.get(name),
     )
+
+
+def signed(x: float, spec: str = "+.2f") -> str:
+    """``format(x, spec)`` (a signed spec: "+.2f", "+.2%"), but what shows as zero is "+0.00"."""
+    text = format(x, spec)
+    return "+" + text[1:] if text[0] == "-" and not float(text[1:].rstrip("%")) else text

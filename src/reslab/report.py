@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from statistics import mean, stdev
 from typing import Any
 
 import yaml
@@ -28,7 +28,7 @@ from rich.table import Table as RichTable
 
 from reslab import run_folder
 from reslab.networks import parse_network_name
-from reslab.paper import RESNET110_MEAN_STD, published
+from reslab.paper import RESNET110_MEAN_STD, published, signed
 from reslab.provenance import code_label
 from reslab.report_figures import by_network, curves_figure, responses_figure
 from reslab.runs import Run, read_metrics, read_responses, run_folders
@@ -57,8 +57,7 @@ def load_run(folder: Path) -> Run:
     if state not in run_folder.STATUSES:
         valid = ", ".join(run_folder.STATUSES)
         raise ValueError(f"{folder}/status.json: status {state!r} is not one of {valid}")
-    hparams = _read_yaml(folder / run_folder.HPARAMS_FILE)
-    hparams = hparams or _hparams_from_hydra(folder, status["name"])
+    hparams = _read_yaml(folder / run_folder.HPARAMS_FILE) or _hparams_from_hydra(folder, status)
     metrics = read_metrics(folder / run_folder.METRICS_FILE)
     final = {k: metrics[k][-1][1] for k in run_folder.FINAL_ERRORS if metrics.get(k)}
     final |= {k: status[k] for k in run_folder.FINAL_ERRORS if k in status}  # status.json last
@@ -70,9 +69,8 @@ def load_run(folder: Path) -> Run:
     return Run(
         path=folder,
         name=str(hparams.get("network") or status["name"]),
-        **{key: hparams.get(key) for key in ("dataset", "family", "depth", "shortcut")},
+        **{key: hparams.get(key) for key in ("dataset", "family", "depth", "shortcut", "seed")},
         residual=hparams.get("shortcut") not in (None, "none"),
-        seed=hparams.get("seed"),
         params=hparams.get("parameters"),
         status=state,
         iterations=status.get("iterations", max(steps, default=None)),
@@ -85,14 +83,13 @@ def load_run(folder: Path) -> Run:
     )
 
 
-def _hparams_from_hydra(folder: Path, name: str) -> dict[str, Any]:
-    """For a run that failed before it wrote hparams.yaml: its dataset and family (Hydra's
-    ``data`` and ``model`` choices), its depth and shortcut (its name)."""
+def _hparams_from_hydra(folder: Path, status: dict[str, Any]) -> dict[str, Any]:
+    """Without hparams.yaml: dataset, family from Hydra's choices; depth, shortcut from the name."""
     hydra = _read_yaml(folder / ".hydra" / "hydra.yaml") or {}
     choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
     found: dict[str, Any] = {"dataset": choices.get("data"), "family": choices.get("model")}
     with suppress(ValueError):
-        parsed = parse_network_name(name)
+        parsed = parse_network_name(status["name"])
         found |= {"depth": parsed["depth"], "shortcut": parsed["shortcut"]}
     return found
 
@@ -141,8 +138,8 @@ def _paper(name: str, family: str | None, top5: bool, runs: int) -> tuple[str, f
         value = None if crop is None else crop.top5 if top5 else crop.top1
         return (f"{value:.2f}", value) if value is not None else ("", None)
     if name == "resnet-110A" and runs > 1:  # Table 6: best of 5, and mean ± std of 5
-        mean, std = RESNET110_MEAN_STD
-        return f"{mean:.2f} ± {std:.2f} (best {pub.cifar10_test_error:.2f})", mean
+        average, std = RESNET110_MEAN_STD
+        return f"{average:.2f} ± {std:.2f} (best {pub.cifar10_test_error:.2f})", average
     if pub.cifar10_test_error is not None:
         return f"{pub.cifar10_test_error:.2f}", pub.cifar10_test_error
     if pub.cifar10_test_error_approx is not None:
@@ -153,7 +150,7 @@ def _paper(name: str, family: str | None, top5: bool, runs: int) -> tuple[str, f
 def _mean_std(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.2f}" if values else "—"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return f"{mean(values):.2f} ± {stdev(values):.2f}"
 
 
 def _statuses(runs: Sequence[Run]) -> str:
@@ -163,10 +160,9 @@ def _statuses(runs: Sequence[Run]) -> str:
 
 
 def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) -> Table:
-    """Final training, validation and test errors per network (mean ± sample std over its
-    finished runs); beside the test error the paper's number in its settings: CIFAR-10 with
-    the cifar family (Table 6; Figure 6's approximate plain nets), ImageNet with the imagenet
-    family (Tables 2 and 3). Columns no run logged are left out."""
+    """Final train, val and test errors per network (mean ± sample std of its finished runs),
+    the test error beside the paper's in its settings: CIFAR-10, cifar family (Table 6, Figure
+    6's approximate plain nets); ImageNet, imagenet family (Tables 2, 3). No unlogged column."""
     paper = (dataset, family) in PAPER_SETTINGS
     # ImageNet's test/error: 10-crop top-1
     top1 = dataset == "imagenet" or any("test/error_top5" in r.final for r in runs)
@@ -192,11 +188,9 @@ def build_table(dataset: str | None, family: str | None, runs: Sequence[Run]) ->
             row.append(_mean_std(values))
             if key in compared:
                 shown, number = _paper(name, family, key.endswith("top5"), len(values))
-                sign = "≈" if shown.startswith("≈") else ""
-                delta = "—"
-                if number is not None and values:
-                    delta = f"{sign}{statistics.mean(values) - number:+.2f}"
-                row += [shown or "—", delta]
+                approx = "≈" if shown.startswith("≈") else ""
+                known = number is not None and values
+                row += [shown or "—", approx + signed(mean(values) - number) if known else "—"]
         same = all(r.status == members[0].status for r in members)
         row.append(members[0].status if same else _statuses(members))
         rows.append(row)

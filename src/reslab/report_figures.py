@@ -36,8 +36,7 @@ def _palette(n: int) -> list[Any]:
 
 
 def _colours(runs: Sequence[Run]) -> dict[str, Any]:
-    """Network name → colour: one colour per depth, as in the paper's figures, unless a panel
-    holds two networks of one depth (options A, B and C): then one colour per network."""
+    """Name → colour: one per depth as in the paper, one per network if a depth has two (A/B/C)."""
     by_depth = len({r.name for r in runs}) == len({(r.residual, r.depth) for r in runs})
     ordered = sorted(runs, key=network_order)
     keys = list(dict.fromkeys(r.depth if by_depth else r.name for r in ordered))
@@ -84,8 +83,7 @@ def curves_figure(runs: Sequence[Run], title: str) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[0].set_ylabel("error (%)")
-    # the largest error after the first 5% of the iterations (those near chance would squash
-    # the rest) sets the top, with a margin; at most 100
+    # the top: the largest error after the first 5% of iterations (near chance), +8%, at most 100
     top = [v for s, v in points if s >= 0.05 * last and np.isfinite(v)]
     axes[0].set_ylim(0, min(100.0, 1.08 * max(top)) if top and max(top) > 0 else 100.0)
     has_val = any(r.metrics.get("val/error") for r in runs)

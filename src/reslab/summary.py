@@ -30,7 +30,7 @@ from rich.table import Table
 from reslab.config import CONFIG_DIR, CONFIG_NAME, instantiate, register_resolvers
 from reslab.counting import Part, count_parameters, human, parts
 from reslab.networks import DEFAULT_WIDTHS, network_name
-from reslab.paper import published
+from reslab.paper import published, signed
 from reslab.sweeps import expand
 
 # The setting the paper's counts belong to: (in_channels, image size, classes) per family.
@@ -107,8 +107,7 @@ def network_configs(overrides: Sequence[str]) -> list[DictConfig]:
 
 
 def _diff(measured: float, paper: float | None) -> str:
-    # rounded to what is shown, and + 0.0: a difference shown as 0.00% is never "-0.00%"
-    return "" if paper is None else f"{round((measured - paper) / paper, 4) + 0.0:+.2%}"
+    return "" if paper is None else signed((measured - paper) / paper, "+.2%")
 
 
 def summary_table(rows: Sequence[Summary]) -> Table:

@@ -20,6 +20,7 @@ from reslab.sweeps import job_folders, never_started
 ERRORS = ("train/error", "val/error", "test/error")
 # What status.json adds to a job's status in the table: its key, and how it is said.
 SAID = {"diverged_at": " at {}", "ended_by_slurm": " ({})", "not_requeued": " (not requeued)"}
+OFFLINE_RUNS = "*/wandb/offline-run-*"  # of a sweep's jobs under WANDB_MODE=offline
 SEARCH_RESULTS = "optimization_results.yaml"  # a search's best trial (Hydra's optuna sweeper)
 
 
@@ -67,15 +68,15 @@ def running_sweep() -> Path | None:
 
 
 def conclude(sweep_dir: Path) -> None:
-    """Waits for a SLURM sweep's jobs (reslab.slurm.say_how_slurm_ended), prints
-    :func:`sweep_table`, then raises :class:`SweepFailed` naming the jobs that failed or did not
-    finish, with the command that finishes the sweep (diverged jobs are results)."""
+    """Waits for a SLURM sweep's jobs, prints :func:`sweep_table`, raises :class:`SweepFailed`
+    naming failed and unfinished jobs (diverged ones are results) and how to finish the sweep."""
     from reslab.run_lock import say_killed
     from reslab.slurm import say_how_slurm_ended
 
     if not sweep_dir.is_dir():
         return
     sweep_dir = sweep_dir.absolute()  # the command it prints works from any folder
+    quoted = shlex.quote(str(sweep_dir))
     say_how_slurm_ended(sweep_dir)
     for folder in run_folders(sweep_dir):  # a job killed without a word (a joblib worker)
         say_killed(folder)
@@ -83,11 +84,8 @@ def conclude(sweep_dir: Path) -> None:
     console = Console()
     console.width = max(console.width, 110)  # logs and pipes get 80 columns otherwise
     console.print(sweep_table(sweep_dir))
-    if any(sweep_dir.glob("*/wandb/offline-run-*")):
-        print(
-            "[reslab] to upload the offline wandb runs: "
-            f"wandb sync {shlex.quote(str(sweep_dir))}/*/wandb/offline-run-*"
-        )
+    if any(sweep_dir.glob(OFFLINE_RUNS)):
+        print(f"[reslab] to upload the offline wandb runs: wandb sync {quoted}/{OFFLINE_RUNS}")
     if (results := sweep_dir / SEARCH_RESULTS).is_file():  # Hydra's optuna sweeper's
         print(f"[reslab] {best_trial(sweep_dir, yaml.safe_load(results.read_text()))}")
     states = {f.name: read_status(f).get("status") for f in run_folders(sweep_dir)}
@@ -100,8 +98,7 @@ def conclude(sweep_dir: Path) -> None:
                     "status.json and error.txt say why); the other jobs ran to their end")
     if stopped or never:
         said.append(f"{len(stopped) + waiting} job(s) did not finish: "
-                    f"{', '.join([*stopped, *never])}; finish the sweep: "
-                    f"reslab-resume {shlex.quote(str(sweep_dir))}")
+                    f"{', '.join([*stopped, *never])}; finish the sweep: reslab-resume {quoted}")
     if said:
         raise SweepFailed("[reslab] " + "; ".join(said))
 

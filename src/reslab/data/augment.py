@@ -15,25 +15,8 @@ def subtract_mean(images: torch.Tensor, mean: torch.Tensor, scale: float = 255.0
 
 
 # On the CPU fresh multi-megabyte buffers every batch cost page faults that took as long as the
-# work itself: _buffers keeps them between calls, one pair per thread, for the last shape seen.
+# work itself: _cpu_workspace keeps them between calls, one pair per thread, for the last shape.
 _cpu_workspace = threading.local()
-
-
-def _buffers(
-    n: int, c: int, h: int, w: int, padding: int, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A zero (N, C, H+2p, W+2p) buffer (no caller writes its border) and an int64 (N, H, W)
-    index buffer: kept on the CPU; elsewhere a fresh buffer (the caching allocator keeps it)."""
-    size = (n, c, h + 2 * padding, w + 2 * padding)
-    if device.type != "cpu":
-        return torch.zeros(size, dtype=dtype, device=device), None
-    # Buffers made in inference mode can't be written outside it: one set for each mode.
-    key = (n, c, h, w, padding, dtype, torch.is_inference_mode_enabled())
-    kept = getattr(_cpu_workspace, "buffers", None)
-    if kept is None or kept[0] != key:
-        kept = (key, torch.zeros(size, dtype=dtype), torch.empty((n, h, w), dtype=torch.int64))
-        _cpu_workspace.buffers = kept
-    return kept[1], kept[2]
 
 
 def subtract_mean_crop_flip(
@@ -59,7 +42,17 @@ def subtract_mean_crop_flip(
     if images.dtype != torch.uint8:  # uint8 converts exactly, in the copy below
         images = images.float()  # as subtract_mean converts it
     dtype = torch.promote_types(torch.float32, mean.dtype)  # that of subtract_mean
-    padded, index = _buffers(n, c, h, w, padding, dtype, device)
+    # a zero (N, C, H+2p, W+2p) buffer (nothing writes its border), an int64 (N, H, W) index
+    size = (n, c, h + 2 * padding, w + 2 * padding)
+    if device.type != "cpu":  # a fresh one (the caching allocator keeps it)
+        padded, index = torch.zeros(size, dtype=dtype, device=device), None
+    else:  # made in inference mode, they can't be written outside it: one set for each mode
+        key = (n, c, h, w, padding, dtype, torch.is_inference_mode_enabled())
+        kept = getattr(_cpu_workspace, "buffers", (None,))
+        if kept[0] != key:
+            kept = (key, torch.zeros(size, dtype=dtype), torch.empty((n, h, w), dtype=torch.int64))
+            _cpu_workspace.buffers = kept
+        _, padded, index = kept
     side = 2 * padding + 1
     draws = side * side * (2 if flip else 1)
     v = torch.randint(0, draws, (n, 1), device=device, generator=generator)

@@ -44,16 +44,15 @@ class Splits:
 
 
 class BatchLoader:
-    """Batches of (images, labels) sliced from in-memory tensors. With ``shuffle`` epoch e's
-    order is a permutation drawn from ``seed`` and e, the same on every rank; rank r of
-    ``world_size`` takes every world_size-th image of each global batch.
-
-    Each pass starts at batch ``batches_done()`` (the trainer's iteration) of that sequence of
-    epochs, so a run resumed at iteration k sees the batches of an uninterrupted one (without
-    it: the next epoch). ``fused`` = K > 1 (``module.fused_iterations``): each item stacks the
-    next K batches, images (K, B, C, H, W) and labels (K, B), running on into the next epoch's
-    order if need be; a pass yields the groups that start in its epoch, the last cut at
-    ``stop_at()`` batches (``trainer.max_steps``; -1 or None: no end)."""
+    """Batches of (images, labels) sliced from in-memory tensors. With ``shuffle`` epoch e's order
+    is a permutation drawn from ``seed`` and e, the same on every rank; rank r of ``world_size``
+    takes every world_size-th image of each global batch. A pass starts at batch
+    ``batches_done()`` (the trainer's iteration; None: the next epoch's first), so a run resumed
+    at iteration k sees an uninterrupted one's batches. ``fused`` = K > 1
+    (``module.fused_iterations``): each item stacks the next K batches, images (K, B, C, H, W)
+    and labels (K, B), running on into the next epoch's order; a pass yields the groups that
+    start in its epoch, the last cut at ``stop_at()`` batches (``trainer.max_steps``; -1 or
+    None: no end)."""
 
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
@@ -95,8 +94,7 @@ class BatchLoader:
         per_epoch = self._batches()
         if not per_epoch:
             return
-        done = self.batches_done
-        first = done() if done is not None else self.epoch * per_epoch
+        first = self.batches_done() if self.batches_done is not None else self.epoch * per_epoch
         self.epoch = first // per_epoch + 1
         stop = self.stop_at() if self.stop_at is not None and self.fused > 1 else None
         for start in range(first, self.epoch * per_epoch, self.fused):  # those in this epoch
@@ -252,9 +250,9 @@ class InMemoryDataModule(L.LightningDataModule):
         return subtract_mean(images, self.mean), labels
 
     def fetch(self, missing: Callable[[], str], download: Callable[[str], object]) -> None:
-        """When ``missing()`` says what is missing: ``download(data_dir)``, the folder created,
-        where ``data.download`` allows it, else an error if the folder is missing. A failed
-        download, or files still missing, is a ``FileNotFoundError`` saying where they go."""
+        """When ``missing()`` says what is missing: ``download(data_dir)`` (folder created) if
+        ``data.download``; a missing folder without it, a failed download, or files still
+        missing: a ``FileNotFoundError`` saying where they go."""
         if not missing():
             return
         if not self.download and not self.data_dir.is_dir():

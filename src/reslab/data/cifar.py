@@ -23,15 +23,10 @@ from reslab.data.base import InMemoryDataModule
 # numpy._core; a file names the one its writer had.
 _NUMPY_INTERNALS = {("multiarray", "_reconstruct"), ("multiarray", "scalar"),
                     ("numeric", "_frombuffer")}  # fmt: skip
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-    *(
-        (f"{core}.{module}", name)
-        for core in ("numpy.core", "numpy._core")
-        for module, name in _NUMPY_INTERNALS
-    ),
+_ALLOWED_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+    (f"{core}.{module}", name)
+    for core in ("numpy.core", "numpy._core")
+    for module, name in _NUMPY_INTERNALS
 }
 
 

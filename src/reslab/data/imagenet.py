@@ -47,7 +47,6 @@ WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 _is_image = partial(has_file_allowed_extension, extensions=IMAGE_EXTENSIONS)  # any case
 
 
-# --- the folders -----------------------------------------------------------------------------
 @dataclass
 class ImageList(Dataset):
     """A split's files (relative to ``root``) and int64 labels, as numpy arrays: forked
@@ -62,9 +61,8 @@ class ImageList(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """(``transform`` of image ``i``, its label); the image uint8 RGB (3, H, W) in H, W, C
-        memory order (it resizes fastest), whatever its format (ImageNet has a PNG named .JPEG;
-        grey and CMYK become RGB)."""
+        """(``transform`` of image ``i``, its label): uint8 RGB (3, H, W) in H, W, C memory order
+        (fastest to resize), whatever the format (a PNG named .JPEG; grey, CMYK become RGB)."""
         try:
             pixels = np.array(pil_loader(self.path(i)))  # Pillow's decoding, as RGB
         except (OSError, ValueError, SyntaxError) as err:  # unknown format, truncated, corrupt
@@ -138,7 +136,6 @@ def _some(folder: Path, names: list[str]) -> str:
     return ", ".join(f"'{folder / n}'" for n in names[:5]) + more
 
 
-# --- per-image geometry (in the workers) ----------------------------------------------------
 def eval_crops(image: torch.Tensor, crop_size: int, resize: int, crops: int) -> torch.Tensor:
     """Shorter side resized to ``resize`` (bilinear, antialiased), then the centre crop (3, c, c)
     (offsets rounded down) or 10 (10, 3, c, c): top-left, top-right, bottom-left, bottom-right,
@@ -167,7 +164,6 @@ class EvalShard(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
-# --- the DataModule --------------------------------------------------------------------------
 class ImageNetDataModule(L.LightningDataModule):
     """ImageNet's DataModule; conf/data/imagenet.yaml says what each option does (``batch_size``
     is global, ``eval_batch_size`` per process)."""
@@ -272,21 +268,19 @@ class ImageNetDataModule(L.LightningDataModule):
         return self.val_images is not None and len(self.val_images) > 0
 
     def train_dataloader(self) -> DataLoader:
-        images, world = self._ready(self.train_images), self._world()
+        world = self._world()
         require_batch_split(self.batch_size, world, "processes")
         crops = None if self.augment else 1
-        return self._loader(images, crops, self.batch_size // world, train=True)
+        return self._loader(self.train_images, crops, self.batch_size // world, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        images = self._ready(self.val_images)
-        if not len(images):
+        if self.val_images is not None and not len(self.val_images):
             return []
-        return self._loader(images, self.val_crops, self.eval_batch_size, train=False)
+        return self._loader(self.val_images, self.val_crops, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
         """The val images (the whole folder when ``val_size`` is 0), ``test_crops`` crops each."""
-        images = self._ready(self.test_images)
-        return self._loader(images, self.test_crops, self.eval_batch_size, train=False)
+        return self._loader(self.test_images, self.test_crops, self.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 (x - mean) / std, with the PCA
@@ -333,25 +327,20 @@ class ImageNetDataModule(L.LightningDataModule):
             tmp.unlink(missing_ok=True)
         return mean
 
-    def _ready(self, images: ImageList | None) -> ImageList:
-        if images is None:
-            raise RuntimeError("ImageNetDataModule: call setup() before asking for its loaders")
-        return images
-
     def _world(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
     def _loader(
-        self, images: ImageList, crops: int | None, batch_size: int, *, train: bool,
+        self, images: ImageList | None, crops: int | None, batch_size: int, *, train: bool,
         persistent: bool = True, shard: bool = True,
     ) -> DataLoader:  # fmt: skip
         """``crops`` None: the paper's scale augmentation (shorter side resized to a uniform
-        integer in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2: torch's
-        default generator, which DataLoader seeds per worker and epoch), else 1 or 10 evaluation
-        crops. A distributed evaluation loader takes this rank's ``EvalShard`` (with ``shard``).
-        Every loader draws from a generator of its own, never torch's global one (its base seed,
-        the workers' seeds): computing the mean cache or evaluating leaves training's draws as
-        they were."""
+        integer in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2), else
+        1 or 10 evaluation crops; with ``shard`` a distributed evaluation takes this rank's
+        ``EvalShard``. Each loader seeds its workers from a generator of its own, never torch's
+        global one: the mean cache or an evaluation leaves training's draws as they were."""
+        if images is None:
+            raise RuntimeError("ImageNetDataModule: call setup() before asking for its loaders")
         size, resize = self.crop_size, self.eval_resize
         if crops is None:
             scale = v2.RandomResize(self.scale[0], self.scale[1] + 1, antialias=True)
