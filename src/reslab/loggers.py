@@ -82,10 +82,9 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
 
 
 class StepWandbLogger(WandbLogger):
-    """Lightning's ``WandbLogger`` with rows stepped by the training iteration (wandb's own count
-    restarts in each process: ``wandb sync`` would drop a resumed offline run's rows).
-    ``step_file`` holds the last step logged; rows up to the step it held at the start are
-    skipped: the iterations a resumed run redoes keep their first rows."""
+    """Lightning's ``WandbLogger`` stepped by the training iteration (wandb's own count restarts in
+    each process: ``wandb sync`` would drop a resumed offline run's rows); rows up to the last step
+    ``step_file`` held at the start are skipped, so iterations a resumed run redoes keep theirs."""
 
     def __init__(self, *args: Any, step_file: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

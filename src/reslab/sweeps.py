@@ -22,8 +22,7 @@ _OWN = ("hydra.sweep.dir", "hydra.mode", "hydra/sweeper")  # the resume command 
 
 
 class ResumeRefused(ValueError):
-    """``reslab-resume SWEEP_FOLDER`` whose every job to launch is refused by reslab's checks:
-    nothing ran, every folder is as it was."""
+    """Every job ``reslab-resume SWEEP_FOLDER`` would launch is refused: nothing ran or changed."""
 
 
 def expand(parser: OverridesParser, lines: list[str]) -> list[list[str]]:
@@ -41,8 +40,7 @@ def expand(parser: OverridesParser, lines: list[str]) -> list[list[str]]:
 
 
 def job_folders(sweep_dir: Path) -> dict[Path, dict[str, str]]:
-    """The sweep's job folders with the overrides each ran with (``.hydra/overrides.yaml``:
-    its job's, then those a resume added; a key's last value wins)."""
+    """The sweep's job folders and each one's overrides (a resume's too; a key's last one wins)."""
     found = {}
     for path in sorted(sweep_dir.glob(f"*/{OVERRIDES_FILE}")):
         lines = yaml.safe_load(path.read_text()) or []
