@@ -47,8 +47,7 @@ def _drop_lightning_info(record: logging.LogRecord) -> bool:
 
 
 def quiet_third_party() -> None:
-    """Silence the library messages listed above (and only those). Call once per process
-    before the Trainer is built; calling again changes nothing."""
+    """Silence the library messages above (only those), before the Trainer is built; idempotent."""
     for message, category in _WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in _LIGHTNING_LOGGERS:

@@ -66,10 +66,14 @@ def reruns_command_line(trainer: L.Trainer) -> bool:
     )
 
 
-def job_command(output_dir: str | Path) -> list[str]:
-    """The command that runs the current Hydra job alone (its overrides, Hydra's and the sweep's
-    included, and its config source), in RUN mode, in ``output_dir``."""
+def run_ddp_job_alone(cfg: DictConfig) -> float | None:
+    """In a multirun whose trainer would re-run the command line for its DDP ranks, runs this
+    job alone as a ``reslab-train`` (its overrides, Hydra's and the sweep's included, and its
+    config source) in RUN mode in its folder, and returns its metric; else None (train here)."""
     hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN or not reruns_command_line(quiet_trainer(cfg.trainer)):
+        return None
+    output_dir = Path(cfg.paths.output_dir)
     command = [sys.executable, "-m", TRAIN_MODULE, f"--config-name={hydra.job.config_name}"]
     for source in hydra.runtime.config_sources:
         if source.provider == "command-line":
@@ -78,17 +82,7 @@ def job_command(output_dir: str | Path) -> list[str]:
             command.append(f"--config-path={source.path}")
     command += list(hydra.overrides.task)
     command += [o for o in hydra.overrides.hydra if o.split("=", 1)[0] not in _SET_HERE]
-    return [*command, "hydra.mode=RUN", f'hydra.run.dir="{output_dir}"', "hydra.output_subdir=null"]
-
-
-def run_ddp_job_alone(cfg: DictConfig) -> float | None:
-    """In a multirun whose trainer would re-run the command line for its DDP ranks, runs this
-    job as its own ``reslab-train`` and returns its metric; None otherwise (train here)."""
-    hydra = HydraConfig.get()
-    if hydra.mode != RunMode.MULTIRUN or not reruns_command_line(quiet_trainer(cfg.trainer)):
-        return None
-    output_dir = Path(cfg.paths.output_dir)
-    command = job_command(output_dir)
+    command += ["hydra.mode=RUN", f'hydra.run.dir="{output_dir}"', "hydra.output_subdir=null"]
     with subprocess.Popen(command, cwd=hydra.runtime.cwd) as process:
         try:
             code = process.wait()

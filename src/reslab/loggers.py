@@ -21,8 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from reslab.run_folder import METRICS_FILE, WANDB_ID_FILE, atomic_write, write_csv
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-# WandbLogger's own arguments; the others go to wandb.init
-_WANDB_LOGGER_ARGS = ("log_model", "prefix", "checkpoint_name")
+_WANDB_LOGGER_ARGS = ("log_model", "prefix", "checkpoint_name")  # the others go to wandb.init
 
 
 def _wandb_server() -> tuple[str, int]:
@@ -83,10 +82,9 @@ def wandb_run_id(save_dir: str | Path) -> str | None:
 
 
 class StepWandbLogger(WandbLogger):
-    """Lightning's ``WandbLogger`` with rows stepped by the training iteration (wandb's own count
-    restarts in each process: ``wandb sync`` would drop a resumed offline run's rows).
-    ``step_file`` holds the last step logged; rows up to the step it held at the start are
-    skipped: the iterations a resumed run redoes keep their first rows."""
+    """Lightning's ``WandbLogger`` stepped by the training iteration (wandb's own count restarts in
+    each process: ``wandb sync`` would drop a resumed offline run's rows); rows up to the last step
+    ``step_file`` held at the start are skipped, so iterations a resumed run redoes keep theirs."""
 
     def __init__(self, *args: Any, step_file: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -167,8 +165,7 @@ def log_final_summary(loggers: Iterable[Logger], final: dict[str, Any], step: in
     the dashboard finds them, and as a one-row wandb Table ``final`` at the last iteration."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
-            row = [list(final.values())]
-            logger.log_table(key="final", columns=list(final), data=row, step=step)
+            logger.log_table(key="final", columns=list(final), data=[[*final.values()]], step=step)
             # Commit the last iteration's history row now: committed later (at finish), its
             # values would become the summary's again, over the final ones (null if diverged).
             logger.experiment.log({}, step=step, commit=True)

@@ -27,9 +27,8 @@ class RunInterrupted(BaseException):
 
 
 def interrupt_now(signum: int, frame: Any) -> None:
-    """reslab-train's SIGTERM and SIGINT handler outside the training loop (where
-    :class:`StopOnSignal` has not replaced it): stop at once, so that the run and the sweep
-    still say how they ended."""
+    """reslab-train's SIGTERM and SIGINT handler outside :class:`StopOnSignal`'s training loop:
+    stop at once, so that the run and the sweep still say how they ended."""
     raise RunInterrupted(signum, None)
 
 
@@ -38,10 +37,9 @@ class StopOnSignal(L.Callback):
     limit), the training step in progress (its K iterations) finishes, ``last.ckpt`` is saved at
     it, its logging and a validation due at it run, and training stops before the next one with
     :class:`RunInterrupted`. A second Ctrl-C stops at once; a scheduler's further signals change
-    nothing. Under DDP the ranks agree at logging iterations.
-
-    Its handlers replace Lightning's (which would stop without a checkpoint) while ``fit``
-    trains; ``setup`` records the ones before fit, which Lightning's teardown restores."""
+    nothing. Under DDP the ranks agree at logging iterations. Its handlers replace Lightning's
+    (which would stop without a checkpoint) while ``fit`` trains; Lightning's teardown restores
+    those before fit, which ``setup`` records."""
 
     def __init__(self) -> None:
         self.signum: int | None = None

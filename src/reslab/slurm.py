@@ -20,12 +20,11 @@ from reslab.run_folder import STATUS_FILE, read_status, write_status
 
 
 def quiet_slurm_polling() -> None:
-    """submitit asks ``sacct`` for a sweep's job states; without accounting (no slurmdbd, as on
-    most one-node clusters) sacct fails on every poll, with an error and three warnings. When the
-    first poll fails, reslab's watcher asks ``squeue`` instead, quietly: the same states while a
-    job is queued, running or just ended (``MinJobAge``); a job gone from the queue is done (its
-    result, or submitit's error naming its logs). Private in submitit: ``SlurmJob.watcher``, the
-    watcher's ``_delay_s`` and ``_registered`` (tests/test_upstream.py)."""
+    """Without accounting (no slurmdbd) submitit's ``sacct`` polls fail, each with an error and
+    three warnings; once the first fails, ask ``squeue`` quietly: the same states while a job is
+    queued, running or just ended (``MinJobAge``); one gone from the queue is done (its result, or
+    submitit's error naming its logs). Private in submitit: ``SlurmJob.watcher``, its ``_delay_s``
+    and ``_registered`` (tests/test_upstream.py)."""
     if not isinstance(SlurmJob.watcher, _SqueueWhenNoAccounting):
         SlurmJob.watcher = _SqueueWhenNoAccounting(delay_s=SlurmJob.watcher._delay_s)
 
@@ -81,9 +80,8 @@ class SlurmExitCode(Callback):
 
 def say_how_slurm_ended(sweep_dir: Path, poll_s: float = 2.0) -> None:
     """Waits until no SLURM job of the sweep in ``sweep_dir`` (``.submitit/<job>``) is active,
-    then writes into each job folder's status.json how SLURM ended a job that did not end itself
-    (``ended_by_slurm``: CANCELLED, TIMEOUT, ...; a job killed while ``running`` becomes
-    ``interrupted``, one stopped on SLURM's SIGTERM keeps its preempted or interrupted)."""
+    then writes ``ended_by_slurm`` (CANCELLED, TIMEOUT, ...) into the status.json of each job
+    SLURM ended: one killed while ``running`` becomes ``interrupted``, one stopped keeps its own."""
     tasks = [p.name for p in (sweep_dir / ".submitit").glob("[0-9]*") if p.is_dir()]
     if not tasks or shutil.which("squeue") is None:
         return

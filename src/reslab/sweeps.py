@@ -1,7 +1,6 @@
-"""``reslab-resume SWEEP_FOLDER`` finishes a sweep: its own command (task and ``hydra.*``
-overrides, its launcher) with ``hydra/sweeper=resume`` (hydra_plugins/reslab_sweeper), which
-expands the jobs as Hydra's basic sweeper did, leaves every finished job's folder untouched and
-launches the others in their own folders with ``ckpt_path=last`` (iteration 0 without one)."""
+"""``reslab-resume SWEEP_FOLDER`` finishes a sweep: its own command and launcher with
+``hydra/sweeper=resume`` (hydra_plugins/reslab_sweeper), which leaves every finished job's folder
+untouched and launches the others in their own folders with ``ckpt_path=last``."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ _OWN = ("hydra.sweep.dir", "hydra.mode", "hydra/sweeper")  # the resume command 
 
 
 class ResumeRefused(ValueError):
-    """``reslab-resume SWEEP_FOLDER`` whose every job to launch is refused by reslab's checks:
-    nothing ran, every folder is as it was."""
+    """Every job ``reslab-resume SWEEP_FOLDER`` would launch is refused: nothing ran or changed."""
 
 
 def expand(parser: OverridesParser, lines: list[str]) -> list[list[str]]:
@@ -42,8 +40,7 @@ def expand(parser: OverridesParser, lines: list[str]) -> list[list[str]]:
 
 
 def job_folders(sweep_dir: Path) -> dict[Path, dict[str, str]]:
-    """The sweep's job folders with the overrides each ran with (``.hydra/overrides.yaml``:
-    its job's, then those a resume added; a key's last value wins)."""
+    """The sweep's job folders and each one's overrides (a resume's too; a key's last one wins)."""
     found = {}
     for path in sorted(sweep_dir.glob(f"*/{OVERRIDES_FILE}")):
         lines = yaml.safe_load(path.read_text()) or []
@@ -66,9 +63,8 @@ def folders_of(jobs: list[list[str]], sweep_dir: Path) -> list[Path | None]:
 def is_sweep_folder(folder: Path) -> bool:
     """A sweep's folder: Hydra's record of it (a basic sweep's ``multirun.yaml``) or job folders
     (a search's, which Hydra's optuna sweeper leaves without that record), and not a run."""
-    if (folder / "status.json").is_file():
-        return False
-    return (folder / SWEEP_FILE).is_file() or any(folder.glob(f"*/{OVERRIDES_FILE}"))
+    run = (folder / "status.json").is_file()
+    return not run and ((folder / SWEEP_FILE).is_file() or any(folder.glob(f"*/{OVERRIDES_FILE}")))
 
 
 def _sweeper(sweep_dir: Path) -> str | None:
@@ -137,10 +133,9 @@ def never_started(sweep_dir: Path) -> int:
 
 
 def first_start(hydra_file: Path, drop: tuple[str, ...]) -> tuple[list[str], list[str], Path]:
-    """What Hydra recorded of a run's or sweep's first start (``.hydra/hydra.yaml``,
-    ``multirun.yaml``) beyond its task overrides: ``--config-dir``, the user's ``hydra.*``
-    overrides (``hydra.job.chdir``, the launcher, ...) but those of ``drop``, and the folder it
-    started in (relative paths resolve there again)."""
+    """From a run's ``.hydra/hydra.yaml`` or a sweep's ``multirun.yaml``: its ``--config-dir``, its
+    ``hydra.*`` overrides (``hydra.job.chdir``, the launcher, ...) but those of ``drop``, and the
+    folder it started in (relative paths resolve there again)."""
     hydra = OmegaConf.load(hydra_file).hydra if hydra_file.is_file() else OmegaConf.create()
     sources = OmegaConf.select(hydra, "runtime.config_sources") or []
     config_dir = [f"--config-dir={s.path}" for s in sources if s.provider == "command-line"]
