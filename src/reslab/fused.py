@@ -131,7 +131,6 @@ class FusedClassifier(Classifier):
                 self._step(optimizer, schedulers)
         if capture and self._lr_followed_schedule:
             graph.capture(self._device_step, images, labels, optimizer.optimizer)
-        return None
 
     def _step(self, optimizer: Any, schedulers: list[Any]) -> list[Any]:
         """One iteration's optimizer step through Lightning, then the schedule's: the lrs used."""

@@ -21,10 +21,9 @@ class Classifier(L.LightningModule):
     """Trains ``net`` (images → logits) with cross-entropy.
 
     Logs, stepped by the global iteration: ``train/loss`` and ``train/error`` averaged over the
-    logging interval (the smoothed curves of the paper's figures), the ``lr`` that iteration's
-    optimizer step used, and ``val/error`` / ``test/error`` (with 100 classes or more also
-    ``*/error_top5``), in percent. An evaluation batch (B, crops, C, H, W) is classified by the
-    mean softmax over its crops (ImageNet's 10-crop testing).
+    logging interval (the paper's smoothed curves), the ``lr`` each optimizer step used, and
+    ``val/error`` / ``test/error`` (100 classes or more: ``*/error_top5`` too), in percent. An
+    evaluation batch (B, crops, C, H, W) gets its crops' mean softmax (ImageNet's 10-crop test).
 
     Args:
         optimizer: builds the optimizer from the parameters (a ``_partial_`` config).
