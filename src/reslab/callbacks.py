@@ -4,6 +4,7 @@ bar that counts iterations, and the divergence guard."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from pathlib import Path
@@ -91,25 +92,21 @@ class LayerResponses(L.Callback):
 
     def _start(self, pl_module: L.LightningModule) -> None:
         self._remove_hooks()
-        sums = torch.zeros(len(self._layers), 3, dtype=torch.float64, device=pl_module.device)
-        self._sums = sums
-
-        def accumulate(index: int) -> Any:
-            def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-                # at least fp32 (half precision would lose the small differences); per
-                # channel, without a float64 copy of the batch
-                x = output.detach().to(torch.promote_types(output.dtype, torch.float32))
-                var, mean = (t.double() for t in torch.var_mean(x, dim=(0, 2, 3), correction=0))
-                n = x.numel() // x.shape[1]  # values per channel
-                sums[index, 0] += x.numel()
-                sums[index, 1] += n * mean.sum()
-                sums[index, 2] += n * (var + mean**2).sum()
-
-            return hook
-
+        self._sums = torch.zeros(len(self._layers), 3, dtype=torch.float64, device=pl_module.device)
         self._handles = [
-            bn.register_forward_hook(accumulate(i)) for i, (_, bn) in enumerate(self._layers)
+            bn.register_forward_hook(functools.partial(self._accumulate, i))
+            for i, (_, bn) in enumerate(self._layers)
         ]
+
+    def _accumulate(self, index: int, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        # at least fp32 (half precision would lose the small differences); per channel, without
+        # a float64 copy of the batch
+        x = output.detach().to(torch.promote_types(output.dtype, torch.float32))
+        var, mean = (t.double() for t in torch.var_mean(x, dim=(0, 2, 3), correction=0))
+        n = x.numel() // x.shape[1]  # values per channel
+        self._sums[index, 0] += x.numel()
+        self._sums[index, 1] += n * mean.sum()
+        self._sums[index, 2] += n * (var + mean**2).sum()
 
     def _finish(self, trainer: L.Trainer, split: str) -> None:
         self._remove_hooks()
@@ -118,10 +115,9 @@ class LayerResponses(L.Callback):
         if not bool((count > 0).all()):  # one host sync per measurement, not per batch
             rank_zero_warn(f"LayerResponses: no {split} batches ran; nothing measured")
             return
-        mean = total / count
-        std = (squares / count - mean**2).clamp_min(0).sqrt().tolist()
-        names = [name for name, _ in self._layers]
-        self.last = list(zip(range(1, len(std) + 1), names, std, strict=True))
+        std = (squares / count - (total / count) ** 2).clamp_min(0).sqrt().tolist()
+        layers = zip(self._layers, std, strict=True)
+        self.last = [(index, name, s) for index, ((name, _), s) in enumerate(layers, 1)]
         step = trainer.global_step
         rows = [[step, split, index, name, s] for index, name, s in self.last]
         if trainer.is_global_zero:  # appended atomically, the header first in a new file

@@ -1,7 +1,6 @@
-"""Fused iterations: K iterations (forward, backward, optimizer step, schedule step) in one
-Lightning training step, over K batches indexed and augmented together (``BatchLoader(fused=K)``):
-Lightning's loop and the batch's preparation cost once per K iterations. With
-``module.cuda_graphs`` on one CUDA device the whole step is one CUDA graph (:class:`StepGraph`)."""
+"""Fused iterations: K iterations (forward, backward, optimizer and schedule step) in one Lightning
+step, over K batches indexed and augmented together (``BatchLoader(fused=K)``), so that the loop and
+the batch's preparation cost once per K; with ``module.cuda_graphs``, one CUDA graph (StepGraph)."""
 
 from __future__ import annotations
 
@@ -51,13 +50,12 @@ def trainer(
         if is_int(kwargs.get(key)):  # (a validation interval may be a time or a fraction)
             kwargs[key] //= k
     built = L.Trainer(**kwargs)
+    epochs, accumulate = built.max_epochs, built.accumulate_grad_batches
     settings = {  # what a fused step cannot keep: {said: refused}
-        f"trainer.max_epochs={built.max_epochs} (epochs of fused steps end elsewhere: train "
-        "by optim.max_steps, with trainer.max_epochs=-1)": built.max_epochs not in (None, -1),
+        f"trainer.max_epochs={epochs} (epochs of fused steps end elsewhere: train by "
+        "optim.max_steps, with trainer.max_epochs=-1)": epochs not in (None, -1),
         f"trainer.gradient_clip_val={built.gradient_clip_val}": bool(built.gradient_clip_val),
-        f"trainer.accumulate_grad_batches={built.accumulate_grad_batches}": (
-            built.accumulate_grad_batches != 1
-        ),
+        f"trainer.accumulate_grad_batches={accumulate}": accumulate != 1,
         f"trainer.precision={built.precision} (its gradient scaler; bf16-mixed needs none)": (
             getattr(built.precision_plugin, "scaler", None) is not None
         ),
@@ -88,9 +86,8 @@ class FusedClassifier(Classifier):
     the schedule steps every iteration; logging, validation and checkpoints come as with K = 1.
 
     With ``cuda_graphs``, without ``compile``, on one device, a :class:`StepGraph` replays the
-    step's device work at the lrs of the K optimizer steps, run first on the host without
-    gradients; only after a step that ran at its schedule's lr throughout (while a callback sets
-    the lr from what an iteration computed, the steps run eagerly)."""
+    step's device work at the lrs of its K optimizer steps (run first on the host, without
+    gradients), only after a step at its schedule's lr throughout (a callback's lr runs eagerly)."""
 
     def __init__(self, *args: Any, fused_iterations: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -134,11 +131,9 @@ class FusedClassifier(Classifier):
                 self._step(optimizer, schedulers)
         if capture and self._lr_followed_schedule:
             graph.capture(self._device_step, images, labels, optimizer.optimizer)
-        return None
 
     def _step(self, optimizer: Any, schedulers: list[Any]) -> list[Any]:
-        """One iteration's optimizer step through Lightning, then its schedule's (a plateau
-        schedule's ``lr_scheduler_step`` does nothing): the lrs used."""
+        """One iteration's optimizer step through Lightning, then the schedule's: the lrs used."""
         scheduled = [group["lr"] for group in optimizer.param_groups]
         optimizer.step()
         self._lr_followed_schedule &= self._stepped_lr == scheduled
@@ -153,7 +148,8 @@ class FusedClassifier(Classifier):
     def _device_step(self, images: torch.Tensor, labels: torch.Tensor, sgd: Any) -> None:
         """A step's device work only, as its CUDA graph holds it; no gradients afterwards."""
         for k in range(labels.shape[0]):
-            self._step_graph.use_lr(sgd, k)
+            for group, lr in zip(sgd.param_groups, self._step_graph.lrs[k], strict=True):
+                group["lr"] = lr
             loss = self.forward_and_count(images[k], labels[k])
             sgd.zero_grad(set_to_none=True)
             loss.backward()
@@ -179,12 +175,11 @@ class FusedClassifier(Classifier):
 class StepGraph:
     """A training step captured once in one CUDA graph and replayed for every later step.
 
-    ``with graph.side_stream(device):`` the step runs eagerly once (momentum buffers created,
-    cuDNN's kernels chosen); ``graph.capture(step, images, labels, optimizer)`` captures, and
-    trains nothing with, ``step(images, labels, optimizer)``, which calls ``use_lr(optimizer, k)``
-    before iteration k's optimizer step; ``replay(images, labels, lrs)`` copies the inputs, and
-    ``lrs`` (K lists of each group's lr) into the device tensor that torch's fused SGD reads.
-    Off CUDA, the replay runs ``step``."""
+    The step runs eagerly once ``with side_stream(device)`` (momentum buffers made, cuDNN's
+    kernels chosen); ``capture(step, images, labels, optimizer)`` captures, training nothing,
+    ``step(images, labels, optimizer)``, which runs iteration k at the group lrs ``lrs[k]``;
+    ``replay(images, labels, lrs)`` copies the inputs and ``lrs`` (K lists of each group's lr)
+    into the device tensor that torch's fused SGD reads. Off CUDA, the replay runs ``step``."""
 
     def __init__(self) -> None:
         self.captured = False
@@ -205,10 +200,6 @@ class StepGraph:
         with torch.cuda.stream(side):
             yield
         torch.cuda.current_stream(device).wait_stream(side)
-
-    def use_lr(self, optimizer: Any, k: int) -> None:
-        for g, group in enumerate(optimizer.param_groups):
-            group["lr"] = self.lrs[k][g]
 
     def capture(
         self, step: Callable[..., None], images: torch.Tensor, labels: torch.Tensor, optimizer: Any

@@ -1,7 +1,6 @@
 """The Classifier LightningModule: cross-entropy, error rates in percent, SGD on a schedule in
-iterations, and its speed options, which change how the network runs, never what it computes
-(batch norm in fp32 under mixed precision, CUDA graphs). Every number comes from the config;
-nothing here knows which network it trains."""
+iterations, and speed options that change how the network runs, never what it computes (batch
+norm in fp32 under mixed precision, CUDA graphs). Every number comes from the config."""
 
 from __future__ import annotations
 
@@ -22,10 +21,9 @@ class Classifier(L.LightningModule):
     """Trains ``net`` (images → logits) with cross-entropy.
 
     Logs, stepped by the global iteration: ``train/loss`` and ``train/error`` averaged over the
-    logging interval (the smoothed curves of the paper's figures), the ``lr`` that iteration's
-    optimizer step used, and ``val/error`` / ``test/error`` (with 100 classes or more also
-    ``*/error_top5``), in percent. An evaluation batch (B, crops, C, H, W) is classified by the
-    mean softmax over its crops (ImageNet's 10-crop testing).
+    logging interval (the paper's smoothed curves), the ``lr`` each optimizer step used, and
+    ``val/error`` / ``test/error`` (100 classes or more: ``*/error_top5`` too), in percent. An
+    evaluation batch (B, crops, C, H, W) gets its crops' mean softmax (ImageNet's 10-crop test).
 
     Args:
         optimizer: builds the optimizer from the parameters (a ``_partial_`` config).
@@ -56,8 +54,8 @@ class Classifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._prepared = False  # setup() applies the speed options once
         self._graph_pending = False  # the network's CUDA graphs: captured at the first batch
-        # (loss sum, wrong-image percent sum, iterations, images) of the logging interval, on
-        # the device (no host sync; a nan shows in the mean); not a buffer, which DDP would sync
+        # the logging interval's (loss sum, wrong-percent sum, iterations, images), on the device
+        # (no host sync; a nan shows in the mean); not a buffer, which DDP would sync
         self._interval_sums = torch.zeros(4)
         self.train_wrong: torch.Tensor | None = None  # the last training batch's wrong percents
         for name in ("val_error", "val_error_top5", "test_error", "test_error_top5"):
@@ -110,7 +108,6 @@ class Classifier(L.LightningModule):
         loss = F.cross_entropy(logits, labels)
         self.train_wrong = _wrong_percent(logits.detach(), labels)
         one = torch.ones_like(loss.detach())  # (no host-to-device copy)
-        # (add_: an in-place update, not an attribute set through nn.Module.__setattr__)
         self._interval_sums.add_(
             torch.stack([loss.detach(), self.train_wrong.sum(), one, one * len(labels)])
         )
@@ -134,7 +131,8 @@ class Classifier(L.LightningModule):
         if logging_iteration(self.trainer, self.global_step + 1):
             self.log("lr", float(optimizer.param_groups[0]["lr"]))
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        split = "test" if self.trainer.testing else "val"
         logits, labels = self(batch[0]), batch[1]
         error, error_top5 = getattr(self, f"{split}_error"), getattr(self, f"{split}_error_top5")
         error.update(_wrong_percent(logits, labels))
@@ -144,8 +142,7 @@ class Classifier(L.LightningModule):
             error_top5.update((top5 != labels[:, None]).all(dim=1).float() * 100.0)
             self.log(f"{split}/error_top5", error_top5, on_step=False, on_epoch=True)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
         self.log("step", float(self.global_step), sync_dist=True)  # the same on every rank
@@ -164,9 +161,6 @@ class Classifier(L.LightningModule):
             if isinstance(config.scheduler, ReduceLROnPlateau):
                 config.scheduler.step(value)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
     def on_test_epoch_end(self) -> None:
         self.log("step", float(self.global_step), sync_dist=True)
 
@@ -177,8 +171,7 @@ class Classifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "step"}
         if isinstance(scheduler, ReduceLROnPlateau):
-            # stepped in on_validation_end (Lightning offers it every iteration)
-            config.update(monitor="val/error", strict=False)
+            config.update(monitor="val/error", strict=False)  # stepped in on_validation_end
             warnings.filterwarnings("ignore", "ReduceLROnPlateau conditioned on metric val/error")
         return {"optimizer": optimizer, "lr_scheduler": config}
 
@@ -198,9 +191,8 @@ class Classifier(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # All that shapes what comes next: the logging interval's sums too (over the ranks; rank
-        # 0 gets them back), and torch's generators (reslab draws from neither numpy's nor
-        # Python's), as tensors, which torch.load(weights_only=True) loads
+        # All that shapes what comes next: the interval's sums (over the ranks; rank 0 gets them
+        # back) and torch's generators (reslab draws from no other), as weights_only tensors
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -243,7 +235,6 @@ def summed_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _wrong_percent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """100 for every misclassified image, 0 for every correct one."""
     return (logits.argmax(dim=1) != labels).float() * 100.0
 
 

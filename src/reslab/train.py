@@ -26,9 +26,8 @@ write_provenance = rank_zero_only(run_folder.write_provenance)
 
 def train(cfg: DictConfig) -> float:
     """Trains and tests one network in the run folder ``cfg.paths.output_dir``; returns the
-    sweeper's metric (:func:`reslab.record.record`). Resuming a finished run with nothing left
-    to train changes nothing; a run that could not start (its checkpoint missing or damaged)
-    leaves the status.json a folder had."""
+    sweeper's metric (:func:`reslab.record.record`). Resuming a finished run changes nothing; a
+    run that could not start (its checkpoint missing or damaged) leaves the folder's status.json."""
     output_dir, started, step = Path(cfg.paths.output_dir), time.time(), None
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
@@ -109,8 +108,7 @@ def prepare_folder(
     name: str, output_dir: Path, resume: str | None, step: int | None = None
 ) -> None:
     """A resumed run cuts metrics.csv back to its checkpoint (it logs the rest again) and keeps
-    its wandb run; a fresh start in a folder that has them begins a new metrics.csv and a new
-    wandb run."""
+    its wandb run; a fresh start deletes both (a new metrics.csv, a new wandb run)."""
     if resume is None:
         for stale in (run_folder.METRICS_FILE, run_folder.WANDB_ID_FILE):
             (output_dir / stale).unlink(missing_ok=True)

@@ -16,14 +16,12 @@ from reslab.validation import require_int, require_number
 
 class PaperWarmup(L.Callback):
     """Trains a net of ``depth`` >= ``min_depth`` at ``lr`` until the mean training error of a
-    ``window`` of iterations falls below ``until_train_error`` (percent); the iteration that
-    ends it still runs at ``lr``, and is logged as ``warmup_ended_at``. ``lr`` or ``min_depth``
-    None: no warm-up.
-
-    Set in ``on_before_optimizer_step`` and the schedule's put back after the step (a step
-    post-hook), the lr is logged as used and never seen by the schedule. The window's counts
-    (the module's ``train_wrong``) stay on the device, read once a window over all ranks, and
-    travel in checkpoints."""
+    ``window`` of iterations falls below ``until_train_error`` (percent); the iteration that ends
+    it still runs at ``lr`` and is logged as ``warmup_ended_at``. ``lr`` or ``min_depth`` None:
+    no warm-up. Set in ``on_before_optimizer_step`` (so logged as used) and the schedule's put
+    back after the step (a step post-hook), the lr is never seen by the schedule. The window's
+    counts (the module's ``train_wrong``) stay on the device, read once a window over all ranks,
+    and travel in checkpoints."""
 
     def __init__(
         self, depth: int, lr: float | None = None, until_train_error: float = 80.0,
