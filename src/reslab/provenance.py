@@ -1,6 +1,5 @@
-"""What produced a run: reslab's version and git commit (with a dirty tree's diff), the versions
-of the libraries that decide its numbers, the device, host and command line. train.py writes
-it to the run folder and the wandb config: ``record, diff = provenance(*trainer_device(t))``."""
+"""What produced a run: reslab's version and commit (a dirty tree's diff), the libraries that
+decide its numbers, device, host, command (``record, diff = provenance(*trainer_device(t))``)."""
 
 from __future__ import annotations
 
