@@ -54,8 +54,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def state_dict(self) -> dict[str, Any]:
         # one last.ckpt and no best-k files (save_top_k: 0): the folder's paths are not needed
-        state = super().state_dict()
-        return {**state, "dirpath": "", "best_model_path": "", "last_model_path": ""}
+        return {**super().state_dict(), "dirpath": "", "best_model_path": "", "last_model_path": ""}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
@@ -112,9 +111,8 @@ def check_ckpt_path(ckpt_path: Any) -> str | None:
 
 
 def first_start_path(path: str | Path) -> Path:
-    """``path`` (``~`` expanded) as the command line meant it: a relative one is relative to
-    the folder the command started in (Hydra's ``hydra.runtime.cwd``), also when the job runs
-    in its run folder (``hydra.job.chdir=true``)."""
+    """``path`` (``~`` expanded) as the command line meant it: a relative one is relative to the
+    folder the command started in (``hydra.runtime.cwd``), also in a ``hydra.job.chdir`` job."""
     from hydra.core.hydra_config import HydraConfig
 
     path = Path(path).expanduser()

@@ -97,7 +97,7 @@ def provenance(device: str, device_count: int) -> tuple[dict[str, Any], str | No
     """The run's record and the diff of a dirty tree (None when clean or unknown)."""
     found = versions()
     git, diff = git_state(reslab_checkout())
-    record = {
+    return {
         "reslab": found.pop("reslab"),
         **git,
         **found,
@@ -105,8 +105,7 @@ def provenance(device: str, device_count: int) -> tuple[dict[str, Any], str | No
         "device_count": device_count,
         "host": socket.gethostname(),
         "command": os.environ.get(COMMAND_ENV) or shlex.join(sys.orig_argv),
-    }
-    return record, diff
+    }, diff
 
 
 def code_label(provenance: dict[str, Any]) -> str | None:

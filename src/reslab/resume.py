@@ -88,10 +88,9 @@ def run_complete(run_dir: Path, max_steps: int) -> str | None:
 
 
 def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple[list, Path]:
-    """The ``reslab-train`` command that resumes the run in ``run_dir`` and the folder to run it
-    in: the first start's command (:func:`first_start`), then ``extra``, in that folder,
-    ``ckpt_path=last``, as one run. FileNotFoundError (not a run folder) or
-    DamagedCheckpointError when it cannot, before Hydra writes anything."""
+    """The ``reslab-train`` command resuming the run in ``run_dir``, and the folder to run it in:
+    the first start's (:func:`first_start`), then ``extra``, ``ckpt_path=last``, as one run in
+    that folder; FileNotFoundError (no run folder) or DamagedCheckpointError before Hydra writes."""
     run_dir = Path(run_dir).expanduser().absolute()
     if not (run_dir / OVERRIDES_FILE).is_file():
         why = f"it has no {OVERRIDES_FILE}"

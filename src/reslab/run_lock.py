@@ -55,8 +55,7 @@ def lock(
     except BaseException:
         file.close()
         raise
-    file.seek(0)
-    file.truncate()
+    file.truncate(0)  # (opened to append: the write goes to the start)
     file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     file.flush()
     return file
