@@ -139,8 +139,7 @@ def _resume(output_dir: Path) -> str:
 
 
 def out_of_time(trainer: L.Trainer) -> float | None:
-    """The time budget in seconds (``trainer.max_time``, Lightning's Timer) that stopped
-    training before ``max_steps``, if one did."""
+    """The ``trainer.max_time`` budget (s) that stopped training before ``max_steps``, if any."""
     timer = _callback(trainer, Timer)
     remaining = None if timer is None else timer.time_remaining("train")
     if remaining is None or remaining > 0 or 0 < trainer.max_steps <= trainer.global_step:
