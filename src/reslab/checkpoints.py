@@ -37,8 +37,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
         if "://" in str(path) and not str(path).startswith("file://"):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
+            return super().save_checkpoint(checkpoint, path, storage_options)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # fails here, before any file is touched, if it must
         atomic_write(str(path).removeprefix("file://"), buffer.getbuffer(), fsync=True)
@@ -55,8 +54,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def state_dict(self) -> dict[str, Any]:
         # one last.ckpt and no best-k files (save_top_k: 0): the folder's paths are not needed
-        state = super().state_dict()
-        return {**state, "dirpath": "", "best_model_path": "", "last_model_path": ""}
+        return {**super().state_dict(), "dirpath": "", "best_model_path": "", "last_model_path": ""}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
@@ -85,10 +83,9 @@ class RunCheckpoint(ModelCheckpoint):
 
 def check_ckpt_path(ckpt_path: Any) -> str | None:
     """What ``trainer.fit`` loads for ``ckpt_path``: null, ``last``, or the path
-    (:func:`first_start_path`) of a whole checkpoint file that holds only what
+    (:func:`first_start_path`) of a whole checkpoint file holding only what
     ``torch.load(weights_only=True)`` loads. Anything else (a URL, Lightning's other keywords)
-    is refused (FileNotFoundError): train() reads the checkpoint itself before the run folder
-    changes (``check_resume``, ``check_network``), so it must be a local file."""
+    is refused (FileNotFoundError): train() reads it before the run folder changes."""
     if ckpt_path is None or ckpt_path == "last":
         return ckpt_path
     text = str(ckpt_path)
@@ -114,9 +111,8 @@ def check_ckpt_path(ckpt_path: Any) -> str | None:
 
 
 def first_start_path(path: str | Path) -> Path:
-    """``path`` (``~`` expanded) as the command line meant it: a relative one is relative to
-    the folder the command started in (Hydra's ``hydra.runtime.cwd``), also when the job runs
-    in its run folder (``hydra.job.chdir=true``)."""
+    """``path`` (``~`` expanded) as the command line meant it: a relative one is relative to the
+    folder the command started in (``hydra.runtime.cwd``), also in a ``hydra.job.chdir`` job."""
     from hydra.core.hydra_config import HydraConfig
 
     path = Path(path).expanduser()
@@ -128,7 +124,6 @@ def first_start_path(path: str | Path) -> Path:
 def verify_checkpoint(path: str | Path) -> None:
     """Raises :class:`DamagedCheckpointError` when the file at ``path`` is not a whole torch
     checkpoint: an entry of its zip file fails its CRC-32, or it is no zip file at all."""
-    path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()

@@ -1,6 +1,5 @@
-"""What produced a run: reslab's version and git commit (with a dirty tree's diff), the versions
-of the libraries that decide its numbers, the device, host and command line. train.py writes
-it to the run folder and the wandb config: ``record, diff = provenance(*trainer_device(t))``."""
+"""What produced a run: reslab's version and commit (a dirty tree's diff), the libraries that
+decide its numbers, device, host, command (``record, diff = provenance(*trainer_device(t))``)."""
 
 from __future__ import annotations
 
@@ -98,7 +97,7 @@ def provenance(device: str, device_count: int) -> tuple[dict[str, Any], str | No
     """The run's record and the diff of a dirty tree (None when clean or unknown)."""
     found = versions()
     git, diff = git_state(reslab_checkout())
-    record = {
+    return {
         "reslab": found.pop("reslab"),
         **git,
         **found,
@@ -106,8 +105,7 @@ def provenance(device: str, device_count: int) -> tuple[dict[str, Any], str | No
         "device_count": device_count,
         "host": socket.gethostname(),
         "command": os.environ.get(COMMAND_ENV) or shlex.join(sys.orig_argv),
-    }
-    return record, diff
+    }, diff
 
 
 def code_label(provenance: dict[str, Any]) -> str | None:

@@ -92,8 +92,7 @@ def record(
 def _record_stop(
     name: str, output_dir: Path, signum: int, stopper: StopOnSignal | None, seconds: float
 ) -> NoReturn:
-    """Records a run stopped by ``signum`` at the stopper's checkpoint (none: at once), then
-    passes the signal on (submitit's handler requeues the job and exits)."""
+    """Records a stop by ``signum``, then passes the signal on (submitit's requeues the job)."""
     step = getattr(stopper, "stopped_at", None)
     status = "preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted"
     fields: dict[str, Any] = {"name": name, "seconds": seconds}
@@ -120,10 +119,9 @@ def _record_stop(
 def record_failure(
     output_dir: Path, name: str | None, err: BaseException, *, started: bool = False
 ) -> None:
-    """status.json ``failed`` with ``err``. A run that did not start leaves the status.json a
-    folder has (a finished or interrupted run that a resume could not continue: the rest of the
-    folder is put back by reslab.run_lock.RunFolderGuard, here for a signal: Hydra calls no
-    callback then); a started one keeps the failure it recorded itself (a DDP job's own)."""
+    """status.json ``failed`` with ``err``. A run that did not start leaves a folder's status.json
+    as it is (the rest is put back by reslab.run_lock.RunFolderGuard, from here for a signal:
+    Hydra calls no callback then); a started one keeps a failure it recorded (a DDP job's)."""
     status = run_folder.read_status(output_dir).get("status")
     if status is None and isinstance(err, RunInterrupted | KeyboardInterrupt):
         write_status(output_dir, "interrupted", name=name, interrupted_at=None,
@@ -141,8 +139,7 @@ def _resume(output_dir: Path) -> str:
 
 
 def out_of_time(trainer: L.Trainer) -> float | None:
-    """The time budget in seconds (``trainer.max_time``, Lightning's Timer) that stopped
-    training before ``max_steps``, if one did."""
+    """The ``trainer.max_time`` budget (s) that stopped training before ``max_steps``, if any."""
     timer = _callback(trainer, Timer)
     remaining = None if timer is None else timer.time_remaining("train")
     if remaining is None or remaining > 0 or 0 < trainer.max_steps <= trainer.global_step:
@@ -152,9 +149,8 @@ def out_of_time(trainer: L.Trainer) -> float | None:
 
 def ended_early(trainer: L.Trainer) -> bool:
     """Stopped by a signal, diverged or out of time: no final validation or test."""
-    stopped_at = getattr(_callback(trainer, StopOnSignal), "stopped_at", None)
-    diverged = _diverged_at(trainer) is not None
-    return stopped_at is not None or diverged or out_of_time(trainer) is not None
+    stopped = getattr(_callback(trainer, StopOnSignal), "stopped_at", None) is not None
+    return stopped or _diverged_at(trainer) is not None or out_of_time(trainer) is not None
 
 
 def _diverged_at(trainer: L.Trainer) -> int | None:

@@ -20,8 +20,7 @@ from reslab.sweeps import first_start, hydra_quoted
 
 TRAIN_MODULE = "reslab.cli"  # the module `python -m` runs for reslab-train
 HYDRA_FILE = ".hydra/hydra.yaml"  # Hydra's own config of the run: how it was started
-# hydra.* overrides that belong to the first start only (the resume sets its own folder; a
-# sweep job resumed alone is a run).
+# hydra.* overrides of the first start only (a resume sets its folder; a sweep's job is a run)
 RUN_ONLY = ("hydra.run.dir", "hydra.mode", "hydra.sweep", "hydra/sweeper", "hydra/launcher",
             "hydra.launcher", "hydra.sweeper")  # fmt: skip
 
@@ -89,10 +88,9 @@ def run_complete(run_dir: Path, max_steps: int) -> str | None:
 
 
 def resume_command(run_dir: str | Path, extra: list[str] | None = None) -> tuple[list, Path]:
-    """The ``reslab-train`` command that resumes the run in ``run_dir`` and the folder to run it
-    in: the first start's command (:func:`first_start`), then ``extra``, in that folder,
-    ``ckpt_path=last``, as one run. FileNotFoundError (not a run folder) or
-    DamagedCheckpointError when it cannot, before Hydra writes anything."""
+    """The ``reslab-train`` command resuming the run in ``run_dir``, and the folder to run it in:
+    the first start's (:func:`first_start`), then ``extra``, ``ckpt_path=last``, as one run in
+    that folder; FileNotFoundError (no run folder) or DamagedCheckpointError before Hydra writes."""
     run_dir = Path(run_dir).expanduser().absolute()
     if not (run_dir / OVERRIDES_FILE).is_file():
         why = f"it has no {OVERRIDES_FILE}"
@@ -128,7 +126,6 @@ def resume_done(run_dir: str | Path, extra: list[str] | None = None) -> str | No
 
 
 def _run_overrides(run_dir: Path, extra: list[str] | None) -> list[str]:
-    """The run's own overrides (``.hydra/overrides.yaml``) but the checkpoint it named, then
-    ``extra``."""
+    """The run's overrides (``.hydra/overrides.yaml``) but its ``ckpt_path``, then ``extra``."""
     overrides = yaml.safe_load((run_dir / OVERRIDES_FILE).read_text()) or []
     return [*(o for o in overrides if not o.startswith("ckpt_path=")), *(extra or [])]

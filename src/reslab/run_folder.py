@@ -1,7 +1,6 @@
 """The run folder's contract: what a run leaves in its folder (``outputs/runs/<date>_<name>/``
-or a sweep's ``<job>_<name>/``), every file written whole; nothing in it depends on where it
-was written, so a folder can be moved and resumed there. No torch, Lightning or Hydra here: the
-report side (reslab.runs) reads run folders with it."""
+or a sweep's ``<job>_<name>/``), every file written whole and free of where it was written (a
+folder can be moved and resumed there). No torch, Lightning or Hydra: reslab.runs reads it."""
 
 from __future__ import annotations
 
@@ -51,17 +50,8 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) ->
 def json_text(value: Any) -> str:
     """``value`` as strict JSON (RFC 8259: what JavaScript and jq parse), indented: a nan or
     infinite number becomes null, which Python's json would write as a bare ``NaN``."""
-    return json.dumps(_finite(value), indent=2, allow_nan=False) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    finite = json.loads(json.dumps(value), parse_constant=lambda _: None)  # NaN, Infinity: None
+    return json.dumps(finite, indent=2, allow_nan=False) + "\n"
 
 
 def write_status(run_dir: str | Path, status: str, **fields: Any) -> None:

@@ -1,6 +1,5 @@
-"""One writer per run folder: a new folder for each run, and a lock held while a process
-writes one (an exclusive ``flock`` on ``<run folder>/.lock``, which the system releases when
-the process dies, however it dies)."""
+"""One writer per run folder: a new folder for each run, and an exclusive ``flock`` on
+``<run folder>/.lock`` while a process writes it (the system releases it however it dies)."""
 
 from __future__ import annotations
 
@@ -56,8 +55,7 @@ def lock(
     except BaseException:
         file.close()
         raise
-    file.seek(0)
-    file.truncate()
+    file.truncate(0)  # (opened to append: the write goes to the start)
     file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     file.flush()
     return file
@@ -77,11 +75,10 @@ def claim_new_folder(path: str | Path) -> Path:
 
 
 class RunFolderGuard(Callback):
-    """A Hydra callback (conf/train.yaml) that makes the run's folder (a multirun's: the sweep's)
+    """A Hydra callback (conf/train.yaml) that makes the run's (a multirun's: the sweep's) folder
     this process's before Hydra writes in it: a default folder already taken becomes
-    ``<folder>_2``, one a live process writes is refused in one line naming it, and a
-    continuation that does not start leaves it byte for byte as it was (:meth:`put_back`). DDP
-    ranks other than 0 share rank 0's folder and lock nothing."""
+    ``<folder>_2``, one a live process writes is refused naming it, and a continuation that does
+    not start leaves it byte for byte (:meth:`put_back`). DDP ranks other than 0 lock nothing."""
 
     kept: ClassVar[dict[Path, bytes | None]] = {}  # the continued run's files (one run a process)
     _lock: io.TextIOWrapper | None = None  # the lock file while the folder is held
@@ -96,7 +93,6 @@ class RunFolderGuard(Callback):
         self.put_back()
         if self._lock is not None:
             self._lock.close()
-            self._lock = None
 
     on_multirun_end = on_run_end
 
@@ -128,9 +124,7 @@ class RunFolderGuard(Callback):
             raise SystemExit(1) from None
 
     def _continue(self, folder: Path, config: DictConfig, mode: str) -> None:
-        """Raises :class:`FolderTaken` unless this run continues the run in ``folder`` or this
-        sweep resumes the sweep there: no run or sweep overwrites or shares another's folder. A
-        continuing run keeps the files it rewrites (:func:`snapshot`)."""
+        """:class:`FolderTaken` unless this continues the run (resumes the sweep) in ``folder``."""
         from reslab.sweeps import RESUME_SWEEPER, SWEEP_FILE, is_sweep_folder
 
         state = read_status(folder).get("status")
@@ -160,9 +154,8 @@ _REWRITTEN = (LOCK_FILE, "reslab.log", "error.txt", ".hydra/config.yaml", ".hydr
 
 def say_killed(folder: Path) -> bool:
     """True, and status.json ``interrupted`` with ``killed: true`` at the last checkpoint's
-    iteration (0 without one: where reslab-resume continues), when it said ``running`` and its
-    writer (``pid`` on this ``host``) is gone: killed before it could say so (SIGKILL, or a
-    launcher's workers torn down: joblib's loky kills them)."""
+    iteration (0 without one), when it said ``running`` and its writer (``pid`` on this
+    ``host``) is gone: killed before it could say so (SIGKILL; joblib's loky tearing down)."""
     status = read_status(folder)
     pid = status.get("pid")
     if status.get("status") != "running" or not isinstance(pid, int):
@@ -195,8 +188,7 @@ def _alive(pid: int) -> bool:
 
 
 def snapshot(folder: Path) -> dict[Path, bytes | None]:
-    """The files of ``folder``, a run's, that a start rewrites, status.json first (none for a
-    folder that holds no run)."""
+    """The files of a run's ``folder`` that a start rewrites, status.json first ({} for no run)."""
     if not (folder / STATUS_FILE).is_file():
         return {}
     paths = (folder / name for name in (STATUS_FILE, *_REWRITTEN))
