@@ -102,7 +102,10 @@ class Cluster:
                 "SlurmdTimeout=30",
                 "InactiveLimit=0",
                 "KillWait=5",
-                "MinJobAge=300",
+                # How long SLURM remembers an ended job (its default: 300 s); squeue is all
+                # say_how_slurm_ended can ask here, and a sweep on a busy 2-core machine
+                # outlasts 300 s after its first job ends.
+                "MinJobAge=3600",
                 f"NodeName={host} {_node_line()} State=UNKNOWN",
                 f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
                 "",
