@@ -126,6 +126,45 @@ def test_cut_metrics_keeps_the_rows_up_to_the_checkpoint(tmp_path: Path) -> None
     ]  # fmt: skip
 
 
+def test_a_last_row_cut_at_any_byte_is_dropped_and_every_whole_row_kept(tmp_path: Path) -> None:
+    """A kill mid-append leaves metrics.csv ending inside a row (``...,20,87.5,2.428``): at every
+    byte it can be cut at, the resumed file holds exactly the whole rows before the cut."""
+    header = "lr,step,train/loss,val/error\r\n"
+    rows = ["0.1,2,2.30258,\r\n", ",2,,90.0\r\n", "0.1,4,2.21875,\r\n", ",4,,87.5\r\n"]
+    full = header + "".join(rows)
+    for cut in range(len(header), len(full) + 1):
+        (tmp_path / "metrics.csv").write_bytes(full[:cut].encode())
+        whole = [r for i, r in enumerate(rows) if len(header + "".join(rows[: i + 1])) <= cut]
+        torn = cut not in {len(header + "".join(rows[:i])) for i in range(len(rows) + 1)}
+        assert cut_metrics(tmp_path, 4) == torn, cut
+        assert (tmp_path / "metrics.csv").read_bytes().decode() == header + "".join(whole), cut
+
+
+def test_a_write_is_on_the_disk_before_it_counts(tmp_path: Path) -> None:
+    """atomic_write, seen by strace in a real process: the temporary file is fsynced, renamed
+    over the file, and then the folder is fsynced (the rename itself is on the disk)."""
+    log, target = tmp_path / "strace.log", tmp_path / "run" / "status.json"
+    code = f"from reslab.run_folder import atomic_write; atomic_write({str(target)!r}, '{{}}')"
+    traced = "trace=openat,fsync,rename,renameat,renameat2"
+    subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e", traced,
+                    sys.executable, "-c", code], check=True)  # fmt: skip
+    calls = [line.split(maxsplit=1)[-1] for line in log.read_text().splitlines()]
+    opened = {}  # fd -> path, for the files this write opens
+    order = []
+    for call in calls:
+        if call.startswith("openat(") and str(target.parent) in call and "= " in call:
+            fd = call.rsplit("= ", 1)[1].split()[0]
+            if fd.isdigit():
+                opened[fd] = call.split('"')[1]
+        elif call.startswith("fsync(") and call[6:].split(")")[0] in opened:
+            order.append(("fsync", opened[call[6:].split(")")[0]]))
+        elif call.startswith("rename") and str(target) in call:
+            order.append(("rename", call.split('"')[1]))
+    assert order == [("fsync", f"{target}.tmp"), ("rename", f"{target}.tmp"),
+                     ("fsync", str(target.parent))], calls  # fmt: skip
+    assert target.read_text() == "{}"
+
+
 def test_a_failed_checkpoint_write_leaves_the_last_good_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

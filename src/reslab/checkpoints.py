@@ -40,7 +40,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # fails here, before any file is touched, if it must
-        atomic_write(str(path).removeprefix("file://"), buffer.getbuffer(), fsync=True)
+        atomic_write(str(path).removeprefix("file://"), buffer.getbuffer())
 
 
 class RunCheckpoint(ModelCheckpoint):

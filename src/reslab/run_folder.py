@@ -29,22 +29,26 @@ STATUSES = ("finished", "running", "interrupted", "preempted", "stopped", "diver
 FINAL_ERRORS = ("train/error", "val/error", "test/error", "val/error_top5", "test/error_top5")
 
 
-def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) -> None:
-    """Writes ``data`` to ``path`` through ``<path>.tmp`` and a rename: a reader (or a kill)
-    sees the old file or the new one, never half of one. ``fsync`` flushes it to the disk
-    first (checkpoints). The folder is made when missing."""
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Writes ``data`` to ``path`` durably and whole: ``<path>.tmp``, its fsync, a rename, and
+    an fsync of the folder (the rename itself on the disk), so a reader, a kill or a power cut
+    finds the old file or the new one, never half of one. The folder is made when missing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def json_text(value: Any) -> str:
@@ -114,16 +118,18 @@ def final_metric(status: dict[str, Any]) -> float:
 
 def cut_metrics(run_dir: str | Path, step: int) -> int:
     """Drops the rows of metrics.csv logged after iteration ``step`` (a resumed run logs them
-    again); returns how many it dropped."""
+    again) and a last row that a kill cut short; returns how many rows it dropped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return 0
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
+        text = f.read()
+    whole = text[: text.rfind("\n") + 1]  # without a last row a kill cut short (not a value)
+    reader = csv.DictReader(io.StringIO(whole, newline=""))
+    rows = list(reader)
     kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
     write_csv(path, reader.fieldnames or [], kept)
-    return len(rows) - len(kept)
+    return len(rows) - len(kept) + (whole != text)
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
