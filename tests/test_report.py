@@ -25,6 +25,7 @@ from reslab.report import (
     write_report,
 )
 from reslab.report_figures import curves_figure, responses_figure
+from reslab.runs import read_metrics
 
 ENV = {**os.environ, "WANDB_MODE": "offline"}
 
@@ -329,6 +330,55 @@ def test_folders_without_runs_are_clear_errors(tmp_path: Path, capsys) -> None:
         ValueError, match=r"status 'exploded' is not one of finished, running, interrupted"
     ):
         load_runs([bad])
+
+
+def test_an_unreadable_run_folder_is_left_out_by_name_and_the_others_reported(
+    tmp_path: Path, capsys
+) -> None:
+    """One damaged status.json (not JSON) or hparams.yaml (not YAML) does not stop the report
+    of the other runs; each is named on stderr and in report.md, and the exit status is 1."""
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "0_resnet-20A", "resnet-20A", train=CURVE, val=CURVE, test=8.5)
+    broken = write_run(sweep / "1_plain-20", "plain-20", train=CURVE)
+    (broken / "status.json").write_text('{"status": "finished", "name": ')
+    bad_yaml = write_run(sweep / "2_plain-56", "plain-56", train=CURVE)
+    (bad_yaml / "hparams.yaml").write_text("network: [plain-56\n")
+    assert main([str(sweep)]) == 1
+    err = capsys.readouterr().err
+    assert f"reslab-report: left out {broken}/status.json is not valid JSON" in err
+    assert f"reslab-report: left out {bad_yaml}/hparams.yaml is not valid YAML" in err
+    text = (sweep / "report" / "report.md").read_text()
+    assert "1 runs (1 finished)" in text and f"Left out: {broken}/status.json" in text
+    assert "| resnet-20A |" in text
+    (sweep / "0_resnet-20A" / "status.json").write_text("[]")
+    assert main([str(sweep)]) == 1
+    assert "reslab-report: error: no run folder could be read: " in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_is_one_line(tmp_path: Path, capsys) -> None:
+    """--out where no folder can be made (under a file): one line naming it and the reason,
+    exit 1, no traceback."""
+    run = write_run(tmp_path / "0_resnet-20A", "resnet-20A", train=CURVE, val=CURVE, test=8.5)
+    (tmp_path / "a_file").write_text("")
+    assert main([str(run), "--out", str(tmp_path / "a_file" / "report")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"reslab-report: error: cannot write the report into {tmp_path}/a_file/report: "
+    )
+    assert "Not a directory" in err and err.count("\n") == 1
+
+
+def test_a_last_row_cut_short_is_not_a_value(tmp_path: Path) -> None:
+    """metrics.csv of a run killed (or still running) mid-row: the cut row is not read."""
+    run = write_run(tmp_path / "0_resnet-20A", "resnet-20A", "running", train=CURVE)
+    whole = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(whole + "0.1,9000,2.42813134193")
+    assert read_metrics(run / "metrics.csv") == read_metrics_of(whole, tmp_path)
+
+
+def read_metrics_of(text: str, tmp_path: Path) -> dict:
+    (tmp_path / "whole.csv").write_text(text)
+    return read_metrics(tmp_path / "whole.csv")
 
 
 def test_main_writes_the_report_beside_the_first_path_and_prints_the_table(

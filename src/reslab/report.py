@@ -44,10 +44,22 @@ EXPLAINED = {
 PAPER_SETTINGS = (("cifar10", "cifar"), ("imagenet", "imagenet"))
 
 
-def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """Every run under ``paths`` (sweep folders or run folders), each folder once."""
+def load_runs(paths: Iterable[str | Path], left_out: list[str] | None = None) -> list[Run]:
+    """Every run under ``paths`` (sweep folders or run folders), each folder once. A folder that
+    cannot be read raises its ``ValueError``; given ``left_out``, its reason goes there and the
+    other folders are read (a ``ValueError`` all the same when none can be)."""
     folders = dict.fromkeys(f.resolve() for p in paths for f in run_folders(p, required=True))
-    return [load_run(folder) for folder in folders]
+    runs = []
+    for folder in folders:
+        try:
+            runs.append(load_run(folder))
+        except ValueError as err:
+            if left_out is None:
+                raise
+            left_out.append(str(err))
+    if not runs and left_out:
+        raise ValueError(f"no run folder could be read: {'; '.join(left_out)}")
+    return runs
 
 
 def load_run(folder: Path) -> Run:
@@ -247,10 +259,13 @@ def markdown_table(table: Table) -> str:
 
 
 def write_report(
-    runs: Sequence[Run], out_dir: str | Path, sources: Sequence[str | Path] | None = None
+    runs: Sequence[Run],
+    out_dir: str | Path,
+    sources: Sequence[str | Path] | None = None,
+    left_out: Sequence[str] = (),
 ) -> Path:
     """Figures (PNG) and report.md into ``out_dir``, named as read from ``sources`` (default:
-    the runs' parents); returns report.md's path."""
+    the runs' parents), naming the folders ``left_out`` (unreadable); returns report.md's path."""
     if not runs:
         raise ValueError("no runs to report")
     out = Path(out_dir)
@@ -258,6 +273,7 @@ def write_report(
     sources = list(dict.fromkeys(r.path.parent for r in runs)) if sources is None else sources
     read = f"Read {', '.join(f'`{s}`' for s in sources)} on {datetime.now():%Y-%m-%d %H:%M:%S}"
     text = ["# reslab report", "", f"{read}: {len(runs)} runs ({_statuses(runs)}).", ""]
+    text += [*(f"Left out: {reason}" for reason in left_out), ""] if left_out else []
     for (dataset, family), members in group_runs(runs).items():
         table = build_table(dataset, family, members)
         slug = f"{dataset or 'unknown'}_{family or 'unknown'}"
@@ -270,7 +286,7 @@ def write_report(
             text += [f"![{table.title}: {alt}]({kind}_{slug}.png)", ""]
         text += [markdown_table(table)]
     path = out / "report.md"
-    path.write_text("\n".join(text))
+    run_folder.atomic_write(path, "\n".join(text))
     return path
 
 
@@ -281,12 +297,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: <first PATH>/report)")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.paths[0] / "report"
+    left_out: list[str] = []
     try:
-        runs = load_runs(args.paths)
-        path = write_report(runs, out, sources=args.paths)
+        runs = load_runs(args.paths, left_out)
     except (ValueError, FileNotFoundError) as err:
         print(f"reslab-report: error: {err}", file=sys.stderr)
         return 1
+    try:
+        path = write_report(runs, out, sources=args.paths, left_out=left_out)
+    except OSError as err:  # a full disk, a read-only folder
+        print(f"reslab-report: error: cannot write the report into {out}: {err}", file=sys.stderr)
+        return 1
+    for reason in left_out:
+        print(f"reslab-report: left out {reason}", file=sys.stderr)
     console = Console()
     console.width = max(console.width, 120)  # pipes and logs get 80 columns otherwise
     for (dataset, family), members in group_runs(runs).items():
@@ -299,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(shown)
         console.print("\n".join(table.notes), markup=False, highlight=False)
     console.print(f"wrote {path}")
-    return 0
+    return 1 if left_out else 0
 
 
 if __name__ == "__main__":

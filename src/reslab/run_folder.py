@@ -118,18 +118,24 @@ def final_metric(status: dict[str, Any]) -> float:
 
 def cut_metrics(run_dir: str | Path, step: int) -> int:
     """Drops the rows of metrics.csv logged after iteration ``step`` (a resumed run logs them
-    again) and a last row that a kill cut short; returns how many rows it dropped."""
+    again) and a last row that a kill cut short (``whole_lines``); returns how many whole rows
+    it dropped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return 0
-    with open(path, newline="") as f:
-        text = f.read()
-    whole = text[: text.rfind("\n") + 1]  # without a last row a kill cut short (not a value)
-    reader = csv.DictReader(io.StringIO(whole, newline=""))
+    reader = csv.DictReader(io.StringIO(whole_lines(path), newline=""))
     rows = list(reader)
     kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
     write_csv(path, reader.fieldnames or [], kept)
-    return len(rows) - len(kept) + (whole != text)
+    return len(rows) - len(kept)
+
+
+def whole_lines(path: str | Path) -> str:
+    """``path``'s text up to its last line end: a last line that a kill (or a writer still at
+    work) cut short, such as ``...,20,87.5,2.428``, is not a value."""
+    with open(path, newline="") as f:
+        text = f.read()
+    return text[: text.rfind("\n") + 1]
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:

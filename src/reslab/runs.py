@@ -4,10 +4,11 @@ each one's files say (reslab.run_folder is the contract they follow)."""
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reslab.run_folder import STATUS_FILE
+from reslab.run_folder import STATUS_FILE, whole_lines
 
 
 def job_order(folder: Path) -> tuple[str, int, str]:
@@ -59,19 +60,19 @@ class Run:
 
 def read_metrics(path: Path) -> dict[str, Series]:
     """Lightning's CSVLogger file as one (iteration, value) series per column ({} without it):
-    a running run's cut-off last row is skipped when it does not parse; nan and inf are kept."""
+    a last row cut short (a running or killed run: ``whole_lines``) is not read; nan and inf
+    are kept."""
     series: dict[str, Series] = {}
     if not path.is_file():
         return series
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                step = int(float(row["step"]))
-                values = {k: float(v) for k, v in row.items() if k not in IGNORED and v}
-            except (KeyError, TypeError, ValueError):
-                continue
-            for key, value in values.items():
-                series.setdefault(key, []).append((step, value))
+    for row in csv.DictReader(io.StringIO(whole_lines(path), newline="")):
+        try:
+            step = int(float(row["step"]))
+            values = {k: float(v) for k, v in row.items() if k not in IGNORED and v}
+        except (KeyError, TypeError, ValueError):
+            continue
+        for key, value in values.items():
+            series.setdefault(key, []).append((step, value))
     return series
 
 
@@ -81,13 +82,12 @@ def read_responses(path: Path) -> tuple[list[tuple[int, str, float]], str | None
     if not path.is_file():
         return [], None
     measurements: dict[tuple[str, int], list[tuple[int, str, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                layer = (int(row["index"]), row["layer"], float(row["std"]))
-                measurements.setdefault((row["split"], int(row["step"])), []).append(layer)
-            except (KeyError, TypeError, ValueError):
-                continue  # a cut-off last row
+    for row in csv.DictReader(io.StringIO(whole_lines(path), newline="")):
+        try:
+            layer = (int(row["index"]), row["layer"], float(row["std"]))
+            measurements.setdefault((row["split"], int(row["step"])), []).append(layer)
+        except (KeyError, TypeError, ValueError):
+            continue
     if not measurements:
         return [], None
     split, step = max(measurements, key=lambda k: (k[0] == "test", k[1]))
