@@ -420,9 +420,25 @@ def test_a_resume_with_another_network_is_refused_and_changes_no_file(
     train(hydra_cfg(tmp_path, run))
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     cfg = hydra_cfg(tmp_path, [*run, "optim.max_steps=6", "ckpt_path=last", *other])
-    with pytest.raises(ValueError, match=f"holds resnet-8A's weights, not {cfg.name}'s"):
+    trained = "another network's" if cfg.name == "resnet-8A" else "resnet-8A's"  # (widths)
+    with pytest.raises(ValueError, match=f"holds {trained} weights, not {cfg.name}'s"):
         train(cfg)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     resumed = hydra_cfg(tmp_path, [*run, "optim.max_steps=6", "ckpt_path=last"])
     train(resumed)  # the same network resumes
     assert json.loads((tmp_path / "status.json").read_text())["iterations"] == 6
+
+
+def test_a_resume_for_another_class_count_is_refused_and_changes_no_file(
+    tmp_path: Path, hydra_cfg
+) -> None:
+    # the same network for 5 classes, not 10: its classifier differs (the data sets its width)
+    run = [*RUN[:4], "optim.max_steps=3", "callbacks.checkpoint.every_n_train_steps=3",
+           "trainer.val_check_interval=3", "logger=csv"]  # fmt: skip
+    train(hydra_cfg(tmp_path, run))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cfg = hydra_cfg(tmp_path, [*run, "optim.max_steps=6", "ckpt_path=last", "data.classes=5"])
+    said = r"holds another network's weights, not resnet-8A's \(net\.fc\.weight: \(10, 64\) in it"
+    with pytest.raises(ValueError, match=said + r", \(5, 64\) in resnet-8A\)"):
+        train(cfg)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

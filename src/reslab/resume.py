@@ -43,31 +43,31 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     return check_ckpt_path(ckpt_path)
 
 
-def check_network(checkpoint: dict[str, Any], checkpoint_path: str, cfg: DictConfig) -> None:
+def check_network(
+    checkpoint: dict[str, Any], checkpoint_path: str, cfg: DictConfig, datamodule: Any
+) -> None:
     """Refuses (``ValueError``, before the run folder changes) a checkpoint of another network
-    than ``cfg``'s: one whose run folder's status.json names another network, or whose
-    parameters and buffers differ from ``cfg.model``'s (built on the meta device) in name or
-    shape; the classifier's output width is the data's, which a folder of images sets."""
+    than ``cfg``'s for ``datamodule`` (set up: its class count and channels): one whose run
+    folder's status.json names another network, or whose parameters and buffers differ from
+    ``cfg.model``'s (built on the meta device) in name or shape, the classifier's too."""
     folder = Path(checkpoint_path).parent.parent  # <run folder>/checkpoints/<file>.ckpt
     trained = read_status(folder).get("name")
-    data = instantiate(cfg.data)  # (its constructor loads nothing: reslab.checks)
     with torch.device("meta"):
-        net = instantiate(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
-    head = next(n for n, m in reversed(list(net.named_modules())) if isinstance(m, torch.nn.Linear))
+        net = instantiate(
+            cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
+        )
     expected = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    differ = sorted(set(expected) ^ set(saved)) or [
-        k for k in expected
-        if expected[k] != saved[k] and not k.startswith(f"net.{head}.")
-    ]  # fmt: skip
+    differ = sorted(set(expected) ^ set(saved)) or [k for k in expected if expected[k] != saved[k]]
     if differ or (trained is not None and trained != cfg.name):
-        what = f"{trained}'s" if trained else "another network's"
+        what = f"{trained}'s" if trained and trained != cfg.name else "another network's"
         first = differ[0] if differ else None
         shapes = f" ({first}: {saved.get(first)} in it, {expected.get(first)} in {cfg.name})"
         raise ValueError(
             f"{checkpoint_path} holds {what} weights, not {cfg.name}'s"
-            f"{shapes if differ else ''}: resume with the model.depth, shortcut and "
-            "model.widths it was trained with, or start a new run (ckpt_path=null)"
+            f"{shapes if differ else ''}: resume with the model.depth, shortcut, "
+            "model.widths and data (its classes and channels) it was trained with, or start a "
+            "new run (ckpt_path=null)"
         )
 
 

@@ -31,11 +31,15 @@ def train(cfg: DictConfig) -> float:
     output_dir, started, step = Path(cfg.paths.output_dir), time.time(), None
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
+        given = cfg.data.get("data_dir")  # a relative one: as the command meant it (chdir or not)
+        where = {"data_dir": str(first_start_path(given))} if given else {}
+        datamodule = instantiate(cfg.data, **where)
+        datamodule.setup("fit")  # bad data fails here, before the folder changes
         if resume is not None:  # refused here, the folder stays as it was
             checkpoint = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
             module = instantiate(cfg.module, _partial_=True)  # its class and arguments
             module.func.check_resume(checkpoint, **module.keywords)
-            check_network(checkpoint, resume, cfg)
+            check_network(checkpoint, resume, cfg, datamodule)
             step = checkpoint["global_step"]
         own = resume == str(output_dir / run_folder.LAST_CHECKPOINT)
         done = run_complete(output_dir, cfg.trainer.max_steps) if own else None
@@ -49,7 +53,7 @@ def train(cfg: DictConfig) -> float:
     trainer, metrics = None, {}
     try:
         prepare_folder(cfg.name, output_dir, resume, step)
-        trainer, module, datamodule = build(cfg, output_dir, resume)
+        trainer, module = build(cfg, output_dir, resume, datamodule)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = final_metrics(trainer)  # validate() and test() replace the trainer's metrics
         early, callback = ended_early(trainer), trainer.checkpoint_callback
@@ -67,14 +71,13 @@ def train(cfg: DictConfig) -> float:
     return record(cfg.name, output_dir, started, trainer, metrics)
 
 
-def build(cfg: DictConfig, output_dir: Path, resume: str | None) -> tuple[L.Trainer, Any, Any]:
-    """The run's trainer, module and datamodule, its header printed, its provenance and
-    hyperparameters recorded."""
+def build(
+    cfg: DictConfig, output_dir: Path, resume: str | None, datamodule: Any
+) -> tuple[L.Trainer, Any]:
+    """The run's trainer and module for ``datamodule`` (set up), its header printed, its
+    provenance and hyperparameters recorded. The seed is set here, after the data is read: what
+    reading it draws (a split, a cached mean) never changes what training draws."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    given = cfg.data.get("data_dir")  # a relative one: as the command meant it (chdir or not)
-    where = {"data_dir": str(first_start_path(given))} if given else {}
-    datamodule = instantiate(cfg.data, **where)
-    datamodule.setup("fit")  # bad data fails here, before any logger opens a run
     net = instantiate(
         cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
     )
@@ -95,7 +98,7 @@ def build(cfg: DictConfig, output_dir: Path, resume: str | None) -> tuple[L.Trai
     }  # fmt: skip
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
-    return trainer, module, datamodule
+    return trainer, module
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
