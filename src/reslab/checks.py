@@ -4,10 +4,21 @@ torch's SGD); this module builds those consumers without data and names the key 
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
+import inspect
+import math
+import os
 import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.utils import get_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,13 +26,46 @@ from reslab.checkpoints import check_ckpt_path
 from reslab.config import instantiate
 from reslab.fused import check_fused_iterations
 from reslab.launch import SUPPORTED_STRATEGIES, quiet_trainer, supported_strategy
+from reslab.validation import is_int, require_number
 
 
 def check_run(cfg: DictConfig) -> None:
-    """Checks the checkpoint to resume from, the trainer (devices, strategy), the data, network
-    (on the meta device) and module arguments, the optimizer and the scheduler: a ``ValueError``
-    (or ``FileNotFoundError``) names the bad setting and its valid choices."""
+    """Checks the checkpoint to resume from, every setting against the schema
+    (:func:`check_schema`), the trainer (devices, strategy), the data, network (on the meta
+    device) and module arguments, the optimizer and the scheduler: a ``ValueError`` (or
+    ``FileNotFoundError``) names the bad setting and its valid choices. Where the schema and a
+    consumer both refuse the same key, the consumer's words (with its range) are said."""
     check_ckpt_path(cfg.get("ckpt_path"))
+    added = OmegaConf.select(cfg, "hydra.overrides.task")  # a sweep's job: its own overrides
+    if added is None and HydraConfig.initialized():
+        added = HydraConfig.get().overrides.task
+    try:
+        check_schema(cfg, list(added or []))
+        wrong = None
+    except ValueError as err:
+        wrong = err
+    try:
+        _check_consumers(cfg)
+    except Exception as err:  # the consumer's own words, when they are about the same key
+        if wrong is None or str(err).startswith(str(wrong).split("=", 1)[0] + "="):
+            raise
+        raise wrong from None
+    if wrong is not None:
+        raise wrong
+
+
+def _check_consumers(cfg: DictConfig) -> None:
+    """The scheduler's settings, then every consumer built without data (:func:`check_run`)."""
+    gamma = OmegaConf.select(cfg, "module.scheduler.gamma")
+    if gamma is not None:  # torch takes any: above 1 or below 0 the lr grows or turns
+        key = source_key(cfg, "module.scheduler.gamma")
+        require_number(key, gamma, 0, 1, low_open=True, note="(the lr's factor at a step)")
+    steps = OmegaConf.select(cfg, "module.scheduler.milestones")
+    if steps is not None and (list(steps) != sorted(set(steps)) or min(steps, default=1) < 1):
+        raise ValueError(
+            f"{source_key(cfg, 'module.scheduler.milestones')}={list(steps)} is not valid; "
+            "valid: increasing iterations >= 1 (where the lr is multiplied by gamma)"
+        )
     strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
     if isinstance(strategy, str) and strategy not in SUPPORTED_STRATEGIES:
         raise ValueError(_strategy_error(cfg, strategy))  # before Lightning's own checks of it
@@ -50,6 +94,9 @@ def check_run(cfg: DictConfig) -> None:
     module = instantiate(cfg.module, net=net)
     # (its intervals and trainer settings: reslab.fused.trainer, which built the trainer)
     check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule)
+    for callback in cfg.callbacks.values():  # their constructors check their arguments
+        if callback is not None:
+            instantiate(callback)
     try:
         optimizer = module.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:  # torch's words, with the key the user set
@@ -81,8 +128,156 @@ def _strategy_error(cfg: DictConfig, strategy: str) -> str:
 
 def source_key(cfg: DictConfig, key: str) -> str:
     """The key a user sets for ``key``: the one its value links to (``module.optimizer.lr`` is
-    ``${optim.lr}`` in conf/, one hop), else ``key`` itself."""
+    ``${optim.lr}`` in conf/, one hop; ``${oc.select:key,default}`` too), else ``key`` itself."""
     parent, _, leaf = key.rpartition(".")
     value = OmegaConf.to_container(OmegaConf.select(cfg, parent), resolve=False).get(leaf)
-    link = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+    link = (
+        re.fullmatch(r"\$\{(?:oc\.select:)?([\w.]+)(,[^}]*)?\}", value)
+        if isinstance(value, str)
+        else None
+    )
     return link.group(1) if link else key
+
+
+# --- one schema: the consumers' signatures -------------------------------------------------------
+_HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+# functions whose **kwargs go on to a class (its parameters are theirs too)
+_FORWARDS = {
+    "reslab.fused.trainer": "lightning.pytorch.Trainer",
+    "reslab.loggers.wandb_logger": "lightning.pytorch.loggers.WandbLogger",
+}
+
+
+def check_schema(cfg: DictConfig, added: list[str] | None = None) -> None:
+    """Every setting against the signature of what consumes it (the schema of every node with a
+    ``_target_``: its parameters' names and type hints, its base classes' where it forwards
+    ``**kwargs``), and every key ``added`` with ``+`` (Hydra's task overrides) read by a consumer
+    or an interpolation. A ``ValueError`` names the key the user sets, the value and the valid
+    ones: ``data.augment='maybe' is not valid; valid: true or false``."""
+    for path, node in _targets(OmegaConf.to_container(cfg, resolve=False)):
+        target = str(OmegaConf.select(cfg, f"{path}._target_"))
+        names, hints, free = _signature(target)
+        for name in (n for n in node if n not in _HYDRA_KEYS):
+            key = source_key(cfg, f"{path}.{name}")
+            if name not in names and not free:
+                raise ValueError(
+                    f"{key} is not a setting of {path} ({target}); valid: {', '.join(names)}"
+                )
+            try:
+                value = OmegaConf.select(cfg, f"{path}.{name}")
+            except Exception:  # an interpolation's own error: its consumer's
+                continue
+            if OmegaConf.is_config(value):
+                if "_target_" in OmegaConf.to_yaml(value):
+                    continue  # consumers of their own
+                value = OmegaConf.to_container(value, resolve=True)
+            if name in hints and not _fits(value, hints[name]):
+                raise ValueError(f"{key}={value!r} is not valid; valid: {_describe(hints[name])}")
+    raw = OmegaConf.to_yaml(cfg, resolve=False) if added else ""
+    for override in added or []:
+        key = override.split("=", 1)[0].lstrip("+")
+        if override.startswith("+") and "/" not in key and "." in key and not _read(cfg, key, raw):
+            parent = OmegaConf.select(cfg, key.rpartition(".")[0])
+            leaf = key.rpartition(".")[2]
+            valid = ", ".join(str(k) for k in parent if k != leaf) if parent else "none"
+            raise ValueError(
+                f"{key} (added with +) is not a setting reslab reads; the settings of "
+                f"{key.rpartition('.')[0]}: {valid}"
+            )
+
+
+def _targets(tree: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """The nodes of ``tree`` (a config as plain dicts, unresolved) with a ``_target_``, and
+    their dotted paths (a list's items by index), outermost first; an interpolation is its
+    target's node, not one more."""
+    found = []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for name, node in items if isinstance(tree, dict | list) else ():
+        here = f"{path}.{name}" if path else str(name)
+        if isinstance(node, dict | list):
+            found += [(here, node)] * ("_target_" in node) + _targets(node, here)
+    return found
+
+
+def _read(cfg: DictConfig, key: str, raw: str) -> bool:
+    """True when ``key`` lies in a consumer's node or an interpolation names it."""
+    parts = key.split(".")
+    inside = any(
+        "_target_" in (OmegaConf.select(cfg, ".".join(parts[:i])) or {})
+        for i in range(1, len(parts))
+    )
+    return inside or re.search(r"\$\{" + re.escape(key) + r"[}.]", raw) is not None
+
+
+def _signature(target: str) -> tuple[list[str], dict[str, Any], bool]:
+    """A target's parameter names, their type hints (where they can be read) and whether it
+    takes any keyword (``**kwargs`` that go nowhere known)."""
+    obj = get_object(target)
+    chain = [c.__init__ for c in obj.__mro__[:-1] if "__init__" in vars(c)] if isinstance(
+        obj, type) else [obj]  # fmt: skip
+    if target in _FORWARDS:
+        chain.append(get_object(_FORWARDS[target]).__init__)
+    names, hints = [], {}
+    for fn in chain:
+        params = inspect.signature(fn).parameters
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names += [n for n, p in params.items() if p.kind in named and n not in {"self", *names}]
+        space = {
+            **vars(typing),
+            **vars(collections.abc),
+            **getattr(inspect.unwrap(fn), "__globals__", {}),
+        }
+        for n, p in params.items():
+            if n not in hints and isinstance(p.annotation, str):
+                with contextlib.suppress(Exception):
+                    hints[n] = eval(p.annotation, space)  # the library's own hint, in its module
+            elif n not in hints and p.annotation is not p.empty:
+                hints[n] = p.annotation
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names, hints, False
+    return names, hints, True
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value (plain: int, float, str, bool, None, list, dict) fits ``hint``;
+    a class a config cannot hold fits nothing but itself, an unreadable hint everything."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return is_int(value)
+    if hint is float:  # a NaN or infinite setting is never meant (optim.lr=nan trains on)
+        return is_int(value) or (isinstance(value, float) and math.isfinite(value))
+    if hint is str or hint in (Path, os.PathLike):
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence):
+        item = args[0] if args and (origin is not tuple or args[-1] is Ellipsis) else Any
+        return isinstance(value, list | tuple) and all(_fits(v, item) for v in value)
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` in a user's words: ``bool | None`` is ``true, false or null``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        said = dict.fromkeys(filter(None, map(_describe, args)))
+        return " or ".join(w for w in said if not (w == "an integer" and "a finite number" in said))
+    if origin is typing.Literal:
+        return ", ".join(repr(a) for a in args)
+    if origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence):
+        return f"a list ({_describe(args[0]) if args else 'any value'} each)"
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+             type(None): "null", Path: "a path", dict: "a mapping"}  # fmt: skip
+    return words.get(hint, "")  # (a class a config cannot hold)
