@@ -131,11 +131,7 @@ def source_key(cfg: DictConfig, key: str) -> str:
     ``${optim.lr}`` in conf/, one hop; ``${oc.select:key,default}`` too), else ``key`` itself."""
     parent, _, leaf = key.rpartition(".")
     value = OmegaConf.to_container(OmegaConf.select(cfg, parent), resolve=False).get(leaf)
-    link = (
-        re.fullmatch(r"\$\{(?:oc\.select:)?([\w.]+)(,[^}]*)?\}", value)
-        if isinstance(value, str)
-        else None
-    )
+    link = re.fullmatch(r"\$\{(?:oc\.select:)?([\w.]+)(,[^}]*)?\}", str(value))
     return link.group(1) if link else key
 
 
@@ -222,11 +218,8 @@ def _signature(target: str) -> tuple[list[str], dict[str, Any], bool]:
         params = inspect.signature(fn).parameters
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         names += [n for n, p in params.items() if p.kind in named and n not in {"self", *names}]
-        space = {
-            **vars(typing),
-            **vars(collections.abc),
-            **getattr(inspect.unwrap(fn), "__globals__", {}),
-        }
+        space = {**vars(typing), **vars(collections.abc), **getattr(
+            inspect.unwrap(fn), "__globals__", {})}  # fmt: skip
         for n, p in params.items():
             if n not in hints and isinstance(p.annotation, str):
                 with contextlib.suppress(Exception):
@@ -269,7 +262,7 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
-    """``hint`` in a user's words: ``bool | None`` is ``true, false or null``."""
+    """``hint`` in a user's words: ``bool | None`` is ``true or false or null``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         said = dict.fromkeys(filter(None, map(_describe, args)))
