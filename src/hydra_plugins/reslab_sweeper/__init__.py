@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, open_dict, read_write
 
 from reslab.run_folder import read_status
 from reslab.run_lock import restore, snapshot
@@ -87,6 +87,10 @@ class ResumeSweeper(Sweeper):
         hydra = HydraConfig.instance()
         previous = hydra.cfg
         try:
+            hydra.set_config(cfg)
+            with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):  # as run_job
+                where = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+                cfg.hydra.runtime.output_dir = str(where.absolute())
             hydra.set_config(cfg)
             yield cfg
         finally:
