@@ -65,6 +65,14 @@ CASES = {
         ("data=cifar10", "data.data_dir={data}/nowhere", "data.download=false"),
         ("nowhere' does not exist", "or set data.data_dir"),
     ),
+    "fashion-mnist-data-dir-missing": Case(  # (Debian's copy is read only when none is given)
+        ("data=fashion_mnist", "data.data_dir={data}/nowhere", "data.download=false"),
+        ("nowhere' does not exist", "or set data.data_dir"),
+    ),
+    "fashion-mnist-data-dir-empty": Case(
+        ("data=fashion_mnist", "data.data_dir={data}", "data.download=false"),
+        ("Fashion-MNIST not found (the four idx files are missing)", "/FashionMNIST/raw'"),
+    ),
     "cifar-truncated-batch": Case(
         ("data=cifar10", "data.data_dir={data}/cifar_truncated", "data.download=false"),
         ("data_batch_3' is truncated", "not a CIFAR pickle"),

@@ -210,7 +210,7 @@ def test_real_fashion_mnist_from_debian(tmp_path: Path) -> None:
     assert (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(), (
         "apt-get install dataset-fashion-mnist"
     )
-    dm = FashionMNISTDataModule(tmp_path / "empty", val_size=5000, download=False)
+    dm = FashionMNISTDataModule([tmp_path / "empty", DEBIAN_DIR], val_size=5000, download=False)
     dm.setup()
     s = dm.splits
     assert s.train_images.shape == (55_000, 1, 28, 28) and s.val_images.shape == (5_000, 1, 28, 28)

@@ -27,7 +27,9 @@ CONFIGS = {
     "fast": ["data=synthetic", "speed=fast"],
 }
 # the settings whose valid values include strings beside numbers (a time, "auto", a path)
-TAKES_TEXT_TOO = {"trainer.devices", "trainer.val_check_interval", "trainer.max_time"}
+TAKES_TEXT_TOO = {
+    "trainer.devices", "trainer.val_check_interval", "trainer.max_time", "data.data_dir"
+}  # fmt: skip
 
 
 def _settings(cfg: DictConfig) -> list[tuple[str, object]]:

@@ -32,7 +32,8 @@ def train(cfg: DictConfig) -> float:
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
         given = cfg.data.get("data_dir")  # a relative one: as the command meant it (chdir or not)
-        where = {"data_dir": str(first_start_path(given))} if given else {}
+        dirs = [str(first_start_path(d)) for d in given] if OmegaConf.is_list(given) else None
+        where = {"data_dir": dirs or str(first_start_path(given))} if given else {}
         datamodule = instantiate(cfg.data, **where)
         datamodule.setup("fit")  # bad data fails here, before the folder changes
         if resume is not None:  # refused here, the folder stays as it was

@@ -1,11 +1,15 @@
-"""Fashion-MNIST from its four idx files (plain or gzipped), found in ``data_dir``, torchvision's
-layout under it or Debian's ``dataset-fashion-mnist``; downloaded only when none has them."""
+"""Fashion-MNIST from its four idx files (plain or gzipped), found in the folders of ``data_dir``
+(or torchvision's layout under one); downloaded into the first only when none has them. The
+config's default searches the project's data folder, then Debian's ``dataset-fashion-mnist``; a
+folder the user gives is the only one read (never another copy in its place)."""
 
 from __future__ import annotations
 
 import gzip
 from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +58,13 @@ class FashionMNISTDataModule(InMemoryDataModule):
     in_channels = 1
     image_size = 28
 
+    def __init__(self, data_dir: str | Path | Sequence[str | Path], **kwargs: Any) -> None:
+        folders = [data_dir] if isinstance(data_dir, str | Path) else list(data_dir)
+        super().__init__(folders[0], **kwargs)  # (the download's folder)
+        self.folders = [Path(f).expanduser().absolute() for f in folders]
+
     def candidate_dirs(self) -> list[Path]:
-        return [self.data_dir, self.data_dir / "FashionMNIST" / "raw", DEBIAN_DIR]
+        return [d for f in self.folders for d in (f, f / "FashionMNIST" / "raw")]
 
     def find_files(self) -> dict[str, Path] | None:
         """The four files (plain or .gz), from the first folder that has all of them."""
