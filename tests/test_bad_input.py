@@ -65,6 +65,11 @@ CASES = {
         ("data=cifar10", "data.data_dir={data}/nowhere", "data.download=false"),
         ("nowhere' does not exist", "or set data.data_dir"),
     ),
+    "seed-negative": Case(("seed=-1", "data=synthetic"), ("seed=-1", "from 0 to 4294967295")),
+    "trainer-setting-lightning-refuses": Case(  # not blamed on the devices
+        ("trainer.limit_val_batches=1.5", "data=synthetic"),
+        ("trainer.limit_val_batches=1.5 is not valid", "it has to be in [0.0, 1.0] or an int"),
+    ),
     "fashion-mnist-data-dir-missing": Case(  # (Debian's copy is read only when none is given)
         ("data=fashion_mnist", "data.data_dir={data}/nowhere", "data.download=false"),
         ("nowhere' does not exist", "or set data.data_dir"),

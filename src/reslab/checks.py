@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import copy
 import inspect
 import math
 import os
@@ -20,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reslab.checkpoints import check_ckpt_path
 from reslab.config import instantiate
@@ -56,6 +57,8 @@ def check_run(cfg: DictConfig) -> None:
 
 def _check_consumers(cfg: DictConfig) -> None:
     """The scheduler's settings, then every consumer built without data (:func:`check_run`)."""
+    if is_int(seed := OmegaConf.select(cfg, "seed")) and not 0 <= seed < 2**32:  # numpy's range
+        raise ValueError(f"seed={seed} is not valid; valid: an integer from 0 to {2**32 - 1}")
     gamma = OmegaConf.select(cfg, "module.scheduler.gamma")
     if gamma is not None:  # torch takes any: above 1 or below 0 the lr grows or turns
         key = source_key(cfg, "module.scheduler.gamma")
@@ -71,12 +74,16 @@ def _check_consumers(cfg: DictConfig) -> None:
         raise ValueError(_strategy_error(cfg, strategy))  # before Lightning's own checks of it
     try:
         trainer = quiet_trainer(cfg.trainer)
-    except InstantiationException as err:  # Lightning's own check of the devices
+    except InstantiationException as err:  # Lightning's own checks
         if not isinstance(err.__cause__, MisconfigurationException):
             raise
+        why = " ".join(str(err.__cause__).split())  # Lightning's words, on one line
+        if key := _culprit(cfg):  # the setting without which the Trainer builds
+            value = OmegaConf.select(cfg, f"trainer.{key}")
+            said = f"{source_key(cfg, f'trainer.{key}')}={value} is not valid: {why}"
+            raise ValueError(said) from err
         gpus = torch.cuda.device_count()
         valid = "trainer=cpu" if gpus == 0 else f"trainer.devices from 1 to {gpus}, or auto"
-        why = " ".join(str(err.__cause__).split())  # Lightning's words, on one line
         raise ValueError(
             f"trainer.accelerator={OmegaConf.select(cfg, 'trainer.accelerator')} with "
             f"trainer.devices={OmegaConf.select(cfg, 'trainer.devices')} cannot run here ({why}); "
@@ -115,6 +122,18 @@ def _check_consumers(cfg: DictConfig) -> None:
         except (ValueError, TypeError) as err:
             target = OmegaConf.select(cfg, "module.scheduler._target_")
             raise ValueError(f"{source_key(cfg, 'module.scheduler')} ({target}): {err}") from err
+
+
+def _culprit(cfg: DictConfig) -> str | None:
+    """The one setting of the trainer (not its devices) whose Lightning default builds it."""
+    for key in (k for k in cfg.trainer if k not in ("_target_", "accelerator", "devices")):
+        without = copy.deepcopy(cfg)
+        with open_dict(without.trainer):
+            del without.trainer[key]
+        with contextlib.suppress(Exception):  # (without a setting it needs: not this one)
+            quiet_trainer(without.trainer)
+            return str(key)
+    return None
 
 
 def _strategy_error(cfg: DictConfig, strategy: str) -> str:
