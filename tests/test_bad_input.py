@@ -161,6 +161,10 @@ CASES = {
     "ckpt-path-is-a-folder": Case(
         ("ckpt_path={data}", "data=synthetic"), ("is a folder, not a checkpoint file", "valid:")
     ),
+    "ckpt-path-not-a-checkpoint": Case(  # a torch file of tensors: Lightning's KeyError
+        ("ckpt_path={data}/weights.pt", "data=synthetic"),
+        ("weights.pt is not a checkpoint of a reslab run (it lacks 'state_dict'", "valid:"),
+    ),
     "misspelt-top-level-key": Case(
         ("modle.depth=20",), ("unknown config key 'modle'", "did you mean 'model'?"), cli=True
     ),
@@ -226,6 +230,7 @@ def bad_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for folder in (root / "imagenet_flat" / "train").iterdir():
         shutil.rmtree(folder)
     (root / "imagenet_bad_file" / "train" / "n01443537" / "notes.JPEG").write_text("not an image")
+    torch.save({"weights": torch.zeros(2)}, root / "weights.pt")
     return root
 
 

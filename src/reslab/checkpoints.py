@@ -81,6 +81,10 @@ class RunCheckpoint(ModelCheckpoint):
             trainer.save_checkpoint(Path(self.dirpath) / name)
 
 
+# what a resume reads: Lightning's loops and states, and reslab's own (its fused iterations)
+CHECKPOINT_KEYS = ("state_dict", "global_step", "loops", "optimizer_states", "reslab")
+
+
 def check_ckpt_path(ckpt_path: Any) -> str | None:
     """What ``trainer.fit`` loads for ``ckpt_path``: null, ``last``, or the path
     (:func:`first_start_path`) of a whole checkpoint file holding only what
@@ -106,6 +110,12 @@ def check_ckpt_path(ckpt_path: Any) -> str | None:
             f"ckpt_path={text} is not safe to load: it refers to {shown}, which a reslab "
             "checkpoint never holds (only tensors, numbers, strings, lists and dicts); "
             "refusing to load it"
+        )
+    held = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if missing := [k for k in CHECKPOINT_KEYS if not isinstance(held, dict) or k not in held]:
+        raise ValueError(
+            f"ckpt_path={text} is not a checkpoint of a reslab run (it lacks "
+            f"{', '.join(repr(k) for k in missing)}); valid: {CKPT_CHOICES}"
         )
     return str(path)
 
