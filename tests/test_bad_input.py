@@ -165,6 +165,10 @@ CASES = {
         ("ckpt_path={data}/weights.pt", "data=synthetic"),
         ("weights.pt is not a checkpoint of a reslab run (it lacks 'state_dict'", "valid:"),
     ),
+    "wandb-tag-too-long": Case(  # wandb's own check, before the data loads
+        ("logger=wandb", f"tags=[{'t' * 65}]", "data=synthetic"),
+        (f"tags=['{'t' * 65}'] is not valid", "Tags must be between 1 and 64 characters"),
+    ),
     "misspelt-top-level-key": Case(
         ("modle.depth=20",), ("unknown config key 'modle'", "did you mean 'model'?"), cli=True
     ),
@@ -236,8 +240,8 @@ def bad_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def overrides(case: Case, data: Path, tmp_path: Path) -> list[str]:
     return [
-        *(a.format(data=data) for a in case.args),
-        "debug=smoke", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=csv", *(a.format(data=data) for a in case.args),
+        "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]  # fmt: skip
 

@@ -101,6 +101,8 @@ def _check_consumers(cfg: DictConfig) -> None:
     module = instantiate(cfg.module, net=net)
     # (its intervals and trainer settings: reslab.fused.trainer, which built the trainer)
     check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule)
+    if OmegaConf.select(cfg, "logger.wandb") is not None:
+        _check_wandb(cfg)
     for callback in cfg.callbacks.values():  # their constructors check their arguments
         if callback is not None:
             instantiate(callback)
@@ -122,6 +124,32 @@ def _check_consumers(cfg: DictConfig) -> None:
         except (ValueError, TypeError) as err:
             target = OmegaConf.select(cfg, "module.scheduler._target_")
             raise ValueError(f"{source_key(cfg, 'module.scheduler')} ({target}): {err}") from err
+
+
+def _check_wandb(cfg: DictConfig) -> None:
+    """wandb's own checks of the run's name, tags, group and project (its ``Settings``), before
+    the data loads; its words, with the key the user set."""
+    import pydantic
+    import wandb
+
+    given = {key: OmegaConf.select(cfg, f"logger.wandb.{key}") for key in _WANDB_SETTINGS}
+    try:
+        wandb.Settings(**{_WANDB_SETTINGS[k]: v for k, v in given.items() if v is not None})
+    except pydantic.ValidationError as err:  # (its errors() name the setting)
+        first = err.errors()[0]
+        key = next(k for k, v in _WANDB_SETTINGS.items() if v == first["loc"][0])
+        raise ValueError(
+            f"{source_key(cfg, f'logger.wandb.{key}')}={given[key]} is not valid: {first['msg']}"
+        ) from None
+    except wandb.errors.UsageError as err:  # (a project name: its words name it)
+        raise ValueError(f"{source_key(cfg, 'logger.wandb.project')}: {err}") from None
+
+
+# wandb.init's arguments and the wandb Settings that check them
+_WANDB_SETTINGS = {
+    "name": "run_name", "tags": "run_tags", "group": "run_group", "project": "project",
+    "notes": "run_notes", "job_type": "run_job_type",
+}  # fmt: skip
 
 
 def _culprit(cfg: DictConfig) -> str | None:
