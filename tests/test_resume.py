@@ -126,6 +126,17 @@ def test_cut_metrics_keeps_the_rows_up_to_the_checkpoint(tmp_path: Path) -> None
     ]  # fmt: skip
 
 
+def test_cut_metrics_drops_the_rows_a_resumed_run_logs_again(tmp_path: Path) -> None:
+    """A run resumed at its last iteration tests again, and validates again unless its
+    checkpoint was taken after that validation (``revalidated``); its train rows stay."""
+    rows = ["lr,step,test/error,train/loss,val/error", "0.1,2,,2.3,", ",2,,,90.0", "0.1,4,,2.2,",
+            ",4,,,87.5", ",4,85.0,,"]  # fmt: skip
+    for revalidated, kept in ((False, rows[:5]), (True, rows[:4])):
+        (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+        assert cut_metrics(tmp_path, 4, revalidated=revalidated) == 6 - len(kept)
+        assert (tmp_path / "metrics.csv").read_text().splitlines() == kept
+
+
 def test_a_last_row_cut_at_any_byte_is_dropped_and_every_whole_row_kept(tmp_path: Path) -> None:
     """A kill mid-append leaves metrics.csv ending inside a row (``...,20,87.5,2.428``): at every
     byte it can be cut at, the resumed file holds exactly the whole rows before the cut."""

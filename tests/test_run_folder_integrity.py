@@ -226,6 +226,23 @@ def test_a_checkpoint_is_whole_even_when_killed_after_its_rename(
     assert not any(path.parent.iterdir())
 
 
+def test_a_held_checkpoint_replaces_the_last_one_only_when_committed(tmp_path: Path) -> None:
+    """While training, a checkpoint waits as ``last.ckpt.tmp`` until its iteration's rows are
+    written (commit); discarded (an exception before), the one before stays."""
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 2}, path)
+    io.hold = True
+    io.save_checkpoint({"global_step": 4}, path)
+    assert global_step(path) == 2 and global_step(path.with_name("last.ckpt.tmp")) == 4
+    io.commit()
+    assert global_step(path) == 4 and not path.with_name("last.ckpt.tmp").exists()
+    io.save_checkpoint({"global_step": 6}, path)
+    io.save_checkpoint({"global_step": 8}, path)  # (the one held before is committed first)
+    assert global_step(path) == 6
+    io.discard()
+    assert global_step(path) == 6 and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
 def test_a_damaged_checkpoint_is_refused_by_its_crcs(tmp_path: Path) -> None:
     """Any torch checkpoint (reslab's or from elsewhere) is read whole before loading: each
     entry of torch's zip file has a CRC-32, and 4 KB overwritten in tensor data fail it."""

@@ -181,12 +181,12 @@ def test_a_timed_out_job_is_said_timed_out(slurm_cluster, tmp_path: Path) -> Non
 def test_a_job_whose_requeues_are_used_up_says_so_and_how_to_continue(
     slurm_cluster, tmp_path: Path
 ) -> None:
-    """``max_num_timeout=0`` and a time limit of 1 minute: SLURM's USR2 (``signal_delay_s``
+    """``max_num_timeout=0`` and a time limit of 2 minutes: SLURM's USR2 (``signal_delay_s``
     before the limit) finds no requeue left: submitit does not requeue the job."""
     proc, folder = start_sweep(
         slurm_cluster, tmp_path, "model.depth=8", "optim.max_steps=100000",
-        "hydra.launcher.max_num_timeout=0", "hydra.launcher.timeout_min=1",
-        "hydra.launcher.signal_delay_s=30",  # 30 s to start: a loaded machine needed over 15
+        "hydra.launcher.max_num_timeout=0", "hydra.launcher.timeout_min=2",
+        "hydra.launcher.signal_delay_s=60",  # 60 s to start: a loaded machine needed over 30
 
     )  # fmt: skip
     out = proc.communicate(timeout=300)[0]

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from reslab.run_folder import LAST_CHECKPOINT, atomic_write
+from reslab.run_folder import LAST_CHECKPOINT, atomic_write, commit
 
 CKPT_CHOICES = (
     "a checkpoint file (such as <run folder>/checkpoints/last.ckpt), last (this run folder's "
@@ -31,7 +31,14 @@ class DamagedCheckpointError(ValueError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, atomic for local files (fsspec URLs: as Lightning)."""
+    """Lightning's checkpoint writer, atomic for local files (fsspec URLs: as Lightning). While
+    RunCheckpoint trains, a checkpoint is held: written whole and synced as ``<name>.tmp`` where
+    Lightning saves it (``on_train_batch_end``, before that iteration's metrics rows are logged
+    and its validation runs), renamed over ``<name>`` by :meth:`commit` once they are on disk. A
+    kill in between resumes from the checkpoint before, whose later rows are cut and redone."""
+
+    hold = False
+    held: Path | None = None  # the checkpoint waiting for commit()
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -40,7 +47,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # fails here, before any file is touched, if it must
-        atomic_write(str(path).removeprefix("file://"), buffer.getbuffer())
+        self.commit()  # (one held before: its rows are on disk by now)
+        path = Path(str(path).removeprefix("file://"))
+        atomic_write(path, buffer.getbuffer(), hold=self.hold)
+        self.held = path if self.hold else None
+
+    def commit(self) -> None:
+        """The held checkpoint renamed into place (nothing when none is held)."""
+        if self.held is not None:
+            held, self.held = self.held, None
+            commit(held)
+
+    def discard(self) -> None:
+        """The held checkpoint removed: its iteration's rows may not be whole."""
+        if self.held is not None:
+            held, self.held = self.held, None
+            held.with_name(held.name + ".tmp").unlink(missing_ok=True)
+
+
+def commit_checkpoint(trainer: L.Trainer) -> None:
+    """Commits the checkpoint ``trainer`` holds (:class:`AtomicCheckpointIO`), if any: call it
+    once the iteration it was saved at is logged and validated."""
+    if isinstance(writer := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+        writer.commit()
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -66,6 +95,24 @@ class RunCheckpoint(ModelCheckpoint):
         # with the time already spent, would stop it again at its first iteration.
         for key in [k for k in checkpoint.get("callbacks", {}) if k.startswith("Timer")]:
             del checkpoint["callbacks"][key]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(writer := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            writer.hold = True  # (committed as the next iteration starts, or training ends)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        commit_checkpoint(trainer)  # the last iteration's rows and validation are on disk
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._release(trainer, keep=True)
+
+    def on_exception(self, trainer: L.Trainer, *args: Any) -> None:
+        self._release(trainer, keep=False)  # its rows may not be whole: the one before stays
+
+    def _release(self, trainer: L.Trainer, keep: bool) -> None:
+        if isinstance(writer := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            writer.commit() if keep else writer.discard()
+            writer.hold = False
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

@@ -155,6 +155,8 @@ class AppendingCSVLogger(Logger):
         if path.is_file() and set(row) <= set(self._keys or ()):
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self._keys).writerow(row)
+                f.flush()
+                os.fsync(f.fileno())  # on the disk before a later checkpoint's rename
             return
         self._keys = sorted({*(self._keys or ()), *row})
         write_csv(path, self._keys, [*rows, row])  # every row again, below the wider header

@@ -29,10 +29,11 @@ STATUSES = ("finished", "running", "interrupted", "preempted", "stopped", "diver
 FINAL_ERRORS = ("train/error", "val/error", "test/error", "val/error_top5", "test/error_top5")
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> None:
+def atomic_write(path: str | Path, data: str | bytes, *, hold: bool = False) -> None:
     """Writes ``data`` to ``path`` durably and whole: ``<path>.tmp``, its fsync, a rename, and
     an fsync of the folder (the rename itself on the disk), so a reader, a kill or a power cut
-    finds the old file or the new one, never half of one. The folder is made when missing."""
+    finds the old file or the new one, never half of one. The folder is made when missing. With
+    ``hold``, the synced ``<path>.tmp`` waits for :func:`commit` (``path`` unchanged till then)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -41,9 +42,21 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    if not hold:
+        commit(path)
+
+
+def commit(path: str | Path) -> None:
+    """Renames ``<path>.tmp`` (:func:`atomic_write` with ``hold``) over ``path``, then fsyncs
+    the folder: from here on a reader, a kill or a power cut finds the new file."""
+    path = Path(path)
+    try:
+        os.replace(path.with_name(path.name + ".tmp"), path)
+    finally:
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -116,16 +129,22 @@ def final_metric(status: dict[str, Any]) -> float:
     return float("nan") if value is None else float(value)
 
 
-def cut_metrics(run_dir: str | Path, step: int) -> int:
-    """Drops the rows of metrics.csv logged after iteration ``step`` (a resumed run logs them
-    again) and a last row that a kill cut short (``whole_lines``); returns how many whole rows
-    it dropped."""
+def cut_metrics(run_dir: str | Path, step: int, *, revalidated: bool = False) -> int:
+    """Drops the rows of metrics.csv that a run resumed at iteration ``step`` logs again: those
+    after it, its test rows (a run tests at its end), with ``revalidated`` its validation rows
+    at ``step`` (the final validation, redone), and a last row that a kill cut short
+    (``whole_lines``); returns how many whole rows it dropped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return 0
     reader = csv.DictReader(io.StringIO(whole_lines(path), newline=""))
     rows = list(reader)
-    kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
+
+    def redone(row: dict[str, str]) -> bool:
+        at, split = float(row["step"]), {k.split("/")[0] for k, v in row.items() if "/" in k and v}
+        return at > step or (at == step and ("test" in split or (revalidated and "val" in split)))
+
+    kept = [row for row in rows if not row.get("step") or not redone(row)]
     write_csv(path, reader.fieldnames or [], kept)
     return len(rows) - len(kept)
 

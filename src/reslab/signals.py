@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 
-from reslab.checkpoints import RunCheckpoint
+from reslab.checkpoints import RunCheckpoint, commit_checkpoint
 from reslab.module import logging_iteration
 
 
@@ -84,6 +84,7 @@ class StopOnSignal(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if self.stopped_at is not None:  # the stopped iteration is logged and validated
+            commit_checkpoint(trainer)  # (before the checkpoint callback's turn)
             raise RunInterrupted(self.signum or signal.SIGTERM, self.stopped_at)
 
     def pass_on(self) -> None:

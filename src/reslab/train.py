@@ -28,7 +28,8 @@ def train(cfg: DictConfig) -> float:
     """Trains and tests one network in the run folder ``cfg.paths.output_dir``; returns the
     sweeper's metric (:func:`reslab.record.record`). Resuming a finished run changes nothing; a
     run that could not start (its checkpoint missing or damaged) leaves the folder's status.json."""
-    output_dir, started, step = Path(cfg.paths.output_dir), time.time(), None
+    output_dir, started = Path(cfg.paths.output_dir), time.time()
+    step, revalidated = None, False
     try:
         resume = resume_checkpoint(cfg.ckpt_path, output_dir)
         given = cfg.data.get("data_dir")  # a relative one: as the command meant it (chdir or not)
@@ -42,6 +43,9 @@ def train(cfg: DictConfig) -> float:
             module.func.check_resume(checkpoint, **module.keywords)
             check_network(checkpoint, resume, cfg, datamodule)
             step = checkpoint["global_step"]
+            # at its end, a run validates once more unless it did so at its last iteration
+            validated_at = checkpoint["reslab"]["validated_at"]
+            revalidated = step >= cfg.trainer.max_steps and validated_at != step
         own = resume == str(output_dir / run_folder.LAST_CHECKPOINT)
         done = run_complete(output_dir, cfg.trainer.max_steps) if own else None
     except BaseException as err:
@@ -53,7 +57,7 @@ def train(cfg: DictConfig) -> float:
     write_status(output_dir, "running", name=cfg.name, pid=os.getpid(), host=socket.gethostname())
     trainer, metrics = None, {}
     try:
-        prepare_folder(cfg.name, output_dir, resume, step)
+        prepare_folder(cfg.name, output_dir, resume, step, revalidated)
         trainer, module = build(cfg, output_dir, resume, datamodule)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = final_metrics(trainer)  # validate() and test() replace the trainer's metrics
@@ -109,14 +113,15 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 @rank_zero_only
 def prepare_folder(
-    name: str, output_dir: Path, resume: str | None, step: int | None = None
-) -> None:
+    name: str, output_dir: Path, resume: str | None, step: int | None = None,
+    revalidated: bool = False,
+) -> None:  # fmt: skip
     """A resumed run cuts metrics.csv back to its checkpoint (it logs the rest again) and keeps
     its wandb run; a fresh start deletes both (a new metrics.csv, a new wandb run)."""
     if resume is None:
         for stale in (run_folder.METRICS_FILE, run_folder.WANDB_ID_FILE):
             (output_dir / stale).unlink(missing_ok=True)
         return
-    dropped = run_folder.cut_metrics(output_dir, step)
+    dropped = run_folder.cut_metrics(output_dir, step, revalidated=revalidated)
     said = f" ({dropped} later rows of metrics.csv dropped)" if dropped else ""
     print(f"[reslab] {name}: resuming from {resume} at iteration {step}{said}", flush=True)
