@@ -232,6 +232,23 @@ def test_a_diverging_run_stops_within_one_log_interval_and_says_so(
     assert config["provenance"] == json.loads((tmp_path / "run" / "provenance.json").read_text())
 
 
+def test_a_broken_network_never_replaces_a_finite_checkpoint_and_is_no_result(
+    tmp_path: Path, hydra_cfg
+) -> None:
+    """A checkpoint every iteration, logging every 10: the net breaks (lr 1e30) between logging
+    iterations; every checkpoint of a non-finite net is discarded, the last finite one stays,
+    and a run whose weights end non-finite before any logging iteration is ``diverged``."""
+    args = [*RUN, "logger=csv", "optim.lr=1e30", "trainer.log_every_n_steps=10"]
+    cfg = hydra_cfg(tmp_path / "a", [*args, "optim.max_steps=5", "trainer.val_check_interval=5",
+                                     "callbacks.checkpoint.every_n_train_steps=1"])  # fmt: skip
+    with pytest.warns(UserWarning, match="diverged"):
+        train(cfg)
+    checkpoint = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 1 <= checkpoint["global_step"] < 5
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
+    assert json.loads((tmp_path / "a" / "status.json").read_text())["status"] == "diverged"
+
+
 def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
 

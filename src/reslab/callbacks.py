@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from reslab.checkpoints import finite_weights
 from reslab.module import logging_iteration
 from reslab.run_folder import RESPONSES_FILE, atomic_write
 from reslab.validation import require_int
@@ -185,6 +186,15 @@ class DivergenceGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.diverged_at = state_dict["diverged_at"]
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # weights broken after the last logging iteration (or before the first): no result
+        if self.diverged_at is None and not finite_weights(pl_module):
+            self.diverged_at = trainer.global_step
+            rank_zero_warn(
+                f"[reslab] diverged: the network's weights are not finite at iteration "
+                f"{self.diverged_at} (found at the end of training; a lower optim.lr may help)"
+            )
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step

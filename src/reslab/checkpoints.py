@@ -65,11 +65,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             held.with_name(held.name + ".tmp").unlink(missing_ok=True)
 
 
-def commit_checkpoint(trainer: L.Trainer) -> None:
-    """Commits the checkpoint ``trainer`` holds (:class:`AtomicCheckpointIO`), if any: call it
-    once the iteration it was saved at is logged and validated."""
-    if isinstance(writer := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+def commit_checkpoint(trainer: L.Trainer, keep: bool = True) -> None:
+    """Commits the checkpoint ``trainer`` holds (:class:`AtomicCheckpointIO`), if any, once the
+    iteration it was saved at is logged and validated; discards it instead without ``keep`` or
+    when the network is not finite (a broken network never replaces a finite checkpoint)."""
+    writer = trainer.strategy.checkpoint_io
+    if not isinstance(writer, AtomicCheckpointIO) or writer.held is None:
+        return
+    if keep and finite_weights(trainer.lightning_module):
         writer.commit()
+    else:
+        writer.discard()
+
+
+def finite_weights(module: torch.nn.Module) -> bool:
+    """Whether every parameter and floating-point buffer of ``module`` is finite (one host read
+    of the device)."""
+    found = [torch.isfinite(t).all() for t in (*module.parameters(), *module.buffers())
+             if t.is_floating_point()]  # fmt: skip
+    return bool(torch.stack(found).all()) if found else True
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -110,8 +124,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._release(trainer, keep=False)  # its rows may not be whole: the one before stays
 
     def _release(self, trainer: L.Trainer, keep: bool) -> None:
+        commit_checkpoint(trainer, keep)
         if isinstance(writer := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
-            writer.commit() if keep else writer.discard()
             writer.hold = False
 
     def on_save_checkpoint(
