@@ -74,6 +74,9 @@ CASES = {
         ("data=fashion_mnist", "data.data_dir={data}/nowhere", "data.download=false"),
         ("nowhere' does not exist", "or set data.data_dir"),
     ),
+    "fashion-mnist-data-dir-no-folder": Case(
+        ("data=fashion_mnist", "data.data_dir=[]"), ("data.data_dir=[] is not valid", "folders")
+    ),
     "fashion-mnist-data-dir-empty": Case(
         ("data=fashion_mnist", "data.data_dir={data}", "data.download=false"),
         ("Fashion-MNIST not found (the four idx files are missing)", "/FashionMNIST/raw'"),

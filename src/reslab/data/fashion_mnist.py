@@ -60,6 +60,8 @@ class FashionMNISTDataModule(InMemoryDataModule):
 
     def __init__(self, data_dir: str | Path | Sequence[str | Path], **kwargs: Any) -> None:
         folders = [data_dir] if isinstance(data_dir, str | Path) else list(data_dir)
+        if not folders:
+            raise ValueError("data.data_dir=[] is not valid; valid: a folder, or folders in turn")
         super().__init__(folders[0], **kwargs)  # (the download's folder)
         self.folders = [Path(f).expanduser().absolute() for f in folders]
 
