@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
+from reslab.checkpoints import CHECKPOINT_KEYS
 from reslab.config import CONFIG_DIR
 from reslab.resume import resume_checkpoint
 from reslab.train import train
@@ -219,13 +220,14 @@ def test_a_requeued_job_that_names_no_checkpoint_resumes_its_last(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, chosen = tmp_path / "run", tmp_path / "chosen.ckpt"
-    torch.save({"global_step": 3}, chosen)
+    held = {key: {} for key in CHECKPOINT_KEYS}  # what a resume reads, empty
+    torch.save({**held, "global_step": 3}, chosen)
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert resume_checkpoint(None, run) is None
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert resume_checkpoint(None, run) is None  # requeued before its first checkpoint
     (run / "checkpoints").mkdir(parents=True)
-    torch.save({"global_step": 2}, run / "checkpoints" / "last.ckpt")
+    torch.save({**held, "global_step": 2}, run / "checkpoints" / "last.ckpt")
     assert resume_checkpoint(None, run) == str(run / "checkpoints" / "last.ckpt")
     assert resume_checkpoint(str(chosen), run) == str(chosen)  # a checkpoint the user named wins
 
