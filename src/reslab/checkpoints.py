@@ -52,30 +52,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, buffer.getbuffer(), hold=self.hold)
         self.held = path if self.hold else None
 
-    def commit(self) -> None:
-        """The held checkpoint renamed into place (nothing when none is held)."""
+    def commit(self, keep: bool = True) -> None:
+        """The held checkpoint renamed into place, or without ``keep`` removed (its iteration's
+        rows may not be whole); nothing when none is held."""
         if self.held is not None:
             held, self.held = self.held, None
-            commit(held)
+            if keep:
+                commit(held)
+            else:
+                held.with_name(held.name + ".tmp").unlink(missing_ok=True)
 
     def discard(self) -> None:
-        """The held checkpoint removed: its iteration's rows may not be whole."""
-        if self.held is not None:
-            held, self.held = self.held, None
-            held.with_name(held.name + ".tmp").unlink(missing_ok=True)
+        """The held checkpoint removed (:meth:`commit` without ``keep``)."""
+        self.commit(keep=False)
 
 
-def commit_checkpoint(trainer: L.Trainer, keep: bool = True) -> None:
+def commit_checkpoint(trainer: L.Trainer, keep: bool = True, release: bool = False) -> None:
     """Commits the checkpoint ``trainer`` holds (:class:`AtomicCheckpointIO`), if any, once the
     iteration it was saved at is logged and validated; discards it instead without ``keep`` or
-    when the network is not finite (a broken network never replaces a finite checkpoint)."""
+    when the network is not finite (a broken network never replaces a finite checkpoint). With
+    ``release``, later checkpoints are written at once (training has ended)."""
     writer = trainer.strategy.checkpoint_io
-    if not isinstance(writer, AtomicCheckpointIO) or writer.held is None:
+    if not isinstance(writer, AtomicCheckpointIO):
         return
-    if keep and finite_weights(trainer.lightning_module):
-        writer.commit()
-    else:
-        writer.discard()
+    if writer.held is not None:
+        writer.commit(keep and finite_weights(trainer.lightning_module))
+    writer.hold = writer.hold and not release
 
 
 def finite_weights(module: torch.nn.Module) -> bool:
@@ -118,15 +120,10 @@ class RunCheckpoint(ModelCheckpoint):
         commit_checkpoint(trainer)  # the last iteration's rows and validation are on disk
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._release(trainer, keep=True)
+        commit_checkpoint(trainer, release=True)
 
     def on_exception(self, trainer: L.Trainer, *args: Any) -> None:
-        self._release(trainer, keep=False)  # its rows may not be whole: the one before stays
-
-    def _release(self, trainer: L.Trainer, keep: bool) -> None:
-        commit_checkpoint(trainer, keep)
-        if isinstance(writer := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
-            writer.hold = False
+        commit_checkpoint(trainer, keep=False, release=True)  # the one before stays
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
