@@ -1,8 +1,6 @@
 """Lightning callbacks of the project: the layer responses of the paper's Figure 7, a progress
 bar that counts iterations, and the divergence guard."""
 
-from __future__ import annotations
-
 import csv
 import functools
 import io

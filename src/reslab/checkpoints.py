@@ -2,8 +2,6 @@
 old file), refused when damaged (a zip entry failing its CRC-32) or unsafe, and free of the
 folder they were written in (a run folder can be moved and resumed there)."""
 
-from __future__ import annotations
-
 import io
 import zipfile
 from pathlib import Path

@@ -2,8 +2,6 @@
 value is validated where it is consumed (the network's builder, the datamodule, the Trainer,
 torch's SGD); this module builds those consumers without data and names the key a user wrote."""
 
-from __future__ import annotations
-
 import collections.abc
 import contextlib
 import copy

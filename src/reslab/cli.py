@@ -2,8 +2,6 @@
 (``reslab-train: error: model.depth=21 is not valid; valid: ...``): reslab sets
 ``HYDRA_FULL_ERROR=1`` so that Hydra raises; a user who sets it gets every traceback."""
 
-from __future__ import annotations
-
 import difflib
 import math
 import os

@@ -2,8 +2,6 @@
 Every entry point (reslab-train, reslab-summary, the tests) calls :func:`register_resolvers`
 before it composes a config: no import registers anything as a side effect."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 

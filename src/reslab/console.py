@@ -1,8 +1,6 @@
 """What a run prints: one header line, the progress bar and train.py's result line; library
 messages no public switch silences are filtered one by one (warnings on a user's setting stay)."""
 
-from __future__ import annotations
-
 import copy
 import logging
 import re

@@ -2,8 +2,6 @@
 multiply-adds of the convolutions and the fully connected layer for one image; BN, ReLU,
 pooling and shortcut additions count nothing. On the meta device nothing is computed."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 

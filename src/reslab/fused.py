@@ -2,8 +2,6 @@
 step, over K batches indexed and augmented together (``BatchLoader(fused=K)``), so that the loop and
 the batch's preparation cost once per K; with ``module.cuda_graphs``, one CUDA graph (StepGraph)."""
 
-from __future__ import annotations
-
 import contextlib
 import math
 from collections.abc import Callable, Iterator

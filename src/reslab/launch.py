@@ -2,8 +2,6 @@
 ``ddp`` starts ranks 1..N-1 by running ``sys.argv`` again, which in a multirun is the whole
 sweep; such a job runs instead as a one-job ``reslab-train`` in a process of its own."""
 
-from __future__ import annotations
-
 import logging
 import subprocess
 import sys

@@ -1,8 +1,6 @@
 """Loggers: wandb, offline by itself without a key or its server, continuing its own run when the
 run folder resumes; a CSV logger that appends to the run folder's metrics.csv."""
 
-from __future__ import annotations
-
 import csv
 import netrc
 import os

@@ -2,8 +2,6 @@
 iterations, and speed options that change how the network runs, never what it computes (batch
 norm in fp32 under mixed precision, CUDA graphs). Every number comes from the config."""
 
-from __future__ import annotations
-
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any

@@ -2,8 +2,6 @@
 4.2) and ``imagenet`` (Table 1); a plain net is the residual one without shortcuts. And their
 names (``network_name``, ``parse_network_name``: the one grammar of names)."""
 
-from __future__ import annotations
-
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext

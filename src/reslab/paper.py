@@ -5,8 +5,6 @@ convolutions and the FC layer (Table 1's to more digits; CIFAR's, which it does 
 from section 4.2). Errors are in percent; Figure 6's are APPROXIMATE, read off the plot.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import NamedTuple
 

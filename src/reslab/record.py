@@ -2,8 +2,6 @@
 signal, failed): status.json, the wandb summary and the result line. The folder's files belong
 to rank 0: DDP's other ranks run train() too, after rank 0 has opened its loggers."""
 
-from __future__ import annotations
-
 import math
 import os
 import shlex

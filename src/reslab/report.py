@@ -9,8 +9,6 @@ Every folder holding a status.json under each PATH is a run. Writes curves_*.png
 Unfinished runs are drawn as far as they got and left out of the means.
 """
 
-from __future__ import annotations
-
 import argparse
 import math
 import sys

@@ -2,8 +2,6 @@
 checkpoint holds the random number generators and the data order is a function of the
 iteration, so training on from iteration k repeats what the interrupted run did after k."""
 
-from __future__ import annotations
-
 import os
 import sys
 from pathlib import Path

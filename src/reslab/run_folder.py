@@ -2,8 +2,6 @@
 or a sweep's ``<job>_<name>/``), every file written whole and free of where it was written (a
 folder can be moved and resumed there). No torch, Lightning or Hydra: reslab.runs reads it."""
 
-from __future__ import annotations
-
 import csv
 import io
 import json

@@ -1,8 +1,6 @@
 """One writer per run folder: a new folder for each run, and an exclusive ``flock`` on
 ``<run folder>/.lock`` while a process writes it (the system releases it however it dies)."""
 
-from __future__ import annotations
-
 import fcntl
 import io
 import os

@@ -1,8 +1,6 @@
 """Run folders read back, for reports and sweep summaries: which folders are runs, and what
 each one's files say (reslab.run_folder is the contract they follow)."""
 
-from __future__ import annotations
-
 import csv
 import io
 from dataclasses import dataclass, field

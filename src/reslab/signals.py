@@ -1,8 +1,6 @@
 """Stopping on a signal: Ctrl-C, SIGTERM (and SIGUSR2 in a SLURM job) stop training at a whole
 iteration with a checkpoint there, so the resumed run repeats nothing and skips nothing."""
 
-from __future__ import annotations
-
 import os
 import signal
 import sys

@@ -1,8 +1,6 @@
 """A ``hydra/launcher=slurm`` sweep's jobs: waiting for them where SLURM keeps no accounting, their
 exit codes, and how SLURM ended those that did not end themselves."""
 
-from __future__ import annotations
-
 import logging
 import os
 import shutil

@@ -8,8 +8,6 @@ networks a config describes, beside the paper's numbers in its setting. Nothing 
 Overrides are reslab-train's; the input is data.crop_size (else the dataset's image size) square.
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 from collections.abc import Sequence

@@ -1,8 +1,6 @@
 """What a user sees when a sweep ends (a Hydra callback, named in conf/train.yaml): a table of
 its runs' final errors from their folders, and a non-zero exit when jobs failed."""
 
-from __future__ import annotations
-
 import shlex
 from pathlib import Path
 from typing import Any

@@ -2,8 +2,6 @@
 ``hydra/sweeper=resume`` (hydra_plugins/reslab_sweeper), which leaves every finished job's folder
 untouched and launches the others in their own folders with ``ckpt_path=last``."""
 
-from __future__ import annotations
-
 import itertools
 import sys
 from pathlib import Path

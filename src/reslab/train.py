@@ -1,8 +1,6 @@
 """One training run: instantiate what the config (composed from conf/) names, fit, test;
 reslab.record writes how it ended."""
 
-from __future__ import annotations
-
 import os
 import socket
 import time

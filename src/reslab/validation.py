@@ -2,8 +2,6 @@
 writes it, the bad value and what is valid: ``require_int("data.batch_size", 0, low=1)`` raises
 ``data.batch_size=0 is not valid; valid: an integer >= 1``."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Iterable
 from typing import Any

@@ -2,8 +2,6 @@
 training error is below 80% (about 400 iterations), then back to the schedule's lr (0.1) and
 its milestones, unchanged. Configured in ``optim.warmup``."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import lightning as L

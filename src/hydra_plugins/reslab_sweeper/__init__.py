@@ -1,8 +1,6 @@
 """Hydra's plugins must live in the ``hydra_plugins`` package: reslab's one, the sweeper of
 ``reslab-resume SWEEP_FOLDER`` (the rest of the mechanism is reslab.sweeps)."""
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path

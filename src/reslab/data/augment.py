@@ -2,8 +2,6 @@
 crop is randomly sampled from the padded image or its horizontal flip"), batched on the batch's
 device: each image its own offset and flip, both one ``gather`` from a zero-padded buffer."""
 
-from __future__ import annotations
-
 import threading
 
 import torch

@@ -1,8 +1,6 @@
 """In-memory datasets: each split one uint8 tensor, a batch one index into it, augmented whole
 on the training device (``on_after_batch_transfer``): no per-image Python, PIL or workers."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass

@@ -2,8 +2,6 @@
 red, green and blue planes, and ``labels`` or CIFAR-100's ``fine_labels``), read by an unpickler
 that accepts only the types the format needs, so a crafted file cannot run code."""
 
-from __future__ import annotations
-
 import importlib
 import io
 import pickle

@@ -3,8 +3,6 @@
 config's default searches the project's data folder, then Debian's ``dataset-fashion-mnist``; a
 folder the user gives is the only one read (never another copy in its place)."""
 
-from __future__ import annotations
-
 import gzip
 from functools import partial
 from collections.abc import Sequence

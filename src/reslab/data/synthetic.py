@@ -1,7 +1,5 @@
 """Random images and labels of a chosen shape: for benchmarks and the smallest tests."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch
