@@ -1,8 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reslab.data.augment import subtract_mean, subtract_mean_crop_flip
+from reslab.data.augment import crop_flip_draws, subtract_mean, subtract_mean_crop_flip
 
 H = W = 8
 PAD = 4
@@ -18,7 +20,17 @@ def crop_flip(
 ) -> torch.Tensor:
     """The crop and flip alone: subtract_mean_crop_flip with a zero mean and scale 1."""
     zero = torch.zeros(images.shape[1:])
-    return subtract_mean_crop_flip(images, zero, padding, flip, generator, scale=1.0)
+    return subtract_mean_crop_flip(
+        images, zero, padding, flip, seeded(generator, images, padding, flip), scale=1.0
+    )
+
+
+def seeded(generator, images: torch.Tensor, padding: int = PAD, flip: bool = True):
+    """``generator``'s draws for ``images`` (one randint each), or None without one."""
+    if generator is None:
+        return None
+    choices = (2 * padding + 1) ** 2 * (2 if flip else 1)
+    return torch.randint(0, choices, (len(images),), generator=generator)
 
 
 def _expected(top: int, left: int, flip: bool) -> torch.Tensor:
@@ -134,8 +146,9 @@ def test_equals_the_per_image_reference_for_a_fixed_generator(padding: int, flip
         got = crop_flip(images, padding, flip, torch.Generator().manual_seed(seed))
         assert torch.equal(got, expected.float())
         expected = _per_image(centred, padding, flip, seed)  # padded after the mean subtraction
+        g = torch.Generator().manual_seed(seed)
         fused = subtract_mean_crop_flip(
-            images, mean, padding, flip, torch.Generator().manual_seed(seed)
+            images, mean, padding, flip, seeded(g, images, padding, flip)
         )
         assert fused.dtype == torch.float32
         assert torch.equal(fused.view(torch.int32), expected.view(torch.int32))
@@ -153,9 +166,8 @@ def test_fused_is_subtract_mean_then_the_per_image_crop_and_flip(
     mean = images.double().mean(0).to(mean_dtype)
     for scale in (255.0, 1.0, 3.5):
         a = _per_image(subtract_mean(images, mean, scale), PAD, True, 5)
-        b = subtract_mean_crop_flip(
-            images, mean, scale=scale, generator=torch.Generator().manual_seed(5)
-        )
+        draws = seeded(torch.Generator().manual_seed(5), images)
+        b = subtract_mean_crop_flip(images, mean, scale=scale, draws=draws)
         assert a.dtype == b.dtype and torch.equal(a, b)
     assert torch.equal(
         subtract_mean_crop_flip(images, mean, padding=0, flip=False), subtract_mean(images, mean)
@@ -181,9 +193,8 @@ def test_fused_returns_new_tensors_and_stays_exact_call_after_call() -> None:
     for seed, images in enumerate(batches):
         mode = torch.inference_mode() if seed == 2 else torch.enable_grad()
         with mode:
-            got = subtract_mean_crop_flip(
-                images, mean, generator=torch.Generator().manual_seed(seed)
-            )
+            draws = seeded(torch.Generator().manual_seed(seed), images)
+            got = subtract_mean_crop_flip(images, mean, draws=draws)
         expected = _per_image(subtract_mean(images, mean), PAD, True, seed)
         assert torch.equal(got, expected)
         results.append((got, expected))
@@ -193,16 +204,68 @@ def test_fused_returns_new_tensors_and_stays_exact_call_after_call() -> None:
 
 def test_one_batch_of_k_batches_draws_as_the_k_batches_in_turn() -> None:
     """What fused iterations rely on: augmenting K batches at once gives, image for image,
-    what augmenting them one after the other gives, from the same generator (and from the
-    global one)."""
+    what augmenting them one after the other gives, with training's draws (and from torch's
+    global generator)."""
     images = torch.randint(0, 256, (6 * 8, 3, 5, 7), dtype=torch.uint8)
-    mean = images.float().mean(0)
-    together = subtract_mean_crop_flip(images, mean, 2, True, torch.Generator().manual_seed(4))
-    g = torch.Generator().manual_seed(4)
-    in_turn = torch.cat([subtract_mean_crop_flip(b, mean, 2, True, g) for b in images.split(8)])
+    mean, places = images.float().mean(0), torch.arange(8)
+    draws = crop_flip_draws(4, 10, 6, places, 2).flatten()
+    together = subtract_mean_crop_flip(images, mean, 2, True, draws)
+    in_turn = torch.cat([
+        subtract_mean_crop_flip(b, mean, 2, True, crop_flip_draws(4, 10 + i, 1, places, 2)[0])
+        for i, b in enumerate(images.split(8))
+    ])  # fmt: skip
     assert torch.equal(together, in_turn)
     torch.manual_seed(5)
     together = subtract_mean_crop_flip(images, mean)
     torch.manual_seed(5)
     in_turn = torch.cat([subtract_mean_crop_flip(b, mean) for b in images.split(8)])
     assert torch.equal(together, in_turn)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1), iteration=st.integers(0, 10**7), k=st.integers(1, 4),
+    per_rank=st.integers(1, 16), world=st.integers(1, 8), padding=st.integers(0, 4),
+)  # fmt: skip
+def test_training_draws_do_not_depend_on_how_the_global_batch_is_split(
+    seed: int, iteration: int, k: int, per_rank: int, world: int, padding: int
+) -> None:
+    """N ranks holding places r, r + N, ... of each global batch draw what one process draws
+    for the whole batch, and K fused iterations what the K iterations draw in turn."""
+    whole = crop_flip_draws(seed, iteration, k, torch.arange(per_rank * world), padding)
+    assert whole.shape == (k, per_rank * world)
+    assert int(whole.min()) >= 0 and int(whole.max()) < (2 * padding + 1) ** 2 * 2
+    for rank in range(world):
+        mine = crop_flip_draws(
+            seed, iteration, k, torch.arange(rank, per_rank * world, world), padding
+        )
+        assert torch.equal(mine, whole[:, rank::world])
+    for j in range(k):
+        alone = crop_flip_draws(seed, iteration + j, 1, torch.arange(per_rank * world), padding)
+        assert torch.equal(alone[0], whole[j])
+
+
+def test_training_draws_differ_between_places_iterations_and_seeds() -> None:
+    """Independent draws: two ranks' halves of a batch, two iterations and two seeds differ,
+    and each of the 162 crops is about equally likely at every place of the batch."""
+    places = torch.arange(128)
+    first = crop_flip_draws(0, 0, 1, places)[0]
+    assert not torch.equal(first[0::2], first[1::2])  # rank 0's and rank 1's
+    assert not torch.equal(first, crop_flip_draws(0, 1, 1, places)[0])
+    assert not torch.equal(first, crop_flip_draws(1, 0, 1, places)[0])
+    counts = torch.bincount(crop_flip_draws(0, 0, 4000, places).flatten(), minlength=162)
+    expected = 4000 * 128 / 162
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 230  # the 99.9% quantile of chi-square with 161 degrees of freedom: 219.6...
+    for place in (0, 1, 127):  # each place over the iterations, too
+        alone = torch.bincount(
+            crop_flip_draws(0, 0, 16200, places[place : place + 1]).flatten(), minlength=162
+        )
+        assert int(alone.min()) > 50 and int(alone.max()) < 155
+
+
+def test_draws_of_the_wrong_shape_are_refused() -> None:
+    with pytest.raises(ValueError, match="expected 2 draws, one per image"):
+        subtract_mean_crop_flip(
+            torch.zeros(2, 3, 8, 8), torch.zeros(3, 8, 8), draws=torch.zeros(3, dtype=torch.int64)
+        )

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision import transforms
 
 from reslab.config import instantiate
-from reslab.data.augment import subtract_mean_crop_flip
+from reslab.data.augment import crop_flip_draws, subtract_mean_crop_flip
 from reslab.module import FP32BatchNorm2d, batchnorm_in_fp32
 from reslab.networks import build_network
 from reslab.train import train
@@ -56,11 +56,13 @@ def chi_square(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_batched_augmentation_has_the_per_image_paths_distribution() -> None:
     """reslab's batched crop-and-flip against torchvision's RandomCrop(32, padding=4) +
     RandomHorizontalFlip, image by image: crop offsets uniform over the 81 positions and flips
-    at rate 1/2 in both, and the two histograms indistinguishable (chi-square, 80 dof)."""
+    at rate 1/2 in both, and the two histograms indistinguishable (chi-square, 80 dof). The
+    draws are training's: the hash of the seed, the iteration and each image's place."""
     n = 8100
     image = coded_image()
-    zero, g = torch.zeros(image.shape), torch.Generator().manual_seed(0)
-    batch = subtract_mean_crop_flip(image.expand(n, -1, -1, -1), zero, PAD, True, g, scale=1.0)
+    zero = torch.zeros(image.shape)
+    draws = torch.cat([crop_flip_draws(0, i, 1, torch.arange(n // 10), PAD)[0] for i in range(10)])
+    batch = subtract_mean_crop_flip(image.expand(n, -1, -1, -1), zero, PAD, True, draws, scale=1.0)
     fast_offsets, fast_flips = decode(batch)
     plain = transforms.Compose(
         [transforms.RandomCrop(SIDE, padding=PAD), transforms.RandomHorizontalFlip()]

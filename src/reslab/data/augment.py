@@ -1,8 +1,11 @@
 """The paper's CIFAR augmentation (section 4.2: "4 pixels are padded on each side, and a 32×32
 crop is randomly sampled from the padded image or its horizontal flip"), batched on the batch's
-device: each image its own offset and flip, both one ``gather`` from a zero-padded buffer."""
+device: each image its own offset and flip, both one ``gather`` from a zero-padded buffer; in
+training, drawn from the run's seed, the iteration and the image's place in the global batch alone
+(:func:`crop_flip_draws`), so DDP ranks augment a global batch as one process does."""
 
 import threading
+from typing import Any
 
 import torch
 
@@ -19,16 +22,15 @@ _cpu_workspace = threading.local()
 
 def subtract_mean_crop_flip(
     images: torch.Tensor, mean: torch.Tensor, padding: int = 4, flip: bool = True,
-    generator: torch.Generator | None = None, scale: float = 255.0,
+    draws: torch.Tensor | None = None, scale: float = 255.0,
 ) -> torch.Tensor:  # fmt: skip
     """``subtract_mean(images, mean, scale)`` (N, C, H, W) zero-padded by ``padding`` pixels,
     then each image's own random crop of the original size, mirrored with probability 1/2
-    (``flip``); ``generator`` (on the images' device) makes it repeatable. A new tensor, no
-    autograd; a ``ValueError`` for a batch not (N, C, H, W), ``padding`` < 0 or ``scale`` <= 0.
+    (``flip``). A new tensor, no autograd; a ``ValueError`` for a batch not (N, C, H, W),
+    ``padding`` < 0 or ``scale`` <= 0.
 
-    One ``randint`` v per image in [0, (2p+1)² · 2) (without ``flip``: (2p+1)²): mirrored =
-    v % 2, left = (v // 2) % (2p+1), top = (v // 2) // (2p+1); so K batches augmented at once
-    draw exactly as the K batches in turn (on the CPU)."""
+    Image n's draw v = ``draws[n]`` in [0, (2p+1)² · 2) (without ``flip``: (2p+1)²; None: torch's
+    ``randint``): mirrored = v % 2, left = (v // 2) % (2p+1), top = (v // 2) // (2p+1)."""
     if images.dim() != 4:
         raise ValueError(f"expected a batch of shape (N, C, H, W), got {tuple(images.shape)}")
     if padding < 0:
@@ -52,8 +54,12 @@ def subtract_mean_crop_flip(
             _cpu_workspace.buffers = kept
         _, padded, index = kept
     side = 2 * padding + 1
-    draws = side * side * (2 if flip else 1)
-    v = torch.randint(0, draws, (n, 1), device=device, generator=generator)
+    choices = side * side * (2 if flip else 1)
+    if draws is None:
+        draws = torch.randint(0, choices, (n,), device=device)
+    elif draws.shape != (n,):
+        raise ValueError(f"expected {n} draws, one per image; got shape {tuple(draws.shape)}")
+    v = draws.view(n, 1)
     cols = torch.arange(w, device=device)
     if flip:
         cols, v = torch.where((v % 2).bool(), cols.flip(0), cols), v // 2
@@ -65,3 +71,28 @@ def subtract_mean_crop_flip(
     # Dividing after the crop gives each pixel the same (x - mean) / scale, and 0 / scale = 0.
     crops = padded.view(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
     return crops.div_(scale)
+
+
+def crop_flip_draws(
+    seed: int, iteration: int, iterations: int, positions: torch.Tensor, padding: int = 4,
+    flip: bool = True,
+) -> torch.Tensor:  # fmt: skip
+    """The draws (``iterations``, len(``positions``)) for :func:`subtract_mean_crop_flip` of
+    iterations ``iteration``, ``iteration`` + 1, ... (from 0) and the images at ``positions`` of
+    each global batch: a hash of (seed, iteration, position) alone (a 32-bit integer mix, on
+    ``positions``' device, no host sync), so N ranks holding positions r, r + N, ... draw what
+    one process draws for the whole batch, K fused batches what the K batches draw in turn, and
+    a resumed run what the uninterrupted one drew."""
+    side = 2 * padding + 1
+    steps = torch.arange(iteration, iteration + iterations, device=positions.device)
+    key = _mix(_mix(_mix(seed) ^ steps[:, None]) ^ positions[None, :])
+    return key % (side * side * (2 if flip else 1))
+
+
+def _mix(x: Any) -> Any:
+    """A 32-bit integer hash, bijective on 0 .. 2**32 - 1, of a Python int or an int64 tensor
+    (of its low 32 bits: the products stay below 2**63, no overflow)."""
+    x = x & 0xFFFFFFFF
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
+    x = ((x ^ (x >> 15)) * 0x5BD1E995) & 0xFFFFFFFF
+    return x ^ (x >> 16)

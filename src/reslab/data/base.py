@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from reslab.data.augment import subtract_mean, subtract_mean_crop_flip
+from reslab.data.augment import crop_flip_draws, subtract_mean, subtract_mean_crop_flip
 from reslab.validation import require_int
 
 
@@ -44,7 +44,8 @@ class Splits:
 class BatchLoader:
     """Batches of (images, labels) sliced from in-memory tensors. With ``shuffle`` epoch e's order
     is a permutation drawn from ``seed`` and e, the same on every rank; rank r of ``world_size``
-    takes every world_size-th image of each global batch. A pass starts at batch
+    takes every world_size-th image of each global batch (none of an evaluation's last batch when
+    it holds r images or fewer: that rank has one batch less). A pass starts at batch
     ``batches_done()`` (the trainer's iteration; None: the next epoch's first), so a run resumed
     at iteration k sees an uninterrupted one's batches. ``fused`` = K > 1
     (``module.fused_iterations``): each item stacks the next K batches, images (K, B, C, H, W)
@@ -70,7 +71,10 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self._batches() / self.fused)
+        # a rank with no image of the last batch (world_size of them) has one batch less
+        batches = self._batches()
+        empty = 0 < batches and len(self.labels) - (batches - 1) * self.batch_size <= self.rank
+        return math.ceil((batches - empty) / self.fused)
 
     def _order(self, epoch: int) -> torch.Tensor:
         """The image order of ``epoch`` on the images' device (the last two kept)."""
@@ -100,6 +104,8 @@ class BatchLoader:
             if last <= start:
                 return
             group = [self._index(b) for b in range(start, last)]
+            if not len(group[0]):  # none of the last batch's images is this rank's
+                return
             index = group[0] if self.fused == 1 else torch.stack(group)  # (B,) or (K, B)
             yield self.images[index], self.labels[index]
 
@@ -242,8 +248,13 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.mean.device != images.device:
             self.mean = self.mean.to(images.device)  # once, not every batch
         if self.augment and self.trainer is not None and self.trainer.training:
-            # the K batches of a fused step (K, B, C, H, W) at once, drawn as K batches in turn
-            crops = subtract_mean_crop_flip(images.flatten(0, -4), self.mean, self.padding)
+            # the K batches of a fused step (K, B, C, H, W) at once, drawn as K batches in turn;
+            # this rank's images are places r, r + N, ... of each global batch (BatchLoader)
+            (rank, world), k = self._world(), images.shape[0] if images.dim() == 5 else 1
+            places = torch.arange(rank, images.shape[-4] * world, world, device=images.device)
+            draws = crop_flip_draws(self.seed, self.trainer.global_step, k, places, self.padding)
+            flat = images.flatten(0, -4)
+            crops = subtract_mean_crop_flip(flat, self.mean, self.padding, draws=draws.flatten())
             return crops.view(images.shape), labels
         return subtract_mean(images, self.mean), labels
 
