@@ -103,11 +103,7 @@ def hydra_cfg() -> Iterator:
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """A private one-node SLURM cluster for the whole test run (tests/slurm_cluster.py),
-    stopped at the end by the pids it started. Where it cannot start (not root, no packages)
-    the tests that use it skip with the reason; in CI (CI=true) they fail instead."""
+def _cluster(tmp_path_factory: pytest.TempPathFactory, nodes: int) -> Iterator:
     from slurm_cluster import Cluster, why_not
 
     reason = why_not()
@@ -115,8 +111,23 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but no SLURM cluster: {reason}", pytrace=False)
         pytest.skip(reason)
-    cluster = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    cluster = Cluster(tmp_path_factory.mktemp(f"slurm{nodes}"), nodes=nodes).start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A private one-node SLURM cluster for the whole test run (tests/slurm_cluster.py),
+    stopped at the end by the pids it started. Where it cannot start (not root, no packages)
+    the tests that use it skip with the reason; in CI (CI=true) they fail instead."""
+    yield from _cluster(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="module")
+def slurm_two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A private two-node SLURM cluster (two slurmd on this machine) for a test module, as
+    :func:`slurm_cluster` starts and stops its one node."""
+    yield from _cluster(tmp_path_factory, 2)

@@ -1,8 +1,12 @@
-"""A private one-node SLURM cluster for the tests: munged, slurmctld and slurmd with a config,
-state, logs, socket and ports of their own in one folder, stopped by the pids it started.
+"""A private SLURM cluster for the tests: munged, slurmctld and one slurmd per node (``slurmd
+-N NAME``: several nodes on this one machine, each with a port, spool and log of its own) with a
+config, state, logs, socket and ports of their own in one folder, stopped by the pids it started.
+Several nodes are named ``<host>``, ``<host>-2``, ...: Lightning's MASTER_ADDR is the first
+node's name in the job's node list, which must resolve (SLURM's NodeName ``localhost`` would
+be the host itself twice); every node is this machine, at 127.0.0.1.
 
-``python tests/slurm_cluster.py FOLDER`` starts one by hand and prints the ``SLURM_CONF`` to
-export (README, "Try the SLURM path on one machine"); Ctrl-C stops it.
+``python tests/slurm_cluster.py FOLDER [NODES]`` starts one by hand and prints the
+``SLURM_CONF`` to export (README, "The SLURM path on one machine"); Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def _node_line() -> str:
 @dataclass
 class Cluster:
     root: Path
+    nodes: int = 1
     conf: Path = field(init=False)
     env: dict[str, str] = field(init=False)  # what a client (sbatch, submitit) needs
     processes: list[subprocess.Popen] = field(default_factory=list)
@@ -60,9 +65,15 @@ class Cluster:
         self.conf = self.root / "slurm.conf"
         self.env = {"SLURM_CONF": str(self.conf)}
 
+    def node_names(self) -> list[str]:
+        """The nodes' names: this host's, then ``<host>-2``, ``<host>-3``, ... (SLURM sorts a
+        job's node list: the host's name, which resolves, comes first)."""
+        host = socket.gethostname().split(".")[0]
+        return [host, *(f"{host}-{i}" for i in range(2, self.nodes + 1))]
+
     def start(self, timeout_s: float = 60) -> Cluster:
-        root, host = self.root, socket.gethostname().split(".")[0]
-        for sub in ("state", "spool", "log", "munge"):
+        root, host, names = self.root, socket.gethostname().split(".")[0], self.node_names()
+        for sub in ("state", "log", "munge", *(f"spool/{name}" for name in names)):
             (root / sub).mkdir(parents=True, exist_ok=True)
         munge = root / "munge"
         munge.chmod(0o700)
@@ -79,16 +90,15 @@ class Cluster:
                 "ClusterName=reslabtest",
                 f"SlurmctldHost={host}",
                 f"SlurmctldPort={_free_port()}",
-                f"SlurmdPort={_free_port()}",
                 "SlurmUser=root",
                 "SlurmdUser=root",
                 f"AuthInfo=socket={sock},cred_expire={CRED_EXPIRE_S}",
                 f"StateSaveLocation={root}/state",
-                f"SlurmdSpoolDir={root}/spool",
+                f"SlurmdSpoolDir={root}/spool/%n",
                 f"SlurmctldPidFile={root}/slurmctld.pid",
-                f"SlurmdPidFile={root}/slurmd.pid",
+                f"SlurmdPidFile={root}/slurmd.%n.pid",
                 f"SlurmctldLogFile={root}/log/slurmctld.log",
-                f"SlurmdLogFile={root}/log/slurmd.log",
+                f"SlurmdLogFile={root}/log/slurmd.%n.log",
                 "SelectType=select/cons_tres",
                 "ProctrackType=proctrack/linuxproc",
                 "TaskPlugin=task/none",
@@ -106,15 +116,19 @@ class Cluster:
                 # say_how_slurm_ended can ask here, and a sweep on a busy 2-core machine
                 # outlasts 300 s after its first job ends.
                 "MinJobAge=3600",
-                f"NodeName={host} {_node_line()} State=UNKNOWN",
-                f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+                *(f"NodeName={name} NodeAddr=127.0.0.1 Port={_free_port()} "
+                  f"{_node_line()} State=UNKNOWN" for name in names),
+                f"PartitionName=debug Nodes={','.join(names)} Default=YES MaxTime=INFINITE "
+                "State=UP",
                 "",
             ])
         )  # fmt: skip
         env = {**os.environ, **self.env}
         self._spawn([_tool("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld", env)
-        self._spawn([_tool("slurmd"), "-D", "-f", str(self.conf)], "slurmd", env)
-        self._wait(self._node_idle, timeout_s, "the node to be idle in sinfo")
+        for name in names:
+            self._spawn([_tool("slurmd"), "-D", "-N", name, "-f", str(self.conf)],
+                        f"slurmd.{name}", env)  # fmt: skip
+        self._wait(self._nodes_idle, timeout_s, "the nodes to be idle in sinfo")
         return self
 
     def _spawn(self, command: list[str], name: str, env: dict | None = None) -> None:
@@ -124,12 +138,14 @@ class Cluster:
                              start_new_session=True)
         )  # fmt: skip
 
-    def _node_idle(self) -> bool:
+    def _nodes_idle(self) -> bool:
         result = subprocess.run(
-            [_tool("sinfo"), "-h", "-o", "%t"], capture_output=True, text=True,
+            [_tool("sinfo"), "-h", "-N", "-o", "%t"], capture_output=True, text=True,
             env={**os.environ, **self.env}, timeout=10,
         )  # fmt: skip
-        return result.returncode == 0 and result.stdout.strip() in ("idle", "mix", "alloc")
+        states = result.stdout.split()
+        ready = len(states) == self.nodes and all(s in ("idle", "mix", "alloc") for s in states)
+        return result.returncode == 0 and ready
 
     def _wait(self, ready, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
@@ -175,7 +191,7 @@ if __name__ == "__main__":
     if reason:
         sys.exit(f"slurm_cluster: {reason}")
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "slurm-cluster").resolve()
-    cluster = Cluster(folder).start()
+    cluster = Cluster(folder, nodes=int(sys.argv[2]) if len(sys.argv) > 2 else 1).start()
     print(
         f"export SLURM_CONF={cluster.conf}  # then sinfo, reslab-train ... (Ctrl-C stops)",
         flush=True,

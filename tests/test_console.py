@@ -105,12 +105,20 @@ def test_quiet_third_party_silences_the_libraries_not_the_user() -> None:
     def shown(logger: str, message: str) -> bool:
         return bool(logging.getLogger(logger).filter(logging.makeLogRecord({"msg": message})))
 
-    rank_zero, cuda = _LIGHTNING_LOGGERS
+    rank_zero, cuda, signals = _LIGHTNING_LOGGERS
     assert not shown(rank_zero, "💡 Tip: For seamless cloud logging and experiment tracking, ...")
     assert not shown(rank_zero, "GPU available: True (cuda), used: True")
     assert not shown(rank_zero, "TPU available: False, using: 0 TPU cores")
     assert not shown(cuda, "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]")
-    assert shown(rank_zero, "`Trainer(limit_val_batches=1)` was configured so 1 batch is used.")
+    # what the config set (debug=smoke), said per process: the config says it
+    assert not shown(
+        rank_zero, "`Trainer(limit_val_batches=1)` was configured so 1 batch will be used."
+    )
+    assert not shown(
+        rank_zero, "`Trainer(limit_test_batches=1.0)` was configured so 100% of the ..."
+    )
+    assert not shown(signals, "SLURM auto-requeueing enabled. Setting signal handlers.")
+    assert shown(rank_zero, "`Trainer(limit_val_batches=1)` is not a number")  # (not that one)
     assert shown(rank_zero, "`Trainer.fit` stopped: `max_steps=4` reached.")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import submitit
+from test_ddp import NOISE as DDP_NOISE
 
 from reslab.slurm import quiet_slurm_polling
 
@@ -349,3 +350,125 @@ def test_a_ddp_job_runs_two_ranks_that_slurm_starts(
     same_weights(ranks)
     synced(ranks)
     counted_once(ranks)
+
+
+# --- two SLURM nodes -----------------------------------------------------------------------------
+MULTINODE = ["trainer=multinode", "trainer.accelerator=cpu", "trainer.devices=1",
+             "trainer.num_nodes=2"]  # fmt: skip
+# What no rank's console says (test_ddp's NOISE), and the header of two nodes of one device
+QUIET = (*DDP_NOISE, "2 × cpu")
+
+
+def job_logs(folder: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in (folder / ".submitit").rglob("*log.*"))
+
+
+@pytest.mark.slow  # a two-node SLURM job
+def test_two_node_sweep_runs_one_rank_on_each_node(
+    slurm_two_nodes, tmp_path: Path, tiny_cifar10: Path
+) -> None:
+    """``trainer=multinode`` with 2 nodes × 1 device through ``hydra/launcher=slurm``: one SLURM
+    task on each node (nodes from trainer.num_nodes), Lightning's SLURMEnvironment with node
+    ranks 0 and 1; tests/test_ddp.py's checks hold for what each rank recorded, and the console
+    of each rank is quiet: one header, on rank 0, naming 2 nodes × 1 cpu."""
+    import torch
+    from test_ddp import WORLD, global_batches, run_args
+    from test_ddp import test_each_rank_trains_on_its_own_half_of_every_global_batch as halves
+    from test_ddp import test_evaluation_sets_are_counted_once_over_the_ranks as counted_once
+    from test_ddp import test_logged_metrics_are_synced_over_the_ranks as synced
+    from test_ddp import test_the_ranks_end_with_the_same_trained_weights as same_weights
+
+    folder, record = tmp_path / "sweep", tmp_path / "record"
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.cli", "-m", *LAUNCHER, *run_args(tiny_cifar10),
+         *MULTINODE, "+callbacks.record._target_=ddp_worker.RankRecorder",
+         f"+callbacks.record.out_dir={record}", f"hydra.sweep.dir={folder}"],
+        capture_output=True, text=True, env=job_env(slurm_two_nodes, tmp_path), cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    output, logs = result.stdout + result.stderr, job_logs(folder)
+    assert result.returncode == 0, (output + logs)[-4000:]
+    (job,) = [p for p in (folder / ".submitit").iterdir() if p.is_dir()]
+    tasks = {p.name.rsplit("_", 2)[-2]: p.read_text() for p in job.glob("*_log.out")}
+    assert sorted(tasks) == ["0", "1"], logs[-3000:]
+    for task, text in tasks.items():  # submitit's JobEnvironment: node=<node>(<nodes>)
+        assert f"node={task}(2), global_rank={task}(2)" in text, text[-2000:]
+    ranks = [torch.load(record / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r, rec in enumerate(ranks):
+        assert (rec["rank"], rec["node_rank"], rec["world_size"]) == (r, r, WORLD)
+        assert rec["environment"] == "SLURMEnvironment"
+    halves(ranks, global_batches(tiny_cifar10, len(ranks[0]["batches"])))
+    same_weights(ranks)
+    synced(ranks)
+    counted_once(ranks)
+    headers = [line for line in logs.splitlines() if "multiply-adds" in line]
+    assert len(headers) == 1 and "| 2 nodes × 1 cpu, precision 32-true |" in headers[0], headers
+    assert "multiply-adds" in tasks["0"] and "multiply-adds" not in tasks["1"]
+    for noise in QUIET:
+        assert noise not in output + logs, f"{noise!r} in the output:\n{(output + logs)[-3000:]}"
+    assert status(folder / "0_resnet-8A")["status"] == "finished"
+
+
+@pytest.fixture(scope="module")
+def two_node_uninterrupted(slurm_two_nodes, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the run of test_signals to N iterations as one two-node job."""
+    from test_signals import RUN, N
+
+    tmp = tmp_path_factory.mktemp("two_node_uninterrupted")
+    result = subprocess.run(
+        [sys.executable, "-m", "reslab.cli", "-m", *LAUNCHER, *RUN, *MULTINODE,
+         f"optim.max_steps={N}", f"hydra.sweep.dir={tmp / 'sweep'}"],
+        capture_output=True, text=True, env=job_env(slurm_two_nodes, tmp), cwd=tmp, timeout=300,
+    )  # fmt: skip
+    run = tmp / "sweep" / "0_resnet-8A"
+    assert result.returncode == 0, (result.stdout + result.stderr + job_logs(tmp / "sweep"))[-4000:]
+    assert status(run)["status"] == "finished" and status(run)["iterations"] == N
+    return run
+
+
+@pytest.mark.slow  # two two-node SLURM jobs, one stopped, requeued and resumed
+def test_two_node_job_requeued_loses_no_iteration(
+    slurm_two_nodes, tmp_path: Path, two_node_uninterrupted: Path
+) -> None:
+    """``scontrol requeue`` of a running two-node job: SLURM sends SIGTERM to the rank on each
+    node; the ranks agree to stop at the next logging iteration (every 5: 15, after a pause at
+    11), save it, and the requeued job resumes there on both nodes, to the uninterrupted
+    two-node run's metrics.csv, byte for byte."""
+    from test_signals import RUN, N, _pause
+
+    folder, paused = tmp_path / "sweep", tmp_path / "paused"
+    env = job_env(slurm_two_nodes, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reslab.cli", "-m", *LAUNCHER, *RUN, *MULTINODE,
+         f"optim.max_steps={N}", *_pause(11, paused), f"hydra.sweep.dir={folder}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    run = folder / "0_resnet-8A"
+    try:
+        deadline = time.monotonic() + 180
+        while not paused.exists():  # both ranks hold at the end of iteration 11
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the job never reached its pause"
+            time.sleep(0.1)
+        (job,) = [p.name for p in (folder / ".submitit").iterdir() if p.is_dir()]
+        slurm_command(slurm_two_nodes, ["scontrol", "requeue", job], env)
+        paused.unlink()
+        deadline = time.monotonic() + 60
+        while status(run)["status"] == "running":
+            assert time.monotonic() < deadline, "the job did not stop"
+            time.sleep(0.1)
+        stopped = status(run)
+        assert stopped["status"] == "preempted", stopped
+        assert stopped["interrupted_at"] == stopped["iterations"] == 15
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    logs = job_logs(folder)
+    assert proc.returncode == 0, (out + logs)[-3000:]
+    assert status(run)["status"] == "finished" and status(run)["iterations"] == N
+    resumed = re.findall(r"resuming from \S+ at iteration (\d+)", logs)
+    assert resumed and int(resumed[-1]) == 15, logs[-3000:]  # 0 iterations lost
+    expected = (two_node_uninterrupted / "metrics.csv").read_text()
+    assert (run / "metrics.csv").read_text() == expected

@@ -22,10 +22,13 @@ _LIGHTNING_INFO = re.compile(
     r"|LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: "  # on GPUs; the header names the device
     # K iterations per Trainer step: validation is not after every iteration
     r"|`Trainer\(val_check_interval=1\)` was configured so validation will run after every"
+    r"|`Trainer\(limit_\w+_batches=1(\.0)?\)` was configured so "  # the config says so (debug=)
+    r"|SLURM auto-requeueing enabled\. "  # per rank, fit and test; submitit requeues the job
 )
 _LIGHTNING_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"
-)
+    "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+    "lightning.pytorch.trainer.connectors.signal_connector",
+)  # fmt: skip
 
 # Library warnings, none about a setting of the user's: (regex from the message's start, category).
 _WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
@@ -79,11 +82,12 @@ def print_header(name: str, net: nn.Module, datamodule: L.LightningDataModule,
                  trainer: L.Trainer, run_dir: str | Path) -> None:  # fmt: skip
     """Print :func:`header` for a run (rank 0 only): ``datamodule`` set up, ``trainer`` built.
     Multiply-adds of one image of the size the network sees, as reslab-summary counts them;
-    the device as ``cpu``, ``NVIDIA H200`` or ``8 × NVIDIA H200`` (over all nodes)."""
+    the device as ``cpu``, ``NVIDIA H200``, ``8 × NVIDIA H200`` or ``2 nodes × 8 NVIDIA H200``."""
     shape = (datamodule.in_channels, datamodule.image_size, datamodule.image_size)
     macs = count_multiply_adds(copy.deepcopy(net).to("meta"), shape)  # shapes only, no arithmetic
-    device, devices = trainer_device(trainer)
-    device = device if devices == 1 else f"{devices} × {device}"
+    kind, nodes, devices = trainer_device(trainer)[0], trainer.num_nodes, trainer.num_devices
+    device = kind if devices == 1 else f"{devices} × {kind}"
+    device = f"{nodes} nodes × {devices} {kind}" if nodes > 1 else device
     sizes, precision = split_sizes(datamodule), str(trainer.precision)
     print(header(name, count_parameters(net), human(macs), datamodule.name, sizes, device,
                  precision, run_dir), flush=True)  # fmt: skip
