@@ -3,7 +3,8 @@
 ``RankRecorder`` is a Lightning callback that ``reslab-train`` instantiates on every rank from
 ``+callbacks.record._target_=ddp_worker.RankRecorder`` (this folder on ``PYTHONPATH``). It
 writes ``rank<r>.pt`` into ``out_dir`` when testing ends: the raw uint8 training batches the
-rank got (recorded before the mean subtraction and the random crop) and its own loss on each,
+rank got (recorded before the mean subtraction and the random crop) and what the DataModule made
+of them (``augmented``: mean subtracted, cropped and flipped), its own loss on each,
 the weights (parameters and buffers) at the start and at the end of training and after
 testing, how many of its own test images it got wrong, and the metrics as its trainer holds
 them (synced over the ranks).
@@ -30,6 +31,7 @@ class RankRecorder(Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.augmented: list[torch.Tensor] = []  # the same batches as the network got them
         self.losses: list[float] = []  # this rank's own loss of every training batch
         self.record: dict[str, Any] = {}
         self.test_wrong = 0
@@ -43,10 +45,13 @@ class RankRecorder(Callback):
         transfer = datamodule.on_after_batch_transfer  # the DataModule's own hook, bound
 
         def record_then_transfer(batch: Any, dataloader_idx: int) -> Any:
-            if trainer.training:  # the raw batch, before the mean and the augmentation
-                images, labels = batch
-                self.batches.append((images.detach().cpu().clone(), labels.detach().cpu().clone()))
-            return transfer(batch, dataloader_idx)
+            if not trainer.training:
+                return transfer(batch, dataloader_idx)
+            images, labels = batch  # the raw batch, before the mean and the augmentation
+            self.batches.append((images.detach().cpu().clone(), labels.detach().cpu().clone()))
+            transferred = transfer(batch, dataloader_idx)
+            self.augmented.append(transferred[0].detach().cpu().clone())
+            return transferred
 
         # Lightning looks the hook up on the DataModule instance at every batch.
         datamodule.on_after_batch_transfer = record_then_transfer
@@ -84,9 +89,11 @@ class RankRecorder(Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record.update(
             rank=trainer.global_rank,
+            node_rank=trainer.node_rank,
             world_size=trainer.world_size,
-            environment=type(trainer.strategy.cluster_environment).__name__,  # who started it
+            environment=type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
             batches=self.batches,
+            augmented=self.augmented,
             losses=self.losses,
             tested=weights(pl_module),
             test_metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -95,3 +102,16 @@ class RankRecorder(Callback):
         )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(self.record, self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+class BatchNormInEvalMode(Callback):
+    """Every batch norm layer in eval mode while training (its running statistics, unchanged),
+    so that no layer looks across the images of a batch: how the global batch is split over
+    ranks cannot change what the network computes (tests/test_ddp.py)."""
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any
+    ) -> None:
+        for module in pl_module.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
