@@ -70,6 +70,10 @@ CASES = {
         ("trainer.limit_val_batches=1.5", "data=synthetic"),
         ("trainer.limit_val_batches=1.5 is not valid", "it has to be in [0.0, 1.0] or an int"),
     ),
+    "trainer-setting-lightning-refuses-at-fit": Case(  # (seen only with the data)
+        ("trainer.limit_val_batches=0.01", "data=synthetic"),
+        ("trainer.limit_val_batches=0.01 is not valid", "Try at least `limit_val_batches=1.0`"),
+    ),
     "fashion-mnist-data-dir-missing": Case(  # (Debian's copy is read only when none is given)
         ("data=fashion_mnist", "data.data_dir={data}/nowhere", "data.download=false"),
         ("nowhere' does not exist", "or set data.data_dir"),
@@ -120,6 +124,64 @@ CASES = {
     "negative-momentum": Case(
         ("optim.momentum=-1", "data=synthetic"), ("optim.momentum=-1", "a number >= 0")
     ),
+    "max-epochs-0": Case(  # it ended "finished" after 0 iterations, the untrained net's errors
+        ("data=synthetic", "trainer.max_epochs=0"),
+        ("trainer.max_epochs=0 is not valid", "trains by iterations (optim.max_steps)", "-1"),
+    ),
+    "max-epochs-2-with-fused-iterations": Case(
+        ("data=synthetic", "trainer.max_epochs=2", "module.fused_iterations=2"),
+        ("trainer.max_epochs=2 is not valid", "valid: -1 or null"),
+    ),
+    "check-val-every-0-epochs": Case(  # a ZeroDivisionError at fit
+        ("data=synthetic", "trainer.check_val_every_n_epoch=0"),
+        ("trainer.check_val_every_n_epoch=0 is not valid", "an integer >= 1 or null"),
+    ),
+    "metrics-outside-the-run-folder": Case(  # metrics.csv went to ./abc, the folder had none
+        ("data=synthetic", "logger.csv.save_dir=abc"),
+        (
+            "logger.csv.save_dir='abc' is not valid: a run folder holds its own files",
+            "valid: ${paths.output_dir}, the default",
+        ),
+    ),
+    "checkpoints-outside-the-run-folder": Case(
+        ("data=synthetic", "callbacks.checkpoint.dirpath=/tmp/elsewhere"),
+        (
+            "callbacks.checkpoint.dirpath='/tmp/elsewhere' is not valid",
+            "valid: ${paths.output_dir}/checkpoints",
+        ),
+    ),
+    "callback-entry-not-a-config": Case(  # (it was Hydra's "Cannot instantiate ... str")
+        ("data=synthetic", "callbacks.progress=abc"),
+        ("callbacks.progress='abc' is not valid", "a config with a _target_, or null"),
+    ),
+    "warmup-not-a-config": Case(  # callbacks.warmup is ${optim.warmup}: the key the user set
+        ("data=synthetic", "optim.warmup=3"),
+        ("optim.warmup=3 is not valid", "a config with a _target_, or null"),
+    ),
+    "accumulated-gradients": Case(  # each micro-batch of a step got the step's crops
+        ("data=synthetic", "+trainer.accumulate_grad_batches=2"),
+        ("trainer.accumulate_grad_batches=2 is not valid", "valid: 1"),
+    ),
+    "sync-batchnorm-on-one-cpu-rank": Case(  # DDP converts the layers for one rank too
+        (
+            "data=synthetic",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "trainer.sync_batchnorm=true",
+        ),
+        ("trainer.sync_batchnorm=true needs GPUs", "valid on CPUs: false"),
+    ),
+    "sync-batchnorm-on-cpus": Case(  # torch's SyncBatchNorm would fail at the first batch
+        (
+            "data=synthetic",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.sync_batchnorm=true",
+        ),
+        ("trainer.sync_batchnorm=true needs GPUs", "valid on CPUs: false"),
+    ),
     "more-devices-than-exist": Case(
         ("trainer=gpu", f"trainer.devices={GPUS + 1}", "data=synthetic"),
         (f"trainer.devices={GPUS + 1}", "valid here: trainer=cpu" if GPUS == 0 else "from 1 to"),
@@ -130,18 +192,33 @@ CASES = {
             (f"trainer.strategy={name} is not supported", "valid: auto, single_device, ddp,"),
             cli=name == "ddp_spawn",  # the issue's command
         )
-        for name in ("ddp_spawn", "ddp_fork", "ddp_notebook",
-                     "ddp_spawn_find_unused_parameters_true", "fsdp", "deepspeed")
+        for name in (
+            "ddp_spawn",
+            "ddp_fork",
+            "ddp_notebook",
+            "ddp_spawn_find_unused_parameters_true",
+            "fsdp",
+            "deepspeed",
+        )
     },
     "strategy-object-that-spawns": Case(
-        ("data=synthetic", "trainer.devices=2",
-         "+trainer.strategy={{_target_:lightning.pytorch.strategies.DDPStrategy,"
-         "start_method:spawn}}"),
+        (
+            "data=synthetic",
+            "trainer.devices=2",
+            "+trainer.strategy={{_target_:lightning.pytorch.strategies.DDPStrategy,"
+            "start_method:spawn}}",
+        ),
         ("trainer.strategy=DDPStrategy is not supported", "ddp_find_unused_parameters_true"),
     ),
     "imagenet-fewer-val-images-than-processes": Case(
-        (*IMAGENET_SMALL, "data.data_dir={data}/nowhere", "trainer=ddp", "trainer.accelerator=cpu",
-         "trainer.devices=2", "data.val_size=1"),
+        (
+            *IMAGENET_SMALL,
+            "data.data_dir={data}/nowhere",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "data.val_size=1",
+        ),
         ("data.val_size=1", "valid: 0, null or an integer >= 2"),
     ),
     "ckpt-path-missing": Case(
@@ -157,7 +234,9 @@ CASES = {
             cli=name == "url",
         )
         for name, value, said in (
-            ("best", "best", ()), ("hpc", "hpc", ()), ("registry", "registry", ()),
+            ("best", "best", ()),
+            ("hpc", "hpc", ()),
+            ("registry", "registry", ()),
             ("url", "s3://bucket/run/last.ckpt", ("a URL: copy the checkpoint to a local file",)),
         )
     },

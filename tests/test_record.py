@@ -130,6 +130,10 @@ def test_a_diverged_run_records_null_errors_strict_json_and_its_provenance(
         rows = list(csv.DictReader(f))
     before = [r for r in rows if r["val/error"] and int(r["step"]) < at]
     assert before and all(0 <= float(r["val/error"]) <= 100 for r in before)  # kept there
+    # nothing evaluated for the broken network (Lightning validates a run that stops), but the
+    # iteration that found it is logged
+    assert not [r for r in rows if (r["val/error"] or r.get("test/error")) and int(r["step"]) >= at]
+    assert [r["train/loss"] for r in rows if int(r["step"]) == at] == ["nan"]
 
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())  # valid YAML
     assert hparams["network"] == "resnet-20A"
@@ -143,3 +147,28 @@ def test_a_diverged_run_records_null_errors_strict_json_and_its_provenance(
     assert record["device"] and record["device_count"] == 1  # cpu here; a GPU by its name
     assert record["host"] and "optim.lr=1e8" in record["command"]
     assert "reslab.cli" in record["command"]
+
+
+def test_a_run_a_callback_stops_short_of_max_steps_is_stopped_not_finished(
+    tmp_path: Path, hydra_cfg
+) -> None:
+    """A callback's should_stop (EarlyStopping here) ends the loop at iteration 2 of 4: that
+    is no result (status stopped, no test), with a checkpoint there to continue from; the run
+    finished only when it trained its optim.max_steps iterations (it said "finished" at 2)."""
+    import torch
+
+    from reslab.train import train
+
+    run = tmp_path / "run"
+    stop = [
+        "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.stop.monitor=val/error",
+        "+callbacks.stop.stopping_threshold=1000",
+    ]
+    metric = train(hydra_cfg(run, ["data=synthetic", "debug=smoke", "logger=csv", *stop]))
+    assert metric != metric  # nan: no result for a sweeper
+    status = json.loads((run / "status.json").read_text())
+    assert (status["status"], status["stopped_at"], status["iterations"]) == ("stopped", 2, 2)
+    assert "test/error" not in status
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2

@@ -20,7 +20,8 @@ its ``.wandb`` files (tests/wandb_files.py), to read back what a run gave wandb.
 
 The wording of other libraries' errors that reslab.cli still reads (no attribute
 holds what they say) is pinned here too: Hydra's bad override and failed instantiation, torch's
-refusal of an unsafe checkpoint, a DataLoader worker's error.
+refusal of an unsafe checkpoint, a DataLoader worker's error; and Lightning's fit-time refusal of
+a Trainer setting, whose backticks reslab.checks.named_setting reads for the key to name.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import pickletools
+import re
 from pathlib import Path
 
 import lightning
@@ -270,3 +272,20 @@ def test_hydras_basic_sweeper_is_the_target_multirun_yaml_records() -> None:
 
     names = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)}
     assert BASIC_SWEEPER in names, f"Hydra's basic sweeper is no longer {BASIC_SWEEPER}: {names}"
+
+
+def test_lightning_names_the_trainer_setting_it_refuses_at_fit_in_backticks(tmp_path: Path) -> None:
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    trainer = lightning.Trainer(
+        max_steps=1, limit_val_batches=0.01, default_root_dir=tmp_path, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(MisconfigurationException) as refused:
+        trainer.fit(BoringModel())
+    named = set(re.findall(r"`(\w+)(?:=[^`]*)?`", str(refused.value)))
+    assert "limit_val_batches" in named, (
+        f"{VERSION} no longer names `limit_val_batches` in backticks when it refuses it at fit "
+        f"({refused.value}); reslab.checks.named_setting reads that to name the user's key"
+    )

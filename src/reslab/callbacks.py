@@ -170,10 +170,16 @@ class IterationProgressBar(TQDMProgressBar):
         return metrics
 
 
+class Diverged(Exception):
+    """Raised by :class:`DivergenceGuard` where Lightning would validate a diverged network (it
+    validates a run that stops): train.py's fit ends there, and nothing more is evaluated."""
+
+
 class DivergenceGuard(L.Callback):
     """Stops a run whose ``train/loss`` (the logging interval's mean: one host read an interval)
-    has become NaN or infinite, on every DDP rank at once, and records ``diverged_at``; train.py
-    marks the run ``diverged`` and skips the final evaluations."""
+    has become NaN or infinite, on every DDP rank at once, and records ``diverged_at``; that
+    iteration's rows are logged, no validation runs (:class:`Diverged`), train.py marks the run
+    ``diverged`` and skips the final evaluations."""
 
     def __init__(self, monitor: str = "train/loss") -> None:
         self.monitor = monitor
@@ -193,6 +199,10 @@ class DivergenceGuard(L.Callback):
                 f"[reslab] diverged: the network's weights are not finite at iteration "
                 f"{self.diverged_at} (found at the end of training; a lower optim.lr may help)"
             )
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.diverged_at is not None and trainer.state.fn == "fit":
+            raise Diverged(f"diverged at iteration {self.diverged_at}")
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step

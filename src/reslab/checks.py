@@ -38,8 +38,9 @@ def check_run(cfg: DictConfig) -> None:
     added = OmegaConf.select(cfg, "hydra.overrides.task")  # a sweep's job: its own overrides
     if added is None and HydraConfig.initialized():
         added = HydraConfig.get().overrides.task
+    added = list(added or [])
     try:
-        check_schema(cfg, list(added or []))
+        check_schema(cfg, added)
         wrong = None
     except ValueError as err:
         wrong = err
@@ -47,14 +48,54 @@ def check_run(cfg: DictConfig) -> None:
         _check_consumers(cfg)
     except Exception as err:  # the consumer's own words, when they are about the same key
         if wrong is None or str(err).startswith(str(wrong).split("=", 1)[0] + "="):
-            raise
+            if (typed := _as_typed(err, added)) is err:
+                raise
+            raise typed from None
         raise wrong from None
     if wrong is not None:
         raise wrong
 
 
+def _as_typed(err: Exception, added: list[str]) -> Exception:
+    """``err`` with its leading ``key=value`` as the user typed it: a consumer names the key its
+    value comes from (optim.max_steps), where the user may have set one linked to it
+    (trainer.max_steps=-1): the override of that value (of that leaf, where several are)."""
+    key, sep, rest = str(err).partition("=")
+    typed = dict(o.lstrip("+~").split("=", 1) for o in added if "=" in o)
+    if not isinstance(err, ValueError) or not sep or " " in key or key in typed:
+        return err
+    value = rest.split(" ", 1)[0].rstrip(":;,")
+    same = [k for k, v in typed.items() if _same(v, value)]
+    same = [k for k in same if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]] or same
+    return ValueError(f"{same[0]}={rest}") if len(same) == 1 else err
+
+
+def _same(typed: str, said: str) -> bool:
+    """Whether a value as typed and as said are one ('abc' is abc, 1e+30 is 1e30)."""
+    typed, said = typed.strip("'\""), said.strip("'\"")
+    try:
+        return typed == said or float(typed) == float(said)
+    except ValueError:
+        return False
+
+
+# Where a run folder's files go (reslab.run_folder's contract: reports and resumes read them there)
+_IN_RUN_FOLDER = {
+    "trainer.default_root_dir": ".", "logger.csv.save_dir": ".", "logger.wandb.save_dir": ".",
+    "callbacks.checkpoint.dirpath": "checkpoints",
+}  # fmt: skip
+
+
 def _check_consumers(cfg: DictConfig) -> None:
     """The scheduler's settings, then every consumer built without data (:func:`check_run`)."""
+    for key, inside in _IN_RUN_FOLDER.items():
+        place = OmegaConf.select(cfg, key)
+        if place is not None and Path(str(place)).absolute() != Path(cfg.paths.output_dir, inside):
+            default = "${paths.output_dir}" + ("" if inside == "." else f"/{inside}")
+            raise ValueError(
+                f"{source_key(cfg, key)}={place!r} is not valid: a run folder holds its own files "
+                f"(reports and reslab-resume read them there); valid: {default}, the default"
+            )
     if is_int(seed := OmegaConf.select(cfg, "seed")) and not 0 <= seed < 2**32:  # numpy's range
         raise ValueError(f"seed={seed} is not valid; valid: an integer from 0 to {2**32 - 1}")
     gamma = OmegaConf.select(cfg, "module.scheduler.gamma")
@@ -72,14 +113,19 @@ def _check_consumers(cfg: DictConfig) -> None:
         raise ValueError(_strategy_error(cfg, strategy))  # before Lightning's own checks of it
     try:
         trainer = quiet_trainer(cfg.trainer)
-    except InstantiationException as err:  # Lightning's own checks
-        if not isinstance(err.__cause__, MisconfigurationException):
+    except (InstantiationException, ValueError) as err:  # Lightning's own checks
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        ours = isinstance(err, ValueError) and re.match(r"[\w.]+=", str(err))  # fused.trainer's
+        if ours or not isinstance(cause, MisconfigurationException | ValueError | TypeError):
             raise
-        why = " ".join(str(err.__cause__).split())  # Lightning's words, on one line
-        if key := _culprit(cfg):  # the setting without which the Trainer builds
+        why = " ".join(str(cause).split())  # Lightning's words, on one line
+        misconfigured = isinstance(cause, MisconfigurationException)  # (devices it cannot find)
+        if key := _culprit(cfg, devices=not misconfigured):  # without it, the Trainer builds
             value = OmegaConf.select(cfg, f"trainer.{key}")
-            said = f"{source_key(cfg, f'trainer.{key}')}={value} is not valid: {why}"
+            said = f"{source_key(cfg, f'trainer.{key}')}={value!r} is not valid: {why}"
             raise ValueError(said) from err
+        if not misconfigured:
+            raise
         gpus = torch.cuda.device_count()
         valid = "trainer=cpu" if gpus == 0 else f"trainer.devices from 1 to {gpus}, or auto"
         raise ValueError(
@@ -89,6 +135,12 @@ def _check_consumers(cfg: DictConfig) -> None:
         ) from err
     if not supported_strategy(trainer):
         raise ValueError(_strategy_error(cfg, type(trainer.strategy).__name__))
+    sync = OmegaConf.select(cfg, "trainer.sync_batchnorm") is True  # (DDP converts, 1 rank too)
+    if sync and trainer.strategy.root_device.type == "cpu":  # (torch fails at the first batch)
+        raise ValueError(
+            f"{source_key(cfg, 'trainer.sync_batchnorm')}=true needs GPUs: torch's "
+            "SyncBatchNorm runs on CUDA devices only; valid on CPUs: false"
+        )
     datamodule = instantiate(cfg.data)  # the constructor checks its arguments; nothing loads
     if hasattr(datamodule, "check_processes"):  # a dataset whose evaluation shards need images
         datamodule.check_processes(trainer.world_size)
@@ -99,6 +151,11 @@ def _check_consumers(cfg: DictConfig) -> None:
     module = instantiate(cfg.module, net=net)
     # (its intervals and trainer settings: reslab.fused.trainer, which built the trainer)
     check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule)
+    for group in ("logger", "callbacks"):  # each entry a consumer's config, or null
+        for name, node in (cfg.get(group) or {}).items():
+            if node is not None and not OmegaConf.is_dict(node):
+                raise ValueError(f"{source_key(cfg, f'{group}.{name}')}={node!r} is not valid; "
+                                 "valid: a config with a _target_, or null")  # fmt: skip
     if OmegaConf.select(cfg, "logger.wandb") is not None:
         _check_wandb(cfg)
     for callback in cfg.callbacks.values():  # their constructors check their arguments
@@ -150,9 +207,28 @@ _WANDB_SETTINGS = {
 }  # fmt: skip
 
 
-def _culprit(cfg: DictConfig) -> str | None:
-    """The one setting of the trainer (not its devices) whose Lightning default builds it."""
-    for key in (k for k in cfg.trainer if k not in ("_target_", "accelerator", "devices")):
+def named_setting(cfg: DictConfig, err: BaseException) -> BaseException:
+    """``err`` said with the key the user set, where Lightning refuses a Trainer setting only once
+    it sees the data (``trainer.limit_val_batches=0.5`` of one batch): a MisconfigurationException
+    whose message names, in backticks, exactly one argument that ``cfg.trainer`` sets. Any other
+    ``err`` is returned as it is. Lightning's wording is pinned in tests/test_upstream.py."""
+    if not isinstance(err, MisconfigurationException):
+        return err
+    named = set(re.findall(r"`(\w+)(?:=[^`]*)?`", str(err))) & set(cfg.trainer)
+    if len(named) != 1:
+        return err
+    key = f"trainer.{named.pop()}"
+    why = " ".join(str(err).split())
+    said = f"{source_key(cfg, key)}={OmegaConf.select(cfg, key)!r} is not valid: {why}"
+    return ValueError(said)
+
+
+def _culprit(cfg: DictConfig, devices: bool = False) -> str | None:
+    """The one setting of the trainer whose Lightning default builds it (its accelerator and
+    devices only with ``devices``)."""
+    for key in (k for k in cfg.trainer if k != "_target_"):
+        if not devices and key in ("accelerator", "devices"):
+            continue
         without = copy.deepcopy(cfg)
         with open_dict(without.trainer):
             del without.trainer[key]

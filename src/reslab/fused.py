@@ -27,6 +27,19 @@ def trainer(
     require_int("optim.max_steps", kwargs.get("max_steps"), 1, note="(iterations to train)")
     require_int("callbacks.checkpoint.every_n_train_steps", checkpoint_every_n_steps, 0,
                 optional=True, note="(iterations; 0: only at the end)")  # fmt: skip
+    require_int("trainer.check_val_every_n_epoch", kwargs.get("check_val_every_n_epoch"), 1,
+                optional=True, note="(epochs; null: by val_check_interval)")  # fmt: skip
+    if (epochs := kwargs.get("max_epochs", -1)) not in (None, -1) or isinstance(epochs, bool):
+        raise ValueError(  # Lightning would end the run there, before optim.max_steps
+            f"trainer.max_epochs={epochs!r} is not valid: reslab trains by iterations "
+            "(optim.max_steps), across epochs; valid: -1 or null"
+        )
+    if (accumulate := kwargs.get("accumulate_grad_batches", 1)) != 1:
+        raise ValueError(  # iterations are optimizer steps: the data order and draws count them
+            f"trainer.accumulate_grad_batches={accumulate!r} is not valid: a reslab iteration is "
+            "one batch and one optimizer step (the paper's); valid: 1 (a larger data.batch_size "
+            "for a larger batch)"
+        )
     if not isinstance(interval := kwargs.get("val_check_interval"), str | None):
         require_int("trainer.val_check_interval", interval, 1,
                     note="(iterations), or a time 'DD:HH:MM:SS'")  # fmt: skip
@@ -48,12 +61,8 @@ def trainer(
         if is_int(kwargs.get(key)):  # (a validation interval may be a time or a fraction)
             kwargs[key] //= k
     built = L.Trainer(**kwargs)
-    epochs, accumulate = built.max_epochs, built.accumulate_grad_batches
     settings = {  # what a fused step cannot keep: {said: refused}
-        f"trainer.max_epochs={epochs} (epochs of fused steps end elsewhere: train by "
-        "optim.max_steps, with trainer.max_epochs=-1)": epochs not in (None, -1),
         f"trainer.gradient_clip_val={built.gradient_clip_val}": bool(built.gradient_clip_val),
-        f"trainer.accumulate_grad_batches={accumulate}": accumulate != 1,
         f"trainer.precision={built.precision} (its gradient scaler; bf16-mixed needs none)": (
             getattr(built.precision_plugin, "scaler", None) is not None
         ),

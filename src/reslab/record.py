@@ -58,12 +58,13 @@ def record(
         _finish_wandb(exit_code=1)
         return math.nan
     step, diverged, budget = trainer.global_step, _diverged_at(trainer), out_of_time(trainer)
-    if budget is not None and diverged is None:  # no result: not trained to its end
-        final = {"status": "stopped", "stopped_at": step, "iterations": step,
-                 "max_time_s": round(budget, 1), "seconds": seconds, **metrics}  # fmt: skip
-        said = (f"stopped at iteration {step} (checkpoint there): its time budget, "
-                f"trainer.max_time ({budget:.0f} s), is spent; continue it with a new one: "
-                f"{_resume(output_dir)}")  # fmt: skip
+    if stopped_short(trainer):  # no result: not trained to its end
+        final = {"status": "stopped", "stopped_at": step, "iterations": step, "seconds": seconds,
+                 **({"max_time_s": round(budget, 1)} if budget else {}), **metrics}  # fmt: skip
+        why = (f"its time budget, trainer.max_time ({budget:.0f} s), is spent; continue it with a "
+               "new one" if budget else "the training loop ended before optim.max_steps="
+               f"{trainer.max_steps} (a callback stopped it); continue it")  # fmt: skip
+        said = f"stopped at iteration {step} (checkpoint there): {why}: {_resume(output_dir)}"
     else:
         status = "finished"
         if diverged is not None or any(not math.isfinite(v) for v in metrics.values()):
@@ -145,10 +146,17 @@ def out_of_time(trainer: L.Trainer) -> float | None:
     return timer.time_elapsed("train") + remaining
 
 
+def stopped_short(trainer: L.Trainer) -> bool:
+    """Ended short of ``max_steps`` (out of time, or a callback's ``should_stop``), not diverged:
+    no result, and a checkpoint to continue from."""
+    short = trainer.max_steps > 0 and trainer.global_step < trainer.max_steps
+    return short and _diverged_at(trainer) is None
+
+
 def ended_early(trainer: L.Trainer) -> bool:
-    """Stopped by a signal, diverged or out of time: no final validation or test."""
+    """Stopped by a signal, diverged or :func:`stopped_short`: no final validation or test."""
     stopped = getattr(_callback(trainer, StopOnSignal), "stopped_at", None) is not None
-    return stopped or _diverged_at(trainer) is not None or out_of_time(trainer) is not None
+    return stopped or _diverged_at(trainer) is not None or stopped_short(trainer)
 
 
 def _diverged_at(trainer: L.Trainer) -> int | None:

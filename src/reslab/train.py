@@ -1,6 +1,7 @@
 """One training run: instantiate what the config (composed from conf/) names, fit, test;
 reslab.record writes how it ended."""
 
+import contextlib
 import os
 import socket
 import time
@@ -13,10 +14,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from reslab import console, run_folder
+from reslab.callbacks import Diverged
 from reslab.checkpoints import RunCheckpoint, first_start_path
+from reslab.checks import named_setting
 from reslab.config import instantiate
 from reslab.provenance import provenance, trainer_device
-from reslab.record import ended_early, out_of_time, record, record_failure, write_status
+from reslab.record import ended_early, record, record_failure, stopped_short, write_status
 from reslab.resume import check_network, resume_checkpoint, run_complete
 
 write_provenance = rank_zero_only(run_folder.write_provenance)
@@ -57,11 +60,12 @@ def train(cfg: DictConfig) -> float:
     try:
         prepare_folder(cfg.name, output_dir, resume, step, revalidated)
         trainer, module = build(cfg, output_dir, resume, datamodule)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        with contextlib.suppress(Diverged):  # where Lightning would validate the broken net
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = final_metrics(trainer)  # validate() and test() replace the trainer's metrics
         early, callback = ended_early(trainer), trainer.checkpoint_callback
-        if isinstance(callback, RunCheckpoint) and (not early or out_of_time(trainer) is not None):
-            callback.save_final(trainer)  # the last iteration's: a finished run's, or out of time
+        if isinstance(callback, RunCheckpoint) and (not early or stopped_short(trainer)):
+            callback.save_final(trainer)  # the last iteration's: a finished run's, or a stopped one
         if not early:
             if datamodule.has_val and module.validated_at != trainer.global_step:
                 trainer.validate(module, datamodule=datamodule, verbose=False)  # the final net
@@ -69,8 +73,11 @@ def train(cfg: DictConfig) -> float:
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update(final_metrics(trainer))
     except BaseException as err:
-        record(cfg.name, output_dir, started, trainer, metrics, err)
-        raise
+        said = named_setting(cfg, err)  # Lightning's fit-time refusal, named by the user's key
+        record(cfg.name, output_dir, started, trainer, metrics, said)
+        if said is err:
+            raise
+        raise said from err
     return record(cfg.name, output_dir, started, trainer, metrics)
 
 
