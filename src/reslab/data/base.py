@@ -73,7 +73,7 @@ class BatchLoader:
     def __len__(self) -> int:
         # a rank with no image of the last batch (world_size of them) has one batch less
         batches = self._batches()
-        empty = 0 < batches and len(self.labels) - (batches - 1) * self.batch_size <= self.rank
+        empty = batches > 0 and len(self.labels) - (batches - 1) * self.batch_size <= self.rank
         return math.ceil((batches - empty) / self.fused)
 
     def _order(self, epoch: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ config's default searches the project's data folder, then Debian's ``dataset-fas
 folder the user gives is the only one read (never another copy in its place)."""
 
 import gzip
-from functools import partial
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
