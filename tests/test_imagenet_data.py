@@ -17,6 +17,7 @@ from reslab.data.imagenet import (
     PCA_EIGVAL,
     PCA_EIGVEC,
     EvalShard,
+    TrainOrder,
 )
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
@@ -99,13 +100,14 @@ def test_train_batches(tree) -> None:
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == 2  # 12 images, the last partial batch dropped
-    images, labels = batches[0]
+    images, labels, alpha = batches[0]  # alpha: each image's colour noise
     assert images.shape == (5, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.max() <= 2
+    assert alpha.shape == (5, 3) and alpha.dtype == torch.float32
     assert not loader.persistent_workers  # num_workers=0
-    first = torch.cat([y for _, y in dm.train_dataloader()])
-    again = torch.cat([y for _, y in module(tree[0], batch_size=5).train_dataloader()])
-    other = torch.cat([y for _, y in module(tree[0], batch_size=5, seed=1).train_dataloader()])
+    first = torch.cat([b[1] for b in dm.train_dataloader()])
+    again = torch.cat([b[1] for b in module(tree[0], batch_size=5).train_dataloader()])
+    other = torch.cat([b[1] for b in module(tree[0], batch_size=5, seed=1).train_dataloader()])
     assert torch.equal(first, again) and not torch.equal(first, other)  # seeded shuffle
 
 
@@ -119,9 +121,10 @@ def test_workers_give_the_same_batches_as_the_main_process(tmp_path: Path) -> No
     (a,) = in_process.test_dataloader()
     (b,) = workers.test_dataloader()
     assert a[0].shape == (6, 10, 3, 32, 32) and torch.equal(a[0], b[0])
-    # augmented batches from workers: seeded by the loader's generator, so repeatable
-    runs = [module(tmp_path, batch_size=4, num_workers=2, seed=s) for s in (3, 3, 4)]
-    first = [torch.cat([x for x, _ in dm.train_dataloader()]) for dm in runs]
+    # augmented batches: each image's draws from the seed, iteration and place, in any process
+    settings = ((2, 3), (0, 3), (2, 4))  # (workers, seed)
+    runs = [module(tmp_path, batch_size=4, num_workers=w, seed=s) for w, s in settings]
+    first = [torch.cat([b[0] for b in dm.train_dataloader()]) for dm in runs]
     assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
 
 
@@ -166,18 +169,24 @@ def test_lighting_noise_only_in_training(tree) -> None:
     dm.trainer.validating = True
     assert torch.equal(dm.on_after_batch_transfer((images, labels), 0)[0], clean)
     dm.trainer.training = True
+    assert torch.equal(dm.on_after_batch_transfer((images, labels), 0)[0], clean)  # no alpha
     torch.manual_seed(0)
     batch = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
-    noisy = dm.on_after_batch_transfer((batch, torch.zeros(300)), 0)[0]
+    dataset, order = dm.train_dataloader().dataset, dm.train_dataloader().sampler
+    alphas = torch.stack([dataset[(0, key)][2] for key in range(300)])  # what training draws
+    noisy = dm.on_after_batch_transfer((batch, torch.zeros(300), alphas), 0)[0]
     offset = (noisy - (batch.float() - dm.mean) / 255) * 255  # pixel units
     per_image = offset[:, :, :1, :1]
     assert torch.allclose(offset, per_image.expand_as(offset), atol=1e-3)  # one RGB shift each
     eigvec, eigval = torch.tensor(PCA_EIGVEC), torch.tensor(PCA_EIGVAL)
     alpha = per_image.flatten(1) @ eigvec / (eigval * 255)  # eigvec is orthonormal
     assert 0.085 < float(alpha.std()) < 0.115 and abs(float(alpha.mean())) < 0.02
+    keys = [key for _, key in order]
+    assert len(set(keys)) == len(keys)  # an epoch's images each draw from a key of their own
     off = module(tree[0], color_augment=False)
     off.trainer = dm.trainer
-    assert torch.equal(off.on_after_batch_transfer((images, labels), 0)[0], clean)
+    no_noise = off.on_after_batch_transfer((images, labels, alphas[: len(images)]), 0)[0]
+    assert torch.equal(no_noise, clean)
 
 
 # --- normalisation ---------------------------------------------------------------------------
@@ -284,7 +293,8 @@ def test_grey_cmyk_and_png_files_become_rgb(tmp_path: Path) -> None:
     Image.fromarray(pixels).save(tmp_path / "train/n0/png.JPEG", format="PNG")  # as in ImageNet
     write_jpeg(tmp_path / "val/n0/a.jpg", pixels)
     dm = module(tmp_path, augment=False, batch_size=3)
-    (images, _), *_ = list(dm.train_dataloader())
+    dataset = dm.train_dataloader().dataset
+    images = torch.stack([dataset[i][0] for i in range(3)])
     assert images.shape == (3, 3, 32, 32)
     cmyk, grey, png = images.float()  # sorted by name
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
@@ -456,7 +466,7 @@ def test_config_has_the_papers_values_and_takes_the_smoke_preset(tmp_path: Path,
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert len(dm.train_images) == 18 and len(dm.val_images) == 6  # smoke asks for more
-    images, _ = next(iter(dm.train_dataloader()))
+    images, *_ = next(iter(dm.train_dataloader()))
     assert images.shape == (16, 3, 32, 32)
 
 
@@ -476,3 +486,41 @@ def test_evaluation_images_are_shared_by_the_processes_once_each(tree) -> None:
     dm.trainer = trainer(devices=2, strategy="ddp")
     with pytest.raises(ValueError, match=r"1 evaluation images cannot be shared by 2 processes"):
         dm.val_dataloader()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_training_draws_depend_on_the_seed_iteration_and_place_alone(tree, world: int) -> None:
+    """The ranks' items of each global batch (image, draw key), taken in turn, are one
+    process's; a pass that starts at iteration k (a resume) yields the uninterrupted pass's
+    items from batch k on; and the augmented images of a 2-rank split are one process's, byte
+    for byte. Each image's draws differ from its neighbours' (not one draw per rank)."""
+    dm = module(tree[0], batch_size=4)
+    dataset = dm.train_dataloader().dataset
+
+    def order(rank: int, ranks: int, start: int = 0) -> list[tuple[int, int]]:
+        return list(TrainOrder(dataset, 4, 0, rank, ranks, lambda: start))
+
+    one = order(0, 1)
+    assert len(one) == 12 and len({i for i, _ in one}) == 12  # 3 batches of 4: each image once
+    shares = [order(r, world) for r in range(world)]
+    per_rank = 4 // world
+    for b in range(3):  # batch b: rank r holds its places r, r + world, ...
+        got = [None] * 4
+        for r, share in enumerate(shares):
+            got[r::world] = share[b * per_rank : (b + 1) * per_rank]
+        assert got == one[b * 4 : (b + 1) * 4]
+    assert order(0, 1, start=2) == one[8:]  # a pass from batch 2 on: the rest of epoch 0
+    assert order(0, 1, start=5) == order(0, 1, start=3)[8:]  # batch 5: epoch 1's third
+    assert order(0, 1, start=3) != one  # epoch 1: another permutation
+    images = [dataset[item][0] for item in one[:4]]
+    split = [dataset[item][0] for share in shares for item in share[:per_rank]]
+    assert all(any(torch.equal(a, b) for b in split) for a in images)
+    assert len({key for _, key in one}) == 12
+
+
+def test_the_training_loader_is_resumable_for_lightning(tree) -> None:
+    """Lightning resumes a loader mid-epoch only when it has state_dict / load_state_dict
+    (else it warns that the dataloader "is not resumable" and restarts the epoch's order)."""
+    loader = module(tree[0], batch_size=4).train_dataloader()
+    assert isinstance(loader.sampler, TrainOrder)
+    loader.load_state_dict(loader.state_dict())  # (tests/test_resume.py resumes one for real)

@@ -470,3 +470,38 @@ def test_a_resume_for_another_class_count_is_refused_and_changes_no_file(
     with pytest.raises(ValueError, match=said + r", \(5, 64\) in resnet-8A\)"):
         train(cfg)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow  # three short ImageNet runs in subprocesses, with a decoding worker
+def test_an_imagenet_run_killed_mid_epoch_resumes_to_the_uninterrupted_runs_numbers(
+    tmp_path: Path, tiny_imagenet: Path
+) -> None:
+    """36 training images in batches of 4: 9 iterations an epoch; killed at 7, resumed from the
+    checkpoint at 6, in the middle of the first epoch. The resumed run sees the uninterrupted
+    run's images with the same scale, crop, flip and colour noise (TrainOrder): its metrics.csv
+    is the uninterrupted run's, byte for byte, and Lightning finds the loader resumable."""
+    run = [
+        sys.executable, "-m", "reslab.cli", "model=imagenet", "model.depth=18", "data=imagenet",
+        f"data.data_dir={tiny_imagenet}", "data.crop_size=32", "data.scale=[36,40]",
+        "data.eval_resize=36", "data.batch_size=4", "data.eval_batch_size=2", "debug=smoke",
+        "data.val_size=3", "data.train_subset=null", "data.num_workers=1", "optim.max_steps=12",
+        "callbacks.checkpoint.every_n_train_steps=3", "trainer.val_check_interval=3",
+        "trainer.log_every_n_steps=1", "logger=csv",
+    ]  # fmt: skip
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+
+    def reslab(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*run, f"hydra.run.dir={folder}", *extra], capture_output=True, text=True,
+            timeout=600, env=own_env(PYTHONPATH=pythonpath),
+        )  # fmt: skip
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert reslab(whole).returncode == 0
+    result = reslab(killed, "+callbacks.kill._target_=sigkill.SigkillAt", "+callbacks.kill.step=7")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    result = reslab(killed, "ckpt_path=last")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "at iteration 6" in result.stdout, result.stdout[-2000:]
+    assert "not resumable" not in result.stdout + result.stderr
+    assert (killed / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()

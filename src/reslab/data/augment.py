@@ -85,8 +85,15 @@ def crop_flip_draws(
     a resumed run what the uninterrupted one drew."""
     side = 2 * padding + 1
     steps = torch.arange(iteration, iteration + iterations, device=positions.device)
-    key = _mix(_mix(_mix(seed) ^ steps[:, None]) ^ positions[None, :])
-    return key % (side * side * (2 if flip else 1))
+    return draw_key(seed, steps[:, None], positions[None, :]) % (side * side * (2 if flip else 1))
+
+
+def draw_key(seed: int, iteration: Any, position: Any) -> Any:
+    """The 32-bit key of the image at ``position`` of the global batch of ``iteration`` (from 0)
+    of a run seeded with ``seed``: Python ints, or int64 tensors that broadcast. Every training
+    draw of an image comes from it (CIFAR's crop and flip, ImageNet's scale, crop, flip and
+    colour noise), so that how the batch is split over ranks, fused or resumed changes none."""
+    return _mix(_mix(_mix(seed) ^ iteration) ^ position)
 
 
 def _mix(x: Any) -> Any:

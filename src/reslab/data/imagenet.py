@@ -1,6 +1,9 @@
 """ImageNet (ILSVRC 2012) from ``data_dir/{train,val}/<class>/*.JPEG`` (labels: the sorted
 class folders' indices), with the paper's recipe (section 3.4). Workers decode and crop in uint8;
-``on_after_batch_transfer`` normalises and adds the colour noise on the training device. The
+``on_after_batch_transfer`` normalises and adds the colour noise on the training device. Each
+training image's draws (scale, crop, flip, colour noise) come from the seed, the iteration and its
+place in the global batch alone (:class:`TrainOrder`), and the order from the seed and the epoch:
+a run resumed mid-epoch, or split over other ranks, sees the uninterrupted run's batches. The
 paper reports on the val set, so ``test/error`` is the val folder again, with 10 crops."""
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -25,7 +28,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS  # Pi
 from torchvision.datasets.folder import has_file_allowed_extension, pil_loader
 from torchvision.transforms import v2
 
-from reslab.data.base import require_batch_split, require_ints
+from reslab.data.augment import draw_key
+from reslab.data.base import BatchLoader, require_batch_split, require_ints
 from reslab.validation import is_int, require_choice, require_int
 
 log = logging.getLogger(__name__)
@@ -60,9 +64,18 @@ class ImageList(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int | tuple[int, int]) -> tuple:
         """(``transform`` of image ``i``, its label): uint8 RGB (3, H, W) in H, W, C memory order
-        (fastest to resize), whatever the format (a PNG named .JPEG; grey, CMYK become RGB)."""
+        (fastest to resize), whatever the format (a PNG named .JPEG; grey, CMYK become RGB); its
+        random draws come from torch's generator. ``i`` = (index, key), :class:`TrainOrder`'s:
+        (image, label, alpha), every draw from ``key`` alone, alpha (3,) ~ N(0, 0.1) the
+        image's colour noise (Krizhevsky et al.'s), torch's generator left as it was."""
+        if isinstance(i, tuple):
+            index, key = i
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(key)
+                image, label = self[index]
+                return image, label, torch.randn(3) * 0.1
         try:
             pixels = np.array(pil_loader(self.path(i)))  # Pillow's decoding, as RGB
         except (OSError, ValueError, SyntaxError) as err:  # unknown format, truncated, corrupt
@@ -162,6 +175,47 @@ class EvalShard(DistributedSampler):
 
     def __len__(self) -> int:  # (a rank of more ranks than images: 0, not Lightning's assert)
         return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+class TrainOrder(DistributedSampler):
+    """The training images of rank r of n: places r, r + n, ... of each global batch of
+    ``batch_size``, in :class:`~reslab.data.base.BatchLoader`'s order (a permutation drawn from
+    ``seed`` and the epoch), from batch ``batches_done()`` (the trainer's iteration) to its
+    epoch's end; each item (image index, :func:`~reslab.data.augment.draw_key` of the seed, the
+    iteration and the place). Lightning keeps a DistributedSampler subclass as it is."""
+
+    def __init__(
+        self, dataset: ImageList, batch_size: int, seed: int, rank: int, world: int,
+        batches_done: Callable[[], int],
+    ) -> None:  # fmt: skip
+        super().__init__(dataset, num_replicas=world, rank=rank, seed=seed, drop_last=True)
+        n = torch.arange(len(dataset))
+        self.order = BatchLoader(n, n, batch_size, shuffle=True, drop_last=True, seed=seed,
+                                 rank=rank, world_size=world)  # fmt: skip
+        self.batch_size, self.batches_done = batch_size, batches_done
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if not (per_epoch := len(self.order)):
+            return
+        first = self.batches_done()
+        places = range(self.rank, self.batch_size, self.num_replicas)
+        for batch in range(first, (first // per_epoch + 1) * per_epoch):
+            for index, place in zip(self.order._index(batch).tolist(), places, strict=True):
+                yield index, draw_key(self.seed, batch, place)
+
+    def __len__(self) -> int:
+        return len(self.order) * len(range(self.rank, self.batch_size, self.num_replicas))
+
+
+class TrainLoader(DataLoader):
+    """A DataLoader of :class:`TrainOrder`: Lightning resumes it mid-epoch (the position is the
+    trainer's iteration; the state only checks that the order is the same)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.order.load_state_dict(state)
 
 
 class ImageNetDataModule(L.LightningDataModule):
@@ -283,19 +337,17 @@ class ImageNetDataModule(L.LightningDataModule):
         return self._loader(self.test_images, self.test_crops, self.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
-        """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 (x - mean) / std, with the PCA
-        lighting noise in training."""
-        images, labels = batch
+        """uint8 (B, 3, c, c) or (B, crops, 3, c, c) → float32 (x - mean) / std; a training batch
+        (images, labels, alpha) gets the PCA lighting noise of its images' alpha (B, 3)."""
+        images, labels, *alpha = batch
         if self.mean is None:  # (set with self.std)
             raise RuntimeError("ImageNetDataModule: call setup() before using its batches")
         if self.mean.device != images.device:  # once, not every batch
             self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
             self.lighting = self.lighting.to(images.device)
         x = images.float() - self.mean
-        training = self.trainer is not None and self.trainer.training
-        if training and self.augment and self.color_augment:
-            alpha = torch.randn((len(x), 3), device=x.device) * 0.1  # N(0, 0.1), one per image
-            x = x + (alpha @ self.lighting.T)[:, :, None, None]
+        if alpha and self.augment and self.color_augment:  # drawn with each image's crop
+            x = x + (alpha[0].to(x.dtype) @ self.lighting.T)[:, :, None, None]
         return x / self.std, labels
 
     def pixel_mean(self, train: ImageList) -> torch.Tensor:
@@ -337,8 +389,10 @@ class ImageNetDataModule(L.LightningDataModule):
         """``crops`` None: the paper's scale augmentation (shorter side resized to a uniform
         integer in ``scale``, a random ``crop_size`` square, mirrored with probability 1/2), else
         1 or 10 evaluation crops; with ``shard`` a distributed evaluation takes this rank's
-        ``EvalShard``. Each loader seeds its workers from a generator of its own, never torch's
-        global one: the mean cache or an evaluation leaves training's draws as they were."""
+        ``EvalShard``; ``train``: a :class:`TrainLoader` of this rank's :class:`TrainOrder`
+        (``batch_size`` per rank). Each loader seeds its workers from a generator of its own,
+        never torch's global one: the mean cache or an evaluation leaves training's draws as
+        they were."""
         if images is None:
             raise RuntimeError("ImageNetDataModule: call setup() before asking for its loaders")
         size, resize = self.crop_size, self.eval_resize
@@ -348,12 +402,16 @@ class ImageNetDataModule(L.LightningDataModule):
         else:
             transform = partial(eval_crops, crop_size=size, resize=resize, crops=crops)
         dataset, world, sampler = replace(images, transform=transform), self._world(), None
-        if shard and not train and world > 1:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if train:
+            steps = lambda: self.trainer.global_step if self.trainer is not None else 0  # noqa: E731
+            sampler = TrainOrder(dataset, batch_size * world, self.seed, rank, world, steps)
+        elif shard and world > 1:
             self.check_processes(world, len(images))
-            sampler = EvalShard(dataset, world, self.trainer.global_rank, shuffle=False)
+            sampler = EvalShard(dataset, world, rank, shuffle=False)
         context = multiprocessing.get_context(WORKER_START_METHOD) if self.num_workers else None
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, shuffle=train, drop_last=train,
+        return (TrainLoader if train else DataLoader)(
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
             generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers, multiprocessing_context=context,
             persistent_workers=persistent and self.num_workers > 0,
