@@ -137,7 +137,7 @@ class RunCheckpoint(ModelCheckpoint):
             trainer.save_checkpoint(Path(self.dirpath) / name)
 
 
-# what a resume reads: Lightning's loops and states, and reslab's own (its fused iterations)
+# what a resume reads: Lightning's loops and states, and reslab's own (the module's)
 CHECKPOINT_KEYS = ("state_dict", "global_step", "loops", "optimizer_states", "reslab")
 
 

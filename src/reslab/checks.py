@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reslab.checkpoints import check_ckpt_path
 from reslab.config import instantiate
-from reslab.fused import check_fused_iterations
 from reslab.launch import SUPPORTED_STRATEGIES, quiet_trainer, supported_strategy
 from reslab.validation import is_int, require_number
 
@@ -115,7 +114,7 @@ def _check_consumers(cfg: DictConfig) -> None:
         trainer = quiet_trainer(cfg.trainer)
     except (InstantiationException, ValueError) as err:  # Lightning's own checks
         cause = err.__cause__ if isinstance(err, InstantiationException) else err
-        ours = isinstance(err, ValueError) and re.match(r"[\w.]+=", str(err))  # fused.trainer's
+        ours = isinstance(err, ValueError) and re.match(r"[\w.]+=", str(err))  # a reslab line
         if ours or not isinstance(cause, MisconfigurationException | ValueError | TypeError):
             raise
         why = " ".join(str(cause).split())  # Lightning's words, on one line
@@ -149,8 +148,8 @@ def _check_consumers(cfg: DictConfig) -> None:
             cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
         )
     module = instantiate(cfg.module, net=net)
-    # (its intervals and trainer settings: reslab.fused.trainer, which built the trainer)
-    check_fused_iterations(getattr(module, "fused_iterations", 1), datamodule)
+    if hasattr(module, "check_datamodule"):  # what the module needs of its data's loaders
+        module.check_datamodule(datamodule)
     for group in ("logger", "callbacks"):  # each entry a consumer's config, or null
         for name, node in (cfg.get(group) or {}).items():
             if node is not None and not OmegaConf.is_dict(node):
@@ -258,11 +257,6 @@ def source_key(cfg: DictConfig, key: str) -> str:
 
 # --- one schema: the consumers' signatures -------------------------------------------------------
 _HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
-# functions whose **kwargs go on to a class (its parameters are theirs too)
-_FORWARDS = {
-    "reslab.fused.trainer": "lightning.pytorch.Trainer",
-    "reslab.loggers.wandb_logger": "lightning.pytorch.loggers.WandbLogger",
-}
 
 
 def check_schema(cfg: DictConfig, added: list[str] | None = None) -> None:
@@ -328,12 +322,15 @@ def _read(cfg: DictConfig, key: str, raw: str) -> bool:
 
 def _signature(target: str) -> tuple[list[str], dict[str, Any], bool]:
     """A target's parameter names, their type hints (where they can be read) and whether it
-    takes any keyword (``**kwargs`` that go nowhere known)."""
+    takes any keyword (``**kwargs`` that go nowhere known). A function's parameters are those
+    of the class it is annotated to return, too (``reslab.loggers.wandb_logger``'s ``**kwargs``
+    are ``WandbLogger``'s)."""
     obj = get_object(target)
     chain = [c.__init__ for c in obj.__mro__[:-1] if "__init__" in vars(c)] if isinstance(
         obj, type) else [obj]  # fmt: skip
-    if target in _FORWARDS:
-        chain.append(get_object(_FORWARDS[target]).__init__)
+    made = inspect.signature(obj).return_annotation if not isinstance(obj, type) else None
+    if isinstance(made, type):  # a function's **kwargs go on to the class it returns
+        chain.append(made.__init__)
     names, hints = [], {}
     for fn in chain:
         params = inspect.signature(fn).parameters

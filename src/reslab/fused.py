@@ -75,17 +75,6 @@ def trainer(
     return built
 
 
-def check_fused_iterations(fused: int, datamodule: Any) -> None:
-    """Refuses (``ValueError``) ``module.fused_iterations=fused`` > 1 with a dataset whose
-    loader cannot group batches (not ``fuses_iterations``)."""
-    if fused > 1 and datamodule is not None and not getattr(datamodule, "fuses_iterations", False):
-        raise ValueError(
-            f"module.fused_iterations={fused} needs an in-memory dataset (cifar10, cifar100, "
-            f"fashion_mnist, synthetic); {type(datamodule).__name__} loads its batches one at "
-            "a time: use module.fused_iterations=1"
-        )
-
-
 class FusedClassifier(Classifier):
     """The Classifier with ``fused_iterations`` (K) iterations per Lightning training step, in a
     Trainer built by :func:`trainer`: K = 1 is the Classifier, K > 1 manual optimization. Each
@@ -105,11 +94,22 @@ class FusedClassifier(Classifier):
         self._stepped_lr: list[Any] = []  # the learning rates of the last optimizer step
         self._lr_followed_schedule = True  # in every iteration of the last step
 
+    def check_datamodule(self, datamodule: Any) -> None:
+        """Refuses (``ValueError``) K > 1 with a dataset whose loader cannot group batches (not
+        ``fuses_iterations``); reslab.checks calls it before any data loads."""
+        k = self.fused_iterations
+        if k > 1 and datamodule is not None and not getattr(datamodule, "fuses_iterations", False):
+            raise ValueError(
+                f"module.fused_iterations={k} needs an in-memory dataset (cifar10, cifar100, "
+                f"fashion_mnist, synthetic); {type(datamodule).__name__} loads its batches one "
+                "at a time: use module.fused_iterations=1"
+            )
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage != "fit" or self.fused_iterations == 1:
             return
-        check_fused_iterations(self.fused_iterations, self.trainer.datamodule)
+        self.check_datamodule(self.trainer.datamodule)
         # (under DDP each iteration's forward and backward are graphed instead)
         if self.cuda_graphs and not self.compile_net and self.trainer.world_size == 1:
             self._graph_pending = False  # the whole step's graph instead of the network's

@@ -81,7 +81,7 @@ def crop_flip_draws(
     iterations ``iteration``, ``iteration`` + 1, ... (from 0) and the images at ``positions`` of
     each global batch: a hash of (seed, iteration, position) alone (a 32-bit integer mix, on
     ``positions``' device, no host sync), so N ranks holding positions r, r + N, ... draw what
-    one process draws for the whole batch, K fused batches what the K batches draw in turn, and
+    one process draws for the whole batch, K batches drawn at once what they draw in turn, and
     a resumed run what the uninterrupted one drew."""
     side = 2 * padding + 1
     steps = torch.arange(iteration, iteration + iterations, device=positions.device)
@@ -92,7 +92,7 @@ def draw_key(seed: int, iteration: Any, position: Any) -> Any:
     """The 32-bit key of the image at ``position`` of the global batch of ``iteration`` (from 0)
     of a run seeded with ``seed``: Python ints, or int64 tensors that broadcast. Every training
     draw of an image comes from it (CIFAR's crop and flip, ImageNet's scale, crop, flip and
-    colour noise), so that how the batch is split over ranks, fused or resumed changes none."""
+    colour noise), so that how the batch is split over ranks or steps, or resumed, changes none."""
     return _mix(_mix(_mix(seed) ^ iteration) ^ position)
 
 
